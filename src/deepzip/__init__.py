@@ -1,0 +1,37 @@
+"""deepzip: make trained neural networks small.
+
+Prune (:func:`prune_`), share weights (:func:`share_weights_`), distill, and write a real compressed ``.dz`` file
+(:func:`save`) that loads back into a working model (:func:`load`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("deepzip")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import load_mnist, synthetic_mnist
+from .models import get_model
+from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+from .train import TrainConfig, evaluate, fit
+
+__all__ = [
+    "AGPSchedule",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "fit",
+    "get_model",
+    "load_checkpoint",
+    "load_mnist",
+    "prune_",
+    "save_checkpoint",
+    "sensitivity_scan",
+    "sparsity_table",
+    "strip",
+    "synthetic_mnist",
+]

@@ -1,0 +1,472 @@
+"""Exact 1-D k-means (Lloyd) for weight sharing, fast enough for a billion weights.
+
+Deep Compression clusters the weights of each layer with k-means on *scalars*. In one dimension an
+exact Lloyd step depends only on the sorted data: the clusters are the intervals between the midpoints
+of consecutive centroids, so with the values sorted once, a step is
+
+    thresholds = midpoints of consecutive centroids          # (k-1,)
+    positions  = searchsorted(sorted, thresholds)             # O(k log n)
+    sums       = prefix_sum(positions) differences            # O(k) with prefix sums
+    centroids  = sums / counts
+
+and costs microseconds instead of an O(n k) pass. Running Lloyd to its exact fixed point is then cheap.
+
+Memory: a full float64 prefix-sum array would take 8 bytes per weight (8 GB for 1B weights). We keep
+prefix sums only at block starts (every ``B`` sorted values, in extended precision) and add the few
+values between a block start and a position on the fly, so the extra memory is the sorted copy
+(4 bytes per float32 weight) plus ~n/B numbers.
+
+Labels: ``searchsorted`` of every weight against the midpoints costs ~50 ns per weight (a branchy binary
+search). We instead map each weight to one of 2**16 equal cells over [min, max] and look up the label of
+the cell's left edge in a table, then correct by comparing against the next midpoint (a cell holds at
+most a few midpoints, counted in advance). The result is exactly ``searchsorted(midpoints, x)``.
+
+Conventions (shared by the brute-force reference in the tests):
+
+- nearest centroid with ties going to the lower centroid: ``label(x) = #{midpoints < x}``;
+- a cluster that becomes empty is dropped (so ``k' <= k`` centroids come back); its centroid was the
+  nearest for no value, so dropping it changes no assignment in that step;
+- the iteration stops when the partition no longer changes (an exact fixed point), when the largest
+  centroid move is ``<= tol * (max - min)``, or after ``max_iter`` steps;
+- data with at most ``k`` distinct values returns exactly those values (zero error).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["assign", "init_centroids", "kmeans1d", "linear_quantize"]
+
+_INITS = ("linear", "density", "random")
+_LUT_CELLS = 1 << 16  # cells of the label lookup table
+_CHUNK = 1 << 16  # values per chunk in the labelling loop (temporaries stay in L2)
+_SMALL = 1 << 15  # below this many values plain searchsorted is fastest
+
+
+def _threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _label_dtype(k: int) -> np.dtype[Any]:
+    if k <= 1 << 8:
+        return np.dtype(np.uint8)
+    if k <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _as_values(values: Any, what: str = "values") -> NDArray[np.floating[Any]]:
+    """Flat float32/float64 view (or copy) of ``values``; raises on empty input."""
+    v = np.asarray(values)
+    if v.dtype.kind not in "fiub":
+        raise ValueError(f"{what}: expected a real numeric array, got dtype {v.dtype}")
+    if v.size == 0:
+        raise ValueError(f"{what} is empty (shape {v.shape}); nothing to cluster")
+    if v.dtype != np.float32 and v.dtype != np.float64:
+        # float16/bfloat-like -> float32 keeps every value exactly; integers -> float64 likewise
+        v = v.astype(np.float32 if (v.dtype.kind == "f" and v.dtype.itemsize < 4) else np.float64)
+    return np.ascontiguousarray(v).reshape(-1)
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r}, expected an integer >= 1")
+    return int(k)
+
+
+def _thresholds(c: NDArray[np.float64], dtype: np.dtype[Any]) -> NDArray[np.floating[Any]]:
+    """Midpoints of sorted centroids ``c`` rounded *down* to ``dtype``.
+
+    For x of that dtype, ``x > t`` holds exactly when ``x > (c[i] + c[i+1]) / 2`` in float64,
+    so comparisons can be done in the data's own dtype without copying the data to float64.
+    """
+    mid = (c[:-1] + c[1:]) * 0.5  # (k-1,) float64
+    t = mid.astype(dtype)
+    over = t.astype(np.float64) > mid
+    if over.any():
+        t[over] = np.nextafter(t[over], dtype.type(-np.inf))
+    return t
+
+
+def _label_at_edges(thr: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    # #thresholds < e, for float64 edges; thr is in the data dtype (exactly representable in float64)
+    return np.searchsorted(thr.astype(np.float64), edges, side="left")
+
+
+def _assign_sorted(
+    v: NDArray[np.floating[Any]], c: NDArray[np.float64], out_dtype: np.dtype[Any], threads: int | None = None
+) -> NDArray[Any]:
+    """Labels of ``v`` (1-D) for sorted, distinct float64 centroids ``c``: ``#{midpoints < x}``."""
+    n = v.shape[0]
+    out = np.empty(n, dtype=out_dtype)
+    if c.shape[0] == 1:
+        out.fill(0)
+        return out
+    thr = _thresholds(c, v.dtype)  # (m,) m = k-1
+    if n <= _SMALL:
+        out[:] = np.searchsorted(thr, v, side="left")
+        return out
+    lo = float(v.min())
+    hi = float(v.max())
+    if hi <= lo:
+        out.fill(int(np.searchsorted(thr, v.dtype.type(lo), side="left")))
+        return out
+    g = _LUT_CELLS
+    scale = (g - 1) / (hi - lo)
+    # cell(x) = floor((x - lo) * scale) computed in the data dtype: rounding moves it by < 0.25 cell, so
+    # every x in cell j lies in [lo + (j-1)/scale, lo + (j+2)/scale). The table holds the label of the
+    # left bound (a lower bound on the label); at most `passes` midpoints lie inside that range, and each
+    # correction pass `label += x > thr[label]` steps over one of them.
+    edges = lo + np.arange(-1, g + 3, dtype=np.float64) / scale  # (g+4,)
+    at = _label_at_edges(thr, edges)
+    lut = at[: g + 1].astype(out_dtype)  # (g+1,)
+    passes = int((at[3:] - at[:-3]).max())
+    thr_ext = np.append(thr, np.array(np.inf, dtype=v.dtype))  # thr_ext[m] = inf: no step past the top
+    lo_t = v.dtype.type(lo)
+    sc_t = v.dtype.type(scale)
+
+    def work(a: int, b: int) -> None:
+        f = np.empty(_CHUNK, dtype=v.dtype)
+        idx = np.empty(_CHUNK, dtype=np.int32)
+        gt = np.empty(_CHUNK, dtype=bool)
+        for s in range(a, b, _CHUNK):
+            e = min(s + _CHUNK, b)
+            x = v[s:e]
+            ff, ii, gg = f[: e - s], idx[: e - s], gt[: e - s]
+            np.subtract(x, lo_t, out=ff)
+            np.multiply(ff, sc_t, out=ff)
+            np.copyto(ii, ff, casting="unsafe")  # truncation == floor, values are >= 0
+            lab = out[s:e]
+            np.take(lut, ii, out=lab)
+            for _ in range(passes):
+                np.take(thr_ext, lab, out=ff)
+                np.greater(x, ff, out=gg)
+                np.add(lab, gg, out=lab, casting="unsafe")
+
+    nt = threads or _threads()
+    nt = max(1, min(nt, n // (4 * _CHUNK)))
+    if nt == 1:
+        work(0, n)
+    else:
+        bounds = [n * i // nt for i in range(nt + 1)]
+        with ThreadPoolExecutor(nt) as ex:
+            list(ex.map(work, bounds[:-1], bounds[1:]))
+    return out
+
+
+def _check_finite(lo: float, hi: float, what: str) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{what} contains NaN or inf (min={lo}, max={hi}); cannot cluster")
+
+
+def assign(values: NDArray[Any], centroids: NDArray[Any]) -> NDArray[Any]:
+    """Label of the nearest centroid for every value (ties go to the lower centroid).
+
+    Args:
+        values: real array of any shape.
+        centroids: 1-D array of k >= 1 finite centroids, in any order (duplicates allowed: the first
+            of equal centroids wins).
+
+    Returns:
+        Integer labels indexing ``centroids``, shape ``values.shape``; dtype uint8 for k <= 256,
+        uint16 for k <= 65536, else int32.
+
+    Raises:
+        ValueError: empty ``values`` or ``centroids``, NaN/inf anywhere.
+
+    Example:
+        >>> assign(np.array([0.1, 0.9, 0.4]), np.array([1.0, 0.0])).tolist()
+        [1, 0, 1]
+    """
+    shape = np.shape(values)
+    v = _as_values(values)
+    c = np.asarray(centroids, dtype=np.float64).reshape(-1)
+    if c.size == 0:
+        raise ValueError("centroids is empty; need at least one")
+    if not np.isfinite(c).all():
+        raise ValueError("centroids contain NaN or inf")
+    _check_finite(float(v.min()), float(v.max()), "values")
+    dt = _label_dtype(c.size)
+    uc, first = np.unique(c, return_index=True)  # sorted distinct; first index of each
+    lab = _assign_sorted(v, uc, _label_dtype(uc.size))
+    if uc.size != c.size or (first != np.arange(c.size)).any():
+        lab = first.astype(dt)[lab]
+    return lab.astype(dt, copy=False).reshape(shape)
+
+
+def _distinct_upto(s: NDArray[Any], k: int) -> NDArray[Any] | None:
+    """The distinct values of sorted ``s`` if there are at most ``k`` of them, else None. O(k log n)."""
+    out = []
+    i = 0
+    n = s.shape[0]
+    while i < n:
+        if len(out) == k:
+            return None
+        out.append(s[i])
+        i = int(np.searchsorted(s, s[i], side="right"))
+    return np.array(out, dtype=s.dtype)
+
+
+def _init_sorted(s: NDArray[Any], v: NDArray[Any], k: int, init: str, seed: int) -> NDArray[np.float64]:
+    n = s.shape[0]
+    lo, hi = float(s[0]), float(s[-1])
+    if init == "linear":
+        c = np.linspace(lo, hi, k)
+    elif init == "density":
+        # Deep Compression: space the CDF evenly on its y-axis and read off x. We take the centred
+        # probabilities (i + 1/2)/k (np.quantile, linear interpolation) so no centroid sits on an outlier.
+        p = (np.arange(k, dtype=np.float64) + 0.5) / k
+        h = p * (n - 1)
+        j = np.floor(h).astype(np.int64)
+        j1 = np.minimum(j + 1, n - 1)
+        a = s[j].astype(np.float64)
+        b = s[j1].astype(np.float64)
+        c = a + (b - a) * (h - j)
+    elif init == "random":
+        # Forgy: k distinct values drawn from the data (by position in the caller's order), seeded.
+        rng = np.random.default_rng(seed)
+        got: dict[float, None] = {}
+        for _ in range(20):  # duplicates in the draw: draw again; data has > k distinct values here
+            idx = rng.choice(n, size=min(k, n), replace=False)
+            for x in v[np.sort(idx)].tolist():
+                got.setdefault(x, None)
+                if len(got) == k:
+                    break
+            if len(got) == k:
+                break
+        c = np.array(list(got), dtype=np.float64)
+    else:
+        raise ValueError(f"init={init!r}, expected one of {_INITS} or an array of centroids")
+    return np.unique(c)
+
+
+def init_centroids(values: NDArray[Any], k: int, init: str = "linear", seed: int = 0) -> NDArray[np.float64]:
+    """The starting centroids ``kmeans1d`` uses (sorted, distinct, float64).
+
+    Args:
+        values: real array of any shape (finite, non-empty).
+        k: number of clusters, >= 1.
+        init: ``"linear"`` (evenly spaced over [min, max]), ``"density"`` (quantiles at (i+1/2)/k)
+            or ``"random"`` (Forgy: k distinct values sampled from the data with ``seed``).
+        seed: seed of the ``"random"`` draw.
+
+    Returns:
+        float64 array of at most k sorted distinct centroids (ties in the quantiles or in the data merge).
+
+    Raises:
+        ValueError: empty or non-finite values, bad ``k`` or ``init``.
+
+    Example:
+        >>> init_centroids(np.array([0.0, 1.0, 4.0]), 3).tolist()
+        [0.0, 2.0, 4.0]
+    """
+    k = _check_k(k)
+    v = _as_values(values)
+    s = np.sort(v)
+    _check_finite(float(s[0]), float(s[-1]), "values")
+    return _init_sorted(s, v, k, init, seed)
+
+
+class _Prefix:
+    """Sums of the first q sorted values for any q, from prefix sums at block starts. Shapes: s (n,)."""
+
+    def __init__(self, s: NDArray[Any], k: int) -> None:
+        n = s.shape[0]
+        # block length: the per-step gather touches ~k*B values; keep it ~1e5 while n/B stays small
+        self.B = B = int(np.clip((1 << 17) // max(k, 1), 64, 4096))
+        nb = n // B
+        blk = np.zeros(nb + 1, dtype=np.longdouble)  # blk[j] = sum(s[:j*B])
+        # float64 sums of B float32 values are exact to ~1e-13 relative; the running total is extended
+        for a in range(0, nb, 1 << 14):  # chunked to bound the float64 temporary
+            b = min(a + (1 << 14), nb)
+            bs = s[a * B : b * B].reshape(b - a, B).sum(axis=1, dtype=np.float64)
+            blk[a + 1 : b + 1] = blk[a] + np.cumsum(bs, dtype=np.longdouble)
+        self.s, self.blk, self.n = s, blk, n
+        self.ar = np.arange(B, dtype=np.int64)
+
+    def __call__(self, q: NDArray[np.int64]) -> NDArray[np.longdouble]:
+        """Prefix sums at positions q (m,), 0 <= q <= n."""
+        j = q // self.B
+        base = j * self.B
+        out = self.blk[j].copy()
+        rem = q - base  # (m,) values between the block start and q, < B
+        sel = np.nonzero(rem)[0]
+        if sel.size:
+            # (m', B) gather; indices past the end are clipped and masked out
+            idx = np.minimum(base[sel, None] + self.ar, self.n - 1)
+            vals = np.where(self.ar < rem[sel, None], self.s[idx], 0)
+            out[sel] += vals.sum(axis=1, dtype=np.float64)
+        return out
+
+
+def kmeans1d(
+    values: NDArray[Any],
+    k: int,
+    init: str | NDArray[Any] = "linear",
+    max_iter: int = 3000,
+    tol: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[NDArray[np.floating[Any]], NDArray[Any]]:
+    """Exact 1-D k-means (Lloyd's algorithm) on the values of an array.
+
+    Sorts once (O(n log n)), then each Lloyd step costs O(k log n) on the sorted values, so the
+    iteration runs to its exact fixed point; labels come from one O(n) pass at the end.
+
+    Args:
+        values: real array of any shape (e.g. a layer's nonzero weights); float32 stays float32.
+        k: number of clusters (2**bits), >= 1.
+        init: ``"linear"`` (evenly spaced between min and max, Deep Compression's best),
+            ``"density"`` (quantiles at (i+1/2)/k of the values), ``"random"`` (Forgy: k distinct
+            values drawn with ``seed``), or an array of starting centroids.
+        max_iter: most Lloyd steps.
+        tol: stop early once no centroid moves more than ``tol * (max - min)``; 0 runs to the exact
+            fixed point (the partition stops changing).
+        seed: seed for ``init="random"``.
+        progress: show a progress bar over the Lloyd steps.
+
+    Returns:
+        ``(centroids, labels)``: centroids sorted ascending, distinct, shape (k',) with k' <= k, dtype
+        float32 for float32/float16 input else float64; labels of the nearest centroid (ties to the
+        lower), shape ``values.shape``, dtype uint8 for k <= 256, uint16 for k <= 65536, else int32.
+        Clusters that become empty are dropped, so k' < k can happen; data with at most k distinct
+        values returns exactly those values.
+
+    Raises:
+        ValueError: empty input, NaN/inf, k < 1, unknown init, max_iter < 1 or tol < 0.
+
+    Example:
+        >>> c, lab = kmeans1d(np.array([0.0, 0.1, 0.9, 1.0, 5.0]), 2)
+        >>> c.tolist(), lab.tolist()
+        ([0.5, 5.0], [0, 0, 0, 0, 1])
+    """
+    c, lab, _ = _kmeans1d(values, k, init, max_iter, tol, seed, progress)
+    return c, lab
+
+
+def _kmeans1d(
+    values: NDArray[Any],
+    k: int,
+    init: str | NDArray[Any],
+    max_iter: int,
+    tol: float,
+    seed: int,
+    progress: bool,
+) -> tuple[NDArray[np.floating[Any]], NDArray[Any], dict[str, Any]]:
+    """``kmeans1d`` plus run statistics: iterations, converged, seconds per phase."""
+    k = _check_k(k)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r}, expected an integer >= 1")
+    if not (tol >= 0):
+        raise ValueError(f"tol={tol!r}, expected a float >= 0")
+    shape = np.shape(values)
+    v = _as_values(values)
+    out_dtype = np.dtype(np.float32) if v.dtype == np.float32 else np.dtype(np.float64)
+    lab_dtype = _label_dtype(k)
+
+    info: dict[str, Any] = {"iterations": 0, "converged": True}
+    t0 = time.perf_counter()
+    s = np.sort(v)  # (n,) the one O(n log n) step; NaN sorts last, so the ends tell finiteness
+    _check_finite(float(s[0]), float(s[-1]), "values")
+    distinct = _distinct_upto(s, k)
+    info["sort_s"] = time.perf_counter() - t0
+    if distinct is not None:
+        del s
+        c = distinct.astype(np.float64)
+        t0 = time.perf_counter()
+        lab = _assign_sorted(v, c, lab_dtype).reshape(shape)
+        info.update(iterate_s=0.0, assign_s=time.perf_counter() - t0, distinct=True)
+        return c.astype(out_dtype), lab, info
+
+    if isinstance(init, str):
+        c = _init_sorted(s, v, k, init, seed)
+    else:
+        c = np.unique(np.asarray(init, dtype=np.float64).reshape(-1))
+        if c.size == 0 or c.size > k or not np.isfinite(c).all():
+            raise ValueError(f"init array: expected 1..{k} finite centroids, got {np.size(init)}")
+    t0 = time.perf_counter()
+    prefix = _Prefix(s, c.size)
+    n = s.shape[0]
+    span = float(s[-1]) - float(s[0])
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc=f"kmeans1d k={k}", unit="step", leave=False)
+    prev: NDArray[np.int64] | None = None
+    info["converged"] = False
+    for it in range(max_iter):
+        # cluster i holds sorted values s[pos[i]:pos[i+1]]: those with x <= threshold i
+        pos = np.empty(c.size + 1, dtype=np.int64)
+        pos[0], pos[-1] = 0, n
+        pos[1:-1] = np.searchsorted(s, _thresholds(c, s.dtype), side="right")
+        keep = np.flatnonzero(np.diff(pos)) + 1  # ends of non-empty clusters
+        pos = np.concatenate(([0], pos[keep]))  # empty clusters dropped
+        sums = np.diff(prefix(pos)).astype(np.float64)
+        new = sums / np.diff(pos)
+        if bar is not None:
+            bar.update(1)
+        if prev is not None and np.array_equal(pos, prev):
+            c = new  # same partition as last step: exact fixed point
+            info["converged"] = True
+            break
+        moved = np.inf if new.size != c.size else float(np.abs(new - c).max())
+        prev, c = pos, new
+        if moved <= tol * span:
+            info["converged"] = True
+            break
+    info["iterations"] = it + 1
+    if bar is not None:
+        bar.close()
+    del s, prefix
+
+    info["iterate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    co = np.unique(c.astype(out_dtype))  # rounding to float32 could merge two centroids: keep distinct
+    lab = _assign_sorted(v, co.astype(np.float64), lab_dtype).reshape(shape)
+    info["assign_s"] = time.perf_counter() - t0
+    return co, lab, info
+
+
+def linear_quantize(values: NDArray[Any], bits: int) -> tuple[NDArray[np.floating[Any]], NDArray[Any]]:
+    """Uniform (fixed-point) quantisation: 2**bits evenly spaced levels between min and max.
+
+    The baseline that k-means weight sharing is compared with; same return convention as ``kmeans1d``.
+
+    Args:
+        values: real array of any shape, finite and non-empty.
+        bits: bits per index, 1..16.
+
+    Returns:
+        ``(levels, labels)``: levels ascending, shape (2**bits,) (one level if all values are equal),
+        dtype as in ``kmeans1d``; labels of the nearest level, shape ``values.shape``.
+
+    Raises:
+        ValueError: empty input, NaN/inf, bits outside 1..16.
+
+    Example:
+        >>> lv, lab = linear_quantize(np.array([0.0, 0.2, 1.0]), 1)
+        >>> lv.tolist(), lab.tolist()
+        ([0.0, 1.0], [0, 0, 1])
+    """
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise ValueError(f"bits={bits!r}, expected an integer 1..16")
+    shape = np.shape(values)
+    v = _as_values(values)
+    out_dtype = np.dtype(np.float32) if v.dtype == np.float32 else np.dtype(np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    _check_finite(lo, hi, "values")
+    levels = np.unique(np.linspace(lo, hi, 1 << bits).astype(out_dtype))
+    lab = _assign_sorted(v, levels.astype(np.float64), _label_dtype(1 << bits))
+    return levels, lab.reshape(shape)

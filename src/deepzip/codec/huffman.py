@@ -1,0 +1,479 @@
+"""Canonical, length-limited Huffman coding of integer symbol streams, vectorised with numpy.
+
+Code lengths come from the package-merge algorithm (optimal under a maximum length, default 24 bits;
+with a non-binding limit it is an ordinary optimal Huffman code). Codes are canonical: sorted by
+(length, symbol), each code is the previous one plus one, shifted left when the length grows, so a
+stream only has to store the code length of every symbol.
+
+Bits are packed MSB first. A symbol stream as stored in a ``.dz`` section (:func:`pack_stream`) also
+records the bit offset of every ``sync``-th symbol, so that :func:`decode` can walk all chunks of
+the stream in lockstep: one numpy step decodes one symbol in every chunk, so the Python loop runs
+``sync`` times (1024), not once per symbol.
+
+A single distinct symbol gets a 1-bit code (``0``); an empty stream has no bits at all. Every symbol
+therefore costs at least one bit, which lets a reader bound a claimed symbol count by the payload size.
+
+Example:
+    >>> import numpy as np
+    >>> counts = np.array([5, 1, 1, 3])
+    >>> lengths = code_lengths(counts)
+    >>> data, nbits = encode(np.array([0, 3, 0, 1]), lengths)
+    >>> decode(data, lengths, 4).tolist()
+    [0, 3, 0, 1]
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..errors import DeepzipFormatError
+
+__all__ = [
+    "MAX_CODE_LENGTH",
+    "SYNC_INTERVAL",
+    "canonical_codes",
+    "code_lengths",
+    "decode",
+    "encode",
+    "entropy_bits",
+    "mean_code_length",
+    "pack_stream",
+    "stream_info",
+    "stream_size",
+    "unpack_stream",
+]
+
+MAX_CODE_LENGTH = 24
+"""Longest code a stream may use: a 24-bit window always fits in 32 bits read at any bit offset."""
+
+SYNC_INTERVAL = 1024
+"""Symbols between two recorded bit offsets; 1024 * 24 bits < 2**16, so offsets are stored as u16 deltas."""
+
+MAX_SYNC_INTERVAL = 2048
+_STREAM_HEAD = struct.Struct("<QQIHH")  # count, nbits, alphabet, sync interval, reserved
+STREAM_HEADER_SIZE = _STREAM_HEAD.size  # 24
+_TABLE_BITS = 16  # codes up to this long decode through one flat lookup table
+_ENCODE_CHUNK = 1 << 20
+
+
+def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Optimal prefix-code lengths for symbol counts, no longer than ``max_length`` (package-merge).
+
+    Args:
+        counts: 1-d array of non-negative symbol counts; index = symbol.
+        max_length: longest allowed code, 1..32.
+
+    Returns:
+        uint8 array like ``counts``: 0 for unused symbols, 1 for the only used symbol when there is one.
+
+    Raises:
+        ValueError: negative counts, or more used symbols than ``2**max_length``.
+
+    Example:
+        >>> code_lengths(np.array([8, 4, 2, 1, 1])).tolist()
+        [1, 2, 3, 4, 4]
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 1:
+        raise ValueError(f"counts: expected a 1-d array, got shape {counts.shape}")
+    if not 1 <= max_length <= 32:
+        raise ValueError(f"max_length={max_length}, expected 1..32")
+    if counts.size and counts.min() < 0:
+        raise ValueError("counts: negative count")
+    lengths = np.zeros(counts.size, np.uint8)
+    used = np.flatnonzero(counts)
+    n = used.size
+    if n == 0:
+        return lengths
+    if n == 1:
+        lengths[used] = 1
+        return lengths
+    if n > 1 << max_length:
+        raise ValueError(f"{n} symbols do not fit in codes of at most {max_length} bits")
+    order = used[np.argsort(counts[used], kind="stable")]
+    w = counts[order].astype(np.int64)  # (n,) ascending
+    levels = min(max_length, n - 1)  # deeper levels than n-1 can never be used
+    # Package-merge: level `levels` holds the leaves; each shallower level merges the leaves with
+    # the pairwise sums ("packages") of the level below. Both inputs are sorted, so the merge is
+    # two searchsorted calls; leaves go before packages of equal weight.
+    leaf_pos: list[np.ndarray] = [np.arange(n)]
+    prev = w
+    for _ in range(levels - 1):
+        m = prev.size // 2 * 2
+        pk = prev[0:m:2] + prev[1:m:2]
+        pos_leaf = np.arange(n) + np.searchsorted(pk, w, side="left")
+        pos_pk = np.arange(pk.size) + np.searchsorted(w, pk, side="right")
+        merged = np.empty(n + pk.size, np.int64)
+        merged[pos_leaf] = w
+        merged[pos_pk] = pk
+        leaf_pos.append(pos_leaf)
+        prev = merged
+    # Select the first 2n-2 items of the top level; a selected package selects its two children
+    # one level down. A leaf's code length is the number of levels in which it is selected, and the
+    # selected leaves of a level are always the lightest ones (a prefix of `w`).
+    depth = np.zeros(n + 1, np.int64)
+    take = 2 * n - 2
+    for pos in reversed(leaf_pos):
+        nleaf = int(np.searchsorted(pos, take, side="left"))  # leaves among the first `take` items
+        depth[0] += 1
+        depth[nleaf] -= 1
+        take = 2 * (take - nleaf)
+    lengths[order] = np.cumsum(depth[:n])
+    return lengths
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical codes (uint64, right-aligned) for code lengths; 0 where the length is 0.
+
+    Raises:
+        ValueError: lengths over 32 bits or violating Kraft's inequality.
+    """
+    lengths = np.asarray(lengths).astype(np.int64)
+    codes = np.zeros(lengths.size, np.uint64)
+    order, ls, left = _sorted_codes(lengths)
+    if order.size:
+        lmax = int(ls[-1])
+        codes[order] = (left >> (lmax - ls)).astype(np.uint64)
+    return codes
+
+
+def _sorted_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Used symbols sorted by (length, symbol), their lengths, and their codes left-aligned to the max length."""
+    used = np.flatnonzero(lengths)
+    if used.size == 0:
+        return used, used.astype(np.int64), used.astype(np.int64)
+    ls = lengths[used]
+    if ls.max() > 32 or ls.min() < 0:
+        raise ValueError("code lengths must be in 0..32")
+    order = used[np.argsort(ls, kind="stable")]  # stable: ties stay in symbol order
+    ls = lengths[order]
+    lmax = int(ls[-1])
+    step = np.int64(1) << (lmax - ls)  # width of each code's interval at depth lmax
+    if int(step.sum()) > 1 << lmax:
+        raise ValueError("code lengths violate Kraft's inequality")
+    left = np.concatenate(([0], np.cumsum(step)[:-1]))
+    return order, ls, left
+
+
+def encode(symbols: np.ndarray, lengths: np.ndarray, sync: int = 0) -> tuple[bytes, int] | tuple[bytes, int, np.ndarray]:
+    """Huffman-code ``symbols`` with the canonical code of ``lengths``, MSB first.
+
+    Args:
+        symbols: integer array (any shape, read flat); every symbol needs a non-zero length.
+        lengths: code lengths per symbol, e.g. from :func:`code_lengths`.
+        sync: when > 0, also return the bit offsets of symbols ``sync, 2*sync, ...``.
+
+    Returns:
+        ``(data, nbits)``: the packed bits (zero-padded to whole bytes) and their number;
+        with ``sync``, ``(data, nbits, offsets)``.
+
+    Raises:
+        ValueError: a symbol outside the alphabet or without a code.
+    """
+    lengths = np.asarray(lengths)
+    codes = canonical_codes(lengths)
+    lens = lengths.astype(np.int64)
+    s = np.asarray(symbols).reshape(-1)
+    if s.size and (s.min() < 0 or s.max() >= lens.size):
+        raise ValueError(f"symbols outside the alphabet 0..{lens.size - 1}")
+    if s.size and (lens[s] == 0).any():
+        bad = int(s[lens[s] == 0][0])
+        raise ValueError(f"symbol {bad} has no code (count 0 when the code was built)")
+    total = int(lens[s].sum()) if s.size else 0
+    words = np.zeros((total + 63) // 64 + 1, np.uint64)
+    offsets = []
+    base = 0
+    for i in range(0, s.size, _ENCODE_CHUNK):
+        sl = s[i : i + _ENCODE_CHUNK]
+        ln = lens[sl]
+        c = codes[sl]
+        ends = np.cumsum(ln) + base
+        starts = ends - ln
+        if sync:
+            first = (-i) % sync  # chunk-local index of the first multiple of `sync`
+            offsets.append(starts[first::sync])
+        base = int(ends[-1])
+        word = starts >> 6
+        room = 64 - (starts & 63)
+        fits = ln <= room
+        sh_left = np.where(fits, room - ln, 0).astype(np.uint64)
+        sh_right = np.where(fits, 0, ln - room).astype(np.uint64)
+        part = np.where(fits, c << sh_left, c >> sh_right)
+        # Codes never overlap, so summing the parts of one word equals OR-ing them.
+        head = np.flatnonzero(np.diff(word, prepend=-1))
+        words[word[head]] |= np.add.reduceat(part, head)
+        k = np.flatnonzero(~fits)  # codes running into the next word: at most one per word
+        words[word[k] + 1] |= c[k] << (np.uint64(64) - sh_right[k])
+    data = words.astype(">u8").tobytes()[: (total + 7) // 8]
+    if sync:
+        off = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        return data, total, off[1:]  # offset of symbol 0 is always 0
+    return data, total
+
+
+def decode(
+    data: bytes,
+    lengths: np.ndarray,
+    count: int,
+    *,
+    nbits: int | None = None,
+    sync_offsets: np.ndarray | None = None,
+    sync: int = SYNC_INTERVAL,
+) -> np.ndarray:
+    """Decode ``count`` symbols of the canonical code of ``lengths`` from ``data``.
+
+    Without ``sync_offsets`` the chunk starts are found by decoding the first symbol of every chunk
+    one chunk at a time, so pass the offsets recorded by :func:`encode` for long streams.
+
+    Args:
+        data: packed bits, MSB first.
+        lengths: code lengths per symbol (at most 24 bits).
+        count: number of symbols to decode.
+        nbits: number of valid bits (default: all of ``data``); with it the stream must end exactly there.
+        sync_offsets: bit offsets of symbols ``sync, 2*sync, ...`` from ``encode(..., sync=sync)``.
+        sync: the interval those offsets were recorded at.
+
+    Returns:
+        1-d array of ``count`` symbols (uint16 when the alphabet fits, else int32).
+
+    Raises:
+        DeepzipFormatError: the bits do not decode into exactly ``count`` symbols.
+    """
+    lengths = np.asarray(lengths).astype(np.int64)
+    if lengths.size and lengths.max() > MAX_CODE_LENGTH:
+        raise DeepzipFormatError(f"code length {int(lengths.max())} exceeds {MAX_CODE_LENGTH}")
+    out_dtype = np.uint16 if lengths.size <= 1 << 16 else np.int32
+    if count == 0:
+        if nbits not in (None, 0):
+            raise DeepzipFormatError(f"0 symbols but {nbits} bits")
+        return np.zeros(0, out_dtype)
+    avail = 8 * len(data)
+    nbits = avail if nbits is None else nbits
+    if nbits > avail:
+        raise DeepzipFormatError(f"{nbits} bits claimed but only {avail} present")
+    if count > nbits:
+        raise DeepzipFormatError(f"{count} symbols cannot fit in {nbits} bits")
+    try:
+        order, ls, left = _sorted_codes(lengths)
+    except ValueError as e:
+        raise DeepzipFormatError(str(e)) from None
+    if order.size == 0:
+        raise DeepzipFormatError(f"{count} symbols but no symbol has a code")
+    lmax = int(ls[-1])
+    if lmax <= _TABLE_BITS:
+        # Flat table over all lmax-bit windows; windows past the last code (incomplete codes) get length 0.
+        reps = np.int64(1) << (lmax - ls)
+        tsym = np.zeros(1 << lmax, np.int32)
+        tlen = np.zeros(1 << lmax, np.int64)
+        used = int(reps.sum())
+        tsym[:used] = np.repeat(order, reps)
+        tlen[:used] = np.repeat(ls, reps)
+    else:
+        # Longer codes: binary search for the code interval holding the window.
+        left_s = np.append(left, int(reps_total := int((np.int64(1) << (lmax - ls)).sum())))
+        sym_s = np.append(order, 0).astype(np.int32)
+        len_s = np.append(ls, 0)
+        del reps_total
+
+    if sync_offsets is None:
+        nchunks = (count + sync - 1) // sync
+        starts = np.zeros(1, np.int64)
+        given = False
+    else:
+        starts = np.concatenate(([0], np.asarray(sync_offsets, np.int64)))
+        nchunks = starts.size
+        given = True
+        if nchunks != (count + sync - 1) // sync:
+            raise DeepzipFormatError(f"{nchunks} sync offsets for {count} symbols at interval {sync}")
+        if nchunks > 1 and (np.diff(starts) <= 0).any() or starts[-1] >= nbits:
+            raise DeepzipFormatError("sync offsets are not increasing within the stream")
+
+    # 32-bit big-endian word starting at every byte; the zero padding lets a corrupt stream run past
+    # its end (at most sync * 24 bits) without an index error, and be caught by the end checks below.
+    pad = sync * MAX_CODE_LENGTH // 8 + 8
+    b = np.frombuffer(bytes(data[: (nbits + 7) // 8]), np.uint8)
+    b = np.concatenate((b, np.zeros(pad, np.uint8))).astype(np.uint32)
+    w32 = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
+    w32 = w32.astype(np.int64)
+    shift = 32 - lmax
+    mask = (1 << lmax) - 1
+
+    def step(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v = ((w32[pos >> 3] << (pos & 7)) >> shift) & mask
+        if lmax <= _TABLE_BITS:
+            return tsym[v], tlen[v]
+        j = np.searchsorted(left_s, v, side="right") - 1
+        return sym_s[j], len_s[j]
+
+    if not given:
+        # Find chunk starts by walking the stream: a Python loop per chunk, not per symbol... only
+        # acceptable for short streams; pack_stream always records the offsets.
+        pos = 0
+        found = [0]
+        for c in range(1, nchunks):
+            p = np.array([pos], np.int64)
+            for _ in range(sync):
+                p = p + step(p)[1]
+            pos = int(p[0])
+            if pos >= nbits:
+                raise DeepzipFormatError("stream ends before all symbols are decoded")
+            found.append(pos)
+        starts = np.array(found, np.int64)
+
+    out = np.empty((sync, nchunks), np.int32)  # (step, chunk): row j holds symbol j of every chunk
+    last_len = count - (nchunks - 1) * sync
+    pos = starts.copy()
+    for j in range(sync):
+        live = nchunks if j < last_len else nchunks - 1
+        if live == 0:
+            break
+        p = pos[:live]
+        sym, ln = step(p)
+        out[j, :live] = sym
+        pos[:live] = p + ln  # invalid windows have length 0: the walker stalls and fails the check below
+    expect_end = np.append(starts[1:], nbits)
+    if not np.array_equal(pos, expect_end):
+        bad = int(np.flatnonzero(pos != expect_end)[0])
+        raise DeepzipFormatError(
+            f"chunk {bad}: decoding ended at bit {int(pos[bad])}, expected {int(expect_end[bad])} "
+            "(corrupt bits or invalid code)"
+        )
+    return out.T.reshape(-1)[:count].astype(out_dtype)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Empirical entropy in bits per symbol of a count histogram (0 for an empty histogram)."""
+    c = np.asarray(counts, np.float64)
+    c = c[c > 0]
+    if c.size == 0:
+        return 0.0
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def mean_code_length(counts: np.ndarray, lengths: np.ndarray) -> float:
+    """Mean code length in bits per symbol of ``lengths`` under the histogram ``counts``."""
+    c = np.asarray(counts, np.float64)
+    total = c.sum()
+    if total == 0:
+        return 0.0
+    return float((c * np.asarray(lengths, np.float64)[: c.size]).sum() / total)
+
+
+# --- the stream as stored in a section -------------------------------------------------------------
+
+
+def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: int = MAX_CODE_LENGTH) -> bytes:
+    """Huffman-code a symbol array into a self-describing section (layout in docs/FORMAT.md).
+
+    Layout (little-endian): u64 count, u64 nbits, u32 alphabet A, u16 sync interval, u16 0,
+    u8[A] code lengths, u16[S] sync deltas (S = ceil(count / sync) - 1), then ceil(nbits / 8) bytes.
+
+    Args:
+        symbols: non-negative integers (read flat).
+        alphabet: number of code lengths to store (default: max symbol + 1); must exceed every symbol.
+        max_length: code length limit, at most 24.
+
+    Example:
+        >>> unpack_stream(pack_stream(np.array([2, 2, 0]))).tolist()
+        [2, 2, 0]
+    """
+    s = np.asarray(symbols).reshape(-1)
+    if s.size and s.min() < 0:
+        raise ValueError("symbols must be non-negative")
+    if alphabet is None:
+        alphabet = int(s.max()) + 1 if s.size else 0
+    if s.size and int(s.max()) >= alphabet:
+        raise ValueError(f"symbol {int(s.max())} outside alphabet of {alphabet}")
+    if max_length > MAX_CODE_LENGTH:
+        raise ValueError(f"max_length={max_length}, expected at most {MAX_CODE_LENGTH}")
+    counts = np.bincount(s, minlength=alphabet) if s.size else np.zeros(alphabet, np.int64)
+    lengths = code_lengths(counts, max_length)
+    data, nbits, offs = encode(s, lengths, sync=SYNC_INTERVAL)
+    deltas = np.diff(np.concatenate(([0], offs))).astype("<u2")
+    head = _STREAM_HEAD.pack(s.size, nbits, alphabet, SYNC_INTERVAL, 0)
+    return head + lengths.tobytes() + deltas.tobytes() + data
+
+
+def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> int:
+    """Exact byte size :func:`pack_stream` gives for symbols with this histogram (alphabet = len(counts))."""
+    counts = np.asarray(counts)
+    n = int(counts.sum())
+    lengths = code_lengths(counts, max_length)
+    nbits = int((counts.astype(np.int64) * lengths).sum())
+    nsync = max(0, (n + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
+    return STREAM_HEADER_SIZE + counts.size + 2 * nsync + (nbits + 7) // 8
+
+
+def stream_info(data: bytes) -> dict:
+    """Validate a packed stream's layout without decoding it.
+
+    Returns:
+        dict with ``count``, ``nbits``, ``alphabet``, ``sync``, ``lengths`` (np.uint8 array),
+        ``sync_offsets`` (int64 array) and ``payload`` (bytes).
+
+    Raises:
+        DeepzipFormatError: sizes that disagree with the section length, lengths over 24 bits, etc.
+    """
+    size = len(data)
+    if size < STREAM_HEADER_SIZE:
+        raise DeepzipFormatError(f"stream of {size} bytes is shorter than its {STREAM_HEADER_SIZE}-byte header")
+    count, nbits, alphabet, sync, reserved = _STREAM_HEAD.unpack_from(data, 0)
+    if reserved != 0:
+        raise DeepzipFormatError(f"reserved stream field is {reserved}, expected 0")
+    if not 1 <= sync <= MAX_SYNC_INTERVAL:
+        raise DeepzipFormatError(f"sync interval {sync} outside 1..{MAX_SYNC_INTERVAL}")
+    if alphabet > size - STREAM_HEADER_SIZE:
+        raise DeepzipFormatError(f"alphabet of {alphabet} code lengths exceeds stream size {size}")
+    # Every symbol takes at least one bit, so a count is bounded by the bits present.
+    if nbits > 8 * size:
+        raise DeepzipFormatError(f"{nbits} bits claimed in a stream of {size} bytes")
+    if count > nbits:
+        raise DeepzipFormatError(f"count {count} exceeds the {nbits} bits of the stream")
+    nsync = max(0, (count + sync - 1) // sync - 1)
+    expect = STREAM_HEADER_SIZE + alphabet + 2 * nsync + (nbits + 7) // 8
+    if expect != size:
+        raise DeepzipFormatError(
+            f"stream is {size} bytes but count {count}, nbits {nbits}, alphabet {alphabet} imply {expect}"
+        )
+    lengths = np.frombuffer(data, np.uint8, alphabet, STREAM_HEADER_SIZE)
+    if alphabet and int(lengths.max()) > MAX_CODE_LENGTH:
+        raise DeepzipFormatError(f"code length {int(lengths.max())} exceeds {MAX_CODE_LENGTH}")
+    ls = lengths[lengths > 0].astype(np.int64)
+    if int((np.int64(1) << (MAX_CODE_LENGTH - ls)).sum()) > 1 << MAX_CODE_LENGTH:
+        raise DeepzipFormatError("code lengths violate Kraft's inequality")
+    if count and ls.size == 0:
+        raise DeepzipFormatError(f"{count} symbols but no symbol has a code")
+    o = STREAM_HEADER_SIZE + alphabet
+    deltas = np.frombuffer(data, "<u2", nsync, o).astype(np.int64)
+    offsets = np.cumsum(deltas)
+    if nsync and (deltas.min() == 0 or offsets[-1] >= nbits):
+        raise DeepzipFormatError("sync offsets are not increasing within the stream")
+    return {
+        "count": count,
+        "nbits": nbits,
+        "alphabet": alphabet,
+        "sync": sync,
+        "lengths": lengths,
+        "sync_offsets": offsets,
+        "payload": bytes(data[o + 2 * nsync :]),
+    }
+
+
+def unpack_stream(data: bytes) -> np.ndarray:
+    """Decode a section written by :func:`pack_stream`.
+
+    Raises:
+        DeepzipFormatError: the section is malformed; messages say what is wrong.
+    """
+    info = stream_info(data)
+    return decode(
+        info["payload"],
+        info["lengths"],
+        info["count"],
+        nbits=info["nbits"],
+        sync_offsets=info["sync_offsets"],
+        sync=info["sync"],
+    )

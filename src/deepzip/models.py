@@ -1,0 +1,113 @@
+"""Reference models, by name: the LeNets of Deep Compression and the MLPs of Hinton et al.'s distillation paper.
+
+``get_model(name)`` also accepts ``"package.module:factory"``, a callable returning an ``nn.Module`` (the user's own).
+
+Example:
+    >>> m = get_model("lenet300")
+    >>> sum(p.numel() for p in m.parameters())
+    266610
+    >>> import torch
+    >>> tuple(get_model("lenet5")(torch.zeros(2, 1, 28, 28)).shape)
+    (2, 10)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LeNet300", "LeNet5", "MLP", "MODELS", "get_model", "model_name"]
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100: 784-300-100-10 with ReLU (266,610 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # (B, 784)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5: conv 20 5x5, max-pool 2, conv 50 5x5, max-pool 2, fc 500, ReLU, fc 10 (431,080 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv1(x), 2)  # (B, 20, 12, 12)
+        x = F.max_pool2d(self.conv2(x), 2)  # (B, 50, 4, 4)
+        x = F.relu(self.fc1(x.flatten(1)))  # (B, 500)
+        return self.fc2(x)
+
+
+class MLP(nn.Module):
+    """A ReLU MLP on flattened 28x28 images, with optional dropout (input and hidden) as in Hinton et al. 2015."""
+
+    def __init__(self, hidden: tuple[int, ...], *, dropout: float = 0.0, input_dropout: float = 0.0,
+                 classes: int = 10) -> None:
+        super().__init__()
+        sizes = (784, *hidden, classes)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(x.flatten(1), self.input_dropout, self.training)
+        for layer in self.layers[:-1]:
+            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+        return self.layers[-1](x)
+
+
+#: Models by name. Factories take no arguments.
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "lenet300": LeNet300,
+    "lenet5": LeNet5,
+    "mlp1200": lambda: MLP((1200, 1200), dropout=0.5, input_dropout=0.2),
+    "mlp800": lambda: MLP((800, 800)),
+    "mlp30": lambda: MLP((30, 30)),
+}
+
+
+def get_model(name: str) -> nn.Module:
+    """Build a fresh model by registered name or ``"package.module:factory"``.
+
+    Raises:
+        ValueError: unknown name, or a factory that does not return an ``nn.Module``.
+    """
+    if name in MODELS:
+        model = MODELS[name]()
+    elif ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model {name!r}: cannot import factory ({exc})") from None
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
+    else:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)} or 'package.module:factory'")
+    model.deepzip_arch = name  # type: ignore[assignment]  # remembered so files can name their architecture
+    return model
+
+
+def model_name(model: nn.Module) -> str | None:
+    """The architecture name a model was built under by :func:`get_model`, if any."""
+    name = getattr(model, "deepzip_arch", None)
+    return name if isinstance(name, str) else None

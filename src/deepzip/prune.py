@@ -1,0 +1,349 @@
+"""Magnitude pruning with retraining (Han et al. 2015, arXiv 1506.02626), masks as parametrizations.
+
+A pruned layer's ``weight`` is computed as ``original * mask`` by a :class:`Mask` parametrization
+(``torch.nn.utils.parametrize``). Why a parametrization and not a zeroed tensor plus a hook: an optimizer step with
+momentum or weight decay moves every entry of a plain tensor, so zeros come back to life unless they are re-applied
+after each step (Distiller's comment on this is the classic warning). Here the forward pass multiplies by the mask,
+so the layer's weight is exactly zero at pruned entries whatever the optimizer does, and the gradient reaching
+pruned entries of ``original`` is exactly zero. The mask is a registered buffer, so it is part of the state_dict.
+
+Pruning criteria per layer: a threshold of ``quality x std`` of the layer's kept weights, or a target sparsity
+(the fraction of the layer's weights that are zero). Re-pruning never revives earlier zeros.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Linear(8, 4))
+    >>> _ = prune_(m, sparsity=0.75)
+    >>> int((m[0].weight == 0).sum())
+    24
+    >>> _ = strip(m)  # back to a plain nn.Linear whose weight has the zeros baked in
+    >>> type(m[0].weight).__name__
+    'Parameter'
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+__all__ = [
+    "AGPSchedule",
+    "allocate_sparsities",
+    "FilterFn",
+    "Mask",
+    "SensitivityScan",
+    "choose_sparsities",
+    "get_mask",
+    "iterative_prune_",
+    "prunable_layers",
+    "prune_",
+    "sensitivity_scan",
+    "sparsity_table",
+    "strip",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Mask(nn.Module):
+    """Parametrization ``weight = original * mask``; ``mask`` is a bool buffer of the weight's shape."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return original * self.mask
+
+
+def _default_filter(module: nn.Module, name: str) -> bool:
+    return isinstance(module, _PRUNABLE)
+
+
+def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Module]:
+    """Layers whose ``weight`` may be compressed, by dotted name (default: Linear and Conv layers)."""
+    keep = filter_fn or _default_filter
+    return {
+        name: m for name, m in model.named_modules()
+        if name and isinstance(getattr(m, "weight", None), torch.Tensor) and keep(m, name)
+    }
+
+
+def _parametrizations(module: nn.Module) -> list[nn.Module]:
+    if not parametrize.is_parametrized(module, "weight"):
+        return []
+    return list(module.parametrizations["weight"])  # type: ignore[index,arg-type]
+
+
+def get_mask(module: nn.Module) -> torch.Tensor | None:
+    """The keep-mask of a layer's weight (bool, weight-shaped), or ``None`` when it is not pruned."""
+    for p in _parametrizations(module):
+        mask = getattr(p, "mask", None)
+        if isinstance(mask, torch.Tensor):
+            return mask
+    return None
+
+
+def _resolve(value: float | dict[str, float] | None, layers: dict[str, nn.Module], what: str) -> dict[str, float]:
+    """Per-layer values from one float or a dict keyed by dotted layer names (``"fc1"`` or ``"fc1.weight"``)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            name = key[:-len(".weight")] if key.endswith(".weight") else key
+            if name not in layers:
+                raise ValueError(f"{key}: unknown layer for {what}; prunable layers: {', '.join(layers)}")
+            out[name] = v
+        return out
+    return {name: value for name in layers}
+
+
+def _check_float(name: str, value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}.weight: {what}={value!r}, expected a finite number")
+    return float(value)
+
+
+def prune_(
+    model: nn.Module,
+    sparsity: float | dict[str, float] | None = None,
+    *,
+    quality: float | dict[str, float] | None = None,
+    filter_fn: FilterFn | None = None,
+) -> nn.Module:
+    """Prune weights by magnitude, in place; returns ``model``.
+
+    Args:
+        model: the model; its prunable layers get (or update) a :class:`Mask` parametrization.
+        sparsity: fraction in [0, 1] of each layer's weights to be zero afterwards: one float for all layers or a
+            dict of dotted layer names. Layers not named are left alone.
+        quality: alternatively, prune ``|w| <= quality * std(kept weights of the layer)`` (Han et al.'s rule).
+        filter_fn: ``filter_fn(module, name)`` selects layers (default: Linear and Conv).
+
+    Raises:
+        ValueError: sparsity outside [0, 1], a negative quality, an unknown layer name, a non-float weight,
+            or both/neither of sparsity and quality; the message names the layer.
+    """
+    if (sparsity is None) == (quality is None):
+        raise ValueError("prune_: give exactly one of sparsity= or quality=")
+    layers = prunable_layers(model, filter_fn)
+    targets = _resolve(sparsity, layers, "sparsity")
+    qualities = _resolve(quality, layers, "quality")
+    for name, s in targets.items():
+        s = _check_float(name, s, "sparsity")
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"{name}.weight: sparsity={s}, expected a fraction in [0, 1]")
+    for name, q in qualities.items():
+        if _check_float(name, q, "quality") < 0:
+            raise ValueError(f"{name}.weight: quality={q}, expected >= 0")
+    for name in {**targets, **qualities}:
+        w = layers[name].weight
+        if not torch.is_floating_point(w):
+            raise ValueError(f"{name}.weight: dtype {w.dtype} is not floating point; cannot prune it")
+        if any(not isinstance(p, Mask) for p in _parametrizations(layers[name])):
+            raise ValueError(f"{name}.weight: already weight-shared; prune before sharing")
+
+    with torch.no_grad():
+        for name in {**targets, **qualities}:
+            module = layers[name]
+            w = module.weight.detach()
+            old = get_mask(module)
+            old = old.clone() if old is not None else torch.ones_like(w, dtype=torch.bool)
+            if name in targets:
+                n_prune = round(targets[name] * w.numel())
+                scores = w.abs().float().flatten()
+                scores[~old.flatten()] = -1.0  # earlier zeros are pruned first, so they stay pruned
+                new = torch.ones(w.numel(), dtype=torch.bool)
+                if n_prune > 0:
+                    new[torch.topk(scores, n_prune, largest=False, sorted=False).indices] = False
+                new = new.view_as(w) & old
+            else:
+                kept = w[old]
+                thr = float(qualities[name]) * (float(kept.float().std()) if kept.numel() > 1 else 0.0)
+                new = old & (w.abs() > thr)
+            _set_mask(module, new)
+    return model
+
+
+def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    existing = get_mask(module)
+    if existing is not None:
+        existing.copy_(mask)
+    else:
+        parametrize.register_parametrization(module, "weight", Mask(mask))
+    # Zero the stored original too: the file then holds exact zeros and a later strip() needs no mask.
+    module.parametrizations["weight"].original.mul_(mask)  # type: ignore[index,union-attr]
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Bake every weight parametrization (masks, codebooks) into a plain weight, in place; returns ``model``.
+
+    The outputs are unchanged; afterwards the model is an ordinary model with zeros (and shared values) in it.
+    """
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def sparsity_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict]:
+    """Per prunable layer: ``layer``, ``weights``, ``kept`` (non-zero) and ``kept_pct``."""
+    rows = []
+    for name, m in prunable_layers(model, filter_fn).items():
+        w = m.weight.detach()
+        kept = int((w != 0).sum())
+        rows.append({"layer": name, "weights": w.numel(), "kept": kept, "kept_pct": 100.0 * kept / max(w.numel(), 1)})
+    return rows
+
+
+def _cubic(initial: float, final: float, t: float) -> float:
+    """AGP (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f) * (1 - t)^3 for t in [0, 1]."""
+    t = min(max(t, 0.0), 1.0)
+    return final + (initial - final) * (1.0 - t) ** 3
+
+
+@dataclass
+class AGPSchedule:
+    """Gradual (automated gradual pruning, cubic) schedule, stepped like an LR scheduler.
+
+    Pass as ``fit(..., step_callback=schedule)``: every ``every`` optimizer steps between ``begin`` and ``end`` the
+    per-layer sparsity follows ``s_f + (s_i - s_f)(1 - t)^3`` and the layers are re-pruned to it.
+
+    Example:
+        >>> from torch import nn
+        >>> m = nn.Sequential(nn.Linear(10, 10))
+        >>> sched = AGPSchedule(final={"0": 0.9}, begin=0, end=10, every=1)
+        >>> for step in range(1, 11): sched(m, step)
+        >>> int((m[0].weight == 0).sum())
+        90
+    """
+
+    final: dict[str, float]
+    begin: int
+    end: int
+    every: int = 10
+    initial: float = 0.0
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def targets(self, step: int) -> dict[str, float]:
+        t = (step - self.begin) / max(self.end - self.begin, 1)
+        return {name: _cubic(self.initial, s, t) for name, s in self.final.items()}
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        if step < self.begin or (step > self.end) or ((step - self.begin) % self.every and step != self.end):
+            return
+        targets = self.targets(step)
+        prune_(model, sparsity=targets)
+        self.history.append((step, targets))
+
+    def step(self, model: nn.Module, step: int) -> None:
+        self(model, step)
+
+
+def iterative_prune_(
+    model: nn.Module,
+    retrain: Callable[[nn.Module, int], object],
+    *,
+    sparsity: dict[str, float] | None = None,
+    quality: dict[str, float] | None = None,
+    rounds: int = 3,
+    progress: bool = True,
+) -> nn.Module:
+    """Prune -> retrain, ``rounds`` times, reaching the final per-layer ``sparsity`` (or ``quality``) in the last.
+
+    Intermediate targets follow the cubic schedule, so early rounds remove the most (and least important) weights.
+    ``retrain(model, round)`` trains the model (e.g. a closure over :func:`deepzip.train.fit`).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}, expected >= 1")
+    for r in tqdm(range(1, rounds + 1), desc="prune rounds", disable=not progress, leave=False):
+        if sparsity is not None:
+            prune_(model, sparsity={k: _cubic(0.0, v, r / rounds) for k, v in sparsity.items()})
+        else:
+            prune_(model, quality={k: v * r / rounds for k, v in (quality or {}).items()})
+        retrain(model, r)
+    return model
+
+
+SensitivityScan = dict[str, list[tuple[float, float]]]
+
+
+def sensitivity_scan(
+    model: nn.Module,
+    error_fn: Callable[[nn.Module], float],
+    sparsities: Iterable[float] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
+    *,
+    filter_fn: FilterFn | None = None,
+    progress: bool = True,
+) -> SensitivityScan:
+    """Error vs sparsity for each layer pruned alone, without retraining (Han et al. 2015, Fig. 5).
+
+    Returns:
+        ``{layer: [(sparsity, error), ...]}`` with ``error = error_fn(pruned copy)``.
+    """
+    sparsities = list(sparsities)
+    layers = list(prunable_layers(model, filter_fn))
+    scan: SensitivityScan = {}
+    bar = tqdm(total=len(layers) * len(sparsities), desc="sensitivity", disable=not progress, leave=False)
+    for name in layers:
+        scan[name] = []
+        for s in sparsities:
+            trial = copy.deepcopy(model)
+            prune_(trial, sparsity={name: s})
+            scan[name].append((s, float(error_fn(trial))))
+            bar.update(1)
+    bar.close()
+    return scan
+
+
+def choose_sparsities(scan: SensitivityScan, baseline_error: float, tolerance: float = 0.5) -> dict[str, float]:
+    """Per layer, the largest scanned sparsity whose error (pruned alone, no retraining) stays within
+    ``baseline_error + tolerance``; retraining then recovers most of that loss."""
+    return {
+        name: max([s for s, err in points if err <= baseline_error + tolerance], default=0.0)
+        for name, points in scan.items()
+    }
+
+
+def allocate_sparsities(
+    scan: SensitivityScan, weights: dict[str, int], target: float, *, baseline_error: float | None = None
+) -> dict[str, float]:
+    """Per-layer sparsities from a sensitivity scan that together reach an overall ``target`` sparsity.
+
+    Finds the smallest error tolerance t (by bisection) such that giving every layer the largest scanned
+    sparsity whose error stays within ``baseline + t`` prunes at least ``target`` of all weights. Sensitive
+    layers (small, or early convs) thus keep more, robust ones (large FC layers) lose more, as in the paper.
+    If even the most aggressive scanned points fall short, they are returned.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target sparsity={target}, expected a fraction in [0, 1]")
+    unknown = set(scan) - set(weights)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: layer in the scan but not among the weights")
+    base = baseline_error if baseline_error is not None else min(e for pts in scan.values() for _, e in pts)
+    total = sum(weights[name] for name in scan)
+
+    def overall(tol: float) -> tuple[float, dict[str, float]]:
+        chosen = choose_sparsities(scan, base, tol)
+        return sum(chosen[n] * weights[n] for n in scan) / max(total, 1), chosen
+
+    lo, hi = 0.0, 100.0
+    if overall(hi)[0] < target:
+        return overall(hi)[1]
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if overall(mid)[0] >= target:
+            hi = mid
+        else:
+            lo = mid
+    return overall(hi)[1]
