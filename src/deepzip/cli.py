@@ -268,7 +268,7 @@ def _load_plugins() -> None:
     """Subcommands defined next to the technique they drive (pipeline, distill, report) register themselves."""
     import importlib
 
-    for mod in ("deepzip.cli_more",):
+    for mod in ("deepzip._cli_share", "deepzip._cli_distill", "deepzip._cli_dz"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -226,9 +226,11 @@ def load_mnist(
     folder = fetch_mnist(root, quiet=quiet)
     prefix = "train" if split == "train" else "t10k"
     arrays = {}
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+    kinds = ("images-idx3-ubyte", "labels-idx1-ubyte")
+    for kind in kinds:  # checksums first: a corrupted file is named as such, not as a shape mismatch
+        _check(folder / f"{prefix}-{kind}")
+    for kind in kinds:
         path = folder / f"{prefix}-{kind}"
-        _check(path)
         arr = read_idx(path)
         if arr.shape != _EXPECTED_SHAPE[path.name]:
             raise DataError(f"{path}: shape {arr.shape}, expected {_EXPECTED_SHAPE[path.name]}")

@@ -192,7 +192,11 @@ def strip(model: nn.Module) -> nn.Module:
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module, "weight"):
+            # A shared layer freezes its unused `original` (which remove_parametrizations reuses as the weight) and
+            # trains its centroids: the baked weight is trainable when anything in the parametrization was.
+            trainable = any(p.requires_grad for p in module.parametrizations["weight"].parameters())  # type: ignore
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            module.weight.requires_grad_(trainable)
     return model
 
 
