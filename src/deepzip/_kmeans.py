@@ -217,7 +217,7 @@ def _distinct_upto(s: NDArray[Any], k: int) -> NDArray[Any] | None:
     return np.array(out, dtype=s.dtype)
 
 
-def _init_sorted(s: NDArray[Any], v: NDArray[Any], k: int, init: str, seed: int) -> NDArray[np.float64]:
+def _init_sorted(s: NDArray[Any], k: int, init: str, seed: int) -> NDArray[np.float64]:
     n = s.shape[0]
     lo, hi = float(s[0]), float(s[-1])
     if init == "linear":
@@ -233,18 +233,19 @@ def _init_sorted(s: NDArray[Any], v: NDArray[Any], k: int, init: str, seed: int)
         b = s[j1].astype(np.float64)
         c = a + (b - a) * (h - j)
     elif init == "random":
-        # Forgy: k distinct values drawn from the data (by position in the caller's order), seeded.
+        # Forgy: k data points drawn at random (seeded). A draw that repeats an already chosen value
+        # takes the next larger distinct value instead (wrapping around), so mostly-duplicate data still
+        # gives k distinct centroids. With at most k distinct values, those are the centroids.
+        d = _distinct_upto(s, k)
         rng = np.random.default_rng(seed)
-        got: dict[float, None] = {}
-        for _ in range(20):  # duplicates in the draw: draw again; data has > k distinct values here
-            idx = rng.choice(n, size=min(k, n), replace=False)
-            for x in v[np.sort(idx)].tolist():
-                got.setdefault(x, None)
-                if len(got) == k:
-                    break
-            if len(got) == k:
-                break
-        c = np.array(list(got), dtype=np.float64)
+        got: set[float] = set() if d is None else set(d.tolist())
+        for p in rng.integers(0, n, size=k if d is None else 0).tolist():
+            x = s[p]
+            while float(x) in got:
+                i = int(np.searchsorted(s, x, side="right"))
+                x = s[i if i < n else 0]
+            got.add(float(x))
+        c = np.array(sorted(got), dtype=np.float64)
     else:
         raise ValueError(f"init={init!r}, expected one of {_INITS} or an array of centroids")
     return np.unique(c)
@@ -257,7 +258,8 @@ def init_centroids(values: NDArray[Any], k: int, init: str = "linear", seed: int
         values: real array of any shape (finite, non-empty).
         k: number of clusters, >= 1.
         init: ``"linear"`` (evenly spaced over [min, max]), ``"density"`` (quantiles at (i+1/2)/k)
-            or ``"random"`` (Forgy: k distinct values sampled from the data with ``seed``).
+            or ``"random"`` (Forgy: k data points drawn with ``seed``; a repeated value is replaced by
+            the next larger distinct one, so the k values are distinct).
         seed: seed of the ``"random"`` draw.
 
     Returns:
@@ -274,7 +276,7 @@ def init_centroids(values: NDArray[Any], k: int, init: str = "linear", seed: int
     v = _as_values(values)
     s = np.sort(v)
     _check_finite(float(s[0]), float(s[-1]), "values")
-    return _init_sorted(s, v, k, init, seed)
+    return _init_sorted(s, k, init, seed)
 
 
 class _Prefix:
@@ -282,8 +284,11 @@ class _Prefix:
 
     def __init__(self, s: NDArray[Any], k: int) -> None:
         n = s.shape[0]
-        # block length: the per-step gather touches ~k*B values; keep it ~1e5 while n/B stays small
-        self.B = B = int(np.clip((1 << 17) // max(k, 1), 64, 4096))
+        # Block length B. For few centroids the values between a block start and a position are summed
+        # slice by slice (~1.5 us each, almost independent of B); for many, in one (k, B) gather, so
+        # k*B is kept ~1e4. Either way the n/B block sums stay small (16 MB for 1B weights, k <= 64).
+        self.loop = k <= 64
+        self.B = B = 1024 if self.loop else int(np.clip((1 << 14) // k, 64, 1024))
         nb = n // B
         blk = np.zeros(nb + 1, dtype=np.longdouble)  # blk[j] = sum(s[:j*B])
         # float64 sums of B float32 values are exact to ~1e-13 relative; the running total is extended
@@ -301,7 +306,13 @@ class _Prefix:
         out = self.blk[j].copy()
         rem = q - base  # (m,) values between the block start and q, < B
         sel = np.nonzero(rem)[0]
-        if sel.size:
+        if self.loop:
+            s = self.s
+            part = [
+                np.add.reduce(s[a:b], dtype=np.float64) for a, b in zip(base[sel].tolist(), q[sel].tolist())
+            ]
+            out[sel] += np.array(part, dtype=np.float64)
+        elif sel.size:
             # (m', B) gather; indices past the end are clipped and masked out
             idx = np.minimum(base[sel, None] + self.ar, self.n - 1)
             vals = np.where(self.ar < rem[sel, None], self.s[idx], 0)
@@ -313,7 +324,7 @@ def kmeans1d(
     values: NDArray[Any],
     k: int,
     init: str | NDArray[Any] = "linear",
-    max_iter: int = 3000,
+    max_iter: int = 10_000,
     tol: float = 0.0,
     seed: int = 0,
     progress: bool = False,
@@ -324,7 +335,8 @@ def kmeans1d(
     iteration runs to its exact fixed point; labels come from one O(n) pass at the end.
 
     Args:
-        values: real array of any shape (e.g. a layer's nonzero weights); float32 stays float32.
+        values: real array of any shape (e.g. a layer's nonzero weights); float32 is not copied to
+            float64 (only a sorted float32 copy is made).
         k: number of clusters (2**bits), >= 1.
         init: ``"linear"`` (evenly spaced between min and max, Deep Compression's best),
             ``"density"`` (quantiles at (i+1/2)/k of the values), ``"random"`` (Forgy: k distinct
@@ -336,8 +348,8 @@ def kmeans1d(
         progress: show a progress bar over the Lloyd steps.
 
     Returns:
-        ``(centroids, labels)``: centroids sorted ascending, distinct, shape (k',) with k' <= k, dtype
-        float32 for float32/float16 input else float64; labels of the nearest centroid (ties to the
+        ``(centroids, labels)``: centroids sorted ascending, distinct, float64 (the exact cluster means;
+        cast to the weights' dtype when storing), shape (k',) with k' <= k; labels of the nearest centroid (ties to the
         lower), shape ``values.shape``, dtype uint8 for k <= 256, uint16 for k <= 65536, else int32.
         Clusters that become empty are dropped, so k' < k can happen; data with at most k distinct
         values returns exactly those values.
@@ -369,9 +381,10 @@ def _kmeans1d(
         raise ValueError(f"max_iter={max_iter!r}, expected an integer >= 1")
     if not (tol >= 0):
         raise ValueError(f"tol={tol!r}, expected a float >= 0")
+    if isinstance(init, str) and init not in _INITS:  # before the sort, which can take seconds
+        raise ValueError(f"init={init!r}, expected one of {_INITS} or an array of centroids")
     shape = np.shape(values)
     v = _as_values(values)
-    out_dtype = np.dtype(np.float32) if v.dtype == np.float32 else np.dtype(np.float64)
     lab_dtype = _label_dtype(k)
 
     info: dict[str, Any] = {"iterations": 0, "converged": True}
@@ -386,10 +399,10 @@ def _kmeans1d(
         t0 = time.perf_counter()
         lab = _assign_sorted(v, c, lab_dtype).reshape(shape)
         info.update(iterate_s=0.0, assign_s=time.perf_counter() - t0, distinct=True)
-        return c.astype(out_dtype), lab, info
+        return c, lab, info
 
     if isinstance(init, str):
-        c = _init_sorted(s, v, k, init, seed)
+        c = _init_sorted(s, k, init, seed)
     else:
         c = np.unique(np.asarray(init, dtype=np.float64).reshape(-1))
         if c.size == 0 or c.size > k or not np.isfinite(c).all():
@@ -411,10 +424,10 @@ def _kmeans1d(
         pos = np.empty(c.size + 1, dtype=np.int64)
         pos[0], pos[-1] = 0, n
         pos[1:-1] = np.searchsorted(s, _thresholds(c, s.dtype), side="right")
-        keep = np.flatnonzero(np.diff(pos)) + 1  # ends of non-empty clusters
+        keep = np.flatnonzero(pos[1:] != pos[:-1]) + 1  # ends of non-empty clusters
         pos = np.concatenate(([0], pos[keep]))  # empty clusters dropped
-        sums = np.diff(prefix(pos)).astype(np.float64)
-        new = sums / np.diff(pos)
+        ps = prefix(pos)  # (k'+1,) extended precision
+        new = (ps[1:] - ps[:-1]).astype(np.float64) / (pos[1:] - pos[:-1])
         if bar is not None:
             bar.update(1)
         if prev is not None and np.array_equal(pos, prev):
@@ -433,10 +446,11 @@ def _kmeans1d(
 
     info["iterate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    co = np.unique(c.astype(out_dtype))  # rounding to float32 could merge two centroids: keep distinct
-    lab = _assign_sorted(v, co.astype(np.float64), lab_dtype).reshape(shape)
+    # float64 on purpose: rounding the centroids to float32 could move a value lying within one ulp of
+    # a midpoint across it, and the centroids would no longer be the exact means of their clusters
+    lab = _assign_sorted(v, c, lab_dtype).reshape(shape)
     info["assign_s"] = time.perf_counter() - t0
-    return co, lab, info
+    return c, lab, info
 
 
 def linear_quantize(values: NDArray[Any], bits: int) -> tuple[NDArray[np.floating[Any]], NDArray[Any]]:
@@ -449,8 +463,8 @@ def linear_quantize(values: NDArray[Any], bits: int) -> tuple[NDArray[np.floatin
         bits: bits per index, 1..16.
 
     Returns:
-        ``(levels, labels)``: levels ascending, shape (2**bits,) (one level if all values are equal),
-        dtype as in ``kmeans1d``; labels of the nearest level, shape ``values.shape``.
+        ``(levels, labels)``: float64 levels ascending, shape (2**bits,) (one level if all values are
+        equal); labels of the nearest level, shape ``values.shape``.
 
     Raises:
         ValueError: empty input, NaN/inf, bits outside 1..16.
@@ -464,9 +478,8 @@ def linear_quantize(values: NDArray[Any], bits: int) -> tuple[NDArray[np.floatin
         raise ValueError(f"bits={bits!r}, expected an integer 1..16")
     shape = np.shape(values)
     v = _as_values(values)
-    out_dtype = np.dtype(np.float32) if v.dtype == np.float32 else np.dtype(np.float64)
     lo, hi = float(v.min()), float(v.max())
     _check_finite(lo, hi, "values")
-    levels = np.unique(np.linspace(lo, hi, 1 << bits).astype(out_dtype))
-    lab = _assign_sorted(v, levels.astype(np.float64), _label_dtype(1 << bits))
+    levels = np.unique(np.linspace(lo, hi, 1 << bits))
+    lab = _assign_sorted(v, levels, _label_dtype(1 << bits))
     return levels, lab.reshape(shape)

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .models import get_model, model_name
-from .prune import Mask, get_mask
+from .prune import Mask, get_mask, remove_parametrization_
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint", "atomic_write"]
 
@@ -190,8 +190,7 @@ def load_checkpoint(
             if values.numel() != int(mask.sum()):
                 raise CheckpointError(f"{where}: {values.numel()} values for {int(mask.sum())} kept weights")
             with torch.no_grad():
-                if parametrize.is_parametrized(module, "weight"):
-                    parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+                remove_parametrization_(module, leave_parametrized=False)
                 dense = torch.zeros(shape, dtype=module.weight.dtype)
                 dense[mask] = values.to(dense.dtype)
                 module.weight.copy_(dense)

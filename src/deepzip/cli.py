@@ -106,8 +106,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = _train_cfg(a, a.model)
     t0 = time.time()
     fit(model, train, cfg, desc=f"train {a.model}")
+    seconds = time.time() - t0
     res = evaluate(model, test)
-    save_checkpoint(model, a.output, meta={"test_error_pct": res.error_pct, "train": cfg.to_dict()})
+    save_checkpoint(model, a.output, meta={"test_error_pct": res.error_pct, "train": cfg.to_dict(),
+                                           "train_seconds": seconds})
     print(f"{a.model}: test error {res.error_pct:.2f}% ({res.errors}/{res.n}) after {cfg.epochs} epochs, "
           f"{time.time() - t0:.0f}s -> {a.output}")
     return 0
@@ -304,4 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m deepzip.cli` runs this file as __main__; plugins register into the imported deepzip.cli, so use its
+    # main (else plugin subcommands such as `share` are missing).
+    from deepzip.cli import main as _main
+
+    sys.exit(_main())

@@ -41,6 +41,8 @@ __all__ = [
     "Mask",
     "SensitivityScan",
     "choose_sparsities",
+    "clone_model",
+    "remove_parametrization_",
     "get_mask",
     "iterative_prune_",
     "prunable_layers",
@@ -185,6 +187,37 @@ def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     module.parametrizations["weight"].original.mul_(mask)  # type: ignore[index,union-attr]
 
 
+def _own_class_(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own.
+
+    Why: ``torch.nn.utils.parametrize`` injects a generated class per module, and ``copy.deepcopy`` shares that
+    class between the original and the copy; removing the copy's parametrization then deletes the ``weight``
+    property from the shared class and breaks the original. Every removal in deepzip goes through
+    :func:`remove_parametrization_`, which calls this first.
+    """
+    cls = module.__class__
+    if not parametrize.is_parametrized(module) or getattr(cls, "_deepzip_owner", None) == id(module):
+        return
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    body["_deepzip_owner"] = id(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def remove_parametrization_(module: nn.Module, *, leave_parametrized: bool = True) -> None:
+    """Remove the parametrizations of ``module.weight`` (safe on deep copies, see :func:`_own_class_`)."""
+    if parametrize.is_parametrized(module, "weight"):
+        _own_class_(module)
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_parametrized)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` whose parametrized modules do not share classes with the original's (safe to strip)."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        _own_class_(module)
+    return twin
+
+
 def strip(model: nn.Module) -> nn.Module:
     """Bake every weight parametrization (masks, codebooks) into a plain weight, in place; returns ``model``.
 
@@ -195,7 +228,7 @@ def strip(model: nn.Module) -> nn.Module:
             # A shared layer freezes its unused `original` (which remove_parametrizations reuses as the weight) and
             # trains its centroids: the baked weight is trainable when anything in the parametrization was.
             trainable = any(p.requires_grad for p in module.parametrizations["weight"].parameters())  # type: ignore
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            remove_parametrization_(module, leave_parametrized=True)  # deep-copy safe
             module.weight.requires_grad_(trainable)
     return model
 
@@ -302,7 +335,7 @@ def sensitivity_scan(
     for name in layers:
         scan[name] = []
         for s in sparsities:
-            trial = copy.deepcopy(model)
+            trial = clone_model(model)
             prune_(trial, sparsity={name: s})
             scan[name].append((s, float(error_fn(trial))))
             bar.update(1)

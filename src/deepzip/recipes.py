@@ -15,6 +15,7 @@ from torch import nn
 from .data import Dataset
 from .prune import (
     AGPSchedule,
+    clone_model,
     allocate_sparsities,
     iterative_prune_,
     prunable_layers,
@@ -135,7 +136,7 @@ def run_prune(
     # validate everything before any work (unknown layers, out-of-range values) by a dry run on a copy
     import copy
 
-    prune_(copy.deepcopy(model), sparsity=sparsity, quality=quality)
+    prune_(clone_model(model), sparsity=sparsity, quality=quality)
     t1 = time.time()
     rounds_log: list[dict] = []
 

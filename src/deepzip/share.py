@@ -1,16 +1,415 @@
-"""Weight sharing (placeholder until the k-means module lands)."""
+"""Weight sharing (Deep Compression, Han et al. 2016, arXiv 1510.00149 section 3): per-layer codebooks by 1-D
+k-means, with trainable centroids, as a parametrization.
+
+A shared layer's ``weight`` is computed by a :class:`SharedWeight` parametrization as
+``centroids[indices] * mask``: ``centroids`` (k,) is an ``nn.Parameter``, ``indices`` (weight-shaped, int64) and
+``mask`` (weight-shaped, bool) are buffers. Pruned weights (mask False) are exactly zero and belong to no cluster
+(their index is 0 and irrelevant). Why this form:
+
+- Fine-tuning the centroids needs no special code. The gradient autograd gives ``centroids`` through the gather is
+  ``dL/dc_k = sum over kept (i, j) with indices[i, j] == k of dL/dW[i, j]`` -- exactly the paper's eq. (3) -- so
+  :func:`deepzip.train.fit` retrains a shared model unchanged. Indices never change, so the number of distinct
+  values per layer stays <= k whatever the optimizer (momentum, weight decay) does.
+- The multiplication by ``mask`` keeps pruned weights at zero even when they share index 0 with kept weights.
+- The parametrization's ``original`` tensor is no longer used; it is frozen (``requires_grad=False``) so optimizers
+  skip it, and holds the shared weight at the time of sharing (not saved by :mod:`deepzip.checkpoint`).
+
+Sharing a pruned layer replaces its :class:`deepzip.prune.Mask` by a ``SharedWeight`` holding the same mask, so
+``prune.get_mask`` keeps working. ``prune.strip(model)`` bakes the shared values into a plain weight.
+
+Bits per layer: an int for every layer; a preset ``"C/F"`` (``"8/5"``, ``"8/4"``, ``"4/2"``: conv layers get C bits,
+all other layers F bits, the paper's notation); or a dict of dotted layer names (``"fc1"`` or ``"fc1.weight"``) with
+an optional ``"default"`` entry (an int or a preset) for the layers not named. Layers not covered are left alone.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from deepzip.prune import prune_
+    >>> m = prune_(nn.Sequential(nn.Linear(16, 8)), sparsity=0.5)
+    >>> _ = share_weights_(m, 2, progress=False)
+    >>> w = m[0].weight
+    >>> int(torch.unique(w[w != 0]).numel()) <= 4, int((w == 0).sum()) >= 64
+    (True, True)
+"""
+
 from __future__ import annotations
 
-PACKED_KINDS: tuple[str, ...] = ()
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from .prune import FilterFn, get_mask, prunable_layers, remove_parametrization_
+
+__all__ = [
+    "PACKED_KINDS",
+    "PRESETS",
+    "SharedWeight",
+    "get_codebook",
+    "is_shared",
+    "pack_layer",
+    "plot_sharing",
+    "resolve_bits",
+    "set_codebook_",
+    "share_weights_",
+    "sharing_table",
+    "unpack_layer_",
+]
+
+#: Layer kinds :func:`pack_layer` produces (read by :mod:`deepzip.checkpoint`).
+PACKED_KINDS: tuple[str, ...] = ("shared",)
+#: The paper's conv/fc bit settings (Deep Compression, Table 7); any ``"C/F"`` string is accepted.
+PRESETS: tuple[str, ...] = ("8/5", "8/4", "4/2")
+_METHODS = ("kmeans", "linear")
+_INITS = ("linear", "density", "random")
+_MAX_K = 1 << 16
+
+Bits = int | str | Mapping[str, "int | str"]
 
 
-def is_shared(module) -> bool:  # noqa: ANN001
-    return False
+class SharedWeight(nn.Module):
+    """Parametrization ``weight = centroids[indices] * mask``.
+
+    Args:
+        centroids: (k,) the shared values; becomes a trainable ``nn.Parameter``.
+        indices: weight-shaped cluster index of every weight (int64; anything at pruned positions, stored as 0).
+        mask: weight-shaped bool keep-mask (all True for a layer that was not pruned).
+    """
+
+    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        mask = mask.detach().to(torch.bool).clone()
+        self.centroids = nn.Parameter(centroids.detach().clone())
+        # index 0 at pruned positions: a valid gather target whose value the mask then zeroes
+        self.register_buffer("indices", torch.where(mask, indices.detach().to(torch.int64), 0))
+        self.register_buffer("mask", mask)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        # (k,)[weight-shaped] -> weight-shaped; autograd of the gather sums gradients per cluster (eq. 3)
+        return self.centroids[self.indices] * self.mask
+
+    def extra_repr(self) -> str:
+        return f"k={self.centroids.numel()}, kept={int(self.mask.sum())}/{self.mask.numel()}"
 
 
-def pack_layer(module):  # noqa: ANN001, ANN201
+def _shared(module: nn.Module) -> SharedWeight | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations["weight"]:  # type: ignore[index,union-attr]
+        if isinstance(p, SharedWeight):
+            return p
     return None
 
 
-def unpack_layer_(module, kind, parts):  # noqa: ANN001, ANN201
-    raise ValueError(f"unknown kind {kind}")
+def is_shared(module: nn.Module) -> bool:
+    """Whether ``module.weight`` is computed by a :class:`SharedWeight` codebook."""
+    return _shared(module) is not None
+
+
+# ---------------------------------------------------------------------------------------------------- bits
+def _check_bits(name: str, b: Any) -> int:
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+        raise ValueError(f"{name}.weight: bits={b!r}, expected an integer 1..16")  # noqa: TRY004 (user input)
+    if not 1 <= b <= 16:
+        raise ValueError(f"{name}.weight: bits={b}, expected 1..16")
+    return int(b)
+
+
+def _preset(text: str) -> tuple[Any, Any]:
+    conv, sep, fc = text.partition("/")
+    try:
+        return (int(conv), int(fc)) if sep else (int(text), int(text))
+    except ValueError:
+        raise ValueError(f"bits={text!r}: expected an integer or a conv/fc preset such as "
+                         f"{', '.join(repr(p) for p in PRESETS)}") from None
+
+
+def _default_bits(spec: int | str, module: nn.Module) -> Any:
+    if isinstance(spec, str):
+        conv, fc = _preset(spec)
+        return conv if isinstance(module, _ConvNd) else fc
+    return spec
+
+
+def resolve_bits(model: nn.Module, bits: Bits, filter_fn: FilterFn | None = None) -> dict[str, int]:
+    """Bits per layer (dotted name -> 1..16) that :func:`share_weights_` would use, validated.
+
+    Raises:
+        ValueError: a bit width outside 1..16 or not an integer (naming the layer), an unknown layer name, or a
+            malformed preset.
+    """
+    layers = prunable_layers(model, filter_fn)
+    raw: dict[str, Any] = {}
+    if isinstance(bits, Mapping):
+        default = bits.get("default")
+        if default is not None:
+            raw = {name: _default_bits(default, m) for name, m in layers.items()}
+        for key, b in bits.items():
+            if key == "default":
+                continue
+            name = key.removesuffix(".weight")
+            if name not in layers:
+                raise ValueError(f"{key}: unknown layer for bits; shareable layers: {', '.join(layers)}")
+            raw[name] = b
+    elif isinstance(bits, (str, int, np.integer)) and not isinstance(bits, bool):
+        raw = {name: _default_bits(bits, m) for name, m in layers.items()}
+    else:
+        raise ValueError(  # noqa: TRY004 (user input: ValueError like every other bad bits value)
+            f"bits={bits!r}: expected an int, a preset such as '8/5', or a dict of layer names")
+    return {name: _check_bits(name, b) for name, b in raw.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- sharing
+def share_weights_(
+    model: nn.Module,
+    bits: Bits,
+    *,
+    init: str = "linear",
+    method: str = "kmeans",
+    filter_fn: FilterFn | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Replace each selected layer's weights by at most ``2**bits`` shared values, in place; returns ``model``.
+
+    Per layer, the weights that pruning kept (all weights of an unpruned layer) are clustered by exact 1-D k-means
+    (:func:`deepzip._kmeans.kmeans1d`); the layer then computes its weight from the codebook through a
+    :class:`SharedWeight` parametrization whose centroids can be fine-tuned with :func:`deepzip.train.fit`.
+    A layer that is already shared is re-clustered from its current values. Special cases:
+
+    - every weight pruned: a one-entry codebook ``[0.0]`` with an all-False mask (the layer stays all zero);
+    - at most ``2**bits`` distinct kept values: those values exactly (k' = number of distinct values);
+    - k-means may drop clusters that end up empty, so a layer can get fewer than ``2**bits`` centroids.
+
+    Args:
+        model: the model (pruned or not).
+        bits: bits per index: an int for all layers; ``"C/F"`` (e.g. ``"8/5"``): conv layers C bits, other layers
+            F bits; or a dict of dotted layer names (``"fc1"`` / ``"fc1.weight"``) to bits, whose optional
+            ``"default"`` entry (int or preset) covers the layers not named, e.g. ``{"default": "8/5", "fc3": 6}``.
+            With a dict and no default, layers not named are left alone.
+        init: k-means initialisation: ``"linear"`` (evenly spaced over [min, max], the paper's best), ``"density"``
+            or ``"random"`` (Forgy).
+        method: ``"kmeans"``, or ``"linear"``: uniform fixed-point quantisation to ``2**bits`` evenly spaced levels
+            over [min, max] of the kept weights (the simple baseline; same parametrization).
+        filter_fn: ``filter_fn(module, name)`` selects layers (default: Linear and Conv).
+        seed: seed of ``init="random"``.
+        progress: show a progress bar over the layers.
+
+    Returns:
+        ``model``, with a :class:`SharedWeight` on every selected layer.
+
+    Raises:
+        ValueError: bits outside 1..16 (``"fc1.weight: bits=0, expected 1..16"``), an unknown layer name, an unknown
+            init or method, a non-floating-point or non-finite weight.
+
+    Example:
+        >>> from deepzip.models import get_model
+        >>> m = share_weights_(get_model("lenet5"), "8/5", progress=False)
+        >>> [t["bits"] for t in sharing_table(m)]
+        [8, 8, 5, 5]
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r}, expected one of {_METHODS}")
+    if init not in _INITS:
+        raise ValueError(f"init={init!r}, expected one of {_INITS}")
+    from . import _kmeans
+
+    layers = prunable_layers(model, filter_fn)
+    per_layer = resolve_bits(model, bits, filter_fn)
+    for name in per_layer:
+        w = layers[name].weight
+        if not torch.is_floating_point(w):
+            raise ValueError(f"{name}.weight: dtype {w.dtype} is not floating point; cannot share it")
+        if not torch.isfinite(w.detach()).all():
+            raise ValueError(f"{name}.weight: contains NaN or inf; cannot share it")
+
+    for name in tqdm(per_layer, desc="share weights", disable=not progress, leave=False):
+        module, b = layers[name], per_layer[name]
+        with torch.no_grad():
+            w = module.weight.detach()
+            mask = get_mask(module)
+            mask = mask.clone() if mask is not None else torch.ones_like(w, dtype=torch.bool)
+            kept = w[mask].float().cpu().numpy()  # (n_kept,)
+            indices = np.zeros(tuple(w.shape), dtype=np.int64)
+            if kept.size == 0:
+                centroids = np.zeros(1, dtype=np.float32)
+            else:
+                if method == "kmeans":
+                    centroids, labels = _kmeans.kmeans1d(kept, 1 << b, init=init, seed=seed)
+                else:
+                    centroids, labels = _kmeans.linear_quantize(kept, b)
+                indices[mask.cpu().numpy()] = labels
+            set_codebook_(module, centroids, indices, mask.cpu().numpy())
+    return model
+
+
+def _dense(centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return centroids[indices] * mask
+
+
+def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any) -> nn.Module:
+    """Make ``module.weight`` the shared weight ``centroids[indices] * mask``, replacing any parametrization.
+
+    Used by :func:`share_weights_` and when loading a compressed file.
+
+    Args:
+        module: a layer with a ``weight``.
+        centroids: (k,) float values, 1 <= k <= 65536, finite.
+        indices: weight-shaped integer cluster indices in [0, k) at kept positions (ignored where ``mask`` is False).
+        mask: weight-shaped bool keep-mask.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        ValueError: shapes that do not fit the weight, an empty or too large codebook, non-finite centroids,
+            non-integer indices or indices out of range.
+    """
+    weight = module.weight
+    shape = tuple(weight.shape)
+    c = torch.as_tensor(np.asarray(centroids) if not isinstance(centroids, torch.Tensor) else centroids)
+    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    if c.ndim != 1 or not 1 <= c.numel() <= _MAX_K:
+        raise ValueError(f"codebook of shape {tuple(c.shape)}, expected (k,) with 1 <= k <= {_MAX_K}")
+    if not torch.is_floating_point(c) or not torch.isfinite(c).all():
+        raise ValueError("codebook: expected finite floating-point centroids")
+    if tuple(idx.shape) != shape or tuple(m.shape) != shape:
+        raise ValueError(f"indices {tuple(idx.shape)} / mask {tuple(m.shape)} do not fit the weight's shape {shape}")
+    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
+        raise ValueError(f"indices: dtype {idx.dtype}, expected integers")
+    m = m.to(torch.bool)
+    idx = torch.where(m, idx.to(torch.int64), 0)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= c.numel()):
+        raise ValueError(f"indices out of range [0, {c.numel()}) (min {int(idx.min())}, max {int(idx.max())})")
+    device = weight.device
+    c = c.to(device=device, dtype=weight.dtype)
+    idx, m = idx.to(device), m.to(device)
+    with torch.no_grad():
+        remove_parametrization_(module, leave_parametrized=False)  # deep-copy safe (see prune._own_class_)
+        # `original` becomes unused: it holds the shared weight at this moment (so a stray read sees sane values)
+        module.weight.copy_(_dense(c, idx, m))
+        parametrize.register_parametrization(module, "weight", SharedWeight(c, idx, m))
+    module.parametrizations["weight"].original.requires_grad_(False)  # type: ignore[index,union-attr]
+    return module
+
+
+def get_codebook(module: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codebook of a shared layer: ``(centroids float32 (k,), indices int64 weight-shaped, mask bool)``.
+
+    Indices at pruned positions are 0. Raises ValueError when the layer is not shared.
+    """
+    p = _shared(module)
+    if p is None:
+        raise ValueError(f"{type(module).__name__}: weight is not shared (call share_weights_ first)")
+    return (
+        p.centroids.detach().float().cpu().numpy().copy(),
+        p.indices.detach().cpu().numpy().copy(),
+        p.mask.detach().cpu().numpy().copy(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _index_dtype(k: int) -> torch.dtype:
+    if k <= 1 << 8:
+        return torch.uint8
+    return torch.int16 if k <= 1 << 15 else torch.int32
+
+
+def pack_layer(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
+    """Compact tensors of a shared layer for a checkpoint: ``("shared", parts)`` with ``parts`` =
+    ``centroids`` float32 (k,), ``indices`` (n_kept,) of the kept positions in row-major order (uint8 for
+    k <= 256, int16 for k <= 32768, else int32) and ``mask_bits`` = ``np.packbits`` of the flattened mask (uint8).
+    """
+    centroids, indices, mask = get_codebook(module)
+    kept = indices.reshape(-1)[mask.reshape(-1)]
+    return "shared", {
+        "centroids": torch.from_numpy(centroids.astype(np.float32)),
+        "indices": torch.from_numpy(kept).to(_index_dtype(centroids.size)).contiguous(),
+        "mask_bits": torch.from_numpy(np.packbits(mask.reshape(-1))),
+    }
+
+
+def unpack_layer_(module: nn.Module, kind: str, parts: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a shared layer from :func:`pack_layer`'s parts, in place; returns ``module``.
+
+    Raises:
+        ValueError: unknown kind, missing or extra parts, or sizes that do not fit the layer.
+    """
+    if kind != "shared":
+        raise ValueError(f"unknown layer kind {kind!r}; expected one of {PACKED_KINDS}")
+    want = {"centroids", "indices", "mask_bits"}
+    if set(parts) != want:
+        raise ValueError(f"shared layer has parts {sorted(parts)}, expected {sorted(want)}")
+    shape = tuple(module.weight.shape)
+    n = math.prod(shape)
+    bits, kept, centroids = parts["mask_bits"], parts["indices"], parts["centroids"]
+    if bits.dtype != torch.uint8 or bits.ndim != 1 or bits.numel() != (n + 7) // 8:
+        raise ValueError(f"mask_bits: {bits.numel()} bytes of {bits.dtype}, expected {(n + 7) // 8} uint8 "
+                         f"for shape {list(shape)}")
+    if centroids.dtype != torch.float32 or centroids.ndim != 1 or not 1 <= centroids.numel() <= _MAX_K:
+        raise ValueError(f"centroids: shape {tuple(centroids.shape)} {centroids.dtype}, expected float32 (k,), "
+                         f"1 <= k <= {_MAX_K}")
+    if kept.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64) or kept.ndim != 1:
+        raise ValueError(f"indices: shape {tuple(kept.shape)} {kept.dtype}, expected a 1-D integer tensor")
+    mask = np.unpackbits(bits.numpy(), count=n).astype(bool)  # (n,)
+    if kept.numel() != int(mask.sum()):
+        raise ValueError(f"{kept.numel()} indices for {int(mask.sum())} kept weights")
+    indices = np.zeros(n, dtype=np.int64)
+    indices[mask] = kept.numpy().astype(np.int64)
+    return set_codebook_(module, centroids, indices.reshape(shape), mask.reshape(shape))
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+def sharing_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict]:
+    """Per layer: ``layer``, ``weights``, ``kept_pct``, ``centroids`` (k; None if not shared), ``bits``
+    (index bits, ceil(log2 k), at least 1; None if not shared) and ``distinct`` (distinct values among the
+    kept weights; for an unshared layer, among its non-zero weights)."""
+    rows = []
+    for name, m in prunable_layers(model, filter_fn).items():
+        w = m.weight.detach()
+        p = _shared(m)
+        mask = p.mask if p is not None else (get_mask(m) if get_mask(m) is not None else w != 0)
+        k = p.centroids.numel() if p is not None else None
+        rows.append({
+            "layer": name,
+            "weights": w.numel(),
+            "kept_pct": 100.0 * float(mask.sum()) / max(w.numel(), 1),
+            "centroids": k,
+            "bits": max(1, math.ceil(math.log2(k))) if k is not None else None,
+            "distinct": int(torch.unique(w[mask]).numel()),
+        })
+    return rows
+
+
+def plot_sharing(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    before: Any = None,
+    pruned: Any = None,
+    title: str | None = None,
+    bins: int = 200,
+) -> None:
+    """The paper's weight-distribution figure for one layer, as a PNG: the weights ``before`` pruning, after pruning
+    and retraining (``pruned``), and the layer's current shared weights with its centroids marked (red lines).
+
+    Pruned (zero) weights are left out of the histograms. ``before``/``pruned`` are weight arrays (or tensors);
+    either may be omitted. Needs matplotlib.
+    """
+    from .report import plot_weight_histograms
+
+    centroids, _, _ = get_codebook(module)
+    stages: dict[str, np.ndarray] = {}
+    for label, w in (("before pruning", before), ("after pruning + retraining", pruned)):
+        if w is not None:
+            stages[label] = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+    stages[f"after sharing (k={centroids.size}, red: centroids)"] = module.weight.detach().cpu().numpy()
+    plot_weight_histograms(stages, path, centroids=centroids, bins=bins, title=title)

@@ -55,7 +55,8 @@ MAX_SYNC_INTERVAL = 2048
 _STREAM_HEAD = struct.Struct("<QQIHH")  # count, nbits, alphabet, sync interval, reserved
 STREAM_HEADER_SIZE = _STREAM_HEAD.size  # 24
 _TABLE_BITS = 16  # codes up to this long decode through one flat lookup table
-_ENCODE_CHUNK = 1 << 20
+_ENCODE_CHUNK = 1 << 20  # a multiple of SYNC_INTERVAL
+_SMALL_STREAM_BITS = 1 << 16  # below this, decode by pointer doubling over all bit positions
 
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
@@ -157,21 +158,25 @@ def _sorted_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, ls, left
 
 
-def encode(symbols: np.ndarray, lengths: np.ndarray, sync: int = 0) -> tuple[bytes, int] | tuple[bytes, int, np.ndarray]:
+def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     """Huffman-code ``symbols`` with the canonical code of ``lengths``, MSB first.
 
     Args:
         symbols: integer array (any shape, read flat); every symbol needs a non-zero length.
         lengths: code lengths per symbol, e.g. from :func:`code_lengths`.
-        sync: when > 0, also return the bit offsets of symbols ``sync, 2*sync, ...``.
 
     Returns:
-        ``(data, nbits)``: the packed bits (zero-padded to whole bytes) and their number;
-        with ``sync``, ``(data, nbits, offsets)``.
+        ``(data, nbits)``: the packed bits (zero-padded to whole bytes) and their number.
 
     Raises:
         ValueError: a symbol outside the alphabet or without a code.
     """
+    data, nbits, _ = _encode(symbols, lengths, 0)
+    return data, nbits
+
+
+def _encode(symbols: np.ndarray, lengths: np.ndarray, sync: int) -> tuple[bytes, int, np.ndarray]:
+    """:func:`encode`, plus the bit offsets of symbols ``sync, 2*sync, ...`` when ``sync`` > 0."""
     lengths = np.asarray(lengths)
     codes = canonical_codes(lengths)
     lens = lengths.astype(np.int64)
@@ -207,10 +212,8 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, sync: int = 0) -> tuple[byt
         k = np.flatnonzero(~fits)  # codes running into the next word: at most one per word
         words[word[k] + 1] |= c[k] << (np.uint64(64) - sh_right[k])
     data = words.astype(">u8").tobytes()[: (total + 7) // 8]
-    if sync:
-        off = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
-        return data, total, off[1:]  # offset of symbol 0 is always 0
-    return data, total
+    off = np.concatenate(offsets) if offsets else np.zeros(1, np.int64)
+    return data, total, off[1:]  # the offset of symbol 0 is always 0
 
 
 def decode(
@@ -224,33 +227,37 @@ def decode(
 ) -> np.ndarray:
     """Decode ``count`` symbols of the canonical code of ``lengths`` from ``data``.
 
-    Without ``sync_offsets`` the chunk starts are found by decoding the first symbol of every chunk
-    one chunk at a time, so pass the offsets recorded by :func:`encode` for long streams.
+    Two vectorised strategies, chosen by size. Short streams, or streams without recorded offsets:
+    decode a symbol at *every* bit position at once, then follow the chain of symbol starts from
+    bit 0 by pointer doubling (O(nbits log count) numpy work). Long streams with the offsets that
+    :func:`pack_stream` records: walk all chunks of ``sync`` symbols in lockstep, one numpy step
+    per symbol of a chunk.
 
     Args:
         data: packed bits, MSB first.
         lengths: code lengths per symbol (at most 24 bits).
         count: number of symbols to decode.
-        nbits: number of valid bits (default: all of ``data``); with it the stream must end exactly there.
-        sync_offsets: bit offsets of symbols ``sync, 2*sync, ...`` from ``encode(..., sync=sync)``.
+        nbits: number of valid bits; the code must end exactly there (default: in the last byte).
+        sync_offsets: bit offsets of symbols ``sync, 2*sync, ...`` (see :func:`pack_stream`).
         sync: the interval those offsets were recorded at.
 
     Returns:
         1-d array of ``count`` symbols (uint16 when the alphabet fits, else int32).
 
     Raises:
-        DeepzipFormatError: the bits do not decode into exactly ``count`` symbols.
+        DeepzipFormatError: the bits do not decode into exactly ``count`` symbols ending at ``nbits``.
     """
     lengths = np.asarray(lengths).astype(np.int64)
     if lengths.size and lengths.max() > MAX_CODE_LENGTH:
         raise DeepzipFormatError(f"code length {int(lengths.max())} exceeds {MAX_CODE_LENGTH}")
     out_dtype = np.uint16 if lengths.size <= 1 << 16 else np.int32
+    avail = 8 * len(data)
+    exact = nbits is not None
+    nbits = avail if nbits is None else nbits
     if count == 0:
-        if nbits not in (None, 0):
+        if nbits > 7:
             raise DeepzipFormatError(f"0 symbols but {nbits} bits")
         return np.zeros(0, out_dtype)
-    avail = 8 * len(data)
-    nbits = avail if nbits is None else nbits
     if nbits > avail:
         raise DeepzipFormatError(f"{nbits} bits claimed but only {avail} present")
     if count > nbits:
@@ -261,67 +268,85 @@ def decode(
         raise DeepzipFormatError(str(e)) from None
     if order.size == 0:
         raise DeepzipFormatError(f"{count} symbols but no symbol has a code")
-    lmax = int(ls[-1])
-    if lmax <= _TABLE_BITS:
-        # Flat table over all lmax-bit windows; windows past the last code (incomplete codes) get length 0.
+    lookup = _Lookup(order, ls, left)
+    if sync_offsets is not None and not exact:
+        raise ValueError("decode: sync_offsets need nbits")
+    if sync_offsets is None or nbits <= _SMALL_STREAM_BITS:
+        sym, end = _decode_jump(data, nbits, count, lookup)
+        if end != nbits and (exact or end <= nbits - 8):  # without nbits: end in the last byte
+            raise DeepzipFormatError(
+                f"decoding {count} symbols ended at bit {end}, expected {nbits} (corrupt bits or invalid code)"
+            )
+        return sym.astype(out_dtype)
+    return _decode_lockstep(data, nbits, count, lookup, np.asarray(sync_offsets, np.int64), sync).astype(
+        out_dtype
+    )
+
+
+class _Lookup:
+    """Maps the ``lmax``-bit window at a bit position to (symbol, code length); length 0 = no code."""
+
+    def __init__(self, order: np.ndarray, ls: np.ndarray, left: np.ndarray) -> None:
+        self.lmax = lmax = int(ls[-1])
         reps = np.int64(1) << (lmax - ls)
-        tsym = np.zeros(1 << lmax, np.int32)
-        tlen = np.zeros(1 << lmax, np.int64)
         used = int(reps.sum())
-        tsym[:used] = np.repeat(order, reps)
-        tlen[:used] = np.repeat(ls, reps)
-    else:
-        # Longer codes: binary search for the code interval holding the window.
-        left_s = np.append(left, int(reps_total := int((np.int64(1) << (lmax - ls)).sum())))
-        sym_s = np.append(order, 0).astype(np.int32)
-        len_s = np.append(ls, 0)
-        del reps_total
-
-    if sync_offsets is None:
-        nchunks = (count + sync - 1) // sync
-        starts = np.zeros(1, np.int64)
-        given = False
-    else:
-        starts = np.concatenate(([0], np.asarray(sync_offsets, np.int64)))
-        nchunks = starts.size
-        given = True
-        if nchunks != (count + sync - 1) // sync:
-            raise DeepzipFormatError(f"{nchunks} sync offsets for {count} symbols at interval {sync}")
-        if nchunks > 1 and (np.diff(starts) <= 0).any() or starts[-1] >= nbits:
-            raise DeepzipFormatError("sync offsets are not increasing within the stream")
-
-    # 32-bit big-endian word starting at every byte; the zero padding lets a corrupt stream run past
-    # its end (at most sync * 24 bits) without an index error, and be caught by the end checks below.
-    pad = sync * MAX_CODE_LENGTH // 8 + 8
-    b = np.frombuffer(bytes(data[: (nbits + 7) // 8]), np.uint8)
-    b = np.concatenate((b, np.zeros(pad, np.uint8))).astype(np.uint32)
-    w32 = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
-    w32 = w32.astype(np.int64)
-    shift = 32 - lmax
-    mask = (1 << lmax) - 1
-
-    def step(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        v = ((w32[pos >> 3] << (pos & 7)) >> shift) & mask
         if lmax <= _TABLE_BITS:
-            return tsym[v], tlen[v]
-        j = np.searchsorted(left_s, v, side="right") - 1
-        return sym_s[j], len_s[j]
+            # Flat table over all windows; windows past the last code (incomplete codes) get length 0.
+            self.tsym = np.zeros(1 << lmax, np.int32)
+            self.tlen = np.zeros(1 << lmax, np.int64)
+            self.tsym[:used] = np.repeat(order, reps)
+            self.tlen[:used] = np.repeat(ls, reps)
+        else:
+            # Long codes: binary search for the code interval that holds the window.
+            self.left = np.append(left, used)
+            self.sym = np.append(order, 0).astype(np.int32)
+            self.len = np.append(ls, 0)
 
-    if not given:
-        # Find chunk starts by walking the stream: a Python loop per chunk, not per symbol... only
-        # acceptable for short streams; pack_stream always records the offsets.
-        pos = 0
-        found = [0]
-        for c in range(1, nchunks):
-            p = np.array([pos], np.int64)
-            for _ in range(sync):
-                p = p + step(p)[1]
-            pos = int(p[0])
-            if pos >= nbits:
-                raise DeepzipFormatError("stream ends before all symbols are decoded")
-            found.append(pos)
-        starts = np.array(found, np.int64)
+    def __call__(self, w32: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # w32[i] holds bytes i..i+3 big-endian, so any 24-bit window at bit pos is inside w32[pos >> 3].
+        v = ((w32[pos >> 3] << (pos & 7)) >> (32 - self.lmax)) & ((1 << self.lmax) - 1)
+        if self.lmax <= _TABLE_BITS:
+            return self.tsym[v], self.tlen[v]
+        j = np.searchsorted(self.left, v, side="right") - 1
+        return self.sym[j], self.len[j]
 
+
+def _words(data: bytes, nbits: int, pad: int) -> np.ndarray:
+    """int64 array: the 32-bit big-endian word starting at every byte, with ``pad`` zero bytes appended."""
+    b = np.frombuffer(bytes(data[: (nbits + 7) // 8]), np.uint8)
+    b = np.concatenate((b, np.zeros(pad + 3, np.uint8))).astype(np.int64)
+    return (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
+
+
+def _decode_jump(data: bytes, nbits: int, count: int, lookup: _Lookup) -> tuple[np.ndarray, int]:
+    """Decode at every bit position, then find the chain of starts from bit 0 by pointer doubling."""
+    w32 = _words(data, nbits, 1)
+    pos = np.arange(nbits + 1, dtype=np.int64)
+    sym, ln = lookup(w32, pos)  # (nbits+1,) symbol and length of a code starting at each bit
+    jump = np.minimum(pos + ln, nbits)  # bit nbits is a sink; length 0 (no code) stalls in place
+    jump[nbits] = nbits
+    # starts[i] = jump^i(0); doubling: starts ++ jump^(2^k)[starts] gives the next 2^k starts in order.
+    starts = np.zeros(1, np.int64)
+    while starts.size <= count:
+        starts = np.concatenate((starts, jump[starts]))
+        if starts.size <= count:
+            jump = jump[jump]
+    return sym[starts[:count]], int(starts[count])
+
+
+def _decode_lockstep(
+    data: bytes, nbits: int, count: int, lookup: _Lookup, offsets: np.ndarray, sync: int
+) -> np.ndarray:
+    """Decode chunks of ``sync`` symbols, all chunks in lockstep, from recorded chunk start offsets."""
+    starts = np.concatenate(([0], offsets))
+    nchunks = starts.size
+    if nchunks != (count + sync - 1) // sync:
+        raise DeepzipFormatError(f"{nchunks - 1} sync offsets for {count} symbols at interval {sync}")
+    if (nchunks > 1 and np.diff(starts).min() <= 0) or starts[-1] >= nbits:
+        raise DeepzipFormatError("sync offsets are not increasing within the stream")
+    # The zero padding lets a walker on corrupt bits run past the end (by at most sync * 24 bits)
+    # without an index error; the end check below then catches it.
+    w32 = _words(data, nbits, sync * MAX_CODE_LENGTH // 8 + 8)
     out = np.empty((sync, nchunks), np.int32)  # (step, chunk): row j holds symbol j of every chunk
     last_len = count - (nchunks - 1) * sync
     pos = starts.copy()
@@ -330,17 +355,17 @@ def decode(
         if live == 0:
             break
         p = pos[:live]
-        sym, ln = step(p)
+        sym, ln = lookup(w32, p)
         out[j, :live] = sym
-        pos[:live] = p + ln  # invalid windows have length 0: the walker stalls and fails the check below
-    expect_end = np.append(starts[1:], nbits)
-    if not np.array_equal(pos, expect_end):
-        bad = int(np.flatnonzero(pos != expect_end)[0])
+        pos[:live] = p + ln  # no code: length 0, the walker stalls and fails the end check
+    expect = np.append(starts[1:], nbits)
+    if not np.array_equal(pos, expect):
+        bad = int(np.flatnonzero(pos != expect)[0])
         raise DeepzipFormatError(
-            f"chunk {bad}: decoding ended at bit {int(pos[bad])}, expected {int(expect_end[bad])} "
+            f"chunk {bad}: decoding ended at bit {int(pos[bad])}, expected {int(expect[bad])} "
             "(corrupt bits or invalid code)"
         )
-    return out.T.reshape(-1)[:count].astype(out_dtype)
+    return out.T.reshape(-1)[:count]
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -391,7 +416,7 @@ def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: in
         raise ValueError(f"max_length={max_length}, expected at most {MAX_CODE_LENGTH}")
     counts = np.bincount(s, minlength=alphabet) if s.size else np.zeros(alphabet, np.int64)
     lengths = code_lengths(counts, max_length)
-    data, nbits, offs = encode(s, lengths, sync=SYNC_INTERVAL)
+    data, nbits, offs = _encode(s, lengths, SYNC_INTERVAL)
     deltas = np.diff(np.concatenate(([0], offs))).astype("<u2")
     head = _STREAM_HEAD.pack(s.size, nbits, alphabet, SYNC_INTERVAL, 0)
     return head + lengths.tobytes() + deltas.tobytes() + data
@@ -419,7 +444,9 @@ def stream_info(data: bytes) -> dict:
     """
     size = len(data)
     if size < STREAM_HEADER_SIZE:
-        raise DeepzipFormatError(f"stream of {size} bytes is shorter than its {STREAM_HEADER_SIZE}-byte header")
+        raise DeepzipFormatError(
+            f"stream of {size} bytes is shorter than its {STREAM_HEADER_SIZE}-byte header"
+        )
     count, nbits, alphabet, sync, reserved = _STREAM_HEAD.unpack_from(data, 0)
     if reserved != 0:
         raise DeepzipFormatError(f"reserved stream field is {reserved}, expected 0")

@@ -1,0 +1,439 @@
+"""Benchmark of the .dz codec: sizes against general-purpose compressors, code lengths, speed, fuzzing.
+
+    python benchmarks/codec.py                 # .dz at 10M and 100M weights, baselines at 10M
+    python benchmarks/codec.py --quick         # 1M weights, small fuzz: a smoke run in seconds
+    python benchmarks/codec.py --size 100M --baseline-size 100M   # everything at 100M (xz -9e is slow)
+    python benchmarks/codec.py --dz a.dz b.dz  # also analyse existing .dz files, per stream
+
+Writes benchmarks/results/codec.json and codec.md (see the README convention in the JSON keys).
+The synthetic model is a stack of 10M-weight layers like a pruned, weight-shared fc layer: weights
+~ Laplace, the smallest 92% by magnitude pruned, the rest shared by 32 linearly spaced centroids
+(5-bit indices, peaked where the weights are dense, as after k-means with linear init).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from deepzip import codec
+from deepzip.codec import container
+from deepzip.errors import DeepzipFormatError
+
+RESULTS = Path(__file__).parent / "results"
+LAYER = 10_000_000
+
+
+def parse_size(s: str) -> int:
+    mult = {"k": 10**3, "m": 10**6, "g": 10**9}.get(s[-1].lower(), 1)
+    return int(float(s[:-1] if s[-1].isalpha() else s) * mult)
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "uncommitted"
+
+
+def make_layer(
+    n: int, seed: int, prune: float = 0.92, k: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic pruned + shared layer: ``(codebook (k,), indices (n,), mask (n,))``."""
+    rng = np.random.default_rng(seed)
+    w = rng.laplace(scale=0.05, size=n).astype(np.float32)
+    thr = np.quantile(np.abs(w), prune)
+    mask = np.abs(w) > thr
+    kept = w[mask]
+    cb = np.linspace(kept.min(), kept.max(), k).astype(np.float32)  # linear init, as in Deep Compression
+    idx = np.zeros(n, np.int64)
+    idx[mask] = np.clip(np.searchsorted((cb[1:] + cb[:-1]) / 2, kept), 0, k - 1)
+    return cb, idx, mask
+
+
+def layers(total: int):
+    for i, start in enumerate(range(0, total, LAYER)):
+        yield f"layer{i}.weight", make_layer(min(LAYER, total - start), seed=i)
+
+
+def dense(cb: np.ndarray, idx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, cb[idx], np.float32(0))
+
+
+def dz_run(total: int, tmp: Path) -> tuple[dict, dict]:
+    """Encode, write, read and decode the synthetic model; returns (row, per-stream stats of layer0)."""
+    enc_s = 0.0
+    tensors = {}
+    nonzero = 0
+    for name, (cb, idx, mask) in layers(total):
+        t0 = time.perf_counter()
+        tensors[name] = codec.encode_sparse(cb, idx, mask)
+        enc_s += time.perf_counter() - t0
+        nonzero += int(mask.sum())
+    path = tmp / f"synthetic{total}.dz"
+    t0 = time.perf_counter()
+    nbytes = codec.write(path, tensors, config={"prune": 0.92, "bits": 5}, architecture="synthetic")
+    write_s = time.perf_counter() - t0
+    del tensors
+    t0 = time.perf_counter()
+    f = codec.read(path)
+    for name in f.tensors:
+        f.decode(name)
+    dec_s = time.perf_counter() - t0
+    # bit-exactness of the benchmark model itself (first layer)
+    cb, idx, mask = make_layer(min(LAYER, total), seed=0)
+    assert np.array_equal(f.decode("layer0.weight"), dense(cb, idx, mask))
+    st = f.stats()[0]
+    row = {
+        "model": f"synthetic-{fmt_n(total)}",
+        "variant": "dz (prune 92% + 5-bit share + huffman)",
+        "params_total": total,
+        "params_nonzero": nonzero,
+        "bytes": nbytes,
+        "ratio": 4 * total / nbytes,
+        "test_error_pct": None,
+        "seconds": enc_s + write_s,
+        "encode_seconds": enc_s,
+        "write_seconds": write_s,
+        "read_decode_seconds": dec_s,
+        "encode_weights_per_s": total / enc_s,
+        "decode_weights_per_s": total / dec_s,
+    }
+    return row, st
+
+
+def fmt_n(n: int) -> str:
+    return f"{n // 10**6}M" if n % 10**6 == 0 else str(n)
+
+
+def baselines(total: int, tmp: Path, tools: list[str]) -> tuple[list[dict], dict]:
+    """torch.save of the dense float32 weights, then gzip -9 / xz -9e / zstd -19 (CLI tools, one thread)."""
+    import torch
+
+    state = {name: torch.from_numpy(dense(*parts)) for name, parts in layers(total)}
+    nonzero = sum(int((v != 0).sum()) for v in state.values())
+    pt = tmp / "dense.pt"
+    torch.save(state, pt)
+    del state
+    raw = pt.stat().st_size
+    rows = [
+        {
+            "model": f"synthetic-{fmt_n(total)}",
+            "variant": "torch.save float32",
+            "params_total": total,
+            "params_nonzero": nonzero,
+            "bytes": raw,
+            "ratio": 4 * total / raw,
+            "test_error_pct": None,
+            "seconds": 0.0,
+        }
+    ]
+    cmds = {
+        "gzip": (["gzip", "-9", "-c"], ["gzip", "-d", "-c"]),
+        "xz": (["xz", "-9e", "-T1", "-c"], ["xz", "-d", "-c"]),
+        "zstd": (["zstd", "-19", "-T1", "-c", "-q"], ["zstd", "-d", "-c", "-q"]),
+    }
+    timing = {}
+    for tool in tools:
+        comp, decomp = cmds[tool]
+        out = tmp / f"dense.pt.{tool}"
+        t0 = time.perf_counter()
+        with open(pt, "rb") as src, open(out, "wb") as dst:
+            subprocess.run(comp, stdin=src, stdout=dst, check=True)
+        c_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with open(out, "rb") as src:
+            subprocess.run(decomp, stdin=src, stdout=subprocess.DEVNULL, check=True)
+        d_s = time.perf_counter() - t0
+        size = out.stat().st_size
+        timing[tool] = {"compress_seconds": c_s, "decompress_seconds": d_s}
+        rows.append(
+            {
+                "model": f"synthetic-{fmt_n(total)}",
+                "variant": f"torch.save float32 + {' '.join(comp[:2])}",
+                "params_total": total,
+                "params_nonzero": nonzero,
+                "bytes": size,
+                "ratio": 4 * total / size,
+                "test_error_pct": None,
+                "seconds": c_s,
+                "decompress_seconds": d_s,
+            }
+        )
+        out.unlink()
+    return rows, timing
+
+
+def stream_rows(label: str, f: codec.DzFile) -> list[dict]:
+    """Per tensor and stream: Huffman mean code length against the stream's empirical entropy."""
+    rows = []
+    for s in f.stats():
+        if s["kind"] == "dense":
+            continue
+        for stream in ("index", "gap"):
+            if s.get(f"{stream}_bits") is None:
+                continue
+            n = s["index_entries"]  # both streams have one symbol per entry
+            rows.append(
+                {
+                    "file": label,
+                    "tensor": s["name"],
+                    "stream": stream,
+                    "symbols": n,
+                    "entropy_bits": s[f"{stream}_entropy_bits"],
+                    "huffman_bits": s[f"{stream}_bits_per_entry"],
+                    "raw_bits": s["raw_bits_per_index"] if stream == "index" else s["gap_width"],
+                    "bytes": s["section_bytes"]["indices" if stream == "index" else "gaps"],
+                    "count": s["count"],
+                    "kept": s["kept"],
+                    "fillers": s["fillers"],
+                    "k": s["k"],
+                    "gap_width": s["gap_width"],
+                }
+            )
+    return rows
+
+
+def dz_file_rows(paths: list[str]) -> tuple[list[dict], list[dict]]:
+    rows, streams = [], []
+    for p in paths:
+        f = codec.read(p)
+        total = sum(t.numel for t in f.tensors.values())
+        st = f.stats()
+        nonzero = sum(s["kept"] for s in st)
+        size = Path(p).stat().st_size
+        rows.append(
+            {
+                "model": f.architecture or Path(p).stem,
+                "variant": f"dz file {Path(p).name}",
+                "params_total": total,
+                "params_nonzero": nonzero,
+                "bytes": size,
+                "ratio": 4 * total / size,
+                "test_error_pct": None,
+                "seconds": None,
+            }
+        )
+        streams += stream_rows(Path(p).name, f)
+    return rows, streams
+
+
+def fuzz(cases: int, seconds: float, seed: int = 0) -> dict:
+    """Mutate and truncate a small .dz file; only DeepzipFormatError may escape, fast and small."""
+    rng = np.random.default_rng(seed)
+    pyrng = random.Random(seed)
+    tensors = {}
+    for i in range(3):
+        cb, idx, mask = make_layer(3000, seed=100 + i)
+        tensors[f"l{i}.weight"] = codec.encode_sparse(cb, idx, mask)
+    tensors["l0.bias"] = codec.encode_dense(rng.normal(size=50).astype(np.float32))
+    tensors["emb"] = codec.encode_codebook(np.arange(8, dtype=np.float32), rng.integers(0, 8, (40, 30)))
+    base = codec.to_bytes(tensors)
+    counts = {"cases": 0, "format_errors": 0, "loaded": 0, "other_errors": 0}
+    other = []
+    worst_s, worst_peak = 0.0, 0
+    t_end = time.perf_counter() + seconds
+    tracemalloc.start()
+    while counts["cases"] < cases and time.perf_counter() < t_end:
+        blob = bytearray(base)
+        op = pyrng.choice(["truncate", "flip", "splice", "flip+crc", "flip+crc", "int+crc"])
+        if op == "truncate":
+            blob = blob[: pyrng.randrange(len(blob))]
+        elif op == "splice":
+            i = pyrng.randrange(len(blob))
+            blob[i:i] = pyrng.randbytes(pyrng.randrange(1, 32))
+        elif op == "int+crc":  # overwrite an aligned 8-byte field with a large value (counts, lengths)
+            i = pyrng.randrange(len(blob) - 8)
+            blob[i : i + 8] = pyrng.choice([2**63 - 1, 2**32 - 1, 10**12, 0]).to_bytes(8, "little")
+        else:
+            for _ in range(pyrng.randrange(1, 5)):
+                blob[pyrng.randrange(len(blob))] = pyrng.randrange(256)
+        if op.endswith("+crc"):
+            blob = bytearray(container._recompute_checksums(bytes(blob)))
+        tracemalloc.reset_peak()
+        t0 = time.perf_counter()
+        try:
+            f = codec.read(bytes(blob))
+            for name in f.tensors:
+                f.decode(name)
+            counts["loaded"] += 1
+        except DeepzipFormatError:
+            counts["format_errors"] += 1
+        except Exception as e:  # noqa: BLE001 - recorded as a failure of the benchmark
+            counts["other_errors"] += 1
+            other.append(f"{type(e).__name__}: {e}"[:200])
+        worst_s = max(worst_s, time.perf_counter() - t0)
+        worst_peak = max(worst_peak, tracemalloc.get_traced_memory()[1])
+        counts["cases"] += 1
+    tracemalloc.stop()
+    return {
+        **counts,
+        "file_bytes": len(base),
+        "max_case_seconds": worst_s,
+        "max_peak_alloc_bytes": worst_peak,
+        "peak_over_file_size": worst_peak / len(base),
+        "other_error_examples": other[:10],
+    }
+
+
+def markdown(res: dict) -> str:
+    out = ["# Codec benchmark", "", f"`{res['command']}` at commit `{res['commit']}`. {res['note']}", ""]
+    out += [
+        "## Sizes",
+        "",
+        "| model | variant | params | nonzero | bytes | ratio vs float32 | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        sec = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
+        out.append(
+            f"| {r['model']} | {r['variant']} | {r['params_total']:,} | {r['params_nonzero']:,} | "
+            f"{r['bytes']:,} | {r['ratio']:.1f} | {sec} |"
+        )
+    out += [
+        "",
+        "## Huffman mean code length vs empirical entropy (bits per symbol)",
+        "",
+        "| file | tensor | stream | symbols | entropy | huffman | raw (fixed width) | bytes |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in res["streams"]:
+        out.append(
+            f"| {s['file']} | {s['tensor']} | {s['stream']} | {s['symbols']:,} | {s['entropy_bits']:.4f} | "
+            f"{s['huffman_bits']:.4f} | {s['raw_bits']} | {s['bytes']:,} |"
+        )
+    out += [
+        "",
+        "## Throughput",
+        "",
+        "| weights | encode weights/s | read+decode weights/s | decode s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for t in res["throughput"]:
+        out.append(
+            f"| {t['weights']:,} | {t['encode_weights_per_s']:,.0f} | {t['decode_weights_per_s']:,.0f} | "
+            f"{t['decode_seconds']:.2f} |"
+        )
+    if res.get("decode_vs_xz"):
+        d = res["decode_vs_xz"]
+        out += [
+            "",
+            (
+                f"Decode of the {d['weights']:,}-weight model: .dz read+decode {d['dz_decode_seconds']:.2f} s, "
+                f"`xz -d` of the xz -9e checkpoint {d['xz_decompress_seconds']:.2f} s (decompression only, "
+                "no torch.load)."
+            ),
+        ]
+    fz = res["fuzz"]
+    out += [
+        "",
+        "## Fuzz",
+        "",
+        (
+            f"{fz['cases']} mutated/truncated files of {fz['file_bytes']} bytes: "
+            f"{fz['format_errors']} DeepzipFormatError, {fz['loaded']} loaded, {fz['other_errors']} other errors; "
+            f"slowest case {fz['max_case_seconds'] * 1000:.1f} ms; peak allocation {fz['max_peak_alloc_bytes']:,} bytes "
+            f"({fz['peak_over_file_size']:.0f}x the file)."
+        ),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--size", nargs="+", default=["10M", "100M"], help="synthetic model sizes for .dz (e.g. 10M 100M)"
+    )
+    p.add_argument("--baseline-size", default="10M", help="model size for torch.save + gzip/xz/zstd")
+    p.add_argument("--baselines", nargs="*", default=["gzip", "xz", "zstd"], choices=["gzip", "xz", "zstd"])
+    p.add_argument("--quick", action="store_true", help="1M weights, a 500-case fuzz")
+    p.add_argument("--fuzz-cases", type=int, default=3000)
+    p.add_argument("--fuzz-seconds", type=float, default=120.0)
+    p.add_argument("--dz", nargs="*", default=[], help="existing .dz files to add per-stream rows for")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.size, a.baseline_size, a.fuzz_cases = ["1M"], "1M", 500
+    sizes = [parse_size(s) for s in a.size]
+    bsize = parse_size(a.baseline_size)
+    res: dict = {
+        "benchmark": "codec",
+        "commit": commit(),
+        "command": "python benchmarks/codec.py " + " ".join(sys.argv[1:] if argv is None else argv).strip(),
+        "rows": [],
+        "streams": [],
+        "throughput": [],
+    }
+    res["command"] = res["command"].strip()
+    tmp = Path(tempfile.mkdtemp(prefix="dzbench"))
+    try:
+        dz_rows = {}
+        for n in sizes:
+            row, _st = dz_run(n, tmp)
+            print(
+                f"dz {n:,}: {row['bytes']:,} bytes, ratio {row['ratio']:.1f}, enc {row['encode_seconds']:.1f}s, "
+                f"read+dec {row['read_decode_seconds']:.1f}s",
+                flush=True,
+            )
+            res["rows"].append(row)
+            dz_rows[n] = row
+            res["throughput"].append(
+                {
+                    "weights": n,
+                    "encode_weights_per_s": row["encode_weights_per_s"],
+                    "decode_weights_per_s": row["decode_weights_per_s"],
+                    "decode_seconds": row["read_decode_seconds"],
+                }
+            )
+            res["streams"] += stream_rows(f"synthetic-{fmt_n(n)}", codec.read(tmp / f"synthetic{n}.dz"))[:2]
+            (tmp / f"synthetic{n}.dz").unlink()
+        if a.baselines:
+            brows, timing = baselines(bsize, tmp, a.baselines)
+            for r in brows:
+                print(
+                    f"{r['variant']} {bsize:,}: {r['bytes']:,} bytes, ratio {r['ratio']:.1f}, {r['seconds']:.1f}s",
+                    flush=True,
+                )
+            res["rows"] += brows
+            res["baseline_timing"] = timing
+            if "xz" in timing:
+                if bsize not in dz_rows:
+                    row, _ = dz_run(bsize, tmp)
+                    dz_rows[bsize] = row
+                res["decode_vs_xz"] = {
+                    "weights": bsize,
+                    "dz_decode_seconds": dz_rows[bsize]["read_decode_seconds"],
+                    "xz_decompress_seconds": timing["xz"]["decompress_seconds"],
+                }
+        rows, streams = dz_file_rows(a.dz)
+        res["rows"] += rows
+        res["streams"] += streams
+        res["fuzz"] = fuzz(a.fuzz_cases, a.fuzz_seconds)
+        print(f"fuzz: {res['fuzz']}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["note"] = (
+        f".dz rows at {', '.join(fmt_n(n) for n in sizes)} weights; torch.save + gzip/xz/zstd baselines "
+        f"measured at {fmt_n(bsize)} weights (CLI tools, one thread). Ratios are against 4 bytes per "
+        "weight. 2 shared CPU cores."
+    )
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "codec.json").write_text(json.dumps(res, indent=1) + "\n")
+    (a.out / "codec.md").write_text(markdown(res))
+    return 1 if res["fuzz"]["other_errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``deepzip distill``: train a student from a teacher checkpoint (Hinton et al. 2015); registered by cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .cli import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+
+
+def _cfg_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors)")
+    p.add_argument("--teacher-model", default=None, help="teacher architecture when the checkpoint names none")
+    p.add_argument("--student", default="mlp800", help="lenet300, lenet5, mlp800, mlp30, ... or pkg.mod:factory")
+    p.add_argument("-T", "--temperature", type=float, default=20.0, help="softmax temperature (default 20)")
+    p.add_argument("--alpha", type=float, default=0.9,
+                   help="weight of the soft-target term; 1-alpha goes to the labels (default 0.9)")
+    p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.safetensors)")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="run the teacher every step instead of caching its logits once")
+    p.add_argument("--jitter", action="store_true", help="jitter the student's inputs by up to 2 pixels")
+    _train_args(p)
+    _common(p)
+
+
+@command("distill", "train a student model from a teacher checkpoint (knowledge distillation)")
+@args(_cfg_distill)
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .distill import distill, jitter
+    from .models import get_model
+    from .train import evaluate
+
+    if not a.temperature > 0:
+        raise ValueError(f"-T {a.temperature}: the temperature must be > 0")
+    if not 0.0 <= a.alpha <= 1.0:
+        raise ValueError(f"--alpha {a.alpha}: expected a weight in [0, 1]")
+    teacher, _ = _load_model(a.teacher, a.teacher_model)
+    student = get_model(a.student)
+    train, test = _data(a)
+    cfg = _train_cfg(a, a.student)
+    t0 = time.time()
+    distill(student, teacher, train, cfg, temperature=a.temperature, alpha=a.alpha, cache=a.cache,
+            augment=jitter if a.jitter else None, desc=f"distill {a.student}")
+    seconds = time.time() - t0
+    t_res, s_res = evaluate(teacher, test), evaluate(student, test)
+    save_checkpoint(student, a.output, meta={
+        "test_error_pct": s_res.error_pct, "train": cfg.to_dict(),
+        "distill": {"teacher": str(a.teacher), "teacher_test_error_pct": t_res.error_pct,
+                    "temperature": a.temperature, "alpha": a.alpha, "cache": a.cache, "jitter": a.jitter,
+                    "seconds": seconds},
+    })
+    print_table(
+        [{"role": "teacher", "errors": t_res.errors, "error_pct": t_res.error_pct},
+         {"role": f"student {a.student}", "errors": s_res.errors, "error_pct": s_res.error_pct}],
+        [("role", "model", ""), ("errors", f"errors/{t_res.n}", "d"), ("error_pct", "test error %", ".2f")],
+    )
+    print(f"distilled {a.student} at T={a.temperature:g}, alpha={a.alpha:g}, {cfg.epochs} epochs, "
+          f"{seconds:.0f}s -> {a.output}")
+    return 0

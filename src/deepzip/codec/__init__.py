@@ -1,0 +1,57 @@
+"""deepzip.codec: torch-free encoding of compressed tensors into ``.dz`` files (numpy in, bytes out).
+
+Tensors are encoded one at a time into :class:`EncodedTensor` objects of three kinds, then written
+together with a JSON header; the byte-level spec is docs/FORMAT.md.
+
+* ``encode_dense(array)``: raw little-endian values (float32/float16/... any shape, 0-d and empty too).
+* ``encode_codebook(codebook, indices)``: float32 codebook + Huffman-coded index per element.
+* ``encode_sparse(codebook, indices, mask, gap_width=None)``: float32 codebook + Huffman-coded indices
+  of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
+* ``decode(t)`` -> dense array; ``decode_parts(t)`` -> ``(codebook, indices, mask)``.
+* ``write(path, tensors, config=..., architecture=..., extra=...)`` -> bytes written (atomic);
+  ``to_bytes(...)`` -> bytes; ``read(path_or_bytes)`` -> :class:`DzFile` with ``.header``, ``.tensors``,
+  ``.version``, ``.config``, ``.architecture``, ``.extra``, ``.decode(name)``, ``.decode_parts(name)``,
+  ``.stats()``.
+* ``tensor_stats(t)``: per-tensor sizes, code lengths and entropies for reports.
+
+Malformed input raises :class:`deepzip.errors.DeepzipFormatError` naming the part at fault.
+
+Example:
+    >>> import numpy as np
+    >>> from deepzip import codec
+    >>> w = np.array([[0.0, 0.5], [0.0, -0.5]], np.float32)
+    >>> t = codec.encode_sparse(np.array([-0.5, 0.5]), (w > 0).astype(np.int64), w != 0)
+    >>> f = codec.read(codec.to_bytes({"fc.weight": t, "fc.bias": codec.encode_dense(np.zeros(2, np.float32))}))
+    >>> np.array_equal(f.decode("fc.weight"), w)
+    True
+"""
+
+from ..errors import DeepzipFormatError
+from . import huffman, sparse
+from ._tensor import (
+    EncodedTensor,
+    decode,
+    decode_parts,
+    encode_codebook,
+    encode_dense,
+    encode_sparse,
+    tensor_stats,
+)
+from .container import DzFile, read, to_bytes, write
+
+__all__ = [
+    "DeepzipFormatError",
+    "DzFile",
+    "EncodedTensor",
+    "decode",
+    "decode_parts",
+    "encode_codebook",
+    "encode_dense",
+    "encode_sparse",
+    "huffman",
+    "read",
+    "sparse",
+    "tensor_stats",
+    "to_bytes",
+    "write",
+]

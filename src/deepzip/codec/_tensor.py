@@ -1,0 +1,416 @@
+"""One tensor of a ``.dz`` file: encode arrays into sections, validate sections, decode them back."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeepzipFormatError
+from . import huffman, sparse
+
+__all__ = [
+    "DENSE_DTYPES",
+    "KINDS",
+    "EncodedTensor",
+    "check",
+    "decode",
+    "decode_parts",
+    "encode_codebook",
+    "encode_dense",
+    "encode_sparse",
+    "tensor_stats",
+]
+
+KINDS = ("dense", "codebook", "sparse")
+SECTIONS = {
+    "dense": ("data",),
+    "codebook": ("codebook", "indices"),
+    "sparse": ("codebook", "indices", "gaps"),
+}
+META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept")}
+DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+MAX_CODEBOOK = 1 << 16
+MAX_NDIM = 64
+
+
+@dataclass
+class EncodedTensor:
+    """A tensor as stored in a ``.dz`` file: what the header says about it plus its section bytes.
+
+    Attributes:
+        name: dotted name, e.g. ``"fc1.weight"`` (set by :func:`deepzip.codec.write` from its dict key).
+        kind: ``"dense"``, ``"codebook"`` or ``"sparse"``.
+        shape: the decoded array's shape.
+        dtype: the decoded array's dtype name (``"float32"`` for codebook and sparse kinds).
+        meta: kind-specific integers: ``k`` (codebook size), ``gap_width`` and ``kept`` (sparse).
+        sections: section name -> bytes; see docs/FORMAT.md for each kind's sections.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all sections (the file adds the header and alignment padding)."""
+        return sum(len(b) for b in self.sections.values())
+
+
+def _where(name: str) -> str:
+    return name or "<tensor>"
+
+
+def encode_dense(array: np.ndarray, name: str = "") -> EncodedTensor:
+    """Store an array as raw little-endian values (biases, norms, layers left uncompressed).
+
+    Args:
+        array: any shape including 0-d and empty; dtype one of :data:`DENSE_DTYPES`.
+        name: the tensor's name.
+
+    Raises:
+        ValueError: unsupported dtype.
+
+    Example:
+        >>> decode(encode_dense(np.float32(1.5))).item()
+        1.5
+    """
+    a = np.asarray(array)
+    if a.dtype.name not in DENSE_DTYPES:
+        raise ValueError(f"{_where(name)}: dtype {a.dtype.name} not storable, expected one of {DENSE_DTYPES}")
+    data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+    return EncodedTensor(name, "dense", tuple(a.shape), a.dtype.name, {}, {"data": data})
+
+
+def _check_codebook(codebook: np.ndarray, name: str) -> np.ndarray:
+    cb = np.asarray(codebook)
+    if cb.ndim != 1 or not 1 <= cb.size <= MAX_CODEBOOK:
+        raise ValueError(
+            f"{_where(name)}: codebook of shape {cb.shape}, expected 1-d with 1..{MAX_CODEBOOK} entries"
+        )
+    if not np.issubdtype(cb.dtype, np.floating):
+        raise ValueError(f"{_where(name)}: codebook dtype {cb.dtype}, expected floating point")
+    return cb.astype("<f4")
+
+
+def _check_indices(indices: np.ndarray, k: int, name: str) -> np.ndarray:
+    idx = np.asarray(indices)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{_where(name)}: indices dtype {idx.dtype}, expected integers")
+    if idx.size and (idx.min() < 0 or idx.max() >= k):
+        raise ValueError(f"{_where(name)}: indices span {idx.min()}..{idx.max()}, expected 0..{k - 1}")
+    return idx
+
+
+def encode_codebook(codebook: np.ndarray, indices: np.ndarray, name: str = "") -> EncodedTensor:
+    """Store a weight-shared tensor: a float32 codebook and one Huffman-coded index per element.
+
+    Args:
+        codebook: 1-d floats, 1..65536 entries (stored as float32).
+        indices: integers in ``0..k-1`` with the tensor's shape.
+        name: the tensor's name.
+
+    Raises:
+        ValueError: bad codebook size or index out of range.
+
+    Example:
+        >>> t = encode_codebook(np.array([-1.0, 0.5]), np.array([[0, 1], [1, 1]]))
+        >>> decode(t).tolist()
+        [[-1.0, 0.5], [0.5, 0.5]]
+    """
+    cb = _check_codebook(codebook, name)
+    idx = _check_indices(indices, cb.size, name)
+    sections = {"codebook": cb.tobytes(), "indices": huffman.pack_stream(idx, alphabet=cb.size)}
+    return EncodedTensor(name, "codebook", tuple(idx.shape), "float32", {"k": cb.size}, sections)
+
+
+def encode_sparse(
+    codebook: np.ndarray,
+    indices: np.ndarray,
+    mask: np.ndarray,
+    gap_width: int | None = None,
+    name: str = "",
+) -> EncodedTensor:
+    """Store a pruned, weight-shared tensor: codebook, Huffman-coded indices of kept entries and gaps.
+
+    Args:
+        codebook: 1-d floats, 1..65536 entries (stored as float32).
+        indices: integers in ``0..k-1`` with the tensor's shape; ignored where ``mask`` is False.
+        mask: bools with the tensor's shape, True for kept entries.
+        gap_width: gap width in bits 1..16, or None to pick the smallest file (:func:`sparse.best_width`).
+        name: the tensor's name.
+
+    Raises:
+        ValueError: shapes differ, bad codebook, kept index out of range, bad width.
+
+    Example:
+        >>> t = encode_sparse(np.array([0.25, -2.0]), np.array([1, 0, 0, 1]), np.array([1, 0, 0, 1], bool))
+        >>> decode(t).tolist()
+        [-2.0, 0.0, 0.0, -2.0]
+    """
+    cb = _check_codebook(codebook, name)
+    k = cb.size
+    idx = np.asarray(indices)
+    m = np.asarray(mask)
+    if idx.shape != m.shape:
+        raise ValueError(f"{_where(name)}: indices shape {idx.shape} != mask shape {m.shape}")
+    if m.dtype != bool:
+        raise ValueError(f"{_where(name)}: mask dtype {m.dtype}, expected bool")
+    size = idx.size
+    positions = np.flatnonzero(m)
+    kept = _check_indices(idx.reshape(-1)[positions], k, name).astype(np.int64)
+    if gap_width is None:
+        gap_width = sparse.best_width(positions, np.bincount(kept, minlength=k), size=size)
+    gaps, filler = sparse.encode_gaps(positions, gap_width, size=size)
+    symbols = np.full(gaps.size, k, np.int64)  # symbol k = filler
+    symbols[~filler] = kept
+    sections = {
+        "codebook": cb.tobytes(),
+        "indices": huffman.pack_stream(symbols, alphabet=k + 1),
+        "gaps": huffman.pack_stream(gaps),
+    }
+    meta = {"k": k, "gap_width": gap_width, "kept": int(positions.size)}
+    return EncodedTensor(name, "sparse", tuple(idx.shape), "float32", meta, sections)
+
+
+# --- validation and decoding ---------------------------------------------------------------------
+
+
+def _fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError:
+    where = _where(t.name) + (f"/{section}" if section else "")
+    return DeepzipFormatError(f"{where}: {msg}")
+
+
+def _stream(t: EncodedTensor, section: str) -> dict:
+    try:
+        return huffman.stream_info(t.sections[section])
+    except DeepzipFormatError as e:
+        raise _fail(t, section, str(e)) from None
+
+
+def check(t: EncodedTensor) -> dict[str, dict]:
+    """Check a tensor's structure against its sections without decoding them (cheap, run on read).
+
+    Every size the header or a stream header claims is checked against the bytes present, so that
+    decoding never allocates more than the file justifies.
+
+    Returns:
+        section name -> :func:`huffman.stream_info` for the Huffman-coded sections.
+
+    Raises:
+        DeepzipFormatError: naming the tensor and section.
+    """
+    if t.kind not in KINDS:
+        raise _fail(t, None, f"unknown kind {t.kind!r}, expected one of {KINDS}")
+    if (
+        not isinstance(t.shape, tuple)
+        or len(t.shape) > MAX_NDIM
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t.shape)
+    ):
+        raise _fail(t, None, f"shape {t.shape!r} is not a tuple of at most {MAX_NDIM} non-negative ints")
+    if set(t.sections) != set(SECTIONS[t.kind]):
+        raise _fail(
+            t, None, f"sections {sorted(t.sections)}, expected {sorted(SECTIONS[t.kind])} for kind {t.kind}"
+        )
+    for key in META_KEYS[t.kind]:
+        v = t.meta.get(key) if isinstance(t.meta, dict) else None
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise _fail(t, None, f"meta.{key} is {v!r}, expected an int")
+    n = t.numel
+    if t.kind == "dense":
+        if t.dtype not in DENSE_DTYPES:
+            raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {DENSE_DTYPES}")
+        want = n * np.dtype(t.dtype).itemsize
+        if len(t.sections["data"]) != want:
+            raise _fail(
+                t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}"
+            )
+        return {}
+    if t.dtype != "float32":
+        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
+    k = t.meta["k"]
+    if not 1 <= k <= MAX_CODEBOOK:
+        raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_CODEBOOK}")
+    if len(t.sections["codebook"]) != 4 * k:
+        raise _fail(t, "codebook", f"{len(t.sections['codebook'])} bytes, k={k} float32 entries need {4 * k}")
+    info = {"indices": _stream(t, "indices")}
+    idx = info["indices"]
+    if t.kind == "codebook":
+        if idx["alphabet"] != k:
+            raise _fail(t, "indices", f"alphabet {idx['alphabet']} != codebook size {k}")
+        # count <= nbits <= 8 * section bytes was checked, so n is bounded by the file size.
+        if idx["count"] != n:
+            raise _fail(t, "indices", f"count {idx['count']} != {n} elements of shape {list(t.shape)}")
+        return info
+    info["gaps"] = gaps = _stream(t, "gaps")
+    width, kept = t.meta["gap_width"], t.meta["kept"]
+    if not 1 <= width <= sparse.MAX_WIDTH:
+        raise _fail(t, None, f"gap_width={width}, expected 1..{sparse.MAX_WIDTH}")
+    if idx["alphabet"] != k + 1:
+        raise _fail(t, "indices", f"alphabet {idx['alphabet']} != codebook size {k} + 1 filler")
+    if gaps["alphabet"] > 1 << width:
+        raise _fail(t, "gaps", f"alphabet {gaps['alphabet']} exceeds 2**gap_width = {1 << width}")
+    entries = gaps["count"]
+    if idx["count"] != entries:
+        raise _fail(t, "indices", f"count {idx['count']} != {entries} gap entries")
+    if not 0 <= kept <= min(entries, n):
+        raise _fail(t, None, f"kept={kept} outside 0..min({entries} entries, {n} elements)")
+    # Every gap is < 2**width and the trailing zero run too, so the element count is bounded by the
+    # entries actually present: this is what stops a tiny file from claiming a huge tensor.
+    if n > (entries + 1) << width:
+        raise _fail(
+            t,
+            None,
+            f"{n} elements of shape {list(t.shape)} exceed the {entries} entries "
+            f"* 2**{width} positions the gaps can address",
+        )
+    return info
+
+
+def _decode_stream(t: EncodedTensor, section: str) -> np.ndarray:
+    try:
+        return huffman.unpack_stream(t.sections[section])
+    except DeepzipFormatError as e:
+        raise _fail(t, section, str(e)) from None
+
+
+def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weight-sharing parts of a codebook or sparse tensor, to rebuild a shared model exactly.
+
+    Returns:
+        ``(codebook, indices, mask)``: float32 ``(k,)``, int32 of the tensor's shape (0 where pruned),
+        bool of the tensor's shape (all True for the codebook kind).
+
+    Raises:
+        DeepzipFormatError: malformed sections. ValueError: a dense tensor.
+    """
+    check(t)
+    if t.kind == "dense":
+        raise ValueError(f"{_where(t.name)}: dense tensors have no codebook")
+    cb, pos, sym = _kept(t)
+    if t.kind == "codebook":
+        return cb, sym.astype(np.int32).reshape(t.shape), np.ones(t.shape, bool)
+    indices = np.zeros(t.numel, np.int32)
+    indices[pos] = sym
+    mask = np.zeros(t.numel, bool)
+    mask[pos] = True
+    return cb, indices.reshape(t.shape), mask.reshape(t.shape)
+
+
+def _kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Codebook, flat kept positions (None for the codebook kind: all) and their indices."""
+    cb = np.frombuffer(t.sections["codebook"], "<f4").astype(np.float32)
+    k = cb.size
+    symbols = _decode_stream(t, "indices")
+    if t.kind == "codebook":
+        return cb, None, symbols
+    gaps = _decode_stream(t, "gaps")
+    n, width = t.numel, t.meta["gap_width"]
+    filler = symbols == k
+    pos_all = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    last = int(pos_all[-1]) if pos_all.size else -1
+    if last >= n:
+        raise _fail(t, "gaps", f"entry at position {last} outside {n} elements")
+    if n - 1 - last >= 1 << width:
+        raise _fail(
+            t, "gaps", f"trailing run of {n - 1 - last} zeros exceeds 2**gap_width - 1 without fillers"
+        )
+    pos = pos_all[~filler]
+    if pos.size != t.meta["kept"]:
+        raise _fail(t, "indices", f"{pos.size} kept entries, header says kept={t.meta['kept']}")
+    return cb, pos, symbols[~filler]
+
+
+def decode(t: EncodedTensor) -> np.ndarray:
+    """Rebuild the dense array: the stored dtype for dense tensors, float32 otherwise (0 where pruned).
+
+    Raises:
+        DeepzipFormatError: malformed sections, naming the tensor and section.
+    """
+    check(t)
+    if t.kind == "dense":
+        return (
+            np.frombuffer(t.sections["data"], np.dtype(t.dtype).newbyteorder("<"))
+            .astype(t.dtype)
+            .reshape(t.shape)
+        )
+    cb, pos, sym = _kept(t)
+    if pos is None:
+        return cb[sym].reshape(t.shape)
+    out = np.zeros(t.numel, np.float32)
+    out[pos] = cb[sym]
+    return out.reshape(t.shape)
+
+
+def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
+    """Sizes and code statistics of one tensor, for reports and ``deepzip inspect``.
+
+    Keys: ``name, kind, shape, dtype, count`` (elements), ``kept``, ``k``, ``raw_bits_per_index``
+    (``ceil(log2 k)``), ``index_entries`` (kept + fillers), ``fillers``, ``index_bits`` (Huffman),
+    ``index_bits_per_entry``, ``gap_width``, ``gap_bits``, ``gap_bits_per_entry``, ``section_bytes``
+    (dict), ``bytes`` (all sections), ``bits_per_weight`` (section bits / count); with ``entropy``, also
+    ``index_entropy_bits`` and ``gap_entropy_bits`` (empirical bits per symbol; decodes the streams).
+    Keys that do not apply to a kind are None.
+    """
+    info = check(t)
+    n = t.numel
+    s: dict[str, Any] = {
+        "name": t.name,
+        "kind": t.kind,
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "count": n,
+        "kept": n,
+        "k": None,
+        "raw_bits_per_index": None,
+        "index_entries": None,
+        "fillers": None,
+        "index_bits": None,
+        "index_bits_per_entry": None,
+        "gap_width": None,
+        "gap_bits": None,
+        "gap_bits_per_entry": None,
+        "section_bytes": {name: len(b) for name, b in t.sections.items()},
+        "bytes": t.nbytes,
+        "bits_per_weight": 8 * t.nbytes / n if n else None,
+    }
+    if entropy:
+        s["index_entropy_bits"] = s["gap_entropy_bits"] = None
+    if t.kind == "dense":
+        return s
+    k = t.meta["k"]
+    idx = info["indices"]
+    s.update(
+        k=k,
+        raw_bits_per_index=math.ceil(math.log2(k)),
+        index_entries=idx["count"],
+        index_bits=idx["nbits"],
+        index_bits_per_entry=idx["nbits"] / idx["count"] if idx["count"] else None,
+    )
+    if t.kind == "sparse":
+        g = info["gaps"]
+        s.update(
+            kept=t.meta["kept"],
+            fillers=idx["count"] - t.meta["kept"],
+            gap_width=t.meta["gap_width"],
+            gap_bits=g["nbits"],
+            gap_bits_per_entry=g["nbits"] / g["count"] if g["count"] else None,
+        )
+    else:
+        s["fillers"] = 0
+    if entropy:
+        sym = _decode_stream(t, "indices")
+        s["index_entropy_bits"] = huffman.entropy_bits(np.bincount(sym)) if sym.size else 0.0
+        if t.kind == "sparse":
+            gaps = _decode_stream(t, "gaps")
+            s["gap_entropy_bits"] = huffman.entropy_bits(np.bincount(gaps)) if gaps.size else 0.0
+    return s

@@ -1,0 +1,378 @@
+"""The ``.dz`` file: a preamble, a length-prefixed JSON header, and 64-byte aligned checksummed sections.
+
+Layout (all integers little-endian; the binding spec with a hex dump is docs/FORMAT.md)::
+
+    0   8   magic b"\\x89DZIP\\r\\n\\x1a"
+    8   2   u16 major version (1)         a reader refuses a newer major version
+    10  2   u16 minor version (0)         minor versions only add optional header keys
+    12  4   u32 CRC32 of the header bytes
+    16  8   u64 header length H
+    24  H   header, UTF-8 JSON
+    ..      zero padding to D = the next multiple of 64
+    D   ..  sections, each at D + offset with offset a multiple of 64, zero padding between them
+
+Reading never unpickles and checks every claimed size against the bytes present before allocating.
+
+Example:
+    >>> import numpy as np
+    >>> from deepzip.codec import encode_dense, read, to_bytes
+    >>> blob = to_bytes({"bias": encode_dense(np.zeros(3, np.float32))}, config={"lr": 0.1})
+    >>> f = read(blob)
+    >>> f.decode("bias").tolist(), f.config
+    ([0.0, 0.0, 0.0], {'lr': 0.1})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeepzipFormatError
+from ._tensor import EncodedTensor, check, decode, decode_parts, tensor_stats
+
+__all__ = ["ALIGN", "MAGIC", "VERSION", "DzFile", "read", "to_bytes", "write"]
+
+MAGIC = b"\x89DZIP\r\n\x1a"
+VERSION = (1, 0)
+ALIGN = 64
+_PRE = struct.Struct("<8sHHIQ")  # magic, major, minor, header crc32, header length
+PREAMBLE_SIZE = _PRE.size  # 24
+
+
+def _producer() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"deepzip {version('deepzip')}"
+    except PackageNotFoundError:
+        return "deepzip (not installed)"
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _json(value: Any, what: str) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: not JSON-serialisable ({e})") from None
+    return value
+
+
+def _as_list(tensors: Mapping[str, EncodedTensor] | Iterable[EncodedTensor]) -> list[EncodedTensor]:
+    if isinstance(tensors, Mapping):
+        out = [replace(t, name=name) for name, t in tensors.items()]
+    else:
+        out = list(tensors)
+    seen = set()
+    for t in out:
+        if not isinstance(t, EncodedTensor):
+            raise TypeError(f"expected EncodedTensor, got {type(t).__name__}")
+        if not isinstance(t.name, str) or not t.name:
+            raise ValueError(f"tensor name {t.name!r}: expected a non-empty string")
+        if t.name in seen:
+            raise ValueError(f"{t.name}: duplicate tensor name")
+        seen.add(t.name)
+    return out
+
+
+def to_bytes(
+    tensors: Mapping[str, EncodedTensor] | Iterable[EncodedTensor],
+    *,
+    config: dict | None = None,
+    architecture: str | None = None,
+    extra: dict | None = None,
+) -> bytes:
+    """The complete ``.dz`` file as bytes.
+
+    Args:
+        tensors: name -> tensor (names taken from the keys), or tensors with names set, in file order.
+        config: free-form JSON-serialisable dict from the caller (e.g. the compression recipe).
+        architecture: optional string naming the model (e.g. ``"lenet300"``).
+        extra: free-form JSON-serialisable dict for the caller's own keys (e.g. the torch bridge).
+
+    Raises:
+        ValueError: duplicate or empty names, invalid tensors, non-JSON config/extra.
+    """
+    items = _as_list(tensors)
+    if architecture is not None and not isinstance(architecture, str):
+        raise ValueError(f"architecture: expected a string or None, got {type(architecture).__name__}")
+    entries = []
+    chunks: list[bytes] = []
+    offset = 0
+    for t in items:
+        try:
+            check(t)
+        except DeepzipFormatError as e:
+            raise ValueError(f"invalid tensor: {e}") from None
+        _json(t.meta, f"{t.name}: meta")
+        secs = {}
+        for sec, data in t.sections.items():
+            pad = _align(offset) - offset
+            chunks.append(b"\0" * pad)
+            offset += pad
+            secs[sec] = {"offset": offset, "length": len(data), "crc32": zlib.crc32(data)}
+            chunks.append(bytes(data))
+            offset += len(data)
+        entries.append(
+            {
+                "name": t.name,
+                "kind": t.kind,
+                "shape": list(t.shape),
+                "dtype": t.dtype,
+                "meta": dict(t.meta),
+                "sections": secs,
+            }
+        )
+    header = {
+        "format": "deepzip",
+        "producer": _producer(),
+        "architecture": architecture,
+        "config": _json(dict(config or {}), "config"),
+        "extra": _json(dict(extra or {}), "extra"),
+        "data_size": offset,
+        "tensors": entries,
+    }
+    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    pre = _PRE.pack(MAGIC, VERSION[0], VERSION[1], zlib.crc32(hbytes), len(hbytes))
+    start = PREAMBLE_SIZE + len(hbytes)
+    return b"".join([pre, hbytes, b"\0" * (_align(start) - start), *chunks])
+
+
+def write(
+    path: str | os.PathLike,
+    tensors: Mapping[str, EncodedTensor] | Iterable[EncodedTensor],
+    *,
+    config: dict | None = None,
+    architecture: str | None = None,
+    extra: dict | None = None,
+) -> int:
+    """Write a ``.dz`` file atomically: to a temporary file in the same folder, then ``os.replace``.
+
+    An interrupted or failing write leaves any existing file at ``path`` untouched.
+
+    Args: as :func:`to_bytes`, plus ``path``.
+
+    Returns:
+        Bytes written.
+    """
+    blob = to_bytes(tensors, config=config, architecture=architecture, extra=extra)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return len(blob)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _need(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    """``obj[key]`` checked to be a ``typ`` (ints are never bools), else DeepzipFormatError."""
+    if not isinstance(obj, dict):
+        raise DeepzipFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise DeepzipFormatError(f"{where}: missing key '{key}'")
+    v = obj[key]
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+        names = "/".join(x.__name__ for x in types)
+        raise DeepzipFormatError(f"{where}.{key}: expected {names}, got {type(v).__name__}")
+    return v
+
+
+def _uint(obj: dict, key: str, where: str, limit: int = 1 << 63) -> int:
+    v = _need(obj, key, int, where)
+    if not 0 <= v < limit:
+        raise DeepzipFormatError(f"{where}.{key}: {v} outside 0..{limit - 1}")
+    return v
+
+
+@dataclass
+class DzFile:
+    """A parsed ``.dz`` file: every section bounds- and checksum-checked, nothing decoded yet.
+
+    Attributes:
+        header: the JSON header as a dict.
+        tensors: name -> :class:`EncodedTensor`, in file order.
+        version: ``(major, minor)`` of the file.
+    """
+
+    header: dict[str, Any]
+    tensors: dict[str, EncodedTensor]
+    version: tuple[int, int]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.header["config"]
+
+    @property
+    def architecture(self) -> str | None:
+        return self.header["architecture"]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.header["extra"]
+
+    def _get(self, name: str) -> EncodedTensor:
+        if name not in self.tensors:
+            raise KeyError(f"{name}: no such tensor (have {list(self.tensors)[:8]}...)")
+        return self.tensors[name]
+
+    def decode(self, name: str) -> np.ndarray:
+        """Dense array of tensor ``name`` (see :func:`deepzip.codec.decode`)."""
+        return decode(self._get(name))
+
+    def decode_parts(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(codebook, indices, mask)`` of tensor ``name`` (see :func:`deepzip.codec.decode_parts`)."""
+        return decode_parts(self._get(name))
+
+    def stats(self, entropy: bool = True) -> list[dict[str, Any]]:
+        """Per-tensor statistics (see :func:`deepzip.codec.tensor_stats`), in file order."""
+        return [tensor_stats(t, entropy) for t in self.tensors.values()]
+
+
+def _read_bytes(src: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    with open(src, "rb") as f:
+        return f.read()
+
+
+def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
+    """Parse and verify a ``.dz`` file (path or bytes); tensors are decoded on demand.
+
+    Checks, in order: preamble and magic, version, header length, header checksum, header JSON and
+    its types, section bounds/alignment/overlap, section checksums, each tensor's sizes against its
+    sections (:func:`deepzip.codec._tensor.check`).
+
+    Raises:
+        DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
+        OSError: the file cannot be read.
+    """
+    buf = _read_bytes(src)
+    size = len(buf)
+    if size < PREAMBLE_SIZE:
+        raise DeepzipFormatError(
+            f"preamble: file is {size} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble"
+        )
+    magic, major, minor, hcrc, hlen = _PRE.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise DeepzipFormatError(f"magic: not a deepzip file (starts with {magic!r}, expected {MAGIC!r})")
+    if major > VERSION[0]:
+        raise DeepzipFormatError(
+            f"version: file format {major}.{minor} is newer than this reader ({VERSION[0]}.x); upgrade deepzip"
+        )
+    if major < 1:
+        raise DeepzipFormatError(f"version: unsupported file format {major}.{minor}")
+    if hlen > size - PREAMBLE_SIZE:
+        raise DeepzipFormatError(f"header: length {hlen} exceeds file size {size}")
+    hbytes = buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen]
+    if zlib.crc32(hbytes) != hcrc:
+        raise DeepzipFormatError("header: checksum mismatch")
+    try:
+        header = json.loads(hbytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DeepzipFormatError(f"header: invalid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise DeepzipFormatError(f"header: expected a JSON object, got {type(header).__name__}")
+    if _need(header, "format", str, "header") != "deepzip":
+        raise DeepzipFormatError(f"header.format: {header['format']!r}, expected 'deepzip'")
+    _need(header, "producer", str, "header")
+    _need(header, "architecture", (str, type(None)), "header")
+    _need(header, "config", dict, "header")
+    _need(header, "extra", dict, "header")
+    data_start = _align(PREAMBLE_SIZE + hlen)
+    data_size = _uint(header, "data_size", "header")
+    if data_start + data_size != size:
+        raise DeepzipFormatError(
+            f"data: header says {data_size} bytes of sections from byte {data_start}, file has "
+            f"{max(0, size - data_start)} (truncated or trailing bytes)"
+        )
+    entries = _need(header, "tensors", list, "header")
+    tensors: dict[str, EncodedTensor] = {}
+    spans = []
+    for i, e in enumerate(entries):
+        where = f"header.tensors[{i}]"
+        name = _need(e, "name", str, where)
+        if not name or name in tensors:
+            raise DeepzipFormatError(f"{where}.name: {name!r} is empty or duplicate")
+        where = name
+        kind = _need(e, "kind", str, where)
+        shape = _need(e, "shape", list, where)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise DeepzipFormatError(f"{where}.shape: expected a list of ints, got {shape!r}"[:200])
+        dtype = _need(e, "dtype", str, where)
+        meta = _need(e, "meta", dict, where)
+        secs = _need(e, "sections", dict, where)
+        sections = {}
+        for sec, desc in secs.items():
+            w = f"{name}/{sec}"
+            off = _uint(desc, "offset", w)
+            length = _uint(desc, "length", w)
+            crc = _uint(desc, "crc32", w, 1 << 32)
+            if off % ALIGN:
+                raise DeepzipFormatError(f"{w}: offset {off} is not a multiple of {ALIGN}")
+            if off + length > data_size:
+                raise DeepzipFormatError(
+                    f"{w}: section ends at byte {data_start + off + length} but the file has {size} (truncated?)"
+                )
+            data = buf[data_start + off : data_start + off + length]
+            if zlib.crc32(data) != crc:
+                raise DeepzipFormatError(f"{w}: checksum mismatch")
+            spans.append((off, off + length, w))
+            sections[sec] = data
+        t = EncodedTensor(name, kind, tuple(shape), dtype, meta, sections)
+        check(t)
+        tensors[name] = t
+    spans.sort()
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        if start < end:
+            raise DeepzipFormatError(f"{b}: overlaps {a}")
+    return DzFile(header, tensors, (major, minor))
+
+
+def _recompute_checksums(blob: bytes) -> bytes:
+    """Best effort: ``blob`` with every section and header checksum made to match (for fuzzing).
+
+    Lets a fuzzer reach the decoders behind the checksums; returns ``blob`` unchanged when the
+    header cannot be parsed.
+    """
+    try:
+        _, major, minor, _, hlen = _PRE.unpack_from(blob, 0)
+        header = json.loads(blob[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+        start = _align(PREAMBLE_SIZE + hlen)
+        for t in header["tensors"]:
+            for d in t["sections"].values():
+                d["crc32"] = zlib.crc32(blob[start + d["offset"] : start + d["offset"] + d["length"]])
+        h = json.dumps(header, separators=(",", ":")).encode()
+    except Exception:  # noqa: BLE001 - any malformed input: leave it as it is
+        return blob
+    if len(h) != hlen:  # CRC digits changed the header length; keep the layout
+        return blob
+    return _PRE.pack(MAGIC, major, minor, zlib.crc32(h), hlen) + h + blob[PREAMBLE_SIZE + hlen :]

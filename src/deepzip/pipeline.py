@@ -1,0 +1,434 @@
+"""The Deep Compression recipe as resumable stages: prune -> retrain -> share weights -> fine-tune -> encode.
+
+One dataclass, :class:`PipelineConfig`, drives it; it round-trips through JSON and is stored in the ``.dz`` header.
+Each stage writes a checkpoint to the work folder keyed by the config that produced it, so a rerun resumes after
+the last finished stage and yields the same file. Per-layer settings left unset are chosen by sensitivity scans on
+a held-out split of the training set (never the test set): sparsities split an overall target between layers by
+how much each layer tolerates (:func:`deepzip.prune.allocate_sparsities`), bits are the fewest per layer that keep
+the validation error within a tolerance.
+
+Two ways in:
+- :func:`run_pipeline` for models and data deepzip knows (MNIST), as ``deepzip compress`` does;
+- :func:`compress_` for any ``nn.Module`` with your own training loop: you pass ``retrain(model, stage)``.
+
+Example (your own loop):
+    >>> from deepzip.models import get_model
+    >>> m = get_model("lenet300")
+    >>> cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=5)
+    >>> _ = compress_(m, cfg, retrain=lambda model, stage: None)
+    >>> round(float((m.fc1.weight == 0).float().mean()), 2)
+    0.9
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import codec
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Dataset
+from .models import model_name
+from .prune import allocate_sparsities, clone_model, iterative_prune_, prunable_layers, sensitivity_scan
+from .recipes import PAPER, train_config, validation_split
+from .serialize import encode_model, load, save
+from .share import is_shared, resolve_bits, share_weights_, sharing_table
+from .train import TrainConfig, evaluate, fit
+
+__all__ = ["STAGES", "PipelineConfig", "compress_", "file_report", "run_pipeline"]
+
+STAGES = ("prune", "share", "encode")
+CONFIG_VERSION = 1
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that decides the compressed file. ``None`` means "choose it" (by scan or per-model recipe).
+
+    Example:
+        >>> cfg = PipelineConfig(bits={"fc1": 5}, target_sparsity=0.93)
+        >>> PipelineConfig.from_json(cfg.to_json()) == cfg
+        True
+    """
+
+    version: int = CONFIG_VERSION
+    model: str = "lenet300"
+    # pruning
+    sparsity: dict[str, float] | None = None  # per layer; None: sensitivity scan split of target_sparsity
+    target_sparsity: float = 0.93
+    prune_rounds: int = 3
+    retrain_epochs: int | None = None  # per round; None: the model's recipe
+    retrain_lr: float | None = None
+    # weight sharing
+    bits: dict[str, int] | int | str | None = None  # None: fewest bits per layer within bits_tolerance
+    bits_choices: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    bits_tolerance: float = 0.05  # validation error points a layer may lose by its bits, before fine-tuning
+    init: str = "linear"
+    finetune_epochs: int | None = None
+    # distillation as the retraining loss
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.7
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits_choices, list):
+            self.bits_choices = tuple(self.bits_choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bits_choices"] = list(self.bits_choices)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config.{unknown[0]}: unknown field; known: {', '.join(sorted(known))}")
+        if d.get("version", CONFIG_VERSION) > CONFIG_VERSION:
+            raise ValueError(f"config.version: {d['version']} is newer than this deepzip ({CONFIG_VERSION})")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config: not valid JSON ({exc})") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PipelineConfig:
+        return cls.from_json(Path(path).read_text())
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        """Check every field (and layer names against ``model``) before any work; errors name the field."""
+        def bad(name: str, value: Any, expect: str) -> ValueError:
+            return ValueError(f"config.{name}: {value!r}, expected {expect}")
+
+        def frac(name: str, v: Any) -> None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise bad(name, v, "a fraction in [0, 1]")
+
+        def pos_int(name: str, v: Any, allow_none: bool = True, minimum: int = 1) -> None:
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise bad(name, v, f"an integer >= {minimum}")
+
+        frac("target_sparsity", self.target_sparsity)
+        frac("alpha", self.alpha)
+        pos_int("prune_rounds", self.prune_rounds, False)
+        pos_int("retrain_epochs", self.retrain_epochs, minimum=0)
+        pos_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        for name in ("retrain_lr", "temperature"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise bad(name, v, "a positive number")
+        if self.init not in ("linear", "density", "random"):
+            raise bad("init", self.init, "'linear', 'density' or 'random'")
+        if not self.bits_choices or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16
+                                        for b in self.bits_choices):
+            raise bad("bits_choices", list(self.bits_choices), "integers in 1..16")
+        layers = prunable_layers(model) if model is not None else None
+        if self.sparsity is not None:
+            if not isinstance(self.sparsity, dict):
+                raise bad("sparsity", self.sparsity, "a map of layer names to fractions")
+            for k, v in self.sparsity.items():
+                if layers is not None and k.removesuffix(".weight") not in layers:
+                    raise ValueError(f"config.sparsity.{k}: unknown layer; layers: {', '.join(layers)}")
+                frac(f"sparsity.{k}", v)
+        if self.bits is not None:
+            items = self.bits.items() if isinstance(self.bits, dict) else [("", self.bits)]
+            for k, v in items:
+                path = f"bits.{k}" if k else "bits"
+                if k and k != "default" and layers is not None and k.removesuffix(".weight") not in layers:
+                    raise ValueError(f"config.{path}: unknown layer; layers: {', '.join(layers)}")
+                if isinstance(v, str):
+                    parts = v.split("/")
+                    ok = len(parts) == 2 and all(p.isdigit() and 1 <= int(p) <= 16 for p in parts)
+                    if not ok:
+                        raise bad(path, v, "bits in 1..16 or a preset like '8/5'")
+                elif isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16:
+                    raise bad(path, v, "bits in 1..16")
+            if model is not None:
+                resolve_bits(model, self.bits)
+
+    def stage_key(self, stage: str, source: str) -> str:
+        """A hash of the fields that decide ``stage``'s output (and of the input model), for resuming."""
+        d = self.to_dict()
+        share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs")
+        if stage == "prune":
+            d = {k: v for k, v in d.items() if k not in share_fields}
+        d["_source"] = source
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- the API for any model
+def compress_(
+    model: nn.Module,
+    config: PipelineConfig,
+    retrain: Callable[[nn.Module, str], Any],
+    *,
+    error_fn: Callable[[nn.Module], float] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Prune, retrain, share and fine-tune ``model`` in place with your own training loop; returns ``model``.
+
+    ``retrain(model, stage)`` is called after each pruning round (``stage="prune"``) and after sharing
+    (``stage="share"``); train as you like (even under DistributedDataParallel). Unset per-layer settings need
+    ``error_fn(model) -> error %`` on held-out data for the scans. Then ``deepzip.save(model, path)``.
+    """
+    config.validate(model)
+    sparsity = config.sparsity
+    if sparsity is None:
+        if error_fn is None:
+            raise ValueError("config.sparsity: unset, so the sensitivity scan needs error_fn")
+        sparsity = _scan_sparsity(model, config, error_fn, progress)
+    iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
+                     progress=progress)
+    bits = config.bits
+    if bits is None:
+        if error_fn is None:
+            raise ValueError("config.bits: unset, so the bits scan needs error_fn")
+        bits = _scan_bits(model, config, error_fn, progress)
+    share_weights_(model, bits, init=config.init, seed=config.seed, progress=progress)
+    retrain(model, "share")
+    return model
+
+
+def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],
+                   progress: bool) -> dict[str, float]:
+    base = error_fn(model)
+    points = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+    scan = sensitivity_scan(model, error_fn, points, progress=progress)
+    weights = {n: m.weight.numel() for n, m in prunable_layers(model).items()}
+    return allocate_sparsities(scan, weights, config.target_sparsity, baseline_error=base)
+
+
+def _scan_bits(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],
+               progress: bool) -> dict[str, int]:
+    """Per layer alone, the fewest bits whose sharing (no fine-tuning) keeps the error within the tolerance."""
+    base = error_fn(model)
+    chosen: dict[str, int] = {}
+    for name in prunable_layers(model):
+        chosen[name] = max(config.bits_choices)
+        for b in sorted(config.bits_choices):
+            trial = clone_model(model)
+            share_weights_(trial, {name: b}, init=config.init, seed=config.seed, progress=False)
+            if error_fn(trial) <= base + config.bits_tolerance:
+                chosen[name] = b
+                break
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ the MNIST pipeline
+def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress: bool, seed: int) -> TrainConfig:
+    cfg = train_config(arch, retrain=True)
+    if epochs is not None:
+        cfg.epochs = epochs
+    if config.retrain_lr is not None:
+        cfg.lr = config.retrain_lr
+    cfg.progress = progress
+    cfg.seed = seed
+    return cfg
+
+
+def run_pipeline(
+    model: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    config: PipelineConfig,
+    output: str | os.PathLike[str],
+    *,
+    workdir: str | os.PathLike[str] | None = None,
+    source: str = "",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the whole recipe on a trained ``model`` and write ``output`` (.dz); returns a summary.
+
+    The test error quoted in the summary (``error_after_pct``) is that of a model rebuilt from the file's bytes.
+    ``workdir`` keeps each stage's checkpoint; a rerun with the same config and ``source`` resumes from them.
+    """
+    config.validate(model)
+    arch = model_name(model) or config.model
+    work = Path(workdir) if workdir is not None else None
+    timings: dict[str, float] = {}
+    val = validation_split(train)
+    loss_fn = None
+    t0 = time.time()
+    before = evaluate(model, test)
+    if config.distill:
+        from .distill import teacher_loss_for
+
+        loss_fn = teacher_loss_for(model, train, temperature=config.temperature, alpha=config.alpha)
+    timings["baseline"] = time.time() - t0
+
+    def val_error(m: nn.Module) -> float:
+        return evaluate(m, val).error_pct
+
+    def stage_path(stage: str) -> Path | None:
+        return work / f"{stage}.safetensors" if work is not None else None
+
+    def resume(stage: str) -> dict | None:
+        path = stage_path(stage)
+        if path is None or not path.exists():
+            return None
+        loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)))
+        if meta.get("stage_key") != config.stage_key(stage, source):
+            return None
+        return {"model": loaded, "meta": meta}
+
+    # ---- prune
+    t0 = time.time()
+    done = resume("prune")
+    if done is not None:
+        model = done["model"]
+        prune_info = done["meta"]["info"]
+        log(f"prune: resumed from {stage_path('prune')}")
+    else:
+        sparsity = config.sparsity or _scan_sparsity(model, config, val_error, progress)
+        cfg = _retrain_cfg(config, arch, config.retrain_epochs, progress, config.seed)
+        rounds: list[dict] = []
+
+        def retrain(m: nn.Module, r: int) -> None:
+            fit(m, train, TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + r}), loss_fn=loss_fn,
+                desc=f"retrain after pruning {r}/{config.prune_rounds}")
+            rounds.append({"round": r, "val_error_pct": val_error(m)})
+
+        iterative_prune_(model, retrain, sparsity=sparsity, rounds=config.prune_rounds, progress=progress)
+        prune_info = {"sparsity": sparsity, "rounds": rounds, "test_error_pct": evaluate(model, test).error_pct}
+        if work is not None:
+            save_checkpoint(model, stage_path("prune"), meta={"stage_key": config.stage_key("prune", source),
+                                                              "info": prune_info})
+    timings["prune"] = time.time() - t0
+    pruned_bytes = len(codec.to_bytes(encode_model(model)[0]))
+
+    # ---- share
+    t0 = time.time()
+    done = resume("share")
+    if done is not None:
+        model = done["model"]
+        share_info = done["meta"]["info"]
+        log(f"share: resumed from {stage_path('share')}")
+    else:
+        bits = config.bits if config.bits is not None else _scan_bits(model, config, val_error, progress)
+        share_weights_(model, bits, init=config.init, seed=config.seed, progress=progress)
+        error_shared = evaluate(model, test).error_pct
+        cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100)
+        fit(model, train, cfg, loss_fn=loss_fn, desc="fine-tune centroids")
+        share_info = {"bits": {r["layer"]: r["bits"] for r in sharing_table(model)},
+                      "test_error_before_finetune_pct": error_shared,
+                      "test_error_pct": evaluate(model, test).error_pct}
+        if work is not None:
+            save_checkpoint(model, stage_path("share"), meta={"stage_key": config.stage_key("share", source),
+                                                              "info": share_info})
+    timings["share"] = time.time() - t0
+
+    # ---- encode, then evaluate the file, not the model in memory
+    t0 = time.time()
+    nbytes = save(model, output, config=config.to_dict(), architecture=arch)
+    timings["encode"] = time.time() - t0
+    t0 = time.time()
+    from_file = load(output, _fresh_like(model))
+    after = evaluate(from_file, test)
+    timings["evaluate_file"] = time.time() - t0
+    report = file_report(output)
+    total = report["params_total"]
+    return {
+        "model": arch, "output": str(output), "bytes": nbytes, "params_total": total,
+        "params_nonzero": report["params_nonzero"], "ratio": 4 * total / nbytes,
+        "error_before_pct": before.error_pct, "error_after_pct": after.error_pct,
+        "errors_after": after.errors,
+        "error_pruned_pct": prune_info["test_error_pct"], "error_shared_pct": share_info["test_error_pct"],
+        "error_in_memory_pct": evaluate(model, test).error_pct,
+        "sparsity": prune_info["sparsity"], "bits": share_info["bits"],
+        "stage_bytes": {"dense_32bit": 4 * total, "pruned": pruned_bytes,
+                        "pruned_shared_fixed_width": report["bytes_before_huffman"], "huffman_file": nbytes},
+        "layers": report["layers"], "seconds": timings, "config": config.to_dict(),
+        "prune": prune_info, "share": share_info,
+    }
+
+
+def _fresh_like(model: nn.Module) -> nn.Module:
+    """An unparametrized copy of ``model``'s architecture (for loading stage checkpoints and the file)."""
+    from .models import get_model
+
+    name = model_name(model)
+    if name:
+        try:
+            return get_model(name)
+        except ValueError:
+            pass
+    from .prune import strip
+
+    return strip(clone_model(model))
+
+
+def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
+    """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
+
+    Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
+    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
+    """
+    f = codec.read(path)
+    file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
+    layers = []
+    total = nonzero = 0
+    before_huffman = 0.0
+    arch = f.architecture or ""
+    paper = PAPER.get(arch, {})
+    for st in f.stats():
+        count = st["count"]
+        total += count
+        nonzero += st["kept"]
+        row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
+               "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
+               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
+               "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
+               "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
+               "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
+        if st["kind"] == "dense":
+            before_huffman += st["bytes"]
+        else:
+            entries = st["index_entries"] or 0
+            fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))
+            before_huffman += fixed_bits / 8 + 4 * st["k"]
+        layer = st["name"][:-7] if st["name"].endswith(".weight") else None
+        if layer and paper:
+            row["paper_kept_pct"] = paper["kept_pct"].get(layer)
+            row["paper_bits_weight"] = paper["huffman_bits_weight"].get(layer)
+            row["paper_bits_index"] = paper["huffman_bits_index"].get(layer)
+            row["paper_size_pct"] = paper["size_pct"].get(layer)
+        row["size_pct"] = 100.0 * st["bytes"] / (4.0 * count) if count else None
+        layers.append(row)
+    overhead = file_bytes - sum(r["bytes"] for r in layers)
+    return {"file": None if isinstance(path, (bytes, bytearray)) else str(path), "architecture": arch,
+            "bytes": file_bytes, "params_total": total, "params_nonzero": nonzero,
+            "ratio": 4.0 * total / file_bytes if file_bytes else None,
+            "bytes_before_huffman": int(before_huffman + overhead), "header_and_padding_bytes": overhead,
+            "layers": layers, "config": f.config, "version": f.version}
+
+
+def is_compressed(model: nn.Module) -> bool:
+    """True when every prunable layer is weight-shared (the state a .dz file stores compactly)."""
+    return all(is_shared(m) for m in prunable_layers(model).values())
+
+
+__all__ += ["is_compressed"]

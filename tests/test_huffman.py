@@ -1,0 +1,177 @@
+"""Canonical Huffman code: optimality, limits, and the fast decoders against brute force."""
+
+import heapq
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepzip.codec import huffman
+from deepzip.errors import DeepzipFormatError
+
+
+def huffman_cost_reference(counts):
+    """Total bits of an optimal unconstrained prefix code (classic heap Huffman)."""
+    heap = [int(c) for c in counts if c > 0]
+    if len(heap) <= 1:
+        return sum(heap)  # one symbol: 1-bit code
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        cost += a + b
+        heapq.heappush(heap, a + b)
+    return cost
+
+
+def decode_reference(data, lengths, count):
+    """Brute force: read one bit at a time until the bits match a code."""
+    codes = huffman.canonical_codes(lengths)
+    table = {(int(lengths[s]), int(codes[s])): s for s in range(len(lengths)) if lengths[s]}
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))
+    out, pos = [], 0
+    for _ in range(count):
+        code, n = 0, 0
+        while (n, code) not in table:
+            code = code << 1 | int(bits[pos])
+            pos, n = pos + 1, n + 1
+        out.append(table[(n, code)])
+    return out
+
+
+def kraft(lengths):
+    ls = np.asarray(lengths)
+    return float(np.sum(2.0 ** -ls[ls > 0].astype(np.float64)))
+
+
+counts_st = st.lists(st.integers(0, 1000), min_size=1, max_size=60).map(np.array)
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts_st)
+def test_unconstrained_lengths_are_optimal_and_within_entropy(counts):
+    lengths = huffman.code_lengths(counts)
+    assert kraft(lengths) <= 1
+    assert np.all((lengths > 0) == (counts > 0)) or (counts > 0).sum() == 0
+    assert int((counts * lengths).sum()) == huffman_cost_reference(counts)
+    if (counts > 0).sum() >= 2:
+        h = huffman.entropy_bits(counts)
+        assert h <= huffman.mean_code_length(counts, lengths) < h + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts_st, st.integers(6, 12))
+def test_length_limit_is_respected_and_kraft_holds(counts, limit):
+    lengths = huffman.code_lengths(counts, max_length=limit)
+    assert lengths.max(initial=0) <= limit
+    assert kraft(lengths) <= 1
+    # never better than the unconstrained optimum
+    assert int((counts * lengths).sum()) >= huffman_cost_reference(counts)
+
+
+def test_length_limit_binds_on_fibonacci_counts():
+    fib = [1, 1]
+    while len(fib) < 40:
+        fib.append(fib[-1] + fib[-2])
+    counts = np.array(fib)
+    free = huffman.code_lengths(counts, 32)
+    assert free.max() == 32  # limited by 32, unconstrained would be 39
+    for limit in (6, 10, 24):
+        lengths = huffman.code_lengths(counts, limit)
+        assert lengths.max() == limit
+        assert kraft(lengths) == 1.0  # a complete code
+
+
+def test_too_many_symbols_for_limit_raises():
+    with pytest.raises(ValueError, match="do not fit"):
+        huffman.code_lengths(np.ones(17), max_length=4)
+
+
+def test_single_symbol_gets_one_bit_and_empty_has_none():
+    assert huffman.code_lengths(np.array([0, 7, 0])).tolist() == [0, 1, 0]
+    assert huffman.code_lengths(np.array([0, 0])).tolist() == [0, 0]
+    blob = huffman.pack_stream(np.full(100, 3))
+    assert np.array_equal(huffman.unpack_stream(blob), np.full(100, 3))
+    empty = huffman.pack_stream(np.zeros(0, np.int64))
+    assert huffman.unpack_stream(empty).size == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(0, 400), st.integers(4, 24))
+def test_decode_matches_brute_force(seed, alphabet, n, limit):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(alphabet, 0.3))
+    s = rng.choice(alphabet, size=n, p=p)
+    counts = np.bincount(s, minlength=alphabet)
+    if (counts > 0).sum() > 2**limit:
+        return
+    lengths = huffman.code_lengths(counts, limit)
+    data, nbits = huffman.encode(s, lengths)
+    assert nbits == int((counts * lengths).sum())
+    assert decode_reference(data, lengths, n) == s.tolist()
+    assert huffman.decode(data, lengths, n, nbits=nbits).tolist() == s.tolist()
+    assert huffman.unpack_stream(huffman.pack_stream(s, alphabet, limit)).tolist() == s.tolist()
+
+
+@pytest.mark.parametrize("peak", [0.05, 0.5])  # 0.5 makes codes longer than the 16-bit table
+def test_lockstep_decoder_on_long_streams(peak):
+    rng = np.random.default_rng(1)
+    a = np.arange(64)
+    p = np.exp(-peak * a)
+    p /= p.sum()
+    s = rng.choice(64, size=300_000, p=p)
+    s[:64] = a  # every symbol present, so rare ones get long codes
+    blob = huffman.pack_stream(s)
+    info = huffman.stream_info(blob)
+    assert info["nbits"] > 1 << 16  # takes the lockstep path
+    assert (info["lengths"].max() > 16) == (peak == 0.5)
+    assert np.array_equal(huffman.unpack_stream(blob), s)
+    # the pointer-doubling path on the same bits agrees
+    got = huffman.decode(info["payload"], info["lengths"], info["count"], nbits=info["nbits"])
+    assert np.array_equal(got, s)
+
+
+def test_65536_distinct_symbols():
+    rng = np.random.default_rng(2)
+    s = np.concatenate([np.arange(1 << 16), rng.integers(0, 50, 100_000)])
+    rng.shuffle(s)
+    blob = huffman.pack_stream(s)
+    out = huffman.unpack_stream(blob)
+    assert out.dtype == np.uint16 and np.array_equal(out, s)
+    big = huffman.pack_stream(np.array([0, 1 << 16]))  # alphabet 65537 needs int32 output
+    assert huffman.unpack_stream(big).tolist() == [0, 1 << 16]
+
+
+def test_stream_size_is_exact():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 1023, 1024, 1025, 5000):
+        s = rng.integers(0, 9, n)
+        counts = np.bincount(s, minlength=9)
+        assert len(huffman.pack_stream(s, alphabet=9)) == huffman.stream_size(counts)
+
+
+def test_claimed_count_beyond_bits_fails_fast():
+    blob = bytearray(huffman.pack_stream(np.array([1, 0, 1])))
+    blob[0:8] = (10**12).to_bytes(8, "little")
+    with pytest.raises(DeepzipFormatError, match="count 1000000000000 exceeds"):
+        huffman.unpack_stream(bytes(blob))
+
+
+def test_corrupt_bits_are_detected():
+    rng = np.random.default_rng(4)
+    s = rng.integers(0, 5, 200_000)
+    blob = bytearray(huffman.pack_stream(s))
+    blob[-1000] ^= 0xFF
+    try:
+        out = huffman.unpack_stream(bytes(blob))
+    except DeepzipFormatError as e:
+        assert "expected" in str(e)
+    else:  # a flip can still decode to the right number of bits; then symbols must differ
+        assert not np.array_equal(out, s)
+
+
+def test_encode_rejects_symbol_without_code():
+    lengths = huffman.code_lengths(np.array([3, 0, 2]))
+    with pytest.raises(ValueError, match="symbol 1 has no code"):
+        huffman.encode(np.array([0, 1]), lengths)
