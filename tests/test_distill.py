@@ -10,7 +10,14 @@ from torch.nn.utils import parametrize
 
 from deepzip.cli import main
 from deepzip.data import synthetic_mnist
-from deepzip.distill import distill, distill_loss_fn, distillation_loss, jitter, teacher_logits, teacher_loss_for
+from deepzip.distill import (
+    distill,
+    distill_loss_fn,
+    distillation_loss,
+    jitter,
+    teacher_logits,
+    teacher_loss_for,
+)
 from deepzip.models import MLP, get_model
 from deepzip.prune import prune_
 from deepzip.train import TrainConfig, fit
@@ -145,7 +152,7 @@ def test_jitter_is_a_bounded_zero_filled_shift() -> None:
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_tiny_distillation_reduces_the_loss(confident_teacher, cache: bool) -> None:  # noqa: ANN001
+def test_tiny_distillation_reduces_the_loss(confident_teacher, cache: bool) -> None:
     teacher, data, cfg = confident_teacher
     torch.manual_seed(1)
     student = get_model("mlp30")
@@ -159,7 +166,7 @@ def test_tiny_distillation_reduces_the_loss(confident_teacher, cache: bool) -> N
     assert after < 0.7 * before, (before, after, log)
 
 
-def test_live_teacher_on_augmented_input(confident_teacher) -> None:  # noqa: ANN001
+def test_live_teacher_on_augmented_input(confident_teacher) -> None:
     teacher, data, cfg = confident_teacher
     cfg = TrainConfig(**{**cfg.to_dict(), "epochs": 3})
     students = []
@@ -175,7 +182,7 @@ def test_live_teacher_on_augmented_input(confident_teacher) -> None:  # noqa: AN
     assert log[-1]["train_loss"] < log[0]["train_loss"]
 
 
-def test_cli_rejects_bad_alpha_and_missing_teacher(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_cli_rejects_bad_alpha_and_missing_teacher(tmp_path, capsys) -> None:
     assert main(["distill", "--teacher", str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "s.safetensors"),
                  "--alpha", "2", "-q"]) == 2
     assert "--alpha 2.0" in capsys.readouterr().err

@@ -259,3 +259,14 @@ def test_cli_parse_bits() -> None:
     assert resolve_bits(tiny(), parse_bits("4/2,fc2=3")) == {"conv": 4, "fc1": 2, "fc2": 3}
     with pytest.raises(ValueError, match="not an integer"):
         parse_bits("fc1=six")
+
+
+def test_sharing_a_deep_copy_leaves_the_original_working() -> None:
+    import copy
+
+    base = prune_(tiny(), sparsity=0.5)
+    x, _ = batch()
+    y = base(x)
+    twin = share_weights_(copy.deepcopy(base), 2, progress=False)
+    strip(twin)
+    assert torch.equal(base(x), y) and not is_shared(base.fc1) and get_mask(base.fc1) is not None

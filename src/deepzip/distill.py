@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,18 @@ __all__ = ["distill", "distill_loss_fn", "distillation_loss", "jitter", "teacher
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]  # also NumPy scalars and 0-d tensors
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _check_hyper(temperature: float, alpha: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    t, a = _number(temperature), _number(alpha)
+    if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature={temperature}, expected a finite number > 0")
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+    if not 0.0 <= a <= 1.0:  # NaN fails too
         raise ValueError(f"alpha={alpha}, expected a weight in [0, 1]")
 
 
@@ -93,6 +101,7 @@ def distillation_loss(
     if labels is None and alpha < 1.0:
         raise ValueError(f"distillation_loss: labels=None needs alpha=1 (got alpha={alpha})")
     loss = student_logits.new_zeros(())
+    alpha = float(alpha)
     if alpha > 0.0:
         t = float(temperature)
         log_q = F.log_softmax(student_logits / t, dim=1)  # (B, C)
@@ -151,6 +160,7 @@ def distill_loss_fn(
     Raises:
         ValueError: bad T or alpha; a teacher module without ``data``; at call time, an index beyond the cache
             (a cache computed on another data set).
+        TypeError: ``teacher`` is neither a tensor nor a module.
 
     Example:
         >>> cache = torch.randn(100, 10)
@@ -174,7 +184,7 @@ def distill_loss_fn(
 
         return cached
     if not isinstance(teacher, nn.Module):
-        raise ValueError(f"teacher must be a logit tensor or an nn.Module, not {type(teacher).__name__}")
+        raise TypeError(f"teacher must be a logit tensor or an nn.Module, not {type(teacher).__name__}")
     if data is None:
         raise ValueError("distill_loss_fn: a live teacher module needs data= (the training set it indexes)")
     module, inputs = teacher, data.x
@@ -213,7 +223,8 @@ class _LiveOnAugmented:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.stash is None or self.stash.shape[0] != logits.shape[0]:
             raise RuntimeError("live teacher: no teacher logits for this batch (augment was not called)")
-        return distillation_loss(logits, self.stash, labels, self.temperature, self.alpha)
+        stash, self.stash = self.stash, None  # used once: a stale batch's logits must never score the next one
+        return distillation_loss(logits, stash, labels, self.temperature, self.alpha)
 
 
 def distill(

@@ -7,20 +7,27 @@ raises a clear ImportError when matplotlib is missing.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import codec
+from .recipes import PAPER
+
 __all__ = [
+    "file_report",
     "first_layer_mask_image",
     "plot_first_layer_mask",
     "plot_sensitivity",
     "plot_size_stages",
     "plot_weight_histograms",
+    "write_report",
 ]
 
 
-def _plt():  # noqa: ANN202
+def _plt():
     try:
         import matplotlib
 
@@ -31,7 +38,7 @@ def _plt():  # noqa: ANN202
     return plt
 
 
-def _save(fig, path: str | os.PathLike[str]) -> None:  # noqa: ANN001
+def _save(fig, path: str | os.PathLike[str]) -> None:
     from .checkpoint import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
@@ -117,3 +124,122 @@ def plot_size_stages(stages: Mapping[str, float], path: str | os.PathLike[str], 
     ax.set_yscale("log")
     ax.set_title(title or "size after each stage", fontsize=9)
     _save(fig, path)
+
+
+def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
+    """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
+
+    Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
+    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
+    """
+    f = codec.read(path)
+    file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
+    layers = []
+    total = nonzero = 0
+    before_huffman = 0.0
+    arch = f.architecture or ""
+    paper = PAPER.get(arch, {})
+    for st in f.stats():
+        count = st["count"]
+        total += count
+        nonzero += st["kept"]
+        row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
+               "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
+               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
+               "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
+               "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
+               "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
+        if st["kind"] == "dense":
+            before_huffman += st["bytes"]
+        else:
+            entries = st["index_entries"] or 0
+            fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))
+            before_huffman += fixed_bits / 8 + 4 * st["k"]
+        layer = st["name"][:-7] if st["name"].endswith(".weight") else None
+        if layer and paper:
+            row["paper_kept_pct"] = paper["kept_pct"].get(layer)
+            row["paper_bits_weight"] = paper["huffman_bits_weight"].get(layer)
+            row["paper_bits_index"] = paper["huffman_bits_index"].get(layer)
+            row["paper_size_pct"] = paper["size_pct"].get(layer)
+        row["size_pct"] = 100.0 * st["bytes"] / (4.0 * count) if count else None
+        layers.append(row)
+    overhead = file_bytes - sum(r["bytes"] for r in layers)
+    return {"file": None if isinstance(path, (bytes, bytearray)) else str(path), "architecture": arch,
+            "bytes": file_bytes, "params_total": total, "params_nonzero": nonzero,
+            "ratio": 4.0 * total / file_bytes if file_bytes else None,
+            "bytes_before_huffman": int(before_huffman + overhead), "header_and_padding_bytes": overhead,
+            "layers": layers, "config": f.config, "version": f.version}
+
+
+
+
+def _md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    out = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, model: str | None = None) -> Path:
+    """A Markdown report of a ``.dz`` file: per-layer table, sizes per stage, bits per layer, the first layer's
+    mask and each layer's weight histogram with its centroids. Returns the path of ``report.md``."""
+    rep = file_report(path)
+    f = codec.read(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(path).name
+    lines = [f"# deepzip report: {name}\n",
+             f"{rep['bytes']:,} bytes on disk; {rep['params_total']:,} parameters ({rep['params_nonzero']:,} "
+             f"non-zero); **{rep['ratio']:.1f}x** smaller than 32-bit floats. Architecture: "
+             f"{rep['architecture'] or model or 'unknown'}.\n"]
+    summary = f.extra.get("summary", {}) if isinstance(f.extra, dict) else {}
+    if isinstance(summary, dict) and summary:
+        lines.append("Test error: " + ", ".join(f"{k} {v:.2f}%" for k, v in summary.items()
+                                                if k.endswith("_pct") and isinstance(v, (int, float))) + "\n")
+    cols = [("tensor", "tensor"), ("weights", "weights"), ("kept_pct", "kept %"), ("k", "centroids"),
+            ("bits_index_fixed", "bits/index"), ("bits_index_huffman", "Huffman bits/index"),
+            ("gap_width", "gap width"), ("bits_gap_huffman", "Huffman bits/gap"), ("bytes", "bytes"),
+            ("size_pct", "size % of 32-bit"), ("paper_kept_pct", "paper kept %"), ("paper_size_pct", "paper size %")]
+    lines += ["## Layers\n", _md_table(rep["layers"], cols)]
+    stages = {"32-bit": 4.0 * rep["params_total"]}
+    if isinstance(summary.get("pruned_bytes"), (int, float)):
+        stages["pruned"] = float(summary["pruned_bytes"])
+    stages["pruned+shared"] = float(rep["bytes_before_huffman"])
+    stages["+Huffman (file)"] = float(rep["bytes"])
+    try:
+        plot_size_stages(stages, out / "sizes.png", title=f"{name}: size after each stage")
+        lines += ["## Size after each stage\n", "![sizes](sizes.png)\n"]
+        weights = [(n, st) for n, st in ((s["name"], s) for s in f.stats(entropy=False)) if st["kind"] != "dense"]
+        plt = _plt()
+        if weights:
+            fig, ax = plt.subplots(figsize=(6, 3))
+            labels = [n for n, _ in weights]
+            ax.bar(labels, [8 * st["bytes"] / max(st["kept"], 1) for _, st in weights], color="tab:purple")
+            ax.set_ylabel("bits per kept weight (all streams)")
+            ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+            _save(fig, out / "bits.png")
+            lines += ["## Bits per kept weight\n", "![bits](bits.png)\n"]
+        lines.append("## Weights\n")
+        for n, st in weights:
+            cb, idx, mask = f.decode_parts(n)
+            w = np.where(mask, cb[idx], 0).astype(np.float32)
+            safe = n.replace("/", "_")
+            plot_weight_histograms({n: w}, out / f"hist_{safe}.png", centroids=cb, title=f"{n}: shared weights")
+            lines.append(f"![{n}](hist_{safe}.png)\n")
+            if w.ndim == 2 and w.shape[1] == 784 and n == weights[0][0]:
+                plot_first_layer_mask(mask, out / "first_layer_mask.png",
+                                      title=f"{n}: kept connections per input pixel (of {mask.shape[0]})")
+                lines += ["## First layer: kept connections per input pixel\n", "![mask](first_layer_mask.png)\n"]
+    except ImportError as exc:
+        lines.append(f"(no pictures: {exc})\n")
+    md = out / "report.md"
+    from .checkpoint import atomic_write
+
+    atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return md
