@@ -116,22 +116,29 @@ def test_golden_file_loads_bit_exactly():
 # --- damage -------------------------------------------------------------------------------------
 
 
+def data_start(hlen):
+    """D: the first multiple of container.ALIGN (8) at or after the end of an hlen-byte stored header."""
+    return -(-(24 + hlen) // 8) * 8
+
+
 def blob_and_layout():
     blob = codec.to_bytes(model_tensors())
     _, _, _, _, hlen = container._PRE.unpack_from(blob, 0)
-    header = json.loads(blob[24 : 24 + hlen])
-    return blob, header, -(-(24 + hlen) // 64) * 64
+    header = json.loads(zlib.decompress(blob[24 : 24 + hlen]))
+    return blob, header, data_start(hlen)
+
+
+def with_raw_header(h, data=b""):
+    """A file whose stored header is the bytes `h` (correct checksum and padding), then `data`."""
+    pre = container._PRE.pack(container.MAGIC, 1, 0, zlib.crc32(h), len(h))
+    return pre + h + b"\0" * (data_start(len(h)) - 24 - len(h)) + data
 
 
 def with_header(header, blob=None):
-    """A file with a replaced header (correct checksum), keeping the sections of `blob`."""
+    """A file with a replaced header (compressed, correct checksum), keeping the sections of `blob`."""
     blob = blob or blob_and_layout()[0]
     _, _, _, _, hlen = container._PRE.unpack_from(blob, 0)
-    data = blob[-(-(24 + hlen) // 64) * 64 :]
-    h = json.dumps(header).encode()
-    pre = container._PRE.pack(container.MAGIC, 1, 0, zlib.crc32(h), len(h))
-    pad = -(-(24 + len(h)) // 64) * 64 - 24 - len(h)
-    return pre + h + b"\0" * pad + data
+    return with_raw_header(zlib.compress(json.dumps(header).encode(), 9), blob[data_start(hlen) :])
 
 
 def section_span(header, data_start, name, sec):
@@ -174,7 +181,10 @@ def test_truncated_section():
     blob, header, _start = blob_and_layout()
     assert_error(blob[:-5], r"data: header says \d+ bytes .* \(truncated or trailing bytes\)")
     header["data_size"] -= 5  # a consistent header cannot hide the missing tail of the last section
-    assert_error(with_header(header, blob[:-5]), r"half/data: section ends at byte \d+ but the file has")
+    # ("half" is empty and sits at the very end; the 8-byte int64 before it loses its last 5 bytes)
+    assert_error(
+        with_header(header, blob[:-5]), r"bn.num_batches_tracked/data: section ends at byte \d+ but the file has"
+    )
 
 
 def test_flipped_section_byte():
@@ -219,13 +229,59 @@ def test_header_with_wrong_types_or_values(edit, match):
 
 
 def test_header_not_json_or_not_an_object():
-    _blob, _, _ = blob_and_layout()
-    for h, match in [
+    for text, match in [
         (b"{nope", r"header: invalid JSON"),
+        (b"\xff{}", r"header: invalid JSON"),
         (b"[1, 2]", r"header: expected a JSON object, got list"),
     ]:
-        pre = container._PRE.pack(container.MAGIC, 1, 0, zlib.crc32(h), len(h))
-        assert_error(pre + h, match)
+        assert_error(with_raw_header(zlib.compress(text, 9)), match)
+
+
+def test_header_not_zlib():
+    blob, header, _ = blob_and_layout()
+    z = zlib.compress(json.dumps(header).encode(), 9)
+    for h, match in [
+        (json.dumps(header).encode(), r"header: not valid zlib data \(Error -3 .*incorrect header check"),
+        (b"", r"header: not valid zlib data \(the stream is truncated\)"),
+        (z[:-10], r"header: not valid zlib data \(the stream is truncated\)"),
+        (z[:-1], r"header: not valid zlib data \(the stream is truncated\)"),
+        (z[:-1] + bytes([z[-1] ^ 1]), r"header: not valid zlib data \(Error -3 .*incorrect data check"),
+        (z + b"\0" * 3, r"header: not valid zlib data \(3 bytes after the end of the stream\)"),
+    ]:
+        assert_error(with_raw_header(h, blob[-int(header["data_size"]) :]), match)
+
+
+def test_header_zip_bomb_fails_before_allocating(monkeypatch):
+    monkeypatch.setattr(container, "MAX_HEADER_SIZE", 1 << 20)
+    bomb = zlib.compress(b'{"format":"' + b" " * (8 << 20) + b'"}', 9)  # ~8 KiB stored, 8 MiB of JSON
+    tracemalloc.start()
+    assert_error(with_raw_header(bomb), r"header: decompresses to more than 1048576 bytes")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 << 20
+    # the output is also bounded by a multiple of the stored length (1032:1, deflate's best ratio)
+    monkeypatch.setattr(container, "_MAX_RATIO", 10)
+    assert_error(with_raw_header(bomb), rf"header: decompresses to more than {10 * len(bomb)} bytes")
+
+
+def test_writer_rejects_a_header_over_the_limit(monkeypatch):
+    monkeypatch.setattr(container, "MAX_HEADER_SIZE", 1000)
+    with pytest.raises(ValueError, match=r"header: \d+ bytes of JSON exceed the 1000-byte limit"):
+        codec.to_bytes(model_tensors(), config={"note": "x" * 1000})
+
+
+def test_layout_is_compact_and_8_byte_aligned():
+    blob, header, start = blob_and_layout()
+    _, _, _, _, hlen = container._PRE.unpack_from(blob, 0)
+    assert container.ALIGN == 8 and start % 8 == 0 and start - (24 + hlen) < 8
+    assert hlen < len(json.dumps(header, separators=(",", ":"))) / 2  # compressed
+    ends = 0
+    for t in header["tensors"]:
+        for d in t["sections"].values():
+            assert d["offset"] % 8 == 0 and d["offset"] - ends < 8  # less than 8 bytes of padding between
+            ends = d["offset"] + d["length"]
+    assert ends == header["data_size"] and len(blob) == start + ends
+    assert not any(blob[24 + hlen : start])  # zero padding
 
 
 def test_absurd_claimed_counts_fail_fast():
@@ -279,11 +335,30 @@ def test_write_rejects_bad_input(tmp_path):
 SMALL = codec.to_bytes(model_tensors(3))
 
 
+SMALL_VERSION, SMALL_JSON, SMALL_DATA = container._split(SMALL)
+
+
+def test_split_and_join_round_trip_and_fix_checksums():
+    assert container._join(SMALL_VERSION, SMALL_JSON, SMALL_DATA) == SMALL
+    assert container._recompute_checksums(SMALL) == SMALL
+    header = json.loads(SMALL_JSON)
+    off = header["tensors"][1]["sections"]["data"]["offset"]
+    data = bytearray(SMALL_DATA)
+    data[off + 3] ^= 0x80  # the sign of fc1.bias[0]
+    text = SMALL_JSON.replace(b'"architecture":null', b'"architecture":"x"')
+    f = codec.read(container._join(SMALL_VERSION, text, bytes(data)))
+    assert f.architecture == "x" and f.decode("fc1.bias")[0] == -codec.read(SMALL).decode("fc1.bias")[0]
+    for bad in [b"\x89DZIP", SMALL[:30], SMALL[:24] + b"x" + SMALL[25:]]:
+        assert container._recompute_checksums(bad) == bad
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_mutated_and_truncated_files_only_raise_format_errors(data):
     blob = bytearray(SMALL)
     op = data.draw(st.sampled_from(["truncate", "flip", "splice", "flip+crc", "flip+crc"]))
+    if op == "flip+crc":  # mutate the header JSON and the sections, then recompress and fix every checksum
+        blob = bytearray(SMALL_JSON + SMALL_DATA)
     if op == "truncate":
         blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
     elif op.startswith("flip"):
@@ -293,8 +368,9 @@ def test_fuzz_mutated_and_truncated_files_only_raise_format_errors(data):
     else:
         i = data.draw(st.integers(0, len(blob)))
         blob[i:i] = data.draw(st.binary(max_size=16))
-    if op == "flip+crc":  # reach the decoders behind the checksums
-        blob = container._recompute_checksums(bytes(blob))
+    if op == "flip+crc":  # reach the header parser and the decoders behind zlib and the checksums
+        n = len(SMALL_JSON)
+        blob = container._join(SMALL_VERSION, bytes(blob[:n]), bytes(blob[n:]))
     try:
         f = codec.read(bytes(blob))
         for name in f.tensors:

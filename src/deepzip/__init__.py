@@ -17,6 +17,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_mnist, synthetic_mnist
 from .models import get_model
 from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+from .serialize import load, save
+from .share import share_weights_
 from .train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -26,10 +28,13 @@ __all__ = [
     "evaluate",
     "fit",
     "get_model",
+    "load",
     "load_checkpoint",
     "load_mnist",
     "prune_",
+    "save",
     "save_checkpoint",
+    "share_weights_",
     "sensitivity_scan",
     "sparsity_table",
     "strip",

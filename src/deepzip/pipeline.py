@@ -330,11 +330,12 @@ def run_pipeline(
         log(f"share: resumed from {stage_path('share')}")
     else:
         bits = config.bits if config.bits is not None else _scan_bits(model, config, val_error, progress)
-        share_weights_(model, bits, init=config.init, seed=config.seed, progress=progress)
+        requested = resolve_bits(model, bits)
+        share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
         error_shared = evaluate(model, test).error_pct
         cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100)
         fit(model, train, cfg, loss_fn=loss_fn, desc="fine-tune centroids")
-        share_info = {"bits": {r["layer"]: r["bits"] for r in sharing_table(model)},
+        share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
                       "test_error_before_finetune_pct": error_shared,
                       "test_error_pct": evaluate(model, test).error_pct}
         if work is not None:

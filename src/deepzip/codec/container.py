@@ -1,17 +1,18 @@
-"""The ``.dz`` file: a preamble, a length-prefixed JSON header, and 64-byte aligned checksummed sections.
+"""The ``.dz`` file: a preamble, a zlib-compressed JSON header, and 8-byte aligned checksummed sections.
 
 Layout (all integers little-endian; the binding spec with a hex dump is docs/FORMAT.md)::
 
     0   8   magic b"\\x89DZIP\\r\\n\\x1a"
     8   2   u16 major version (1)         a reader refuses a newer major version
     10  2   u16 minor version (0)         minor versions only add optional header keys
-    12  4   u32 CRC32 of the header bytes
-    16  8   u64 header length H
-    24  H   header, UTF-8 JSON
-    ..      zero padding to D = the next multiple of 64
-    D   ..  sections, each at D + offset with offset a multiple of 64, zero padding between them
+    12  4   u32 CRC32 of the H stored header bytes
+    16  8   u64 stored header length H
+    24  H   header: UTF-8 JSON, zlib-compressed (RFC 1950, level 9 when written)
+    ..      zero padding to D = the next multiple of 8
+    D   ..  sections, each at D + offset with offset a multiple of 8, zero padding between them
 
-Reading never unpickles and checks every claimed size against the bytes present before allocating.
+Reading never unpickles and checks every claimed size against the bytes present before allocating; the
+header decompresses to at most min(64 MiB, 1032 x H) bytes (1032:1 is deflate's best possible ratio).
 
 Example:
     >>> import numpy as np
@@ -44,7 +45,9 @@ __all__ = ["ALIGN", "MAGIC", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 VERSION = (1, 0)
-ALIGN = 64
+ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
+MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
+_MAX_RATIO = 1032  # deflate never expands more than 1032:1 (258 bytes per 2-bit match)
 _PRE = struct.Struct("<8sHHIQ")  # magic, major, minor, header crc32, header length
 PREAMBLE_SIZE = _PRE.size  # 24
 
@@ -144,10 +147,17 @@ def to_bytes(
         "data_size": offset,
         "tensors": entries,
     }
-    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    pre = _PRE.pack(MAGIC, VERSION[0], VERSION[1], zlib.crc32(hbytes), len(hbytes))
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    if len(text) > MAX_HEADER_SIZE:
+        raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
+    return _pack(VERSION, zlib.compress(text, 9), b"".join(chunks))
+
+
+def _pack(version: tuple[int, int], hbytes: bytes, data: bytes) -> bytes:
+    """Preamble, stored (compressed) header ``hbytes``, zero padding to a multiple of ALIGN, ``data``."""
+    pre = _PRE.pack(MAGIC, version[0], version[1], zlib.crc32(hbytes), len(hbytes))
     start = PREAMBLE_SIZE + len(hbytes)
-    return b"".join([pre, hbytes, b"\0" * (_align(start) - start), *chunks])
+    return b"".join([pre, hbytes, b"\0" * (_align(start) - start), data])
 
 
 def write(
@@ -264,12 +274,35 @@ def _read_bytes(src: str | os.PathLike | bytes | bytearray | memoryview) -> byte
         return f.read()
 
 
+def _inflate_header(hbytes: bytes) -> bytes:
+    """The header JSON bytes from the stored (zlib) header, never more than min(64 MiB, 1032 x stored)."""
+    limit = min(MAX_HEADER_SIZE, _MAX_RATIO * len(hbytes))
+    d = zlib.decompressobj()
+    try:
+        text = d.decompress(hbytes, limit + 1)  # max_length >= 1 (0 would mean unbounded)
+    except zlib.error as e:
+        raise DeepzipFormatError(f"header: not valid zlib data ({e})") from None
+    if len(text) > limit:
+        raise DeepzipFormatError(
+            f"header: decompresses to more than {limit} bytes (the limit is {MAX_HEADER_SIZE} bytes and "
+            f"{_MAX_RATIO}x the {len(hbytes)} stored bytes)"
+        )
+    if not d.eof:
+        raise DeepzipFormatError("header: not valid zlib data (the stream is truncated)")
+    if d.unused_data:
+        raise DeepzipFormatError(
+            f"header: not valid zlib data ({len(d.unused_data)} bytes after the end of the stream)"
+        )
+    return text
+
+
 def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     """Parse and verify a ``.dz`` file (path or bytes); tensors are decoded on demand.
 
-    Checks, in order: preamble and magic, version, header length, header checksum, header JSON and
-    its types, section bounds/alignment/overlap, section checksums, each tensor's sizes against its
-    sections (:func:`deepzip.codec._tensor.check`).
+    Checks, in order: preamble and magic, version, header length, header checksum, header
+    decompression (bounded: at most min(64 MiB, 1032 x the stored length)), header JSON and its types,
+    section bounds/alignment/overlap, section checksums, each tensor's sizes against its sections
+    (:func:`deepzip.codec._tensor.check`).
 
     Raises:
         DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
@@ -295,8 +328,9 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     hbytes = buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen]
     if zlib.crc32(hbytes) != hcrc:
         raise DeepzipFormatError("header: checksum mismatch")
+    text = _inflate_header(hbytes)
     try:
-        header = json.loads(hbytes.decode("utf-8"))
+        header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DeepzipFormatError(f"header: invalid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -357,22 +391,48 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     return DzFile(header, tensors, (major, minor))
 
 
+def _split(blob: bytes) -> tuple[tuple[int, int], bytes, bytes]:
+    """``(version, header JSON bytes, section bytes)`` of a file, for fuzzing (see :func:`_join`).
+
+    Checks only what it needs: the preamble, the header length and the header's zlib stream (bounded
+    as in :func:`read`); raises DeepzipFormatError otherwise.
+    """
+    if len(blob) < PREAMBLE_SIZE:
+        raise DeepzipFormatError("preamble: truncated")
+    _, major, minor, _, hlen = _PRE.unpack_from(blob, 0)
+    if hlen > len(blob) - PREAMBLE_SIZE:
+        raise DeepzipFormatError("header: length exceeds file size")
+    text = _inflate_header(blob[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+    return (major, minor), text, blob[_align(PREAMBLE_SIZE + hlen) :]
+
+
+def _join(version: tuple[int, int], text: bytes, data: bytes) -> bytes:
+    """A file from header JSON bytes ``text`` and section bytes ``data``, every checksum made to match.
+
+    For fuzzing: mutate the JSON and the sections of :func:`_split`, then join them, so mutations reach
+    the header parser and the decoders behind the zlib stream and the checksums. Section checksums are
+    fixed (and the JSON re-serialised) only where ``text`` parses; the header is always compressed and
+    its checksum set. Work is bounded by the sizes of ``text`` and ``data``.
+    """
+    try:
+        header = json.loads(text)
+        for t in header["tensors"]:
+            for d in t["sections"].values():
+                off, n = d["offset"], d["length"]
+                d["crc32"] = zlib.crc32(data[off : off + n]) if 0 <= off and 0 <= n else d["crc32"]
+        text = json.dumps(header, separators=(",", ":")).encode()
+    except Exception:  # noqa: BLE001 - any malformed header: keep its text as it is
+        pass
+    return _pack(version, zlib.compress(text, 9), data)
+
+
 def _recompute_checksums(blob: bytes) -> bytes:
     """Best effort: ``blob`` with every section and header checksum made to match (for fuzzing).
 
-    Lets a fuzzer reach the decoders behind the checksums; returns ``blob`` unchanged when the
-    header cannot be parsed.
+    Returns ``blob`` unchanged when its header cannot be decompressed; see :func:`_split` and
+    :func:`_join` to mutate the header JSON itself.
     """
     try:
-        _, major, minor, _, hlen = _PRE.unpack_from(blob, 0)
-        header = json.loads(blob[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
-        start = _align(PREAMBLE_SIZE + hlen)
-        for t in header["tensors"]:
-            for d in t["sections"].values():
-                d["crc32"] = zlib.crc32(blob[start + d["offset"] : start + d["offset"] + d["length"]])
-        h = json.dumps(header, separators=(",", ":")).encode()
-    except Exception:  # noqa: BLE001 - any malformed input: leave it as it is
+        return _join(*_split(blob))
+    except DeepzipFormatError:
         return blob
-    if len(h) != hlen:  # CRC digits changed the header length; keep the layout
-        return blob
-    return _PRE.pack(MAGIC, major, minor, zlib.crc32(h), hlen) + h + blob[PREAMBLE_SIZE + hlen :]

@@ -1,0 +1,117 @@
+"""The pipeline on a small model and synthetic data: the file is what we quote, configs round-trip, stages resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepzip.data import synthetic_mnist
+from deepzip.models import get_model
+from deepzip.pipeline import PipelineConfig, compress_, run_pipeline
+from deepzip.prune import clone_model
+from deepzip.serialize import load
+from deepzip.train import TrainConfig, fit, predict
+
+TRAIN, TEST = synthetic_mnist(256, seed=0), synthetic_mnist(128, seed=1)
+FAST = dict(retrain_epochs=1, finetune_epochs=1, prune_rounds=2, bits_choices=(3, 5))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    m = get_model("lenet300")
+    fit(m, TRAIN, TrainConfig(epochs=2, lr=0.05, progress=False))
+    return m
+
+
+def test_file_evaluates_like_the_in_memory_model(trained, tmp_path):
+    m = clone_model(trained)
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits={"default": 4, "fc3": 5}, **FAST)
+    out = tmp_path / "m.dz"
+    s = run_pipeline(m, TRAIN, TEST, cfg, out, progress=False, log=lambda _: None)
+    assert s["bytes"] == out.stat().st_size and s["ratio"] == pytest.approx(4 * 266_610 / s["bytes"])
+    assert torch.equal(predict(load(out), TEST.x), predict(m, TEST.x))
+    assert s["error_after_pct"] == s["error_in_memory_pct"]
+    assert s["bits"] == {"fc1": 4, "fc2": 4, "fc3": 5}
+    assert PipelineConfig.from_dict(load_config(out)) == cfg  # the config that made the file is in it
+
+
+def load_config(path):
+    from deepzip import codec
+
+    return codec.read(path).config
+
+
+def test_scans_choose_settings_when_unset(trained, tmp_path):
+    m = clone_model(trained)
+    cfg = PipelineConfig(target_sparsity=0.8, bits=None, bits_tolerance=100.0, **FAST)
+    s = run_pipeline(m, TRAIN, TEST, cfg, tmp_path / "m.dz", progress=False, log=lambda _: None)
+    kept = s["params_nonzero"] - 410  # biases are dense
+    assert kept <= 0.2 * 266_200 + 1
+    assert set(s["sparsity"]) == {"fc1", "fc2", "fc3"}
+    assert s["bits"] == {"fc1": 3, "fc2": 3, "fc3": 3}  # any error allowed: the fewest bits on offer
+
+
+def test_config_json_round_trip():
+    cfg = PipelineConfig(sparsity={"fc1": 0.95}, bits="8/5", distill=True, temperature=3.0, bits_choices=(4, 6))
+    again = PipelineConfig.from_json(cfg.to_json())
+    assert again == cfg and json.loads(again.to_json()) == json.loads(cfg.to_json())
+
+
+def test_resuming_after_a_stage_gives_the_same_file(trained, tmp_path):
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, **FAST)
+    work = tmp_path / "work"
+    logs: list[str] = []
+    run_pipeline(clone_model(trained), TRAIN, TEST, cfg, tmp_path / "a.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert (work / "prune.safetensors").exists() and (work / "share.safetensors").exists()
+    (work / "share.safetensors").unlink()  # as if interrupted during sharing
+    run_pipeline(clone_model(trained), TRAIN, TEST, cfg, tmp_path / "b.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert any("prune: resumed" in line for line in logs)
+    assert (tmp_path / "a.dz").read_bytes() == (tmp_path / "b.dz").read_bytes()
+    # a different config does not reuse the stage checkpoints
+    logs.clear()
+    cfg2 = PipelineConfig(sparsity={"fc1": 0.8, "fc2": 0.9, "fc3": 0.7}, bits=4, **FAST)
+    run_pipeline(clone_model(trained), TRAIN, TEST, cfg2, tmp_path / "c.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert not any("resumed" in line for line in logs)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(sparsity={"fc9": 0.5}), "config.sparsity.fc9"),
+    (dict(bits=0), "config.bits"),
+    (dict(bits={"fc1": 0}), "config.bits.fc1"),
+    (dict(sparsity={"fc1": 1.2}), "config.sparsity.fc1"),
+    (dict(target_sparsity=-0.1), "config.target_sparsity"),
+    (dict(init="kmeans++"), "config.init"),
+])
+def test_bad_config_fails_before_any_work(bad, field, tmp_path, trained):
+    m = clone_model(trained)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        run_pipeline(m, TRAIN, TEST, PipelineConfig(**bad), tmp_path / "m.dz", workdir=tmp_path / "w",
+                     progress=False)
+    assert not (tmp_path / "m.dz").exists() and not (tmp_path / "w").exists()
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_unknown_config_field_is_named():
+    with pytest.raises(ValueError, match="config.spasity"):
+        PipelineConfig.from_json('{"spasity": {"fc1": 0.9}}')
+
+
+def test_compress_with_your_own_training_loop(trained):
+    m = clone_model(trained)
+    stages = []
+
+    def retrain(model, stage):
+        stages.append(stage)
+        fit(model, TRAIN, TrainConfig(epochs=1, lr=0.01, progress=False))
+
+    compress_(m, PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.8, "fc3": 0.5}, bits=3, prune_rounds=2), retrain,
+              progress=False)
+    assert stages == ["prune", "prune", "share"]
+    assert len(torch.unique(m.fc1.weight)) <= 9  # 8 centroids + the pruned zeros

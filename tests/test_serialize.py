@@ -1,0 +1,125 @@
+"""The bridge model <-> .dz: compact forms chosen automatically, exact round trips, rebuilt parametrizations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import deepzip
+from deepzip import codec
+from deepzip.errors import DeepzipFormatError
+from deepzip.models import get_model
+from deepzip.prune import get_mask, prune_, strip
+from deepzip.serialize import encode_model, load, load_state_dict, save
+from deepzip.share import get_codebook, is_shared, share_weights_
+
+
+def lenet300(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return get_model("lenet300")
+
+
+X = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_pruned_and_shared_model_round_trips_exactly(tmp_path):
+    m = prune_(lenet300(), sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74})
+    share_weights_(m, 5, progress=False)
+    path = tmp_path / "m.dz"
+    n = save(m, path, config={"bits": 5})
+    assert n == path.stat().st_size
+    assert n < 4 * 266_610 / 30  # really compressed: > 30x against 32-bit floats
+    m2 = load(path)  # architecture named in the file
+    assert torch.equal(m(X), m2(X))
+    for name in ("fc1", "fc2", "fc3"):
+        assert is_shared(getattr(m2, name))
+        c1, i1, k1 = get_codebook(getattr(m, name))
+        c2, i2, k2 = get_codebook(getattr(m2, name))
+        assert (k1 == k2).all() and (c1 == c2).all() and (i1[k1] == i2[k2]).all()
+    assert codec.read(path).config == {"bits": 5}
+
+
+def test_kinds_are_chosen_automatically():
+    m = prune_(lenet300(), sparsity={"fc1": 0.9})
+    share_weights_(m, {"fc2": 4}, progress=False)
+    tensors, kinds = encode_model(m)
+    assert kinds["fc1.weight"] == "masked" and tensors["fc1.weight"].kind == "sparse"
+    assert kinds["fc2.weight"] == "shared" and tensors["fc2.weight"].kind == "codebook"
+    assert tensors["fc3.weight"].kind == "dense" and tensors["fc1.bias"].kind == "dense"
+
+
+def test_pruned_only_model_is_lossless_and_keeps_masks(tmp_path):
+    m = prune_(lenet300(), sparsity=0.8)
+    save(m, tmp_path / "p.dz")
+    m2 = load(tmp_path / "p.dz")
+    assert torch.equal(m(X), m2(X))
+    assert torch.equal(get_mask(m2.fc1), get_mask(m.fc1))
+
+
+def test_stripped_shared_model_is_still_stored_compactly(tmp_path):
+    m = prune_(lenet300(), sparsity=0.9)
+    share_weights_(m, 4, progress=False)
+    shared_bytes = save(m, tmp_path / "a.dz")
+    strip(m)
+    plain_bytes = save(m.state_dict(), tmp_path / "b.dz")
+    assert plain_bytes < 1.3 * shared_bytes
+    sd = load_state_dict(tmp_path / "b.dz")
+    assert all(torch.equal(sd[k], v) for k, v in m.state_dict().items())
+
+
+def test_state_dict_without_architecture_loads_as_state_dict(tmp_path):
+    sd = {"a": torch.randn(3, 4), "n": torch.tensor(7), "e": torch.zeros(0)}
+    save(sd, tmp_path / "s.dz")
+    out = load(tmp_path / "s.dz")
+    assert set(out) == set(sd) and all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+def test_loaded_model_can_be_fine_tuned_and_saved_again(tmp_path):
+    m = prune_(lenet300(), sparsity=0.9)
+    share_weights_(m, 4, progress=False)
+    save(m, tmp_path / "a.dz")
+    m2 = load(tmp_path / "a.dz")
+    opt = torch.optim.SGD([p for p in m2.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        m2(X).square().mean().backward()
+        opt.step()
+    assert (m2.fc1.weight[~get_mask(m2.fc1)] == 0).all()
+    assert len(torch.unique(m2.fc1.weight[get_mask(m2.fc1)])) <= 16
+    save(m2, tmp_path / "b.dz")
+    assert torch.equal(load(tmp_path / "b.dz")(X), m2(X))
+
+
+def test_wrong_model_and_bad_files(tmp_path):
+    save(lenet300(), tmp_path / "a.dz")
+    with pytest.raises(ValueError, match="does not fit"):
+        load(tmp_path / "a.dz", get_model("lenet5"))
+    (tmp_path / "bad.dz").write_bytes(b"PK\x03\x04 definitely not a dz file")
+    with pytest.raises(DeepzipFormatError):
+        load(tmp_path / "bad.dz")
+    blob = (tmp_path / "a.dz").read_bytes()
+    (tmp_path / "trunc.dz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DeepzipFormatError):
+        load(tmp_path / "trunc.dz")
+
+
+def test_public_api_save_load(tmp_path):
+    m = prune_(lenet300(), sparsity=0.5)
+    deepzip.save(m, tmp_path / "x.dz")
+    assert torch.equal(deepzip.load(tmp_path / "x.dz")(X), m(X))
+
+
+def test_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.dz"
+    save(lenet300(), path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        save(lenet300(seed=3), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.dz"]
