@@ -132,6 +132,8 @@ def save(
     A pruned and/or weight-shared model is stored in its compact form automatically. ``config`` (the recipe that
     made the model) and ``architecture`` (default: the name the model was built under) go into the header.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module  # save what is trained, not the wrapper
     tensors, kinds = encode_model(model)
     arch = architecture or (model_name(model) if isinstance(model, nn.Module) else None)
     return codec.write(path, tensors, config=config or {}, architecture=arch,
