@@ -241,27 +241,30 @@ def fuzz(cases: int, seconds: float, seed: int = 0) -> dict:
     tensors["l0.bias"] = codec.encode_dense(rng.normal(size=50).astype(np.float32))
     tensors["emb"] = codec.encode_codebook(np.arange(8, dtype=np.float32), rng.integers(0, 8, (40, 30)))
     base = codec.to_bytes(tensors)
+    version, text, data = container._split(base)  # header JSON (decompressed) and sections, for "+crc"
     counts = {"cases": 0, "format_errors": 0, "loaded": 0, "other_errors": 0}
     other = []
     worst_s, worst_peak = 0.0, 0
     t_end = time.perf_counter() + seconds
     tracemalloc.start()
     while counts["cases"] < cases and time.perf_counter() < t_end:
-        blob = bytearray(base)
         op = pyrng.choice(["truncate", "flip", "splice", "flip+crc", "flip+crc", "int+crc"])
+        # "+crc" ops mutate the header JSON and the sections, then recompress the header and fix every
+        # checksum, so the mutations reach the header parser and the decoders; the others mutate the file
+        blob = bytearray(text + data if op.endswith("+crc") else base)
         if op == "truncate":
             blob = blob[: pyrng.randrange(len(blob))]
         elif op == "splice":
             i = pyrng.randrange(len(blob))
             blob[i:i] = pyrng.randbytes(pyrng.randrange(1, 32))
-        elif op == "int+crc":  # overwrite an aligned 8-byte field with a large value (counts, lengths)
+        elif op == "int+crc":  # overwrite an 8-byte field with a large value (counts, lengths)
             i = pyrng.randrange(len(blob) - 8)
             blob[i : i + 8] = pyrng.choice([2**63 - 1, 2**32 - 1, 10**12, 0]).to_bytes(8, "little")
         else:
             for _ in range(pyrng.randrange(1, 5)):
                 blob[pyrng.randrange(len(blob))] = pyrng.randrange(256)
         if op.endswith("+crc"):
-            blob = bytearray(container._recompute_checksums(bytes(blob)))
+            blob = bytearray(container._join(version, bytes(blob[: len(text)]), bytes(blob[len(text) :])))
         tracemalloc.reset_peak()
         t0 = time.perf_counter()
         try:

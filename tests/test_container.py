@@ -183,7 +183,8 @@ def test_truncated_section():
     header["data_size"] -= 5  # a consistent header cannot hide the missing tail of the last section
     # ("half" is empty and sits at the very end; the 8-byte int64 before it loses its last 5 bytes)
     assert_error(
-        with_header(header, blob[:-5]), r"bn.num_batches_tracked/data: section ends at byte \d+ but the file has"
+        with_header(header, blob[:-5]),
+        r"bn.num_batches_tracked/data: section ends at byte \d+ but the file has",
     )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import codec
 from .recipes import PAPER
+from .serialize import read_dz
 
 __all__ = [
     "file_report",
@@ -132,7 +132,7 @@ def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
     after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
     """
-    f = codec.read(path)
+    f = read_dz(path)
     file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
     layers = []
     total = nonzero = 0
@@ -190,7 +190,7 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     """A Markdown report of a ``.dz`` file: per-layer table, sizes per stage, bits per layer, the first layer's
     mask and each layer's weight histogram with its centroids. Returns the path of ``report.md``."""
     rep = file_report(path)
-    f = codec.read(path)
+    f = read_dz(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(path).name

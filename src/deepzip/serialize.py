@@ -140,6 +140,16 @@ def save(
                        extra={**(extra or {}), "layers": kinds})
 
 
+def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
+    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
+    try:
+        return codec.read(path)
+    except DeepzipFormatError as exc:
+        if isinstance(path, (bytes, bytearray)):
+            raise
+        raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
+
+
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
     if not isinstance(kinds, dict) or any(v not in _LAYER_KINDS for v in kinds.values()):
@@ -149,7 +159,7 @@ def _layer_kinds(f: DzFile) -> dict[str, str]:
 
 def load_state_dict(path: str | os.PathLike[str] | bytes) -> dict[str, torch.Tensor]:
     """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in)."""
-    f = codec.read(path)
+    f = read_dz(path)
     return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
 
 
@@ -196,7 +206,7 @@ def load(
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
         ValueError: the file's tensors do not fit ``model``.
     """
-    f = codec.read(path)
+    f = read_dz(path)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
         arch = f.architecture

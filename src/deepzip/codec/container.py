@@ -414,16 +414,20 @@ def _join(version: tuple[int, int], text: bytes, data: bytes) -> bytes:
     fixed (and the JSON re-serialised) only where ``text`` parses; the header is always compressed and
     its checksum set. Work is bounded by the sizes of ``text`` and ``data``.
     """
+    return _pack(version, zlib.compress(_with_section_crcs(text, data), 9), data)
+
+
+def _with_section_crcs(text: bytes, data: bytes) -> bytes:
+    """Header JSON ``text`` with every section's crc32 computed from ``data``; ``text`` if that fails."""
     try:
         header = json.loads(text)
         for t in header["tensors"]:
             for d in t["sections"].values():
                 off, n = d["offset"], d["length"]
                 d["crc32"] = zlib.crc32(data[off : off + n]) if 0 <= off and 0 <= n else d["crc32"]
-        text = json.dumps(header, separators=(",", ":")).encode()
+        return json.dumps(header, separators=(",", ":")).encode()
     except Exception:  # noqa: BLE001 - any malformed header: keep its text as it is
-        pass
-    return _pack(version, zlib.compress(text, 9), data)
+        return text
 
 
 def _recompute_checksums(blob: bytes) -> bytes:
