@@ -211,8 +211,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         model, _ = _load_model(str(path), a.model)
     test = load_mnist("test", a.data_dir, quiet=a.quiet)
     res = evaluate(model, test)
-    total = sum(p.numel() for n, p in model.named_parameters() if ".original" not in n)
     params = _effective_params(model)
+    total = sum(t.numel() for t in params.values())
     nonzero = sum(int((t != 0).sum()) for t in params.values())
     out.update({"model": _arch(model), "test_error_pct": res.error_pct, "errors": res.errors, "n": res.n,
                 "params_total": total, "params_nonzero": nonzero,

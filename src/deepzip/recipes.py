@@ -57,7 +57,7 @@ _TRAIN = {
     "mlp30": dict(epochs=30, lr=0.05, weight_decay=5e-4),
 }
 _RETRAIN = {
-    "lenet300": dict(epochs=4, lr=0.01, weight_decay=5e-4),
+    "lenet300": dict(epochs=6, lr=0.02, weight_decay=1e-4),  # 3 rounds: 1.47% -> 1.52% at 8.2% kept
     "lenet5": dict(epochs=3, lr=0.005, weight_decay=5e-4),
 }
 
