@@ -14,8 +14,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,7 +83,8 @@ def trained(model: str, *, quiet: bool = True) -> Path:
     path = RUNS / f"{model}.safetensors"
     if not path.exists():
         RUNS.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-m", "deepzip.cli", "train", "--model", model, "-o", str(path)] + (["-q"] if quiet else []))
+        cmd = [sys.executable, "-m", "deepzip.cli", "train", "--model", model, "-o", str(path)]
+        _run(cmd + (["-q"] if quiet else []))
     return path
 
 
@@ -96,7 +98,7 @@ def pruned(model: str, *, quiet: bool = True) -> Path:
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.t0 = time.perf_counter()
         return self
 

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, RUNS, md_table, trained, write_results  # noqa: E402
+from _common import RESULTS, RUNS, md_table, trained, write_results
 
-from deepzip.checkpoint import load_checkpoint  # noqa: E402
-from deepzip.data import load_mnist  # noqa: E402
-from deepzip.pipeline import PipelineConfig, run_pipeline  # noqa: E402
-from deepzip.recipes import PAPER  # noqa: E402
+from deepzip.checkpoint import load_checkpoint
+from deepzip.data import load_mnist
+from deepzip.pipeline import PipelineConfig, run_pipeline
+from deepzip.recipes import PAPER
 
 # What it took (see the Markdown notes): scan-chosen per-layer sparsities at an overall target, scan-chosen bits.
 CONFIGS = {
@@ -83,7 +83,8 @@ def main() -> None:
                 "model": name, "layer": layer, "weights": r["weights"],
                 "kept_pct": round(r["kept_pct"], 2), "paper_kept_pct": paper["kept_pct"].get(layer),
                 "bits_index_fixed": r["bits_index_fixed"], "paper_bits": paper["bits"].get(layer),
-                "bits_weight_huffman": r["bits_index_huffman"], "paper_bits_weight": paper["huffman_bits_weight"].get(layer),
+                "bits_weight_huffman": r["bits_index_huffman"],
+                "paper_bits_weight": paper["huffman_bits_weight"].get(layer),
                 "gap_width": r["gap_width"], "bits_gap_huffman": r["bits_gap_huffman"],
                 "paper_bits_index": paper["huffman_bits_index"].get(layer),
                 "size_pct": r["size_pct"], "paper_size_pct": paper["size_pct"].get(layer)})

@@ -24,24 +24,24 @@ import torch
 import torch.nn.utils.prune as tprune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, RUNS, Timer, md_table, write_results  # noqa: E402
+from _common import RESULTS, RUNS, Timer, md_table, write_results
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from deepzip.data import load_mnist  # noqa: E402
-from deepzip.models import get_model  # noqa: E402
-from deepzip.prune import get_mask, prunable_layers, sparsity_table  # noqa: E402
-from deepzip.recipes import PAPER, PruneSettings, run_prune, train_config  # noqa: E402
-from deepzip.report import plot_first_layer_mask, plot_sensitivity  # noqa: E402
-from deepzip.train import TrainConfig, evaluate, fit  # noqa: E402
+from deepzip.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.data import load_mnist
+from deepzip.models import get_model
+from deepzip.prune import get_mask, prunable_layers, sparsity_table
+from deepzip.recipes import PAPER, PruneSettings, run_prune, train_config
+from deepzip.report import plot_first_layer_mask
+from deepzip.train import TrainConfig, evaluate, fit
 
 
-def file_bytes(save) -> int:  # noqa: ANN001
+def file_bytes(save) -> int:
     buf = io.BytesIO()
     save(buf)
     return buf.getbuffer().nbytes
 
 
-def get_trained(name: str, train, test, quick: bool) -> tuple[torch.nn.Module, float]:  # noqa: ANN001
+def get_trained(name: str, train, test, quick: bool) -> tuple[torch.nn.Module, float]:
     path = RUNS / f"{name}.safetensors"
     if path.exists() and not quick:
         model, meta = load_checkpoint(path)
@@ -109,7 +109,8 @@ def main() -> None:
                      "kept_pct": 100 * nz / total, "rounds": res["rounds"]})
         for r in sparsity_table(ours):
             layer_rows.append({"model": name, "layer": r["layer"], "weights": r["weights"],
-                               "kept_pct": round(r["kept_pct"], 2), "paper_kept_pct": PAPER[name]["kept_pct"][r["layer"]]})
+                               "kept_pct": round(r["kept_pct"], 2),
+                               "paper_kept_pct": PAPER[name]["kept_pct"][r["layer"]]})
 
         # torch.nn.utils.prune at the same per-layer sparsity, same retraining budget
         theirs = copy.deepcopy(base)

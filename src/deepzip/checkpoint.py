@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint", "atomic_write"]
+__all__ = ["CheckpointError", "atomic_write", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 FORMAT = "deepzip-checkpoint"
 VERSION = 1
@@ -212,6 +212,7 @@ def load_checkpoint(
         )
     for key, value in tensors.items():
         if tuple(own[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model's is {tuple(own[key].shape)}")
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model's is {tuple(own[key].shape)}")
     model.load_state_dict(tensors, strict=False)
     return model, meta

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["main"]
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def command(name: str, help: str) -> Callable:  # noqa: A002
+def command(name: str, help: str) -> Callable:
     """Register ``configure(parser)`` for subcommand ``name``; the decorated function runs it."""
 
     def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -45,7 +44,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
 
 
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None) -> None:  # noqa: ANN001
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None) -> None:
     """Print rows as an aligned text table; columns are (key, title, format spec)."""
     file = file or sys.stdout
     cells = [[title for _, title, _ in columns]]
@@ -61,13 +60,13 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None
             print("  ".join("-" * w for w in widths), file=file)
 
 
-def _data(a: argparse.Namespace):  # noqa: ANN202
+def _data(a: argparse.Namespace):
     from .data import load_mnist
 
     return load_mnist("train", a.data_dir, quiet=a.quiet), load_mnist("test", a.data_dir, quiet=a.quiet)
 
 
-def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = False):  # noqa: ANN202
+def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = False):
     from .recipes import train_config
 
     cfg = train_config(model or "", retrain=retrain)
@@ -145,7 +144,7 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-def _load_model(path: str, arch: str | None):  # noqa: ANN202
+def _load_model(path: str, arch: str | None):
     from .checkpoint import load_checkpoint
     from .models import get_model
 
@@ -177,7 +176,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
-def _arch(model) -> str | None:  # noqa: ANN001
+def _arch(model) -> str | None:
     from .models import model_name
 
     return model_name(model)
@@ -225,13 +224,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _fresh(name: str):  # noqa: ANN202
+def _fresh(name: str):
     from .models import get_model
 
     return get_model(name)
 
 
-def _effective_params(model) -> dict:  # noqa: ANN001
+def _effective_params(model) -> dict:
     """Every parameter as the model uses it (parametrized weights evaluated)."""
     out = {}
     for mname, module in model.named_modules():

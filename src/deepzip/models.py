@@ -14,13 +14,13 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LeNet300", "LeNet5", "MLP", "MODELS", "get_model", "model_name"]
+__all__ = ["MLP", "MODELS", "LeNet5", "LeNet300", "get_model", "model_name"]
 
 
 class LeNet300(nn.Module):

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -36,17 +36,17 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "AGPSchedule",
-    "allocate_sparsities",
     "FilterFn",
     "Mask",
     "SensitivityScan",
+    "allocate_sparsities",
     "choose_sparsities",
     "clone_model",
-    "remove_parametrization_",
     "get_mask",
     "iterative_prune_",
     "prunable_layers",
     "prune_",
+    "remove_parametrization_",
     "sensitivity_scan",
     "sparsity_table",
     "strip",

@@ -15,8 +15,8 @@ from torch import nn
 from .data import Dataset
 from .prune import (
     AGPSchedule,
-    clone_model,
     allocate_sparsities,
+    clone_model,
     iterative_prune_,
     prunable_layers,
     prune_,
@@ -134,7 +134,6 @@ def run_prune(
                 plot_sensitivity(scan, scan_plot, chosen=sparsity)
     t_scan = time.time() - t0
     # validate everything before any work (unknown layers, out-of-range values) by a dry run on a copy
-    import copy
 
     prune_(clone_model(model), sparsity=sparsity, quality=quality)
     t1 = time.time()

@@ -226,7 +226,7 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
             _save(fig, out / "bits.png")
             lines += ["## Bits per kept weight\n", "![bits](bits.png)\n"]
         lines.append("## Weights\n")
-        for n, st in weights:
+        for n, _st in weights:
             cb, idx, mask = f.decode_parts(n)
             w = np.where(mask, cb[idx], 0).astype(np.float32)
             safe = n.replace("/", "_")

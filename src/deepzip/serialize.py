@@ -178,7 +178,8 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     plain: dict[str, torch.Tensor] = {}
     for key, enc in f.tensors.items():
         if tuple(enc.shape) != tuple(own[key].shape):
-            raise ValueError(f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
+            raise ValueError(
+                f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
         kind = kinds.get(key, "plain")
         module = modules.get(key[:-7]) if key.endswith(".weight") else None
         if kind == "shared" and module is not None:

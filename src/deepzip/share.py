@@ -116,7 +116,7 @@ def is_shared(module: nn.Module) -> bool:
 # ---------------------------------------------------------------------------------------------------- bits
 def _check_bits(name: str, b: Any) -> int:
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
-        raise ValueError(f"{name}.weight: bits={b!r}, expected an integer 1..16")  # noqa: TRY004 (user input)
+        raise ValueError(f"{name}.weight: bits={b!r}, expected an integer 1..16")
     if not 1 <= b <= 16:
         raise ValueError(f"{name}.weight: bits={b}, expected 1..16")
     return int(b)
@@ -161,7 +161,7 @@ def resolve_bits(model: nn.Module, bits: Bits, filter_fn: FilterFn | None = None
     elif isinstance(bits, (str, int, np.integer)) and not isinstance(bits, bool):
         raw = {name: _default_bits(bits, m) for name, m in layers.items()}
     else:
-        raise ValueError(  # noqa: TRY004 (user input: ValueError like every other bad bits value)
+        raise ValueError(
             f"bits={bits!r}: expected an int, a preset such as '8/5', or a dict of layer names")
     return {name: _check_bits(name, b) for name, b in raw.items()}
 

@@ -210,7 +210,7 @@ def _need(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
         raise DeepzipFormatError(f"{where}: missing key '{key}'")
     v = obj[key]
     types = typ if isinstance(typ, tuple) else (typ,)
-    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+    if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
         names = "/".join(x.__name__ for x in types)
         raise DeepzipFormatError(f"{where}.{key}: expected {names}, got {type(v).__name__}")
     return v
@@ -426,7 +426,7 @@ def _with_section_crcs(text: bytes, data: bytes) -> bytes:
                 off, n = d["offset"], d["length"]
                 d["crc32"] = zlib.crc32(data[off : off + n]) if 0 <= off and 0 <= n else d["crc32"]
         return json.dumps(header, separators=(",", ":")).encode()
-    except Exception:  # noqa: BLE001 - any malformed header: keep its text as it is
+    except Exception:
         return text
 
 
