@@ -357,30 +357,45 @@ def allocate_sparsities(
 ) -> dict[str, float]:
     """Per-layer sparsities from a sensitivity scan that together reach an overall ``target`` sparsity.
 
-    Finds the smallest error tolerance t (by bisection) such that giving every layer the largest scanned
-    sparsity whose error stays within ``baseline + t`` prunes at least ``target`` of all weights. Sensitive
-    layers (small, or early convs) thus keep more, robust ones (large FC layers) lose more, as in the paper.
-    If even the most aggressive scanned points fall short, they are returned.
+    Greedy on marginal cost: starting from each layer's lowest scanned sparsity, repeatedly move the layer whose
+    next scanned point costs the least error (or loss) per additional weight removed, until ``target`` of all
+    weights is pruned. So a large, robust layer (LeNet's fc1) is pruned hard and a small or sensitive one (the
+    output layer, the first conv) keeps more, as in the paper. Errors are made monotone in sparsity first (a
+    scan's noise must not make a higher sparsity look free). If even the most aggressive scanned points fall
+    short of ``target``, they are returned. ``baseline_error`` is accepted for symmetry and not needed.
+
+    Example:
+        >>> scan = {"big": [(0.0, 1.0), (0.5, 1.0), (0.9, 1.1)], "small": [(0.0, 1.0), (0.5, 2.0), (0.9, 5.0)]}
+        >>> allocate_sparsities(scan, {"big": 1000, "small": 10}, 0.85)
+        {'big': 0.9, 'small': 0.0}
     """
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target sparsity={target}, expected a fraction in [0, 1]")
     unknown = set(scan) - set(weights)
     if unknown:
         raise ValueError(f"{sorted(unknown)[0]}: layer in the scan but not among the weights")
-    base = baseline_error if baseline_error is not None else min(e for pts in scan.values() for _, e in pts)
     total = sum(weights[name] for name in scan)
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, points in scan.items():
+        pts = sorted(points)
+        best, mono = -math.inf, []
+        for s_, e in pts:
+            best = max(best, e)
+            mono.append((s_, best))
+        curves[name] = mono
+    pos = {name: 0 for name in curves}
 
-    def overall(tol: float) -> tuple[float, dict[str, float]]:
-        chosen = choose_sparsities(scan, base, tol)
-        return sum(chosen[n] * weights[n] for n in scan) / max(total, 1), chosen
+    def overall() -> float:
+        return sum(curves[n][pos[n]][0] * weights[n] for n in curves) / max(total, 1)
 
-    lo, hi = 0.0, 100.0
-    if overall(hi)[0] < target:
-        return overall(hi)[1]
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if overall(mid)[0] >= target:
-            hi = mid
-        else:
-            lo = mid
-    return overall(hi)[1]
+    while overall() < target:
+        options = []
+        for n, i in pos.items():
+            if i + 1 < len(curves[n]):
+                (s0, e0), (s1, e1) = curves[n][i], curves[n][i + 1]
+                removed = (s1 - s0) * weights[n]
+                options.append(((e1 - e0) / removed if removed > 0 else math.inf, n))
+        if not options:
+            break
+        pos[min(options)[1]] += 1
+    return {n: curves[n][pos[n]][0] for n in curves}
