@@ -97,3 +97,30 @@ def test_bad_file_in_a_real_process(dz, tmp_path):
     bad.write_bytes(dz[0].read_bytes()[:-7])
     r = run("inspect", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
+    """--model package.module:factory with --checkpoint, the whole pipeline, then evaluate the file."""
+    import deepzip._cli_dz as cdz
+    from deepzip import data
+    from deepzip.checkpoint import save_checkpoint
+
+    train, test = data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)
+    monkeypatch.setattr(cdz, "_data", lambda a: (train, test))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "mine.safetensors"
+    save_checkpoint(get_model("deepzip.models:LeNet300"), ckpt)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"sparsity": {"fc1": 0.9, "fc2": 0.9, "fc3": 0.5}, "bits": 4, "prune_rounds": 1,
+                               "retrain_epochs": 1, "finetune_epochs": 1}))
+    out = tmp_path / "mine.dz"
+    argv = ["compress", "--model", "deepzip.models:LeNet300", "--checkpoint", str(ckpt), "--config", str(cfg),
+            "-o", str(out), "--workdir", str(tmp_path / "w"), "-q"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{out.stat().st_size:,} bytes on disk" in printed
+    from deepzip import codec
+
+    assert codec.read(out).architecture == "deepzip.models:LeNet300"
+    assert cli.main(["compress", "--model", "nosuchpkg.mod:f", "-q"]) == 2
+    assert "nosuchpkg" in capsys.readouterr().err

@@ -169,8 +169,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
     result = run_prune(model, train, test, settings, _train_cfg(a, _arch(model), retrain=True),
                        progress=not a.quiet, scan_plot=a.scan_plot)
     save_checkpoint(model, a.output, meta={**meta, "test_error_pct": result["test_error_pct"], "prune": result})
-    print_table(result["layers"], [("layer", "layer", ""), ("weights", "weights", "d"),
-                                   ("kept_pct", "kept %", ".2f"), ("paper_kept_pct", "paper %", "")])
+    rows = [*result["layers"], {"layer": "total", "weights": sum(r["weights"] for r in result["layers"]),
+                                "kept_pct": result["kept_pct"], "test_error_pct": result["test_error_pct"]}]
+    print_table(rows, [("layer", "layer", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".2f"),
+                       ("paper_kept_pct", "paper %", ""), ("test_error_pct", "test error %", ".2f")])
     print(f"kept {result['kept_pct']:.2f}% of weights ({100 / max(result['kept_pct'], 1e-9):.1f}x fewer); "
           f"test error {result['error_before_pct']:.2f}% -> {result['test_error_pct']:.2f}% -> {a.output}")
     return 0
