@@ -61,7 +61,8 @@ def teacher(train: Dataset, epochs: int, cfg_kw: dict, cache_path: Path | None, 
     """The mlp1200 teacher, trained with jitter once and cached (its training seconds are kept in the meta)."""
     if cache_path is not None and cache_path.exists():
         model, meta = load_checkpoint(cache_path)
-        if meta.get("train", {}).get("epochs") == epochs:
+        trained_with = meta.get("train", {})
+        if trained_with.get("epochs") == epochs and all(trained_with.get(k) == v for k, v in cfg_kw.items()):
             print(f"teacher: cached {cache_path} (trained in {meta.get('seconds', 0):.0f}s)", flush=True)
             return model, float(meta.get("seconds", 0.0)), meta
     model = get_model("mlp1200")
@@ -88,14 +89,17 @@ def compression_rows(train: Dataset, test: Dataset, *, quick: bool) -> list[dict
     except ImportError:
         print("--with-compression: deepzip.pipeline is not importable yet; no compression rows", flush=True)
         return []
-    raise NotImplementedError("--with-compression: wire deepzip.pipeline here (see compression_rows' docstring)")
+    # TODO(pipeline): run deepzip.pipeline.run_pipeline on lenet300 with PipelineConfig(distill=False) and
+    # (distill=True, temperature=.., alpha=..) and return one row for each.
+    print("--with-compression: not wired to deepzip.pipeline yet (see compression_rows); no rows", flush=True)
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch, prints only")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs of every student (default 4)")
-    ap.add_argument("--teacher-epochs", type=int, default=12, help="epochs of the teacher (default 12)")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of every student (default 10)")
+    ap.add_argument("--teacher-epochs", type=int, default=24, help="epochs of the teacher (default 24)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     ap.add_argument("--with-compression", action="store_true", help="add the LeNet-300-100 compression rows")
     ap.add_argument("--progress", action="store_true", help="progress bars")
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         train = Dataset(train.x[:3000], train.y[:3000])
         a.epochs, a.teacher_epochs = 1, 1
-    teacher_kw = {"lr": 0.05, "weight_decay": 0.0}  # dropout + jitter regularise it (the paper also had max-norm)
+    teacher_kw = {"lr": 0.1, "weight_decay": 0.0}  # dropout + jitter regularise it (the paper also had max-norm)
     student_kw = {"lr": 0.05, "weight_decay": 0.0}  # no regularisation at all, as the paper's baseline student
     out_dir = RUNS / ("distill_quick" if a.quick else "distill")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.threads} thread(s) of a shared 2-core machine; total {total_s:.0f}s.\n"
     )
     verdict = (f"mlp800: {lab} errors on labels only -> {dis} distilled at T=20 "
-               f"({100 * (lab - dis) / max(lab, 1):.0f}% fewer; paper 146 -> 74, 49% fewer); "
+               f"({abs(100 * (lab - dis) / max(lab, 1)):.0f}% {'fewer' if dis <= lab else 'more'}; "
+               "paper 146 -> 74, 49% fewer); "
                f"teacher {rows[0]['errors']} (paper 67).\n")
     write_results(
         "distill_mnist", rows,
-        "python benchmarks/distill_mnist.py" + (f" --epochs {a.epochs}" if a.epochs != 4 else "")
-        + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs != 12 else ""),
+        "python benchmarks/distill_mnist.py" + (f" --epochs {a.epochs}" if a.epochs != 10 else "")
+        + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs != 24 else ""),
         title="Knowledge distillation on MNIST (Hinton, Vinyals, Dean 2015)",
         sections={"Result": verdict, "Temperature sweep (test errors / 10,000)": "\n".join(sweep) + "\n",
                   "Setup": setup},
