@@ -33,12 +33,18 @@ from deepzip.recipes import PAPER, train_config
 from deepzip.share import plot_sharing, share_weights_, sharing_table
 from deepzip.train import TrainConfig, evaluate, fit
 
+FIGURE_LAYER = {"lenet300": "fc2", "lenet5": "fc1"}
+# Centroid fine-tuning lr. The recipe's LeNet-300-100 retraining lr was raised to 0.02 for pruning; at 0.02, 4/2
+# sharing diverged (1.80% -> 95.6% after fine-tuning, measured once) because a centroid's gradient is the sum over
+# its cluster (eq. 3), thousands of weights at 2 bits. 0.01 (the recipe's earlier value) fine-tunes all settings.
+FINETUNE_LR = {"lenet300": 0.01}
+
 
 def counts(model: torch.nn.Module) -> tuple[int, int]:
     """(parameters as the model uses them, non-zero ones): weights evaluated through their parametrizations."""
     total = nonzero = 0
     for name, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
+        for _, p in m.named_parameters(recurse=False):
             if "parametrizations" in name:
                 continue
             total += p.numel()
@@ -113,6 +119,7 @@ def main() -> None:
         train = Dataset(train.x[:5000], train.y[:5000])
     rows: list[dict] = []
     bases: dict[str, torch.nn.Module] = {}
+    figures: list[str] = []
 
     # 1. presets with fine-tuning ---------------------------------------------------------------------------
     for arch in models:
@@ -122,6 +129,7 @@ def main() -> None:
         rows.append(row(base, arch, "pruned", e0, 0.0, bits=None, error_shared_pct=None,
                         paper_error_pct=PAPER[arch]["error_before_pct"]))
         cfg = train_config(arch, retrain=True)
+        cfg.lr = FINETUNE_LR.get(arch, cfg.lr)
         cfg.progress = False
         if a.quick:
             cfg.epochs = 1
@@ -135,16 +143,20 @@ def main() -> None:
                                                                                if k != "error_shared_pct"}))
             print(f"{arch} {preset}: {e0:.2f}% -> {info['error_shared_pct']:.2f}% shared -> {err:.2f}% tuned",
                   flush=True)
-            if preset == "8/5" and arch == "lenet300":
-                shared_85 = m
-            if preset == "8/5" and arch == "lenet5":
-                shared_85_l5 = m
+            if preset == "8/5":  # 4. the weight-distribution figure (drawn now, before the long sweep)
+                layer = FIGURE_LAYER[arch]
+                dense, _ = load_checkpoint(trained(arch))
+                path = RESULTS / f"share_{arch}_{layer}_hist{'_quick' if a.quick else ''}.png"
+                plot_sharing(getattr(m, layer), path, before=getattr(dense, layer).weight,
+                             pruned=getattr(base, layer).weight,
+                             title=f"{arch} {layer}: trained -> pruned + retrained -> shared {preset} + fine-tuned")
+                figures.append(path.name)
 
     # 2. + 3. init and method sweeps on LeNet-300-100 -----------------------------------------------------------
     base = bases["lenet300"]
     e0 = rows[0]["test_error_pct"]
     scfg = TrainConfig(**{**train_config("lenet300", retrain=True).to_dict(), "epochs": a.sweep_epochs,
-                          "progress": False})
+                          "lr": FINETUNE_LR["lenet300"], "progress": False})
     sweep: list[dict] = []
     for method, init in (("kmeans", "linear"), ("kmeans", "density"), ("kmeans", "random"), ("linear", "-")):
         for b in sweep_bits:
@@ -157,20 +169,6 @@ def main() -> None:
                           "share_seconds": info["share_seconds"], "finetune_seconds": info["finetune_seconds"]})
             print(f"sweep {method}/{init} {b} bits: k={sweep[-1]['k_total']} {info['error_shared_pct']:.2f}% -> "
                   f"{info['error_tuned_pct']:.2f}%", flush=True)
-
-    # 4. figures -------------------------------------------------------------------------------------------------
-    figures = []
-    dense, _ = load_checkpoint(trained("lenet300"))
-    path = RESULTS / ("share_lenet300_fc2_hist_quick.png" if a.quick else "share_lenet300_fc2_hist.png")
-    plot_sharing(shared_85.fc2, path, before=dense.fc2.weight, pruned=base.fc2.weight,
-                 title="LeNet-300-100 fc2: trained -> pruned + retrained -> shared 5 bits + fine-tuned")
-    figures.append(path.name)
-    if "lenet5" in bases:
-        dense5, _ = load_checkpoint(trained("lenet5"))
-        path = RESULTS / "share_lenet5_conv2_hist.png"
-        plot_sharing(shared_85_l5.conv2, path, before=dense5.conv2.weight, pruned=bases["lenet5"].conv2.weight,
-                     title="LeNet-5 conv2: trained -> pruned + retrained -> shared 8 bits + fine-tuned")
-        figures.append(path.name)
 
     # report ------------------------------------------------------------------------------------------------------
     init_table = []
@@ -198,12 +196,12 @@ def main() -> None:
     for arch in bases:
         p = next(r for r in rows if r["model"] == arch and r["variant"] == "pruned")
         s = next(r for r in rows if r["model"] == arch and r["variant"] == "shared 8/5")
+        delta = s["test_error_pct"] - p["test_error_pct"]
+        verdict = "OK: at most" if delta <= 0.1 + 1e-9 else "FAIL: more than"
         checks.append(f"- {arch}: pruned {p['test_error_pct']:.2f}% -> shared 8/5 + fine-tuned "
-                      f"{s['test_error_pct']:.2f}% ({s['test_error_pct'] - p['test_error_pct']:+.2f} points; "
-                      f"{'within' if s['test_error_pct'] - p['test_error_pct'] <= 0.1 + 1e-9 else 'NOT within'} "
-                      f"0.1 points)")
+                      f"{s['test_error_pct']:.2f}% ({delta:+.2f} points; {verdict} 0.1 points worse)")
     sections = {
-        "Check: 8/5 within 0.1 points of the pruned model": "\n".join(checks) + "\n",
+        "Check: 8/5 (fine-tuned) at most 0.1 points worse than the pruned model": "\n".join(checks) + "\n",
         "Initialisation sweep, LeNet-300-100 (all layers same bits)":
             f"k-means with each initialisation; `k'` = centroids actually used summed over the 3 layers (max "
             f"3 x 2^bits; k-means drops clusters that end up empty), `no FT` = test error right after sharing, `FT` = "
@@ -223,6 +221,12 @@ def main() -> None:
         "Notes": "`bytes` is the compact safetensors checkpoint (pruned: float32 kept values + packed mask; shared: "
             "float32 codebook + 1-byte indices of kept weights + packed mask), not the Huffman-coded .dz file "
             f"(see the codec benchmarks). Fine-tuning: SGD, momentum 0.9, cosine lr, the recipe's epochs/lr. "
+            "LeNet-300-100 centroids are fine-tuned at lr 0.01, not the current retraining recipe's 0.02: at 0.02 the "
+            "4/2 setting diverged (1.80% -> 95.58%, one measured run). "
+            "A centroid's gradient is the *sum* of its weights' gradients (eq. 3), so its effective step grows with "
+            "its cluster's size: with few, very unequal clusters (linear levels at 2 bits put almost every weight in "
+            "the two inner levels) fine-tuning at the recipe's lr can diverge -- that is what an error near 90% "
+            "after fine-tuning means here. "
             f"Total wall time {time.time() - t_start:.0f}s with {a.threads} torch thread(s) on a shared machine.\n",
     }
     write_results(name, rows, f"python benchmarks/share_lenet.py{' --quick' if a.quick else ''}",

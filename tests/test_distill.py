@@ -189,3 +189,26 @@ def test_cli_rejects_bad_alpha_and_missing_teacher(tmp_path, capsys) -> None:
     assert main(["distill", "--teacher", str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "s.safetensors"),
                  "-q"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_cli_train_jitter_passes_the_augment(tmp_path, monkeypatch) -> None:
+    import deepzip.cli as cli
+    import deepzip.train as train_mod
+
+    seen = []
+
+    def spy_fit(model, data, cfg, **kw):  # record the augment, then train as usual
+        seen.append(kw.get("augment"))
+        return fit(model, data, cfg, **kw)
+
+    monkeypatch.setattr(cli, "_data", lambda a: (synthetic_mnist(64), synthetic_mnist(32, seed=1)))
+    monkeypatch.setattr(train_mod, "fit", spy_fit)
+    for flag in ([], ["--jitter"]):
+        assert main(["train", "--model", "mlp30", "--epochs", "1", "-o", str(tmp_path / "m.safetensors"), "-q",
+                     *flag]) == 0
+    assert seen[0] is None and seen[1] is jitter
+
+
+def test_mlp1200_teacher_dropout_is_light() -> None:
+    m = get_model("mlp1200")  # a KD teacher must fit its training set: heavy dropout made it underfit
+    assert (m.dropout, m.input_dropout) == (0.2, 0.1)

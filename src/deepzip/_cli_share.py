@@ -71,7 +71,7 @@ def cmd_share(a: argparse.Namespace) -> int:
     before = evaluate(model, test)
     share_weights_(model, bits, init=a.init, method=a.method, seed=a.seed, progress=not a.quiet)
     shared = evaluate(model, test)
-    cfg = _train_cfg(a, arch, retrain=True)
+    cfg = _train_cfg(a, arch, finetune=True)
     log: list[dict] = []
     if a.finetune and cfg.epochs > 0:
         log = fit(model, train, cfg, desc="fine-tune centroids")

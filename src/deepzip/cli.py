@@ -66,10 +66,10 @@ def _data(a: argparse.Namespace):
     return load_mnist("train", a.data_dir, quiet=a.quiet), load_mnist("test", a.data_dir, quiet=a.quiet)
 
 
-def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = False):
+def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = False, finetune: bool = False):
     from .recipes import train_config
 
-    cfg = train_config(model or "", retrain=retrain)
+    cfg = train_config(model or "", retrain=retrain, finetune=finetune)
     for key in ("epochs", "lr", "batch_size", "weight_decay"):
         if getattr(a, key, None) is not None:
             setattr(cfg, key, getattr(a, key))
@@ -89,6 +89,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _cfg_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="lenet300", help="lenet300, lenet5, mlp1200, mlp800, mlp30 or pkg.mod:factory")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--jitter", action="store_true", help="shift training images by up to 2 pixels (KD teacher)")
     _train_args(p)
     _common(p)
 
@@ -104,7 +105,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     model = get_model(a.model)
     cfg = _train_cfg(a, a.model)
     t0 = time.time()
-    fit(model, train, cfg, desc=f"train {a.model}")
+    augment = None
+    if a.jitter:
+        from .distill import jitter as augment
+    fit(model, train, cfg, augment=augment, desc=f"train {a.model}")
     seconds = time.time() - t0
     res = evaluate(model, test)
     save_checkpoint(model, a.output, meta={"test_error_pct": res.error_pct, "train": cfg.to_dict(),

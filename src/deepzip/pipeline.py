@@ -75,6 +75,7 @@ class PipelineConfig:
     bits_tolerance: float = 0.02  # relative rise of held-out loss a layer's bits may cause, before fine-tuning
     init: str = "linear"
     finetune_epochs: int | None = None
+    finetune_lr: float | None = None  # None: the model's recipe (lower than retraining: centroid grads are sums)
     # distillation as the retraining loss
     distill: bool = False
     temperature: float = 4.0
@@ -137,7 +138,7 @@ class PipelineConfig:
         pos_int("prune_rounds", self.prune_rounds, False)
         pos_int("retrain_epochs", self.retrain_epochs, minimum=0)
         pos_int("finetune_epochs", self.finetune_epochs, minimum=0)
-        for name in ("retrain_lr", "temperature"):
+        for name in ("retrain_lr", "finetune_lr", "temperature"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise bad(name, v, "a positive number")
@@ -173,7 +174,7 @@ class PipelineConfig:
     def stage_key(self, stage: str, source: str) -> str:
         """A hash of the fields that decide ``stage``'s output (and of the input model), for resuming."""
         d = self.to_dict()
-        share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs")
+        share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs", "finetune_lr")
         if stage == "prune":
             d = {k: v for k, v in d.items() if k not in share_fields}
         d["_source"] = source
@@ -241,12 +242,14 @@ def _scan_bits(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.
 
 
 # ------------------------------------------------------------------------------------------ the MNIST pipeline
-def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress: bool, seed: int) -> TrainConfig:
-    cfg = train_config(arch, retrain=True)
+def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress: bool, seed: int,
+                 *, finetune: bool = False) -> TrainConfig:
+    cfg = train_config(arch, retrain=not finetune, finetune=finetune)
     if epochs is not None:
         cfg.epochs = epochs
-    if config.retrain_lr is not None:
-        cfg.lr = config.retrain_lr
+    lr = config.finetune_lr if finetune else config.retrain_lr
+    if lr is not None:
+        cfg.lr = lr
     cfg.progress = progress
     cfg.seed = seed
     return cfg
@@ -338,7 +341,7 @@ def run_pipeline(
         requested = resolve_bits(model, bits)
         share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
         error_shared = evaluate(model, test).error_pct
-        cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100)
+        cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100, finetune=True)
         fit(model, train, cfg, loss_fn=loss_fn, desc="fine-tune centroids")
         share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
                       "test_error_before_finetune_pct": error_shared,
