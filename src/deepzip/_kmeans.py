@@ -419,7 +419,7 @@ def _kmeans1d(
         bar = tqdm(total=max_iter, desc=f"kmeans1d k={k}", unit="step", leave=False)
     prev: NDArray[np.int64] | None = None
     info["converged"] = False
-    for it in range(max_iter):
+    for it in range(max_iter):  # noqa: B007 (read after the loop)
         # cluster i holds sorted values s[pos[i]:pos[i+1]]: those with x <= threshold i
         pos = np.empty(c.size + 1, dtype=np.int64)
         pos[0], pos[-1] = 0, n

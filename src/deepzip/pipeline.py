@@ -322,11 +322,12 @@ def run_pipeline(
             rounds.append({"round": r, "val_error_pct": val_error(m)})
 
         iterative_prune_(model, retrain, sparsity=sparsity, rounds=config.prune_rounds, progress=progress)
-        prune_info = {"sparsity": sparsity, "rounds": rounds, "test_error_pct": evaluate(model, test).error_pct}
+        prune_info = {"sparsity": sparsity, "rounds": rounds, "test_error_pct": evaluate(model, test).error_pct,
+                      "seconds": time.time() - t0}
         if work is not None:
             save_checkpoint(model, stage_path("prune"), meta={"stage_key": config.stage_key("prune", source),
                                                               "info": prune_info})
-    timings["prune"] = time.time() - t0
+    timings["prune"] = float(prune_info.get("seconds", time.time() - t0))  # the original run's, when resumed
     pruned_bytes = len(codec.to_bytes(encode_model(model)[0]))
 
     # ---- share
@@ -345,11 +346,11 @@ def run_pipeline(
         fit(model, train, cfg, loss_fn=loss_fn, desc="fine-tune centroids")
         share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
                       "test_error_before_finetune_pct": error_shared,
-                      "test_error_pct": evaluate(model, test).error_pct}
+                      "test_error_pct": evaluate(model, test).error_pct, "seconds": time.time() - t0}
         if work is not None:
             save_checkpoint(model, stage_path("share"), meta={"stage_key": config.stage_key("share", source),
                                                               "info": share_info})
-    timings["share"] = time.time() - t0
+    timings["share"] = float(share_info.get("seconds", time.time() - t0))
 
     # ---- encode, then evaluate the file, not the model in memory
     t0 = time.time()
