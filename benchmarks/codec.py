@@ -206,7 +206,37 @@ def stream_rows(label: str, f: codec.DzFile) -> list[dict]:
     return rows
 
 
-def dz_file_rows(paths: list[str]) -> tuple[list[dict], list[dict]]:
+def dz_file_baselines(path: str, label: str, tmp: Path, tools: list[str]) -> list[dict]:
+    """The same weights as a .dz file (decoded: pruned zeros and shared values baked in) saved by torch.save, then
+    gzip -9 / xz -9e / zstd -19: what a user of a generic compressor gets for the very same model."""
+    import torch
+
+    from deepzip.serialize import load_state_dict
+
+    state = load_state_dict(path)
+    total = sum(v.numel() for v in state.values())
+    nonzero = sum(int((v != 0).sum()) for v in state.values())
+    pt = tmp / "lenet.pt"
+    torch.save(state, pt)
+    rows = [{"model": label, "variant": "torch.save float32 (same weights)", "params_total": total,
+             "params_nonzero": nonzero, "bytes": pt.stat().st_size, "ratio": 4 * total / pt.stat().st_size,
+             "test_error_pct": None, "seconds": 0.0}]
+    cmds = {"gzip": ["gzip", "-9", "-c"], "xz": ["xz", "-9e", "-T1", "-c"], "zstd": ["zstd", "-19", "-T1", "-c", "-q"]}
+    for tool in tools:
+        out = tmp / f"lenet.pt.{tool}"
+        t0 = time.perf_counter()
+        with open(pt, "rb") as src, open(out, "wb") as dst:
+            subprocess.run(cmds[tool], stdin=src, stdout=dst, check=True)
+        size = out.stat().st_size
+        rows.append({"model": label, "variant": f"torch.save float32 + {' '.join(cmds[tool][:2])} (same weights)",
+                     "params_total": total, "params_nonzero": nonzero, "bytes": size, "ratio": 4 * total / size,
+                     "test_error_pct": None, "seconds": time.perf_counter() - t0})
+        out.unlink()
+    pt.unlink()
+    return rows
+
+
+def dz_file_rows(paths: list[str], tmp: Path | None = None, tools: list[str] = ()) -> tuple[list[dict], list[dict]]:
     rows, streams = [], []
     for p in paths:
         f = codec.read(p)
@@ -227,6 +257,8 @@ def dz_file_rows(paths: list[str]) -> tuple[list[dict], list[dict]]:
             }
         )
         streams += stream_rows(Path(p).name, f)
+        if tmp is not None and tools:
+            rows += dz_file_baselines(p, f.architecture or Path(p).stem, tmp, list(tools))
     return rows, streams
 
 
@@ -274,7 +306,7 @@ def fuzz(cases: int, seconds: float, seed: int = 0) -> dict:
             counts["loaded"] += 1
         except DeepzipFormatError:
             counts["format_errors"] += 1
-        except Exception as e:  # noqa: BLE001 - recorded as a failure of the benchmark
+        except Exception as e:
             counts["other_errors"] += 1
             other.append(f"{type(e).__name__}: {e}"[:200])
         worst_s = max(worst_s, time.perf_counter() - t0)
@@ -420,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dz_decode_seconds": dz_rows[bsize]["read_decode_seconds"],
                     "xz_decompress_seconds": timing["xz"]["decompress_seconds"],
                 }
-        rows, streams = dz_file_rows(a.dz)
+        rows, streams = dz_file_rows(a.dz, tmp, a.baselines)
         res["rows"] += rows
         res["streams"] += streams
         res["fuzz"] = fuzz(a.fuzz_cases, a.fuzz_seconds)
