@@ -58,7 +58,7 @@ def plot_first_layer_mask(mask: np.ndarray, path: str | os.PathLike[str], *, tit
     img = first_layer_mask_image(mask)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 4))
-    im = ax.imshow(img, cmap="viridis", vmin=0, vmax=mask.shape[0])
+    im = ax.imshow(img, cmap="viridis", vmin=0)  # auto upper limit: contrast where the kept connections are
     ax.set_title(title or f"kept connections per input pixel (of {mask.shape[0]})", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
