@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--models", default="lenet300,lenet5")
     ap.add_argument("--distill", action="store_true", help="retrain with the uncompressed model as teacher")
     ap.add_argument("--config", action="append", default=[], help="MODEL=JSON overrides, e.g. lenet300='{...}'")
-    ap.add_argument("--fresh", action="store_true", help="ignore stage checkpoints in runs/")
+    ap.add_argument("--fresh", default="", help="comma-separated models whose stage checkpoints in runs/ to ignore")
     ap.add_argument("--tag", default="", help="suffix of the results name (e.g. _distill)")
     a = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.config)}
@@ -50,7 +50,7 @@ def main() -> None:
         train_seconds = float(meta.get("train_seconds", time.time() - t0))
         cfg = PipelineConfig(**{**CONFIGS[name], **overrides.get(name, {}), "distill": a.distill})
         work = RUNS / f"pipeline_{name}{a.tag}"
-        if a.fresh and work.exists():
+        if name in a.fresh.split(",") and work.exists():
             import shutil
 
             shutil.rmtree(work)
