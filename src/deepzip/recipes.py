@@ -58,7 +58,8 @@ _TRAIN = {
 }
 _RETRAIN = {
     "lenet300": dict(epochs=6, lr=0.02, weight_decay=1e-4),  # 3 rounds: 1.47% -> 1.52% at 8.2% kept
-    "lenet5": dict(epochs=3, lr=0.005, weight_decay=5e-4),
+    # 3 epochs at lr 0.005 per round left LeNet-5 at 0.91-0.93% (held-out error rising round by round)
+    "lenet5": dict(epochs=5, lr=0.01, weight_decay=5e-4),
 }
 
 
