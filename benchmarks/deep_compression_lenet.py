@@ -72,7 +72,8 @@ def main() -> None:
                      "error_before_pct": s["error_before_pct"],
                      "ratio_pruned": sb["dense_32bit"] / sb["pruned"],
                      "ratio_pruned_shared": sb["dense_32bit"] / sb["pruned_shared_fixed_width"],
-                     "ratio_huffman": s["ratio"], "seconds": sum(s["seconds"].values()),
+                     "ratio_huffman": s["ratio"],
+                     "seconds": None if None in s["seconds"].values() else sum(s["seconds"].values()),
                      "meets_target": s["ratio"] >= ratio_target and s["error_after_pct"] <= err_target,
                      "target": f">= {ratio_target}x at <= {err_target}%"})
         for r in s["layers"]:
@@ -93,7 +94,8 @@ def main() -> None:
         "bits_weight_huffman: Huffman bits per stored weight index; bits_gap_huffman: Huffman bits per relative "
         "position (the paper's 'index'); size_pct: the layer's bytes in the file / its 32-bit size.\n\n"
         + md_table(layer_rows))
-    timing_rows = [{"model": n, **{k: round(v, 1) for k, v in s["seconds"].items()}} for n, s in summaries.items()]
+    timing_rows = [{"model": n, **{k: None if v is None else round(v, 1) for k, v in s["seconds"].items()}}
+                   for n, s in summaries.items()]
     sections["Wall time of each stage (seconds, this machine)"] = md_table(timing_rows)
     settings = [{"model": n, "sparsity": json.dumps({k: round(v, 3) for k, v in s["sparsity"].items()}),
                  "bits": json.dumps(s["bits"]), "error_pruned_pct": s["error_pruned_pct"],

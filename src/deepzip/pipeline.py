@@ -327,7 +327,8 @@ def run_pipeline(
         if work is not None:
             save_checkpoint(model, stage_path("prune"), meta={"stage_key": config.stage_key("prune", source),
                                                               "info": prune_info})
-    timings["prune"] = float(prune_info.get("seconds", time.time() - t0))  # the original run's, when resumed
+    # the original run's time when resumed (None if that checkpoint did not record it), never the resume's
+    timings["prune"] = prune_info.get("seconds", time.time() - t0 if done is None else None)
     pruned_bytes = len(codec.to_bytes(encode_model(model)[0]))
 
     # ---- share
@@ -350,7 +351,7 @@ def run_pipeline(
         if work is not None:
             save_checkpoint(model, stage_path("share"), meta={"stage_key": config.stage_key("share", source),
                                                               "info": share_info})
-    timings["share"] = float(share_info.get("seconds", time.time() - t0))
+    timings["share"] = share_info.get("seconds", time.time() - t0 if done is None else None)
 
     # ---- encode, then evaluate the file, not the model in memory
     t0 = time.time()
