@@ -66,11 +66,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
     name = config.model
     model = get_model(name)  # fails early on an unknown model
     config.validate(model)
-    train, test = _data(a)
-    if a.checkpoint:
+    if a.checkpoint:  # a bad checkpoint fails before any data is fetched
         ckpt = Path(a.checkpoint)
         model, _ = load_checkpoint(ckpt, model)
-    else:
+    train, test = _data(a)
+    if not a.checkpoint:
         ckpt = default_model_dir() / f"{name}.safetensors"
         if ckpt.exists():
             model, _ = load_checkpoint(ckpt, model)

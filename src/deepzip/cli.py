@@ -161,8 +161,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .recipes import PruneSettings, run_prune
 
+    model, meta = _load_model(a.checkpoint, a.model)  # a bad checkpoint fails before any data is fetched
     train, test = _data(a)
-    model, meta = _load_model(a.checkpoint, a.model)
     settings = PruneSettings(
         sparsity=_parse_layer_values(a.sparsity, "sparsity") if a.sparsity else None,
         quality=_parse_layer_values(a.quality, "quality") if a.quality else None,
