@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from .cli import _common, _data, args, command, print_table
@@ -19,19 +17,16 @@ LAYER_COLUMNS = [
 
 
 def default_model_dir() -> Path:
-    env = os.environ.get("DEEPZIP_MODELS")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "deepzip" / "models"
+    """Trained models reused by ``deepzip compress``: ``$DEEPZIP_MODELS`` or ``~/.cache/deepzip/models``."""
+    from .data import cache_dir
+
+    return cache_dir("models", "DEEPZIP_MODELS")
 
 
 def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    from .data import sha256_file
+
+    return sha256_file(path)[:16]
 
 
 # ---------------------------------------------------------------------------------------------------- compress

@@ -77,13 +77,23 @@ class Dataset:
         return int(self.y.shape[0])
 
 
-def default_data_dir() -> Path:
-    """The MNIST cache folder: ``$DEEPZIP_DATA`` if set, else ``$XDG_CACHE_HOME/deepzip/mnist``."""
-    env = os.environ.get("DEEPZIP_DATA")
+def cache_dir(sub: str, env_var: str) -> Path:
+    """``$env_var`` if set, else ``$XDG_CACHE_HOME/deepzip/<sub>`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "deepzip" / "mnist"
+    return Path(base) / "deepzip" / sub
+
+
+def default_data_dir() -> Path:
+    """The MNIST cache folder: ``$DEEPZIP_DATA`` if set, else ``$XDG_CACHE_HOME/deepzip/mnist``."""
+    return cache_dir("mnist", "DEEPZIP_DATA")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    return _sha256(Path(path))
 
 
 def _sha256(path: Path) -> str:
