@@ -24,15 +24,31 @@ most a few midpoints, counted in advance). The result is exactly ``searchsorted(
 Conventions (shared by the brute-force reference in the tests):
 
 - nearest centroid with ties going to the lower centroid: ``label(x) = #{midpoints < x}``;
-- a cluster that becomes empty is dropped (so ``k' <= k`` centroids come back); its centroid was the
-  nearest for no value, so dropping it changes no assignment in that step;
-- the iteration stops when the partition no longer changes (an exact fixed point), when the largest
-  centroid move is ``<= tol * (max - min)``, or after ``max_iter`` steps;
+- a step assigns, then re-seeds, then moves every centroid to the mean of its cluster. Re-seeding: the
+  empty clusters are dropped, and while fewer than ``k`` clusters remain (empty ones, or an init with
+  fewer than ``k`` distinct centroids), the cluster with the largest sum of squared errors (SSE; ties
+  within a relative 1e-9 go to the leftmost) that holds at least two distinct values is split in two.
+  The split is the one with the lowest SSE among ``_SPLIT_GRID - 1`` evenly spaced ranks of the
+  cluster's sorted values (rank ``m*j // G`` of m values, j = 1..G-1; every rank when m <= G), each
+  moved down to the start of its run of equal values, or past the run if that is the cluster's
+  minimum; ties within 1e-9 of the cluster's SSE go to the leftmost split. Each split lowers the SSE
+  and no Lloyd step raises it, so (in exact arithmetic) no partition repeats once a split has happened:
+  re-seeding cannot cycle, and ``max_iter`` bounds the steps in any case. With at most ``k`` distinct
+  values there is nothing to split and the empty clusters stay dropped;
+- the last allowed step (``max_iter``) does not re-seed, so every returned centroid is the mean of a
+  cluster of a nearest-centroid assignment (never a raw split);
+- the iteration stops when a step that did not re-seed leaves the partition unchanged (an exact fixed
+  point), when such a step moves no centroid more than ``tol * (max - min)``, or after ``max_iter``
+  steps. At a fixed point there are ``min(k, #distinct values)`` centroids, none of them unused;
 - data with at most ``k`` distinct values returns exactly those values (zero error).
+
+A re-seeding step costs O(G log n) per split with the prefix sums (of the values, and of their squares
+for the SSEs; that second table is built on the first re-seed only), so a step stays O(k log n).
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +63,8 @@ _INITS = ("linear", "density", "random")
 _LUT_CELLS = 1 << 16  # cells of the label lookup table
 _CHUNK = 1 << 16  # values per chunk in the labelling loop (temporaries stay in L2)
 _SMALL = 1 << 15  # below this many values plain searchsorted is fastest
+_SPLIT_GRID = 64  # a re-seeding split is the best of this many - 1 evenly spaced ranks of the cluster
+_TIE_RTOL = 1e-9  # SSEs this close (relative) count as ties when re-seeding; the leftmost wins
 
 
 def _threads() -> int:
@@ -280,24 +298,44 @@ def init_centroids(values: NDArray[Any], k: int, init: str = "linear", seed: int
 
 
 class _Prefix:
-    """Sums of the first q sorted values for any q, from prefix sums at block starts. Shapes: s (n,)."""
+    """Sums of the first q sorted values (or of their squares) for any q, from prefix sums at block starts.
 
-    def __init__(self, s: NDArray[Any], k: int) -> None:
+    Shapes: s (n,). ``square=True`` sums ``x**2`` (computed in float64, exact for float32 values).
+    """
+
+    def __init__(self, s: NDArray[Any], k: int, square: bool = False) -> None:
         n = s.shape[0]
         # Block length B. For few centroids the values between a block start and a position are summed
         # slice by slice (~1.5 us each, almost independent of B); for many, in one (k, B) gather, so
         # k*B is kept ~1e4. Either way the n/B block sums stay small (16 MB for 1B weights, k <= 64).
         self.loop = k <= 64
         self.B = B = 1024 if self.loop else int(np.clip((1 << 14) // k, 64, 1024))
+        self.square = square
         nb = n // B
-        blk = np.zeros(nb + 1, dtype=np.longdouble)  # blk[j] = sum(s[:j*B])
+        blk = np.zeros(nb + 1, dtype=np.longdouble)  # blk[j] = sum(s[:j*B]) (of squares if square)
         # float64 sums of B float32 values are exact to ~1e-13 relative; the running total is extended
-        for a in range(0, nb, 1 << 14):  # chunked to bound the float64 temporary
-            b = min(a + (1 << 14), nb)
-            bs = s[a * B : b * B].reshape(b - a, B).sum(axis=1, dtype=np.float64)
+        step = max(1, _CHUNK // B) if square else 1 << 14  # squares go through a float64 buffer
+        buf = np.empty(step * B if square and nb else 0, dtype=np.float64)
+        for a in range(0, nb, step):  # chunked to bound the float64 temporary
+            b = min(a + step, nb)
+            x = s[a * B : b * B].reshape(b - a, B)
+            if square:
+                x64 = buf[: (b - a) * B].reshape(b - a, B)
+                np.copyto(x64, x)
+                np.multiply(x64, x64, out=x64)  # exact for float32 values
+                bs = x64.sum(axis=1)
+            else:
+                bs = x.sum(axis=1, dtype=np.float64)
             blk[a + 1 : b + 1] = blk[a] + np.cumsum(bs, dtype=np.longdouble)
         self.s, self.blk, self.n = s, blk, n
         self.ar = np.arange(B, dtype=np.int64)
+
+    def _part(self, a: int, b: int) -> float:
+        """float64 sum of s[a:b] (or of its squares), b - a < B."""
+        if self.square:
+            x = self.s[a:b].astype(np.float64)
+            return float(np.dot(x, x))
+        return float(np.add.reduce(self.s[a:b], dtype=np.float64))
 
     def __call__(self, q: NDArray[np.int64]) -> NDArray[np.longdouble]:
         """Prefix sums at positions q (m,), 0 <= q <= n."""
@@ -307,17 +345,84 @@ class _Prefix:
         rem = q - base  # (m,) values between the block start and q, < B
         sel = np.nonzero(rem)[0]
         if self.loop:
-            s = self.s
-            part = [
-                np.add.reduce(s[a:b], dtype=np.float64) for a, b in zip(base[sel].tolist(), q[sel].tolist())
-            ]
+            part = [self._part(a, b) for a, b in zip(base[sel].tolist(), q[sel].tolist())]
             out[sel] += np.array(part, dtype=np.float64)
         elif sel.size:
             # (m', B) gather; indices past the end are clipped and masked out
             idx = np.minimum(base[sel, None] + self.ar, self.n - 1)
             vals = np.where(self.ar < rem[sel, None], self.s[idx], 0)
+            if self.square:
+                vals = vals.astype(np.float64)
+                vals *= vals
             out[sel] += vals.sum(axis=1, dtype=np.float64)
         return out
+
+
+def _sse(cnt: Any, s1: Any, s2: Any) -> NDArray[np.float64]:
+    """Sums of squared errors from counts, sums and sums of squares (extended precision), >= 0."""
+    return np.maximum(np.asarray(s2 - s1 * s1 / cnt).astype(np.float64), 0.0)
+
+
+def _best_split(s: NDArray[Any], a: int, b: int, sse: float, p1a: Any, p1b: Any, prefix: _Prefix) -> int:
+    """Where to split the sorted values ``s[a:b]`` (at least two distinct) into ``s[a:p]`` and ``s[p:b]``.
+
+    The candidate with the lowest SSE after the split (= the largest drop ``nl*nr/m * (mean_l -
+    mean_r)**2``) among the ranks ``a + m*j // G`` (j = 1..G-1, m = b - a), each moved down to the start
+    of its run of equal values, or past the run of the minimum if it lands there; ties within
+    ``_TIE_RTOL * sse`` go to the leftmost. ``p1a``, ``p1b``: prefix sums at a and b. O(G log n).
+    """
+    m = b - a
+    seg = s[a:b]
+    r = (m * np.arange(1, _SPLIT_GRID, dtype=np.int64)) // _SPLIT_GRID  # (G-1,) ranks in the cluster
+    r = r[r > 0]
+    p = np.searchsorted(seg, seg[r], side="left")  # start of the run of equal values
+    p[p == 0] = np.searchsorted(seg, seg[0], side="right")  # < m: there are two distinct values
+    p = np.unique(p) + a
+    nl = p - a
+    nr = b - p
+    sl = prefix(p) - p1a  # (c,) extended precision
+    d = sl / nl - (p1b - p1a - sl) / nr
+    drop = np.asarray(d * d * (nl * nr) / m).astype(np.float64)
+    return int(p[np.flatnonzero(drop >= drop.max() - _TIE_RTOL * sse)[0]])
+
+
+def _reseed(
+    s: NDArray[Any], pos: NDArray[np.int64], need: int, prefix: _Prefix, prefix2: _Prefix
+) -> tuple[NDArray[np.int64], int]:
+    """Split clusters of the partition ``pos`` (cluster i = ``s[pos[i]:pos[i+1]]``, none empty) up to
+    ``need`` times, each time the splittable cluster with the largest SSE (ties within ``_TIE_RTOL``
+    to the leftmost) at :func:`_best_split`. Returns the refined partition and the number of splits."""
+    ps = prefix(pos)
+    ps2 = prefix2(pos)
+    cnt = pos[1:] - pos[:-1]
+    sse = _sse(cnt, ps[1:] - ps[:-1], ps2[1:] - ps2[:-1])
+    # heap of splittable clusters: (-sse, start, end, prefix sums at start and end, same for squares)
+    heap: list[tuple[float, int, int, Any, Any, Any, Any]] = []
+    for i in np.flatnonzero(s[pos[:-1]] < s[pos[1:] - 1]).tolist():
+        heap.append((-float(sse[i]), int(pos[i]), int(pos[i + 1]), ps[i], ps[i + 1], ps2[i], ps2[i + 1]))
+    heapq.heapify(heap)
+    cuts: list[int] = []
+    while len(cuts) < need and heap:
+        ties = [heapq.heappop(heap)]
+        lim = -ties[0][0] * (1.0 - _TIE_RTOL)
+        while heap and -heap[0][0] >= lim:
+            ties.append(heapq.heappop(heap))
+        e = min(ties, key=lambda t: t[1])  # the leftmost of the (near-)largest
+        for t in ties:
+            if t is not e:
+                heapq.heappush(heap, t)
+        _, a, b, p1a, p1b, p2a, p2b = e
+        p = _best_split(s, a, b, -e[0], p1a, p1b, prefix)
+        cuts.append(p)
+        p1p = prefix(np.array([p], dtype=np.int64))[0]
+        p2p = prefix2(np.array([p], dtype=np.int64))[0]
+        for lo, hi, q1a, q1b, q2a, q2b in ((a, p, p1a, p1p, p2a, p2p), (p, b, p1p, p1b, p2p, p2b)):
+            if s[lo] < s[hi - 1]:
+                err = float(_sse(hi - lo, q1b - q1a, q2b - q2a))
+                heapq.heappush(heap, (-err, lo, hi, q1a, q1b, q2a, q2b))
+    if not cuts:
+        return pos, 0
+    return np.sort(np.concatenate((pos, np.array(cuts, dtype=np.int64)))), len(cuts)
 
 
 def kmeans1d(
@@ -332,7 +437,9 @@ def kmeans1d(
     """Exact 1-D k-means (Lloyd's algorithm) on the values of an array.
 
     Sorts once (O(n log n)), then each Lloyd step costs O(k log n) on the sorted values, so the
-    iteration runs to its exact fixed point; labels come from one O(n) pass at the end.
+    iteration runs to its exact fixed point; labels come from one O(n) pass at the end. A cluster that
+    becomes empty is re-seeded by splitting the cluster with the largest squared error (at its best
+    split among evenly spaced ranks), so a gap in the data (pruned weights) does not cost centroids.
 
     Args:
         values: real array of any shape (e.g. a layer's nonzero weights); float32 is not copied to
@@ -341,7 +448,7 @@ def kmeans1d(
         init: ``"linear"`` (evenly spaced between min and max, Deep Compression's best),
             ``"density"`` (quantiles at (i+1/2)/k of the values), ``"random"`` (Forgy: k distinct
             values drawn with ``seed``), or an array of starting centroids.
-        max_iter: most Lloyd steps.
+        max_iter: most Lloyd steps (the last one does not re-seed).
         tol: stop early once no centroid moves more than ``tol * (max - min)``; 0 runs to the exact
             fixed point (the partition stops changing).
         seed: seed for ``init="random"``.
@@ -349,10 +456,12 @@ def kmeans1d(
 
     Returns:
         ``(centroids, labels)``: centroids sorted ascending, distinct, float64 (the exact cluster means;
-        cast to the weights' dtype when storing), shape (k',) with k' <= k; labels of the nearest centroid (ties to the
-        lower), shape ``values.shape``, dtype uint8 for k <= 256, uint16 for k <= 65536, else int32.
-        Clusters that become empty are dropped, so k' < k can happen; data with at most k distinct
-        values returns exactly those values.
+        cast to the weights' dtype when storing), shape (k',); labels of the nearest centroid (ties to
+        the lower), shape ``values.shape``, dtype uint8 for k <= 256, uint16 for k <= 65536, else int32.
+        Empty clusters (and missing ones, if ``init`` gave fewer than k distinct centroids) are
+        re-seeded, so k' = min(k, number of distinct values) when the iteration converges; data with
+        at most k distinct values returns exactly those values. Only a run stopped by ``max_iter``
+        (whose last step drops the clusters that become empty) can return k' < k otherwise.
 
     Raises:
         ValueError: empty input, NaN/inf, k < 1, unknown init, max_iter < 1 or tol < 0.
@@ -375,7 +484,7 @@ def _kmeans1d(
     seed: int,
     progress: bool,
 ) -> tuple[NDArray[np.floating[Any]], NDArray[Any], dict[str, Any]]:
-    """``kmeans1d`` plus run statistics: iterations, converged, seconds per phase."""
+    """``kmeans1d`` plus run statistics: iterations, converged, splits (re-seeds), seconds per phase."""
     k = _check_k(k)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter={max_iter!r}, expected an integer >= 1")
@@ -387,7 +496,7 @@ def _kmeans1d(
     v = _as_values(values)
     lab_dtype = _label_dtype(k)
 
-    info: dict[str, Any] = {"iterations": 0, "converged": True}
+    info: dict[str, Any] = {"iterations": 0, "converged": True, "splits": 0}
     t0 = time.perf_counter()
     s = np.sort(v)  # (n,) the one O(n log n) step; NaN sorts last, so the ends tell finiteness
     _check_finite(float(s[0]), float(s[-1]), "values")
@@ -408,7 +517,8 @@ def _kmeans1d(
         if c.size == 0 or c.size > k or not np.isfinite(c).all():
             raise ValueError(f"init array: expected 1..{k} finite centroids, got {np.size(init)}")
     t0 = time.perf_counter()
-    prefix = _Prefix(s, c.size)
+    prefix = _Prefix(s, k)
+    prefix2: _Prefix | None = None  # prefix sums of squares, built on the first re-seed
     n = s.shape[0]
     span = float(s[-1]) - float(s[0])
 
@@ -419,30 +529,38 @@ def _kmeans1d(
         bar = tqdm(total=max_iter, desc=f"kmeans1d k={k}", unit="step", leave=False)
     prev: NDArray[np.int64] | None = None
     info["converged"] = False
-    for it in range(max_iter):  # noqa: B007 (read after the loop)
+    splits = 0
+    for it in range(max_iter):
         # cluster i holds sorted values s[pos[i]:pos[i+1]]: those with x <= threshold i
         pos = np.empty(c.size + 1, dtype=np.int64)
         pos[0], pos[-1] = 0, n
         pos[1:-1] = np.searchsorted(s, _thresholds(c, s.dtype), side="right")
         keep = np.flatnonzero(pos[1:] != pos[:-1]) + 1  # ends of non-empty clusters
         pos = np.concatenate(([0], pos[keep]))  # empty clusters dropped
+        split = 0
+        if pos.size - 1 < k and it < max_iter - 1:  # re-seed; never in the last step
+            if prefix2 is None:
+                prefix2 = _Prefix(s, k, square=True)
+            pos, split = _reseed(s, pos, k - (pos.size - 1), prefix, prefix2)
+            splits += split
         ps = prefix(pos)  # (k'+1,) extended precision
         new = (ps[1:] - ps[:-1]).astype(np.float64) / (pos[1:] - pos[:-1])
         if bar is not None:
             bar.update(1)
-        if prev is not None and np.array_equal(pos, prev):
+        if not split and prev is not None and np.array_equal(pos, prev):
             c = new  # same partition as last step: exact fixed point
             info["converged"] = True
             break
-        moved = np.inf if new.size != c.size else float(np.abs(new - c).max())
+        moved = np.inf if (split or new.size != c.size) else float(np.abs(new - c).max())
         prev, c = pos, new
         if moved <= tol * span:
             info["converged"] = True
             break
     info["iterations"] = it + 1
+    info["splits"] = splits
     if bar is not None:
         bar.close()
-    del s, prefix
+    del s, prefix, prefix2
 
     info["iterate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
