@@ -103,8 +103,8 @@ def main() -> None:
                  "error_shared_pct": s["error_shared_pct"], "file_error_pct": s["error_after_pct"]}
                 for n, s in summaries.items()]
     sections["What it took (settings chosen by the scans)"] = md_table(settings) + (
-        "\nSparsities: split of the overall target by the sensitivity scan on 5,000 held-out training images; bits: "
-        "the fewest per layer whose codebook (before fine-tuning) keeps that held-out error within the tolerance. "
+        "\nSparsities: split of the overall target by the sensitivity scan on a fixed subset of 5,000 training images; bits: "
+        "the fewest per layer whose codebook (before fine-tuning) keeps that subset's loss within the tolerance. "
         "Retraining at lr/10 of training for the recipe's epochs per round; centroids fine-tuned likewise.\n")
     cmd = "python benchmarks/deep_compression_lenet.py" + (" --distill" if a.distill else "") + \
         "".join(f" --config {k}='{json.dumps(v)}'" for k, v in overrides.items()) + \

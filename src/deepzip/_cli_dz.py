@@ -59,7 +59,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.distill:
         config.distill = True
     name = config.model
-    model = get_model(name)  # fails early on an unknown model
+    model = get_model(name, seed=a.seed)  # fails early on an unknown model
     config.validate(model)
     if a.checkpoint:  # a bad checkpoint fails before any data is fetched
         ckpt = Path(a.checkpoint)

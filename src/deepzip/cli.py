@@ -102,7 +102,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import evaluate, fit
 
     train, test = _data(a)
-    model = get_model(a.model)
+    model = get_model(a.model, seed=a.seed)
     cfg = _train_cfg(a, a.model)
     t0 = time.time()
     augment = None

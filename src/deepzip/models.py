@@ -84,12 +84,19 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def get_model(name: str) -> nn.Module:
+def get_model(name: str, seed: int | None = 0) -> nn.Module:
     """Build a fresh model by registered name or ``"package.module:factory"``.
+
+    ``seed`` fixes the initial weights (without touching the global random state), so a training run with the same
+    seeds gives the same model; ``None`` draws them from the global generator.
 
     Raises:
         ValueError: unknown name, or a factory that does not return an ``nn.Module``.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_model(name, seed=None)
     if name in MODELS:
         model = MODELS[name]()
     elif ":" in name:

@@ -3,9 +3,10 @@
 One dataclass, :class:`PipelineConfig`, drives it; it round-trips through JSON and is stored in the ``.dz`` header.
 Each stage writes a checkpoint to the work folder keyed by the config that produced it, so a rerun resumes after
 the last finished stage and yields the same file. Per-layer settings left unset are chosen by sensitivity scans on
-a held-out split of the training set (never the test set): sparsities split an overall target between layers by
-how much each layer tolerates (:func:`deepzip.prune.allocate_sparsities`), bits are the fewest per layer that keep
-the validation error within a tolerance.
+a fixed subset of 5,000 training images (never the test set; the model has seen them, so the scans measure
+how much each layer's weights matter to the fit, not generalisation): sparsities split an overall target between
+layers by how much each layer tolerates (:func:`deepzip.prune.allocate_sparsities`), bits are the fewest per layer
+that keep the subset's loss within a tolerance.
 
 Two ways in:
 - :func:`run_pipeline` for models and data deepzip knows (MNIST), as ``deepzip compress`` does;
@@ -72,7 +73,7 @@ class PipelineConfig:
     # weight sharing
     bits: dict[str, int] | int | str | None = None  # None: fewest bits per layer within bits_tolerance
     bits_choices: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
-    bits_tolerance: float = 0.02  # relative rise of held-out loss a layer's bits may cause, before fine-tuning
+    bits_tolerance: float = 0.02  # relative rise of the scan loss a layer's bits may cause, before fine-tuning
     init: str = "linear"
     finetune_epochs: int | None = None
     finetune_lr: float | None = None  # None: the model's recipe (lower than retraining: centroid grads are sums)
@@ -194,7 +195,7 @@ def compress_(
 
     ``retrain(model, stage)`` is called after each pruning round (``stage="prune"``) and after sharing
     (``stage="share"``); train as you like (even under DistributedDataParallel). Unset per-layer settings need
-    ``error_fn(model) -> float`` (lower is better; the held-out loss works best) for the scans. Then
+    ``error_fn(model) -> float`` (lower is better; a loss works better than an error rate) for the scans. Then
     ``deepzip.save(model, path)``.
     """
     config.validate(model)
@@ -226,7 +227,7 @@ def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[
 
 def _scan_bits(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],
                progress: bool) -> dict[str, int]:
-    """Per layer alone, the fewest bits whose sharing (no fine-tuning) keeps ``error_fn`` (held-out loss) within
+    """Per layer alone, the fewest bits whose sharing (no fine-tuning) keeps ``error_fn`` (the scan loss) within
     ``(1 + bits_tolerance)`` of the unshared model's."""
     base = error_fn(model)
     chosen: dict[str, int] = {}
