@@ -79,8 +79,11 @@ def _run(cmd: list[str]) -> None:
 
 
 def trained(model: str, *, quiet: bool = True) -> Path:
-    """A trained checkpoint of ``model`` (trained with the default recipe on first use, then cached in runs/)."""
-    path = RUNS / f"{model}.safetensors"
+    """A trained checkpoint of ``model`` (trained with the default recipe on first use, then cached in runs/ under
+    a name that carries the recipe's hash, so a changed recipe retrains)."""
+    from deepzip.recipes import recipe_tag
+
+    path = RUNS / f"{model}-{recipe_tag(model)}.safetensors"
     if not path.exists():
         RUNS.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "deepzip.cli", "train", "--model", model, "-o", str(path)]
@@ -90,9 +93,9 @@ def trained(model: str, *, quiet: bool = True) -> Path:
 
 def pruned(model: str, *, quiet: bool = True) -> Path:
     """A pruned + retrained checkpoint of ``model`` (paper's per-layer sparsities), cached in runs/."""
-    path = RUNS / f"{model}.pruned.safetensors"
+    src = trained(model, quiet=quiet)
+    path = src.with_suffix(".pruned.safetensors")
     if not path.exists():
-        src = trained(model, quiet=quiet)
         _run([sys.executable, "-m", "deepzip.cli", "prune", str(src), "-o", str(path)] + (["-q"] if quiet else []))
     return path
 

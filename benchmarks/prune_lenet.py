@@ -30,9 +30,14 @@ from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.data import load_mnist
 from deepzip.models import get_model
 from deepzip.prune import get_mask, prunable_layers, sparsity_table
-from deepzip.recipes import PAPER, PruneSettings, run_prune, train_config
+from deepzip.recipes import PAPER, PruneSettings, recipe_tag, run_prune, train_config
 from deepzip.report import plot_first_layer_mask
 from deepzip.train import TrainConfig, evaluate, fit
+
+
+# The paper's LeNet-5 kept fractions (66/12/8/19%) keep 8.55% of all parameters once the 580 biases (never
+# pruned) are counted, above the 8.5% target: fc1 keeps 7.8% instead of 8% (about 36,060 of 431,080 = 8.4% in all).
+KEPT_ADJUST = {"lenet5": {"fc1": 1 - 0.078}}
 
 
 def file_bytes(save) -> int:
@@ -42,7 +47,7 @@ def file_bytes(save) -> int:
 
 
 def get_trained(name: str, train, test, quick: bool) -> tuple[torch.nn.Module, float]:
-    path = RUNS / f"{name}.safetensors"
+    path = RUNS / f"{name}-{recipe_tag(name)}.safetensors"  # the same cache as _common.trained()
     if path.exists() and not quick:
         model, meta = load_checkpoint(path)
         return model, float(meta.get("train_seconds", float("nan")))
@@ -93,6 +98,7 @@ def main() -> None:
         if a.quick:
             retrain.epochs = 1
         sparsity = {k: 1 - v / 100 for k, v in PAPER[name]["kept_pct"].items()}
+        sparsity.update(KEPT_ADJUST.get(name, {}))
 
         # deepzip: iterative prune -> retrain, masks as parametrizations, compact checkpoint
         ours = copy.deepcopy(base)

@@ -191,22 +191,45 @@ def test_cli_rejects_bad_alpha_and_missing_teacher(tmp_path, capsys) -> None:
     assert "no such checkpoint" in capsys.readouterr().err
 
 
-def test_cli_train_jitter_passes_the_augment(tmp_path, monkeypatch) -> None:
+def test_cli_train_jitter_sets_the_config(tmp_path, monkeypatch) -> None:
     import deepzip.cli as cli
     import deepzip.train as train_mod
 
     seen = []
 
-    def spy_fit(model, data, cfg, **kw):  # record the augment, then train as usual
-        seen.append(kw.get("augment"))
+    def spy_fit(model, data, cfg, **kw):  # record the jitter, then train as usual
+        seen.append(cfg.jitter)
         return fit(model, data, cfg, **kw)
 
     monkeypatch.setattr(cli, "_data", lambda a: (synthetic_mnist(64), synthetic_mnist(32, seed=1)))
     monkeypatch.setattr(train_mod, "fit", spy_fit)
-    for flag in ([], ["--jitter"]):
+    for flag in ([], ["--jitter"], ["--jitter", "1"], ["--jitter", "0"]):
         assert main(["train", "--model", "mlp30", "--epochs", "1", "-o", str(tmp_path / "m.safetensors"), "-q",
                      *flag]) == 0
-    assert seen[0] is None and seen[1] is jitter
+    assert seen == [0, 2, 1, 0]  # mlp30's recipe has none; a bare --jitter is 2 pixels
+    seen.clear()
+    assert main(["train", "--model", "lenet300", "--epochs", "1", "-o", str(tmp_path / "m.safetensors"), "-q"]) == 0
+    assert seen == [2]  # the LeNet recipes jitter by default
+
+
+def test_fit_applies_the_configured_jitter(monkeypatch) -> None:
+    import deepzip.train as train_mod
+
+    calls = []
+
+    def spy(x, generator, max_shift=2):
+        calls.append(max_shift)
+        return jitter(x, generator, max_shift)
+
+    monkeypatch.setattr(train_mod, "jitter", spy)
+    data = synthetic_mnist(64)
+    fit(get_model("mlp30"), data, TrainConfig(epochs=1, batch_size=32, jitter=1, progress=False))
+    assert calls == [1, 1]  # once per batch, with the configured shift
+    calls.clear()
+    fit(get_model("mlp30"), data, TrainConfig(epochs=1, batch_size=32, jitter=0, progress=False))
+    assert calls == []
+    with pytest.raises(ValueError, match="jitter="):
+        TrainConfig(jitter=-1)
 
 
 def test_mlp1200_teacher_dropout_is_light() -> None:

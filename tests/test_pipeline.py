@@ -38,6 +38,19 @@ def test_file_evaluates_like_the_in_memory_model(trained, tmp_path):
     assert PipelineConfig.from_dict(load_config(out)) == cfg  # the config that made the file is in it
 
 
+@pytest.mark.parametrize("shift", [0, 2])
+def test_distilling_with_and_without_jitter(trained, tmp_path, shift):
+    """Distillation as the retraining loss: a logit cache without jitter, a live frozen teacher with it."""
+    m = clone_model(trained)
+    teacher_before = predict(trained, TEST.x)
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, distill=True, jitter=shift, **FAST)
+    out = tmp_path / "m.dz"
+    s = run_pipeline(m, TRAIN, TEST, cfg, out, progress=False, log=lambda _: None)
+    assert torch.equal(predict(load(out), TEST.x), predict(m, TEST.x))
+    assert s["error_after_pct"] == s["error_in_memory_pct"]
+    assert torch.equal(predict(trained, TEST.x), teacher_before)  # the fixture model was never touched
+
+
 def load_config(path):
     from deepzip import codec
 
@@ -87,6 +100,7 @@ def test_resuming_after_a_stage_gives_the_same_file(trained, tmp_path):
     (dict(sparsity={"fc1": 1.2}), "config.sparsity.fc1"),
     (dict(target_sparsity=-0.1), "config.target_sparsity"),
     (dict(init="kmeans++"), "config.init"),
+    (dict(jitter=-1), "config.jitter"),
 ])
 def test_bad_config_fails_before_any_work(bad, field, tmp_path, trained):
     m = clone_model(trained)

@@ -18,7 +18,6 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.safetensors)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the teacher every step instead of caching its logits once")
-    p.add_argument("--jitter", action="store_true", help="jitter the student's inputs by up to 2 pixels")
     _train_args(p)
     _common(p)
 
@@ -27,7 +26,7 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
 @args(_cfg_distill)
 def cmd_distill(a: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
-    from .distill import distill, jitter
+    from .distill import distill
     from .models import get_model
     from .train import evaluate
 
@@ -41,13 +40,13 @@ def cmd_distill(a: argparse.Namespace) -> int:
     cfg = _train_cfg(a, a.student)
     t0 = time.time()
     distill(student, teacher, train, cfg, temperature=a.temperature, alpha=a.alpha, cache=a.cache,
-            augment=jitter if a.jitter else None, desc=f"distill {a.student}")
+            desc=f"distill {a.student}")
     seconds = time.time() - t0
     t_res, s_res = evaluate(teacher, test), evaluate(student, test)
     save_checkpoint(student, a.output, meta={
         "test_error_pct": s_res.error_pct, "train": cfg.to_dict(),
         "distill": {"teacher": str(a.teacher), "teacher_test_error_pct": t_res.error_pct,
-                    "temperature": a.temperature, "alpha": a.alpha, "cache": a.cache, "jitter": a.jitter,
+                    "temperature": a.temperature, "alpha": a.alpha, "cache": a.cache, "jitter": cfg.jitter,
                     "seconds": seconds},
     })
     print_table(

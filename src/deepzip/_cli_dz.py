@@ -66,7 +66,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
         model, _ = load_checkpoint(ckpt, model)
     train, test = _data(a)
     if not a.checkpoint:
-        ckpt = default_model_dir() / f"{name}.safetensors"
+        from .recipes import recipe_tag
+
+        ckpt = default_model_dir() / f"{name}-{recipe_tag(name)}-seed{a.seed}.safetensors"
         if ckpt.exists():
             model, _ = load_checkpoint(ckpt, model)
             print(f"using the trained {name} cached at {ckpt}")

@@ -70,7 +70,7 @@ def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = Fals
     from .recipes import train_config
 
     cfg = train_config(model or "", retrain=retrain, finetune=finetune)
-    for key in ("epochs", "lr", "batch_size", "weight_decay"):
+    for key in ("epochs", "lr", "batch_size", "weight_decay", "jitter"):
         if getattr(a, key, None) is not None:
             setattr(cfg, key, getattr(a, key))
     cfg.progress = not a.quiet
@@ -83,13 +83,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    p.add_argument("--jitter", type=int, nargs="?", const=2, default=None, metavar="PIXELS",
+                   help="shift training images by up to PIXELS (2 if no number; 0 = off; default: the model's recipe)")
 
 
 # ---------------------------------------------------------------------------------------------------- train
 def _cfg_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="lenet300", help="lenet300, lenet5, mlp1200, mlp800, mlp30 or pkg.mod:factory")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--jitter", action="store_true", help="shift training images by up to 2 pixels (KD teacher)")
     _train_args(p)
     _common(p)
 
@@ -105,10 +106,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     model = get_model(a.model, seed=a.seed)
     cfg = _train_cfg(a, a.model)
     t0 = time.time()
-    augment = None
-    if a.jitter:
-        from .distill import jitter as augment
-    fit(model, train, cfg, augment=augment, desc=f"train {a.model}")
+    fit(model, train, cfg, desc=f"train {a.model}")
     seconds = time.time() - t0
     res = evaluate(model, test)
     save_checkpoint(model, a.output, meta={"test_error_pct": res.error_pct, "train": cfg.to_dict(),

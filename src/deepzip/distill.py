@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -35,9 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
-from .train import LossFn, TrainConfig, fit, predict
+from .train import LossFn, TrainConfig, fit, jitter, predict
 
-__all__ = ["distill", "distill_loss_fn", "distillation_loss", "jitter", "teacher_logits", "teacher_loss_for"]
+__all__ = [
+    "distill", "distill_loss_fn", "distillation_loss", "jitter", "live_teacher", "teacher_logits", "teacher_loss_for",
+]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -251,7 +254,8 @@ def distill(
         alpha: weight of the soft term; ``1 - alpha`` goes to cross-entropy on the labels.
         cache: compute the teacher's logits once (fast); False runs the teacher every step, on the augmented
             input when ``augment`` is given (exact soft targets for jittered inputs).
-        augment: optional input augmentation of the student's batches, e.g. :func:`jitter`.
+        augment: optional input augmentation of the student's batches, e.g. :func:`jitter` (the default when
+            ``cfg.jitter`` > 0).
         eval_data: test set evaluated after each epoch, if given.
         desc: progress-bar label.
 
@@ -259,6 +263,8 @@ def distill(
         ValueError: bad T or alpha; teacher and student predict different numbers of classes.
     """
     _check_hyper(temperature, alpha)
+    if augment is None and cfg is not None and cfg.jitter > 0:  # explicit, so the live teacher sees the same shifts
+        augment = functools.partial(jitter, max_shift=cfg.jitter)
     with torch.no_grad():  # fail before training, with the class counts named, rather than at the first step
         probe = data.x[:1]
         was = student.training
@@ -275,6 +281,28 @@ def distill(
         return fit(student, data, cfg, loss_fn=loss_fn, eval_data=eval_data, desc=desc)
     live = _LiveOnAugmented(teacher, augment, temperature, alpha)
     return fit(student, data, cfg, loss_fn=live, augment=live.augment, eval_data=eval_data, desc=desc)
+
+
+def live_teacher(
+    teacher: nn.Module, augment: Augment, temperature: float, alpha: float
+) -> tuple[LossFn, Augment]:
+    """``(loss_fn, augment)`` for :func:`deepzip.train.fit` when the inputs are augmented: ``augment`` shifts each
+    batch and runs ``teacher`` on the shifted images, ``loss_fn`` distills from those logits (a logit cache would
+    hold the unshifted images' targets). Pass both to the same ``fit`` call.
+
+    Example:
+        >>> from deepzip.data import synthetic_mnist
+        >>> from deepzip.models import get_model
+        >>> from deepzip.train import TrainConfig, fit, jitter
+        >>> loss_fn, aug = live_teacher(get_model("lenet300"), jitter, temperature=4.0, alpha=0.5)
+        >>> log = fit(get_model("lenet300"), synthetic_mnist(64), TrainConfig(epochs=1, progress=False),
+        ...           loss_fn=loss_fn, augment=aug)
+        >>> len(log)
+        1
+    """
+    _check_hyper(temperature, alpha)
+    live = _LiveOnAugmented(teacher, augment, temperature, alpha)
+    return live, live.augment
 
 
 def teacher_loss_for(
@@ -302,43 +330,3 @@ def teacher_loss_for(
     """
     _check_hyper(temperature, alpha)
     return distill_loss_fn(teacher_logits(model, train_data, batch_size), temperature, alpha)
-
-
-def jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift each image by a random whole number of pixels in [-max_shift, max_shift] on each axis, zero-filled.
-
-    The input jitter of Hinton et al.'s MNIST teacher ("jittered by up to two pixels in any direction"); usable
-    as :func:`deepzip.train.fit`'s ``augment``.
-
-    Args:
-        x: (B, C, H, W) or (B, H, W) images.
-        generator: a CPU generator (fit() passes its own, seeded).
-        max_shift: the largest shift in pixels, >= 0.
-
-    Returns:
-        A new tensor of the same shape, dtype and device.
-
-    Example:
-        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1.0
-        >>> y = jitter(x, torch.Generator().manual_seed(0), max_shift=1)
-        >>> float(y.sum()), tuple(y.shape)
-        (1.0, (1, 1, 5, 5))
-    """
-    if max_shift < 0:
-        raise ValueError(f"max_shift={max_shift}, expected >= 0")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"jitter: expected (B, C, H, W) or (B, H, W) images, got shape {tuple(x.shape)}")
-    if max_shift == 0 or x.shape[0] == 0:
-        return x.clone()
-    squeeze = x.dim() == 3
-    img = x.unsqueeze(1) if squeeze else x  # (B, C, H, W)
-    b, _, h, w = img.shape
-    s = max_shift
-    shifts = torch.randint(-s, s + 1, (b, 2), generator=generator).to(img.device)  # (B, 2): dy, dx
-    padded = F.pad(img, (s, s, s, s)).permute(0, 2, 3, 1)  # (B, H+2s, W+2s, C)
-    # an image shifted by (dy, dx) reads the padded image at row i + s - dy, column j + s - dx
-    rows = torch.arange(h, device=img.device)[None, :] + s - shifts[:, :1]  # (B, H)
-    cols = torch.arange(w, device=img.device)[None, :] + s - shifts[:, 1:]  # (B, W)
-    out = padded[torch.arange(b, device=img.device)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B,H,W,C)
-    out = out.permute(0, 3, 1, 2).contiguous()
-    return out.squeeze(1) if squeeze else out

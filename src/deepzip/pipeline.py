@@ -24,6 +24,7 @@ Example (your own loop):
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from .recipes import train_config, validation_split
 from .report import file_report
 from .serialize import encode_model, load, save
 from .share import is_shared, resolve_bits, share_weights_, sharing_table
-from .train import TrainConfig, evaluate, fit
+from .train import TrainConfig, evaluate, fit, jitter
 
 __all__ = ["STAGES", "PipelineConfig", "compress_", "file_report", "run_pipeline"]
 
@@ -77,6 +78,7 @@ class PipelineConfig:
     init: str = "linear"
     finetune_epochs: int | None = None
     finetune_lr: float | None = None  # None: the model's recipe (lower than retraining: centroid grads are sums)
+    jitter: int | None = None  # pixels of input shift while retraining and fine-tuning; None: the model's recipe
     # distillation as the retraining loss
     distill: bool = False
     temperature: float = 4.0
@@ -139,6 +141,7 @@ class PipelineConfig:
         pos_int("prune_rounds", self.prune_rounds, False)
         pos_int("retrain_epochs", self.retrain_epochs, minimum=0)
         pos_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        pos_int("jitter", self.jitter, minimum=0)
         for name in ("retrain_lr", "finetune_lr", "temperature"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
@@ -251,6 +254,8 @@ def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress
     lr = config.finetune_lr if finetune else config.retrain_lr
     if lr is not None:
         cfg.lr = lr
+    if config.jitter is not None:
+        cfg.jitter = config.jitter
     cfg.progress = progress
     cfg.seed = seed
     return cfg
@@ -278,13 +283,18 @@ def run_pipeline(
     work = Path(workdir) if workdir is not None else None
     timings: dict[str, float] = {}
     val = validation_split(train)
-    loss_fn = None
+    loss_fn, augment = None, None  # None, None: cross-entropy, and the jitter of the retraining config (if any)
     t0 = time.time()
     before = evaluate(model, test)
     if config.distill:
-        from .distill import teacher_loss_for
+        from .distill import live_teacher, teacher_loss_for
 
-        loss_fn = teacher_loss_for(model, train, temperature=config.temperature, alpha=config.alpha)
+        shift = _retrain_cfg(config, arch, None, False, 0).jitter
+        if shift:  # the teacher must see the same shifted images as the student: run it live, on a frozen copy
+            loss_fn, augment = live_teacher(clone_model(model).eval(), functools.partial(jitter, max_shift=shift),
+                                            config.temperature, config.alpha)
+        else:
+            loss_fn = teacher_loss_for(model, train, temperature=config.temperature, alpha=config.alpha)
     timings["baseline"] = time.time() - t0
 
     def val_error(m: nn.Module) -> float:
@@ -318,7 +328,7 @@ def run_pipeline(
         rounds: list[dict] = []
 
         def retrain(m: nn.Module, r: int) -> None:
-            fit(m, train, TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + r}), loss_fn=loss_fn,
+            fit(m, train, TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + r}), loss_fn=loss_fn, augment=augment,
                 desc=f"retrain after pruning {r}/{config.prune_rounds}")
             rounds.append({"round": r, "val_error_pct": val_error(m)})
 
@@ -345,7 +355,7 @@ def run_pipeline(
         share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
         error_shared = evaluate(model, test).error_pct
         cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100, finetune=True)
-        fit(model, train, cfg, loss_fn=loss_fn, desc="fine-tune centroids")
+        fit(model, train, cfg, loss_fn=loss_fn, augment=augment, desc="fine-tune centroids")
         share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
                       "test_error_before_finetune_pct": error_shared,
                       "test_error_pct": evaluate(model, test).error_pct, "seconds": time.time() - t0}

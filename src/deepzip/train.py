@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 
-__all__ = ["EvalResult", "LossFn", "TrainConfig", "evaluate", "fit", "predict", "set_seed"]
+__all__ = ["EvalResult", "LossFn", "TrainConfig", "evaluate", "fit", "jitter", "predict", "set_seed"]
 
 
 class LossFn(Protocol):
@@ -45,6 +46,7 @@ class TrainConfig:
     """Settings of one training run (SGD with momentum, L2 weight decay, a learning-rate schedule).
 
     ``schedule``: ``"cosine"`` (to zero over the run), ``"step"`` (x0.1 at 50% and 75%) or ``"constant"``.
+    ``jitter``: shift each training image by up to this many pixels per axis (0: no augmentation).
     """
 
     epochs: int = 10
@@ -55,6 +57,7 @@ class TrainConfig:
     schedule: str = "cosine"
     optimizer: str = "sgd"
     seed: int = 0
+    jitter: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size}, expected >= 1")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule={self.schedule!r}, expected 'cosine', 'step' or 'constant'")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int) or self.jitter < 0:
+            raise ValueError(f"jitter={self.jitter!r}, expected an integer >= 0 (pixels)")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r}, expected 'sgd' or 'adam'")
 
@@ -120,12 +125,15 @@ def fit(
         cfg: the run's settings.
         loss_fn: ``loss_fn(logits, labels, index)``; default cross-entropy on the labels.
         step_callback: called as ``step_callback(model, step)`` after every optimizer step (pruning schedules).
-        augment: optional ``augment(x, generator)`` applied to each training batch (input jitter).
+        augment: optional ``augment(x, generator)`` applied to each training batch; by default :func:`jitter`
+            when ``cfg.jitter`` > 0.
         eval_data: evaluated after each epoch when given.
         desc: progress-bar label.
     """
     cfg = cfg or TrainConfig()
     set_seed(cfg.seed)
+    if augment is None and cfg.jitter > 0:
+        augment = functools.partial(jitter, max_shift=cfg.jitter)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -195,3 +203,43 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 2000) -> EvalRes
     errors = int((logits.argmax(1) != data.y).sum())
     loss = float(F.cross_entropy(logits, data.y))
     return EvalResult(error_pct=100.0 * errors / len(data), errors=errors, n=len(data), loss=loss)
+
+
+def jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Shift each image by a random whole number of pixels in [-max_shift, max_shift] on each axis, zero-filled.
+
+    The input jitter of Hinton et al.'s MNIST teacher ("jittered by up to two pixels in any direction"); what
+    :attr:`TrainConfig.jitter` turns on, and usable as :func:`fit`'s ``augment``.
+
+    Args:
+        x: (B, C, H, W) or (B, H, W) images.
+        generator: a CPU generator (fit() passes its own, seeded).
+        max_shift: the largest shift in pixels, >= 0.
+
+    Returns:
+        A new tensor of the same shape, dtype and device.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1.0
+        >>> y = jitter(x, torch.Generator().manual_seed(0), max_shift=1)
+        >>> float(y.sum()), tuple(y.shape)
+        (1.0, (1, 1, 5, 5))
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift={max_shift}, expected >= 0")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"jitter: expected (B, C, H, W) or (B, H, W) images, got shape {tuple(x.shape)}")
+    if max_shift == 0 or x.shape[0] == 0:
+        return x.clone()
+    squeeze = x.dim() == 3
+    img = x.unsqueeze(1) if squeeze else x  # (B, C, H, W)
+    b, _, h, w = img.shape
+    s = max_shift
+    shifts = torch.randint(-s, s + 1, (b, 2), generator=generator).to(img.device)  # (B, 2): dy, dx
+    padded = F.pad(img, (s, s, s, s)).permute(0, 2, 3, 1)  # (B, H+2s, W+2s, C)
+    # an image shifted by (dy, dx) reads the padded image at row i + s - dy, column j + s - dx
+    rows = torch.arange(h, device=img.device)[None, :] + s - shifts[:, :1]  # (B, H)
+    cols = torch.arange(w, device=img.device)[None, :] + s - shifts[:, 1:]  # (B, W)
+    out = padded[torch.arange(b, device=img.device)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B,H,W,C)
+    out = out.permute(0, 3, 1, 2).contiguous()
+    return out.squeeze(1) if squeeze else out
