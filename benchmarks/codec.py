@@ -379,8 +379,8 @@ def markdown(res: dict) -> str:
         (
             f"{fz['cases']} mutated/truncated files of {fz['file_bytes']} bytes: "
             f"{fz['format_errors']} DeepzipFormatError, {fz['loaded']} loaded, {fz['other_errors']} other errors; "
-            f"slowest case {fz['max_case_seconds'] * 1000:.1f} ms; peak allocation {fz['max_peak_alloc_bytes']:,} bytes "
-            f"({fz['peak_over_file_size']:.0f}x the file)."
+            f"slowest case {fz['max_case_seconds'] * 1000:.1f} ms; "
+            f"peak allocation {fz['max_peak_alloc_bytes']:,} bytes ({fz['peak_over_file_size']:.0f}x the file)."
         ),
     ]
     return "\n".join(out) + "\n"

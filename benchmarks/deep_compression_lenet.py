@@ -103,9 +103,10 @@ def main() -> None:
                  "error_shared_pct": s["error_shared_pct"], "file_error_pct": s["error_after_pct"]}
                 for n, s in summaries.items()]
     sections["What it took (settings chosen by the scans)"] = md_table(settings) + (
-        "\nSparsities: split of the overall target by the sensitivity scan on a fixed subset of 5,000 training images; bits: "
-        "the fewest per layer whose codebook (before fine-tuning) keeps that subset's loss within the tolerance. "
-        "Retraining at lr/10 of training for the recipe's epochs per round; centroids fine-tuned likewise.\n")
+        "\nSparsities: split of the overall target by the sensitivity scan on a fixed subset of 5,000 training "
+        "images; bits: the fewest per layer whose codebook (before fine-tuning) keeps that subset's loss within the "
+        "tolerance. Retraining and centroid fine-tuning per the model's recipe (deepzip.recipes), inputs jittered by "
+        "up to 2 pixels as in training.\n")
     cmd = "python benchmarks/deep_compression_lenet.py" + (" --distill" if a.distill else "") + \
         "".join(f" --config {k}='{json.dumps(v)}'" for k, v in overrides.items()) + \
         (f" --tag {a.tag}" if a.tag else "")

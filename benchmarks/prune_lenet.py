@@ -34,7 +34,6 @@ from deepzip.recipes import PAPER, PruneSettings, recipe_tag, run_prune, train_c
 from deepzip.report import plot_first_layer_mask
 from deepzip.train import TrainConfig, evaluate, fit
 
-
 # The paper's LeNet-5 kept fractions (66/12/8/19%) keep 8.55% of all parameters once the 580 biases (never
 # pruned) are counted, above the 8.5% target: fc1 keeps 7.8% instead of 8% (about 36,060 of 431,080 = 8.4% in all).
 KEPT_ADJUST = {"lenet5": {"fc1": 1 - 0.078}}
