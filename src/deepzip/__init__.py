@@ -1,6 +1,7 @@
 """deepzip: make trained neural networks small.
 
-Prune (:func:`prune_`), share weights (:func:`share_weights_`), distill, and write a real compressed ``.dz`` file
+Prune (:func:`prune_`), share weights (:func:`share_weights_`), decompose into low-rank factors
+(:func:`decompose_`, :class:`TTLinear`), distill, and write a real compressed ``.dz`` file
 (:func:`save`) that loads back into a working model (:func:`load`).
 """
 
@@ -15,6 +16,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_mnist, synthetic_mnist
+from .lowrank import TTLinear, decompose_, tt_linear_
 from .models import get_model
 from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
 from .serialize import load, save
@@ -23,8 +25,10 @@ from .train import TrainConfig, evaluate, fit
 
 __all__ = [
     "AGPSchedule",
+    "TTLinear",
     "TrainConfig",
     "__version__",
+    "decompose_",
     "evaluate",
     "fit",
     "get_model",
@@ -39,4 +43,5 @@ __all__ = [
     "sparsity_table",
     "strip",
     "synthetic_mnist",
+    "tt_linear_",
 ]
