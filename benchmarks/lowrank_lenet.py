@@ -38,7 +38,7 @@ from _common import Timer, md_table, trained, write_results
 
 from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.data import Dataset, load_mnist, synthetic_mnist
-from deepzip.lowrank import decompose_, tt_linear_
+from deepzip.lowrank import decompose_, lowrank_table, tt_linear_
 from deepzip.models import get_model
 from deepzip.recipes import train_config
 from deepzip.train import evaluate, fit
@@ -141,17 +141,18 @@ def main() -> None:
             for label, kw in settings:
                 model = copy.deepcopy(base)
                 with Timer() as t:
-                    table = decompose_(model, layers=LENET5_LAYERS, hooi_iters=a.hooi_iters, progress=False, **kw)
+                    decompose_(model, layers=LENET5_LAYERS, hooi_iters=a.hooi_iters, progress=False, **kw)
+                    table = lowrank_table(model)
                 finish(name, f"Tucker-2 conv2 + SVD fc1, {label} ranks", model, t.seconds, dense_bytes, table)
         elif name == "lenet300":
             model = copy.deepcopy(base)
             with Timer() as t:
-                table = decompose_(model, "vbmf", layers=["fc1"], progress=False)
+                table = lowrank_table(decompose_(model, "vbmf", layers=["fc1"], progress=False))
             finish(name, "SVD fc1, vbmf rank", model, t.seconds, dense_bytes, table)
             for r in (int(v) for v in a.tt_ranks.split(",")):
                 model = copy.deepcopy(base)
                 with Timer() as t:
-                    table = tt_linear_(model, {"fc1": (*TT_MODES, r)}, progress=False)
+                    table = lowrank_table(tt_linear_(model, {"fc1": (*TT_MODES, r)}, progress=False))
                 finish(name, f"TT fc1, max rank {r}", model, t.seconds, dense_bytes, table)
         else:
             raise SystemExit(f"unknown model {name!r}; expected lenet5 or lenet300")

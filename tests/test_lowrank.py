@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.lowrank import TTLinear, decompose_, energy_rank, evbmf, svd_factors, tt_linear_, tucker2
+from deepzip.lowrank import (
+    TTLinear,
+    decompose_,
+    energy_rank,
+    evbmf,
+    lowrank_table,
+    svd_factors,
+    tt_linear_,
+    tucker2,
+)
 from deepzip.models import get_model
 from deepzip.prune import prune_
 
@@ -34,6 +43,11 @@ class Tiny(nn.Module):
         x = F.relu(self.fc1(x.flatten(1)))  # (B, 40)
         return self.fc2(x)
 
+
+
+def _rows(model):
+    """The rows of the call just made on a fresh model (in-place transforms return the model)."""
+    return lowrank_table(model)
 
 def tiny(seed: int = 0) -> Tiny:
     torch.manual_seed(seed)
@@ -65,7 +79,7 @@ def test_tucker2_full_rank_layer_is_exact_and_keeps_geometry(kwargs: dict) -> No
     conv = copy.deepcopy(m[0])
     x = torch.randn(2, 6, 9, 9)
     before = m(x)
-    rows = decompose_(m, ranks={"0": (10, 6)}, skip_larger=False, progress=False)
+    rows = _rows(decompose_(m, ranks={"0": (10, 6)}, skip_larger=False, progress=False))
     first, middle, last = m[0]
     assert (first.kernel_size, last.kernel_size) == ((1, 1), (1, 1))
     assert first.bias is None and middle.bias is None and (last.bias is None) == (conv.bias is None)
@@ -80,7 +94,7 @@ def test_tucker2_full_rank_layer_is_exact_and_keeps_geometry(kwargs: dict) -> No
 def test_reduced_ranks_error_params_and_outputs_match_brute_force() -> None:
     m = tiny()
     ref = copy.deepcopy(m)
-    rows = {r["layer"]: r for r in decompose_(m, ranks={"conv2": (5, 4), "fc1": 6}, progress=False)}
+    rows = {r["layer"]: r for r in _rows(decompose_(m, ranks={"conv2": (5, 4), "fc1": 6}, progress=False))}
     assert set(rows) == {"conv2", "fc1"} and isinstance(m.conv1, nn.Conv2d) and isinstance(m.fc2, nn.Linear)
 
     # conv2: the three convs compose to W_hat = U_out G U_in^T, whose error is the reported one
@@ -130,7 +144,7 @@ def test_hosvd_factors_span_the_leading_singular_vectors() -> None:
 
 def test_ranks_above_the_dimensions_are_clamped() -> None:
     m = tiny()
-    rows = decompose_(m, ranks={"conv1": (100, 100), "fc2": 99}, skip_larger=False, progress=False)
+    rows = _rows(decompose_(m, ranks={"conv1": (100, 100), "fc2": 99}, skip_larger=False, progress=False))
     assert [r["ranks"] for r in rows] == [(12, 3), 5]
     core, u_in, u_out = tucker2(torch.randn(4, 2, 1, 1), (9, 9))
     assert tuple(core.shape) == (4, 2, 1, 1) and u_in.shape == (2, 2) and u_out.shape == (4, 4)
@@ -180,7 +194,7 @@ def test_vbmf_method_finds_the_multilinear_ranks_of_a_noisy_kernel() -> None:
         conv.weight.copy_(torch.einsum("rshw,or,is->oihw", core, u_out, u_in) * 10
                           + 0.01 * torch.randn(32, 24, 3, 3, generator=g))
     m = nn.Sequential(conv)
-    rows = decompose_(m, "vbmf", progress=False)
+    rows = _rows(decompose_(m, "vbmf", progress=False))
     assert rows[0]["ranks"] == (4, 3) and rows[0]["method"] == "vbmf"
     assert rows[0]["rel_error"] < 0.01
 
@@ -188,7 +202,7 @@ def test_vbmf_method_finds_the_multilinear_ranks_of_a_noisy_kernel() -> None:
 def test_energy_method_uses_each_unfolding_and_full_energy_is_exact() -> None:
     m = get_model("lenet5")
     ref = copy.deepcopy(m)
-    rows = decompose_(m, "energy", energy=0.8, include_linear=True, skip_larger=False, progress=False)
+    rows = _rows(decompose_(m, "energy", energy=0.8, include_linear=True, skip_larger=False, progress=False))
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc1", "fc2"]
     w = ref.conv2.weight
     assert rows[1]["ranks"] == (energy_rank(w.reshape(50, -1), 0.8), energy_rank(w.transpose(0, 1).reshape(20, -1),
@@ -204,15 +218,15 @@ def test_energy_method_uses_each_unfolding_and_full_energy_is_exact() -> None:
 def test_layers_not_smaller_are_skipped_and_left_alone() -> None:
     m = tiny()
     fc2 = m.fc2
-    rows = decompose_(m, ranks={"fc2": 5, "conv1": (12, 3)}, progress=False)
+    rows = _rows(decompose_(m, ranks={"fc2": 5, "conv1": (12, 3)}, progress=False))
     assert [r["skipped"] is not None for r in rows] == [True, True]
     assert m.fc2 is fc2 and isinstance(m.conv1, nn.Conv2d)
     assert all(r["params_after"] == r["params_before"] and r["rel_error"] == 0.0 for r in rows)
     # default selection: convs only unless include_linear
-    assert [r["layer"] for r in decompose_(tiny(), progress=False)] == ["conv1", "conv2"]
-    assert [r["layer"] for r in decompose_(tiny(), include_linear=True, progress=False)] == [
+    assert [r["layer"] for r in _rows(decompose_(tiny(), progress=False))] == ["conv1", "conv2"]
+    assert [r["layer"] for r in _rows(decompose_(tiny(), include_linear=True, progress=False))] == [
         "conv1", "conv2", "fc1", "fc2"]
-    assert [r["layer"] for r in decompose_(tiny(), layers=["fc1.weight"], progress=False)] == ["fc1"]
+    assert [r["layer"] for r in _rows(decompose_(tiny(), layers=["fc1.weight"], progress=False))] == ["fc1"]
 
 
 # ---------------------------------------------------------------------------------------------------- invalid input
@@ -296,12 +310,12 @@ def test_tt_linear_replaces_named_layers_and_checks_specs() -> None:
     m = get_model("lenet300")
     x = torch.randn(3, 1, 28, 28)
     ref = copy.deepcopy(m)
-    rows = tt_linear_(m, {"fc1": ((4, 7, 4, 7), (3, 4, 5, 5), 6)}, progress=False)
+    rows = _rows(tt_linear_(m, {"fc1": ((4, 7, 4, 7), (3, 4, 5, 5), 6)}, progress=False))
     assert isinstance(m.fc1, TTLinear) and rows[0]["ranks"] == m.fc1.ranks == (1, 6, 6, 6, 1)
     assert rows[0]["params_after"] == sum(p.numel() for p in m.fc1.parameters())
     assert rows[0]["rel_error"] == pytest.approx(rel(m.fc1.full_weight(), ref.fc1.weight), rel=1e-5)
     assert m(x).shape == (3, 10)
-    skipped = tt_linear_(get_model("lenet300"), {"fc3": ((10, 10), (2, 5), 50)}, progress=False)
+    skipped = _rows(tt_linear_(get_model("lenet300"), {"fc3": ((10, 10), (2, 5), 50)}, progress=False))
     assert skipped[0]["skipped"] is not None
     bad = [({"fc9": ((4, 196), (3, 100), 2)}, "fc9: not a Linear"),
            ({"fc1": ((4, 7, 4, 7), (3, 4, 5, 4), 2)}, "fc1: modes"),
@@ -320,7 +334,7 @@ def test_state_dict_round_trip_into_a_freshly_decomposed_copy(tmp_path) -> None:
     m = get_model("lenet5")
     with torch.no_grad():  # trained-looking weights: make VBMF keep more than rank 1
         m.conv2.weight.add_(torch.einsum("or,ihw->oihw", torch.randn(50, 1), torch.randn(20, 5, 5)))
-    rows = decompose_(m, "vbmf", layers=["conv1", "conv2", "fc1"], progress=False)
+    rows = _rows(decompose_(m, "vbmf", layers=["conv1", "conv2", "fc1"], progress=False))
     tt_linear_(m, {"fc2": ((20, 25), (2, 5), 3)}, skip_larger=False, progress=False)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)  # a training step: the copy must not just repeat the init
     m(torch.randn(8, 1, 28, 28)).square().mean().backward()

@@ -10,8 +10,8 @@ always-black border pixels then carry no gradient, and pruning removes their con
 the Deep Compression paper shows.
 
 Example:
-    >>> x, y = synthetic_mnist(64, seed=0)
-    >>> tuple(x.shape), tuple(y.shape), x.dtype
+    >>> d = synthetic_mnist(64, seed=0)
+    >>> tuple(d.x.shape), tuple(d.y.shape), d.x.dtype
     ((64, 1, 28, 28), (64,), torch.float32)
 """
 

@@ -27,7 +27,7 @@ Example:
     >>> m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
     >>> x = torch.randn(2, 8, 5, 5)
     >>> before = m(x)
-    >>> table = decompose_(m, ranks={"0": (16, 8)}, skip_larger=False, progress=False)  # full ranks: exact
+    >>> table = lowrank_table(decompose_(m, ranks={"0": (16, 8)}, skip_larger=False, progress=False))  # exact
     >>> [type(c).__name__ for c in m[0]], table[0]["ranks"]
     (['Conv2d', 'Conv2d', 'Conv2d'], (16, 8))
     >>> bool(torch.allclose(m(x), before, atol=1e-5))
@@ -52,6 +52,7 @@ __all__ = [
     "decompose_",
     "energy_rank",
     "evbmf",
+    "lowrank_table",
     "svd_factors",
     "tt_linear_",
     "tucker2",
@@ -353,6 +354,28 @@ def _check_plain(name: str, module: nn.Module) -> None:
         raise ValueError(f"{name}.weight: dtype {module.weight.dtype} is not floating point")
 
 
+_TABLE_ATTR = "deepzip_lowrank"
+
+
+def _record(model: nn.Module, rows: list[dict]) -> None:
+    table = getattr(model, _TABLE_ATTR, None)
+    if not isinstance(table, list):
+        table = []
+        object.__setattr__(model, _TABLE_ATTR, table)  # a plain attribute, not a submodule or buffer
+    table.extend(rows)
+
+
+def lowrank_table(model: nn.Module) -> list[dict]:
+    """The rows of every :func:`decompose_` / :func:`tt_linear_` call on ``model`` so far, oldest first (a copy).
+
+    Example:
+        >>> from torch import nn
+        >>> lowrank_table(nn.Linear(4, 4))
+        []
+    """
+    return [dict(r) for r in getattr(model, _TABLE_ATTR, None) or []]
+
+
 def decompose_(
     model: nn.Module,
     method: str = "vbmf",
@@ -364,7 +387,7 @@ def decompose_(
     hooi_iters: int = 5,
     skip_larger: bool = True,
     progress: bool = True,
-) -> list[dict]:
+) -> nn.Module:
     """Replace conv layers by Tucker-2 triples and (optionally) linear layers by SVD pairs, in place.
 
     Which layers: the dotted names in ``layers`` plus those named in ``ranks``; when neither is given, every
@@ -390,11 +413,12 @@ def decompose_(
         progress: show a progress bar over the layers.
 
     Returns:
-        One row per selected layer: ``layer``, ``kind`` (``"tucker2"`` or ``"svd"``), ``shape`` (of the original
-        weight), ``method`` (``"vbmf"``, ``"energy"`` or ``"explicit"``), ``ranks`` (``(R_out, R_in)`` or ``r``,
-        after clamping: pass ``{row["layer"]: row["ranks"]}`` as ``ranks=`` to rebuild the same structure),
-        ``params_before`` / ``params_after`` (weights and biases of the layer), ``rel_error``
-        (``||W - W_hat|| / ||W||``, Frobenius; 0.0 when skipped) and ``skipped`` (None, or the reason).
+        ``model``. One row per selected layer is appended to :func:`lowrank_table`: ``layer``, ``kind``
+        (``"tucker2"`` or ``"svd"``), ``shape`` (of the original weight), ``method`` (``"vbmf"``, ``"energy"`` or
+        ``"explicit"``), ``ranks`` (``(R_out, R_in)`` or ``r``, after clamping: pass
+        ``{row["layer"]: row["ranks"]}`` as ``ranks=`` to rebuild the same structure), ``params_before`` /
+        ``params_after`` (weights and biases of the layer), ``rel_error`` (``||W - W_hat|| / ||W||``, Frobenius;
+        0.0 when skipped) and ``skipped`` (None, or the reason).
 
     Raises:
         ValueError: an unknown layer name or one that is not Conv2d/Linear, a grouped conv, a pruned or shared
@@ -404,7 +428,7 @@ def decompose_(
     Example:
         >>> from torch import nn
         >>> m = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32 * 4, 64))
-        >>> rows = decompose_(m, ranks={"0": (4, 4), "2": 8}, progress=False)
+        >>> rows = lowrank_table(decompose_(m, ranks={"0": (4, 4), "2": 8}, progress=False))
         >>> [(r["layer"], r["kind"], r["ranks"], r["params_before"], r["params_after"]) for r in rows]
         [('0', 'tucker2', (4, 4), 4640, 368), ('2', 'svd', 8, 8256, 1600)]
     """
@@ -486,7 +510,8 @@ def decompose_(
         row["rel_error"] = _rel_error(w, approx)
         _set_module(model, name, new)
         rows.append(row)
-    return rows
+    _record(model, rows)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- tensor train
@@ -627,7 +652,7 @@ class TTLinear(nn.Module):
 
 def tt_linear_(
     model: nn.Module, layers: Mapping[str, TTSpec], *, skip_larger: bool = True, progress: bool = True
-) -> list[dict]:
+) -> nn.Module:
     """Replace linear layers by :class:`TTLinear` layers initialized by TT-SVD, in place.
 
     Args:
@@ -638,7 +663,8 @@ def tt_linear_(
         progress: show a progress bar over the layers.
 
     Returns:
-        One row per layer, as :func:`decompose_`'s, with ``kind="tt"``, ``ranks`` the full TT ranks
+        ``model``. One row per layer is appended to :func:`lowrank_table`, as :func:`decompose_`'s, with
+        ``kind="tt"``, ``ranks`` the full TT ranks
         ``(1, r_1, ..., 1)`` and ``in_modes`` / ``out_modes``.
 
     Raises:
@@ -648,7 +674,7 @@ def tt_linear_(
     Example:
         >>> from torch import nn
         >>> m = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
-        >>> rows = tt_linear_(m, {"0": ((4, 7, 4, 7), (3, 4, 5, 5), 8)}, progress=False)
+        >>> rows = lowrank_table(tt_linear_(m, {"0": ((4, 7, 4, 7), (3, 4, 5, 5), 8)}, progress=False))
         >>> type(m[0]).__name__, m[0].ranks, rows[0]["params_after"]
         ('TTLinear', (1, 8, 8, 8, 1), 3748)
     """
@@ -684,4 +710,5 @@ def tt_linear_(
                 row["rel_error"] = _rel_error(module.weight.detach(), tt.full_weight())
             _set_module(model, name, tt)
         rows.append(row)
-    return rows
+    _record(model, rows)
+    return model
