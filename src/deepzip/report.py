@@ -200,8 +200,11 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
              f"{rep['architecture'] or model or 'unknown'}.\n"]
     summary = f.extra.get("summary", {}) if isinstance(f.extra, dict) else {}
     if isinstance(summary, dict) and summary:
-        lines.append("Test error: " + ", ".join(f"{k} {v:.2f}%" for k, v in summary.items()
-                                                if k.endswith("_pct") and isinstance(v, (int, float))) + "\n")
+        named = (("error_before_pct", "before"), ("error_pruned_pct", "pruned"), ("error_shared_pct", "shared"))
+        parts = [f"{label} {summary[k]:.2f}%" for k, label in named if isinstance(summary.get(k), (int, float))]
+        if parts:
+            lines.append("Test error when the file was written: " + " -> ".join(parts) + " (`deepzip evaluate` "
+                         "measures the file itself).\n")
     cols = [("tensor", "tensor"), ("weights", "weights"), ("kept_pct", "kept %"), ("k", "centroids"),
             ("bits_index_fixed", "bits/index"), ("bits_index_huffman", "Huffman bits/index"),
             ("gap_width", "gap width"), ("bits_gap_huffman", "Huffman bits/gap"), ("bytes", "bytes"),
@@ -226,6 +229,7 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
             _save(fig, out / "bits.png")
             lines += ["## Bits per kept weight\n", "![bits](bits.png)\n"]
         lines.append("## Weights\n")
+        mask_lines: list[str] = []  # the first layer's mask, after all the histograms
         for n, _st in weights:
             cb, idx, mask = f.decode_parts(n)
             w = np.where(mask, cb[idx], 0).astype(np.float32)
@@ -235,7 +239,8 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
             if w.ndim == 2 and w.shape[1] == 784 and n == weights[0][0]:
                 plot_first_layer_mask(mask, out / "first_layer_mask.png",
                                       title=f"{n}: kept connections per input pixel (of {mask.shape[0]})")
-                lines += ["## First layer: kept connections per input pixel\n", "![mask](first_layer_mask.png)\n"]
+                mask_lines = ["## First layer: kept connections per input pixel\n", "![mask](first_layer_mask.png)\n"]
+        lines += mask_lines
     except ImportError as exc:
         lines.append(f"(no pictures: {exc})\n")
     md = out / "report.md"
