@@ -167,7 +167,21 @@ def test_sensitivity_scan_and_allocation():
     assert chosen == {"0": 0.9, "2": 0.9}
     weights = {"0": m[0].weight.numel(), "2": m[2].weight.numel()}
     alloc = allocate_sparsities(scan, weights, 0.5, baseline_error=0.0)
-    assert sum(alloc[k] * weights[k] for k in weights) / sum(weights.values()) >= 0.5
+    overall = sum(alloc[k] * weights[k] for k in weights) / sum(weights.values())
+    assert 0.5 - 1e-9 <= overall <= 0.5 + 1e-3  # reached, and not overshot by a whole scan step
+
+
+def test_allocation_hits_the_target_not_the_next_scan_point():
+    scan = {"fc1": [(0.0, 0.0), (0.9, 0.1), (0.92, 0.2), (0.94, 0.3)], "fc2": [(0.0, 0.0), (0.5, 5.0)]}
+    weights = {"fc1": 235_200, "fc2": 30_000}
+    for target in (0.8, 0.81, 0.825, 0.8345):
+        alloc = allocate_sparsities(scan, weights, target)
+        overall = sum(alloc[k] * weights[k] for k in weights) / sum(weights.values())
+        assert target - 1e-9 <= overall <= target + 1e-4
+        # fc1 is far cheaper per weight: fc2 moves only once fc1 is at its last scan point (0.94 = 83.4% overall)
+        assert alloc["fc2"] == 0.0 if target < 0.834 else (alloc["fc1"] == 0.94 and 0 < alloc["fc2"] < 0.5)
+    assert allocate_sparsities(scan, weights, 0.99) == {"fc1": 0.94, "fc2": 0.5}  # unreachable: the most on offer
+    assert allocate_sparsities(scan, weights, 0.0) == {"fc1": 0.0, "fc2": 0.0}
 
 
 def test_mask_is_a_parametrization_with_a_buffer():

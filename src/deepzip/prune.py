@@ -359,15 +359,16 @@ def allocate_sparsities(
 
     Greedy on marginal cost: starting from each layer's lowest scanned sparsity, repeatedly move the layer whose
     next scanned point costs the least error (or loss) per additional weight removed, until ``target`` of all
-    weights is pruned. So a large, robust layer (LeNet's fc1) is pruned hard and a small or sensitive one (the
-    output layer, the first conv) keeps more, as in the paper. Errors are made monotone in sparsity first (a
+    weights is pruned; the layer moved last then stops between its two scan points, exactly at ``target`` (rounded up
+    to 1e-4). So a large, robust layer (LeNet's fc1) is pruned hard and a small or sensitive one (the output layer,
+    the first conv) keeps more, as in the paper. Errors are made monotone in sparsity first (a
     scan's noise must not make a higher sparsity look free). If even the most aggressive scanned points fall
     short of ``target``, they are returned. ``baseline_error`` is accepted for symmetry and not needed.
 
     Example:
         >>> scan = {"big": [(0.0, 1.0), (0.5, 1.0), (0.9, 1.1)], "small": [(0.0, 1.0), (0.5, 2.0), (0.9, 5.0)]}
         >>> allocate_sparsities(scan, {"big": 1000, "small": 10}, 0.85)
-        {'big': 0.9, 'small': 0.0}
+        {'big': 0.8585, 'small': 0.0}
     """
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target sparsity={target}, expected a fraction in [0, 1]")
@@ -384,6 +385,7 @@ def allocate_sparsities(
             mono.append((s_, best))
         curves[name] = mono
     pos = {name: 0 for name in curves}
+    last: str | None = None
 
     def overall() -> float:
         return sum(curves[n][pos[n]][0] * weights[n] for n in curves) / max(total, 1)
@@ -397,5 +399,14 @@ def allocate_sparsities(
                 options.append(((e1 - e0) / removed if removed > 0 else math.inf, n))
         if not options:
             break
-        pos[min(options)[1]] += 1
-    return {n: curves[n][pos[n]][0] for n in curves}
+        last = min(options)[1]
+        pos[last] += 1
+    chosen = {n: curves[n][pos[n]][0] for n in curves}
+    if last is not None and overall() > target:
+        # the last move overshot (scan points are coarse: one step of LeNet's fc1 is ~5k weights): stop that layer
+        # between its two scan points, exactly at the target (its cost there is interpolated, so never higher)
+        others = sum(chosen[n] * weights[n] for n in curves if n != last)
+        s_exact = (target * total - others) / weights[last]
+        lo = curves[last][pos[last] - 1][0]
+        chosen[last] = min(max(math.ceil(s_exact * 1e4) / 1e4, lo), chosen[last])
+    return chosen
