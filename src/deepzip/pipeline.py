@@ -51,6 +51,9 @@ __all__ = ["STAGES", "PipelineConfig", "compress_", "file_report", "run_pipeline
 
 STAGES = ("prune", "share", "encode")
 CONFIG_VERSION = 1
+#: Part of every stage key: bump it when a change to deepzip makes a stage produce something else from the same
+#: config and model (2: sparsity allocation stops exactly at the target), so old stage checkpoints are not resumed.
+STAGE_REVISION = 2
 
 
 @dataclass
@@ -182,6 +185,7 @@ class PipelineConfig:
         if stage == "prune":
             d = {k: v for k, v in d.items() if k not in share_fields}
         d["_source"] = source
+        d["_revision"] = STAGE_REVISION
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
