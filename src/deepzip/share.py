@@ -74,6 +74,24 @@ _MAX_K = 1 << 16
 Bits = int | str | Mapping[str, "int | str"]
 
 
+class _Gather(torch.autograd.Function):
+    """``centroids[indices]`` whose backward sums the gradient per centroid with ``bincount`` (in float64, in a fixed
+    order): the default backward of indexing scatter-adds in parallel, so the same run could end with centroids
+    that differ in the last bit, and a file that differs from run to run."""
+
+    @staticmethod
+    def forward(ctx: Any, centroids: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices)
+        ctx.k = centroids.numel()
+        return centroids[indices]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (indices,) = ctx.saved_tensors
+        sums = torch.bincount(indices.reshape(-1).long(), weights=grad.reshape(-1).double(), minlength=ctx.k)
+        return sums.to(grad.dtype), None
+
+
 class SharedWeight(nn.Module):
     """Parametrization ``weight = centroids[indices] * mask``.
 
@@ -92,8 +110,8 @@ class SharedWeight(nn.Module):
         self.register_buffer("mask", mask)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        # (k,)[weight-shaped] -> weight-shaped; autograd of the gather sums gradients per cluster (eq. 3)
-        return self.centroids[self.indices] * self.mask
+        # (k,)[weight-shaped] -> weight-shaped; the backward sums gradients per cluster (eq. 3)
+        return _Gather.apply(self.centroids, self.indices) * self.mask
 
     def extra_repr(self) -> str:
         return f"k={self.centroids.numel()}, kept={int(self.mask.sum())}/{self.mask.numel()}"
