@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
-from .train import LossFn, TrainConfig, fit, jitter, predict
+from .train import LossFn, TrainConfig, fit, jitter, jitter_augment, predict
 
 __all__ = [
     "distill", "distill_loss_fn", "distillation_loss", "jitter", "live_teacher", "teacher_logits", "teacher_loss_for",
@@ -263,8 +262,8 @@ def distill(
         ValueError: bad T or alpha; teacher and student predict different numbers of classes.
     """
     _check_hyper(temperature, alpha)
-    if augment is None and cfg is not None and cfg.jitter > 0:  # explicit, so the live teacher sees the same shifts
-        augment = functools.partial(jitter, max_shift=cfg.jitter)
+    if augment is None and cfg is not None:  # explicit, so the live teacher sees the same shifts
+        augment = jitter_augment(cfg.jitter)
     with torch.no_grad():  # fail before training, with the class counts named, rather than at the first step
         probe = data.x[:1]
         was = student.training

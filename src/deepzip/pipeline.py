@@ -24,7 +24,6 @@ Example (your own loop):
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ from .recipes import train_config, validation_split
 from .report import file_report
 from .serialize import encode_model, load, save
 from .share import is_shared, resolve_bits, share_weights_, sharing_table
-from .train import TrainConfig, evaluate, fit, jitter
+from .train import TrainConfig, evaluate, fit, jitter_augment
 
 __all__ = ["STAGES", "PipelineConfig", "compress_", "file_report", "run_pipeline"]
 
@@ -293,10 +292,11 @@ def run_pipeline(
     if config.distill:
         from .distill import live_teacher, teacher_loss_for
 
-        shift = _retrain_cfg(config, arch, None, False, 0).jitter
-        if shift:  # the teacher must see the same shifted images as the student: run it live, on a frozen copy
-            loss_fn, augment = live_teacher(clone_model(model).eval(), functools.partial(jitter, max_shift=shift),
-                                            config.temperature, config.alpha)
+        # with jitter the teacher must see the student's shifted images: run a frozen copy live (its shift, the
+        # retraining one, then also serves centroid fine-tuning)
+        shifted = jitter_augment(_retrain_cfg(config, arch, None, False, 0).jitter)
+        if shifted is not None:
+            loss_fn, augment = live_teacher(clone_model(model).eval(), shifted, config.temperature, config.alpha)
         else:
             loss_fn = teacher_loss_for(model, train, temperature=config.temperature, alpha=config.alpha)
     timings["baseline"] = time.time() - t0

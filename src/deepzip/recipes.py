@@ -53,7 +53,8 @@ PAPER: dict[str, dict[str, Any]] = {
 
 # LeNets train, retrain and fine-tune with inputs shifted by up to 2 pixels (Hinton et al.'s MNIST jitter): measured
 # with 20 epochs and no jitter LeNet-300-100 reached 1.47-1.54% over 4 seeds and pruned to 93% it landed anywhere in
-# 1.65-1.77% (one seed's noise is +-0.1 point); with jitter it trains to 0.88% and prunes to ~1.1%.
+# 1.65-1.77% (one seed's noise is +-0.1 point); with jitter it trains to 0.90% and prunes to 1.06% at the paper's
+# sparsities (benchmarks/results/prune_lenet.md).
 _TRAIN = {
     "lenet300": dict(epochs=30, lr=0.1, weight_decay=1e-4, jitter=2),
     "lenet5": dict(epochs=20, lr=0.02, weight_decay=5e-4, jitter=2),

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 
-__all__ = ["EvalResult", "LossFn", "TrainConfig", "evaluate", "fit", "jitter", "predict", "set_seed"]
+__all__ = ["EvalResult", "LossFn", "TrainConfig", "evaluate", "fit", "jitter", "jitter_augment", "predict", "set_seed"]
 
 
 class LossFn(Protocol):
@@ -132,8 +132,8 @@ def fit(
     """
     cfg = cfg or TrainConfig()
     set_seed(cfg.seed)
-    if augment is None and cfg.jitter > 0:
-        augment = functools.partial(jitter, max_shift=cfg.jitter)
+    if augment is None:
+        augment = jitter_augment(cfg.jitter)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -243,3 +243,14 @@ def jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
     out = padded[torch.arange(b, device=img.device)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B,H,W,C)
     out = out.permute(0, 3, 1, 2).contiguous()
     return out.squeeze(1) if squeeze else out
+
+
+def jitter_augment(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    """The ``augment`` of :func:`fit` that :attr:`TrainConfig.jitter` stands for: :func:`jitter` by up to
+    ``max_shift`` pixels, or None for 0.
+
+    Example:
+        >>> jitter_augment(0) is None, jitter_augment(2) is not None
+        (True, True)
+    """
+    return functools.partial(jitter, max_shift=max_shift) if max_shift > 0 else None
