@@ -101,7 +101,7 @@ def test_bad_file_in_a_real_process(dz, tmp_path):
 
 def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     """--model package.module:factory with --checkpoint, the whole pipeline, then evaluate the file."""
-    import deepzip._cli_dz as cdz
+    import deepzip.cli.dz as cdz
     from deepzip import data
     from deepzip.checkpoint import save_checkpoint
 

@@ -192,7 +192,7 @@ def test_cli_rejects_bad_alpha_and_missing_teacher(tmp_path, capsys) -> None:
 
 
 def test_cli_train_jitter_sets_the_config(tmp_path, monkeypatch) -> None:
-    import deepzip.cli as cli
+    import deepzip.cli.model as cli
     import deepzip.train as train_mod
 
     seen = []

@@ -251,7 +251,7 @@ def test_resharing_and_prune_after_share() -> None:
 
 
 def test_cli_parse_bits() -> None:
-    from deepzip._cli_share import parse_bits
+    from deepzip.cli.share import parse_bits
 
     assert parse_bits("8/5") == "8/5" and parse_bits("6") == 6
     assert parse_bits("fc1=6,fc2=5") == {"fc1": 6, "fc2": 5}

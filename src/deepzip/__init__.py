@@ -8,23 +8,60 @@ Prune (:func:`prune_`), share weights (:func:`share_weights_`), decompose into l
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("deepzip")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import load_mnist, synthetic_mnist
-from .lowrank import TTLinear, decompose_, tt_linear_
-from .models import get_model
-from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
-from .serialize import load, save
-from .share import share_weights_
-from .train import TrainConfig, evaluate, fit
+# The public API, imported lazily (PEP 562): ``import deepzip.codec`` must work where torch is absent, and the CLI
+# should not pay for torch before it knows which command runs. name -> the submodule that defines it.
+_LAZY: dict[str, str] = {
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_mnist": "data", "synthetic_mnist": "data",
+    "TTLinear": "lowrank", "decompose_": "lowrank", "tt_linear_": "lowrank",
+    "get_model": "models",
+    "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
+    "load": "serialize", "save": "serialize",
+    "share_weights_": "share",
+    "TrainConfig": "train", "evaluate": "train", "fit": "train",
+    "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deepzip' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import load_mnist, synthetic_mnist
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError
+    from .lowrank import TTLinear, decompose_, tt_linear_
+    from .models import get_model
+    from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+    from .serialize import load, save
+    from .share import share_weights_
+    from .train import TrainConfig, evaluate, fit
 
 __all__ = [
     "AGPSchedule",
+    "CheckpointError",
+    "DataError",
+    "DeepzipError",
+    "DeepzipFormatError",
     "TTLinear",
     "TrainConfig",
     "__version__",

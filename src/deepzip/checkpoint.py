@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .errors import CheckpointError
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -40,10 +41,6 @@ __all__ = ["CheckpointError", "atomic_write", "load_checkpoint", "read_checkpoin
 
 FORMAT = "deepzip-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, foreign, corrupted, or does not fit the model."""
 
 
 def atomic_write(path: str | os.PathLike[str], write: Any) -> None:

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+
 __all__ = [
     "MNIST_SHA256",
     "DataError",
@@ -60,10 +62,6 @@ _EXPECTED_SHAPE = {
     "t10k-images-idx3-ubyte": (10000, 28, 28),
     "t10k-labels-idx1-ubyte": (10000,),
 }
-
-
-class DataError(RuntimeError):
-    """A data set could not be obtained or is not what it claims to be."""
 
 
 @dataclass(frozen=True)

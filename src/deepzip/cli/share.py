@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from deepzip.cli import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+from ._common import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
 
 __all__ = ["cmd_share", "parse_bits"]
 
@@ -53,11 +53,11 @@ def _cfg_share(p: argparse.ArgumentParser) -> None:
 def cmd_share(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .checkpoint import save_checkpoint
-    from .cli import _arch
-    from .prune import get_mask, prunable_layers
-    from .share import plot_sharing, resolve_bits, share_weights_, sharing_table
-    from .train import evaluate, fit
+    from ..checkpoint import save_checkpoint
+    from ..prune import get_mask, prunable_layers
+    from ..share import plot_sharing, resolve_bits, share_weights_, sharing_table
+    from ..train import evaluate, fit
+    from ._common import _arch
 
     bits = parse_bits(a.bits)
     model, meta = _load_model(a.checkpoint, a.model)

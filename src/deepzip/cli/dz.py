@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import _common, _data, args, command, print_table
+from ._common import _common, _data, args, command, print_table
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -18,13 +18,13 @@ LAYER_COLUMNS = [
 
 def default_model_dir() -> Path:
     """Trained models reused by ``deepzip compress``: ``$DEEPZIP_MODELS`` or ``~/.cache/deepzip/models``."""
-    from .data import cache_dir
+    from ..data import cache_dir
 
     return cache_dir("models", "DEEPZIP_MODELS")
 
 
 def _sha(path: Path) -> str:
-    from .data import sha256_file
+    from ..data import sha256_file
 
     return sha256_file(path)[:16]
 
@@ -47,11 +47,11 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     import shutil
 
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .models import get_model
-    from .pipeline import PipelineConfig, run_pipeline
-    from .recipes import train_config
-    from .train import evaluate, fit
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..models import get_model
+    from ..pipeline import PipelineConfig, run_pipeline
+    from ..recipes import train_config
+    from ..train import evaluate, fit
 
     config = PipelineConfig.load(a.config) if a.config else PipelineConfig()
     if a.model:
@@ -66,7 +66,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         model, _ = load_checkpoint(ckpt, model)
     train, test = _data(a)
     if not a.checkpoint:
-        from .recipes import recipe_tag
+        from ..recipes import recipe_tag
 
         ckpt = default_model_dir() / f"{name}-{recipe_tag(name)}-seed{a.seed}.safetensors"
         if ckpt.exists():
@@ -106,7 +106,7 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
 @args(_cfg_inspect)
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from .pipeline import file_report
+    from ..pipeline import file_report
 
     path = Path(a.file)
     if not path.is_file():
@@ -134,8 +134,8 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 def cmd_decompress(a: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from .checkpoint import atomic_write
-    from .serialize import load_state_dict
+    from ..checkpoint import atomic_write
+    from ..serialize import load_state_dict
 
     path = Path(a.file)
     if not path.is_file():
@@ -156,7 +156,7 @@ def _cfg_report(p: argparse.ArgumentParser) -> None:
 @command("report", "a Markdown report with tables and pictures of a .dz file")
 @args(_cfg_report)
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..report import write_report
 
     path = Path(a.file)
     if not path.is_file():

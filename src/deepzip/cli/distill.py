@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .cli import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+from ._common import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
 
 
 def _cfg_distill(p: argparse.ArgumentParser) -> None:
@@ -25,10 +25,10 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
 @command("distill", "train a student model from a teacher checkpoint (knowledge distillation)")
 @args(_cfg_distill)
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .checkpoint import save_checkpoint
-    from .distill import distill
-    from .models import get_model
-    from .train import evaluate
+    from ..checkpoint import save_checkpoint
+    from ..distill import distill
+    from ..models import get_model
+    from ..train import evaluate
 
     if not a.temperature > 0:
         raise ValueError(f"-T {a.temperature}: the temperature must be > 0")

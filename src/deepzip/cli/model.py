@@ -1,0 +1,144 @@
+"""``deepzip train``, ``prune`` and ``evaluate``: models on MNIST."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ._common import (
+    _arch,
+    _common,
+    _data,
+    _effective_params,
+    _fresh,
+    _is_dz,
+    _load_model,
+    _parse_layer_values,
+    _train_args,
+    _train_cfg,
+    args,
+    command,
+    print_table,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def _cfg_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lenet300", help="lenet300, lenet5, mlp1200, mlp800, mlp30 or pkg.mod:factory")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
+    _train_args(p)
+    _common(p)
+
+
+@command("train", "train a model on MNIST and save a checkpoint")
+@args(_cfg_train)
+def cmd_train(a: argparse.Namespace) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..models import get_model
+    from ..train import evaluate, fit
+
+    train, test = _data(a)
+    model = get_model(a.model, seed=a.seed)
+    cfg = _train_cfg(a, a.model)
+    t0 = time.time()
+    fit(model, train, cfg, desc=f"train {a.model}")
+    seconds = time.time() - t0
+    res = evaluate(model, test)
+    save_checkpoint(model, a.output, meta={"test_error_pct": res.error_pct, "train": cfg.to_dict(),
+                                           "train_seconds": seconds})
+    print(f"{a.model}: test error {res.error_pct:.2f}% ({res.errors}/{res.n}) after {cfg.epochs} epochs, "
+          f"{time.time() - t0:.0f}s -> {a.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- prune
+
+
+def _cfg_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sparsity", help="fraction pruned: 0.92, or per layer fc1=0.92,fc2=0.91,fc3=0.74")
+    g.add_argument("--quality", help="threshold = quality x std per layer: 1.5, or per layer fc1=2,fc2=1.5")
+    g.add_argument("--target", type=float, help="overall sparsity; per-layer values chosen by a sensitivity scan")
+    p.add_argument("--rounds", type=int, default=None, help="prune -> retrain rounds (default 3)")
+    p.add_argument("--schedule", choices=["iterative", "agp"], default="iterative")
+    p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
+    p.add_argument("--scan-plot", default=None, help="write the sensitivity scan plot (PNG) here")
+    _train_args(p)
+    _common(p)
+
+
+
+
+@command("prune", "prune a checkpoint by magnitude and retrain")
+@args(_cfg_prune)
+def cmd_prune(a: argparse.Namespace) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..recipes import PruneSettings, run_prune
+
+    model, meta = _load_model(a.checkpoint, a.model)  # a bad checkpoint fails before any data is fetched
+    train, test = _data(a)
+    settings = PruneSettings(
+        sparsity=_parse_layer_values(a.sparsity, "sparsity") if a.sparsity else None,
+        quality=_parse_layer_values(a.quality, "quality") if a.quality else None,
+        target=a.target,
+        rounds=a.rounds or 3,
+        schedule=a.schedule,
+    )
+    result = run_prune(model, train, test, settings, _train_cfg(a, _arch(model), retrain=True),
+                       progress=not a.quiet, scan_plot=a.scan_plot)
+    save_checkpoint(model, a.output, meta={**meta, "test_error_pct": result["test_error_pct"], "prune": result})
+    rows = [*result["layers"], {"layer": "total", "weights": sum(r["weights"] for r in result["layers"]),
+                                "kept_pct": result["kept_pct"], "test_error_pct": result["test_error_pct"]}]
+    print_table(rows, [("layer", "layer", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".2f"),
+                       ("paper_kept_pct", "paper %", ""), ("test_error_pct", "test error %", ".2f")])
+    print(f"kept {result['kept_pct']:.2f}% of weights ({100 / max(result['kept_pct'], 1e-9):.1f}x fewer); "
+          f"test error {result['error_before_pct']:.2f}% -> {result['test_error_pct']:.2f}% -> {a.output}")
+    return 0
+
+
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a checkpoint (.safetensors) or a compressed file (.dz)")
+    p.add_argument("--model", default=None, help="architecture when the file names none")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+
+
+@command("evaluate", "test error of a checkpoint or .dz file on MNIST")
+@args(_cfg_evaluate)
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ..data import load_mnist
+    from ..train import evaluate
+
+    path = Path(a.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    out: dict = {"file": str(path), "bytes": path.stat().st_size}
+    if _is_dz(head):
+        from ..serialize import load as dz_load
+
+        model = dz_load(path, model=None if a.model is None else _fresh(a.model))
+    else:
+        model, _ = _load_model(str(path), a.model)
+    test = load_mnist("test", a.data_dir, quiet=a.quiet)
+    res = evaluate(model, test)
+    params = _effective_params(model)
+    total = sum(t.numel() for t in params.values())
+    nonzero = sum(int((t != 0).sum()) for t in params.values())
+    out.update({"model": _arch(model), "test_error_pct": res.error_pct, "errors": res.errors, "n": res.n,
+                "params_total": total, "params_nonzero": nonzero,
+                "ratio": 4.0 * total / out["bytes"]})
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"{path}: test error {res.error_pct:.2f}% ({res.errors}/{res.n}); {nonzero}/{total} non-zero "
+              f"parameters; {out['bytes']} bytes ({out['ratio']:.1f}x vs 32-bit parameters)")
+    return 0
