@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import CheckpointError
+from .errors import CheckpointError, LowRankError
+from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -111,6 +112,9 @@ def save_checkpoint(
         "layers": json.dumps(layers),
         "meta": json.dumps(meta or {}),
     }
+    spec = lowrank_spec(model)
+    if spec:  # factored layers: load_checkpoint rebuilds them on the base architecture
+        metadata["lowrank"] = json.dumps(spec)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -138,7 +142,8 @@ def load_checkpoint(
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or a fresh model of the architecture it names); returns (model, meta).
 
-    A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given.
+    A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given. Factored layers the
+    checkpoint records (``lowrank`` metadata) are rebuilt on a fresh model; a given ``model`` must already have them.
 
     Raises:
         CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
@@ -152,6 +157,7 @@ def load_checkpoint(
         version = int(metadata.get("version", VERSION))
         layers = json.loads(metadata.get("layers", "{}"))
         meta = json.loads(metadata.get("meta", "{}"))
+        spec = json.loads(metadata.get("lowrank", "[]"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from None
     if version > VERSION:
@@ -165,6 +171,14 @@ def load_checkpoint(
         try:
             model = get_model(arch)
         except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        given = False
+    else:
+        given = True
+    if spec:
+        try:
+            rebuild_(model, spec, swap=not given)
+        except LowRankError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
     modules = dict(model.named_modules())
     for name, info in layers.items():

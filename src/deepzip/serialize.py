@@ -38,7 +38,8 @@ from torch.nn.utils import parametrize
 
 from . import codec, share
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipFormatError
+from .errors import DeepzipFormatError, LowRankError
+from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -130,14 +131,19 @@ def save(
     """Write ``model`` (or a state_dict) to a ``.dz`` file, atomically; returns the bytes written.
 
     A pruned and/or weight-shared model is stored in its compact form automatically. ``config`` (the recipe that
-    made the model) and ``architecture`` (default: the name the model was built under) go into the header.
+    made the model) and ``architecture`` (default: the name the model was built under) go into the header, and so
+    does the model's low-rank structure (:func:`deepzip.lowrank.lowrank_spec`, as ``extra.lowrank``) when it has
+    factored layers, so :func:`load` can rebuild it from the base architecture.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module  # save what is trained, not the wrapper
     tensors, kinds = encode_model(model)
     arch = architecture or (model_name(model) if isinstance(model, nn.Module) else None)
-    return codec.write(path, tensors, config=config or {}, architecture=arch,
-                       extra={**(extra or {}), "layers": kinds})
+    extra = {**(extra or {}), "layers": kinds}
+    spec = lowrank_spec(model) if isinstance(model, nn.Module) else []
+    if spec:  # which layers are factored, and how: load() rebuilds that structure on the base architecture
+        extra["lowrank"] = spec
+    return codec.write(path, tensors, config=config or {}, architecture=arch, extra=extra)
 
 
 def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
@@ -197,18 +203,31 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
+def lowrank_of(f: DzFile) -> list[dict]:
+    """The file's low-rank structure record (``extra.lowrank``; empty for a file without factored layers)."""
+    spec = f.extra.get("lowrank", []) if isinstance(f.extra, dict) else []
+    if not isinstance(spec, list):
+        raise DeepzipFormatError("header: extra.lowrank is not a list of layer entries")
+    return spec
+
+
 def load(
     path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
 ) -> Any:
-    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
-    a plain state_dict when neither is available.
+    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names
+    (given the factored layers the header records, :func:`deepzip.lowrank.rebuild_`); a plain state_dict (the
+    factored tensors as stored) when neither is available.
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        LowRankError: the file holds factored layers that ``model`` does not have (e.g. a plain model), or a bad
+            low-rank record; the message names the layer and both structures.
         ValueError: the file's tensors do not fit ``model``.
     """
     f = read_dz(path)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
+    spec = lowrank_of(f)
+    given = model is not None
     if model is None:
         arch = f.architecture
         if not arch:
@@ -217,4 +236,9 @@ def load(
             model = get_model(arch)
         except ValueError as exc:
             raise ValueError(f"{where}{exc}; pass the model explicitly") from None
+    if spec:
+        try:
+            rebuild_(model, spec, swap=not given)
+        except LowRankError as exc:
+            raise LowRankError(f"{where}{exc}") from None
     return decode_into_(model, f, where)
