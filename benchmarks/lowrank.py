@@ -87,6 +87,32 @@ def to(data: Dataset, device: str) -> Dataset:
     return Dataset(data.x.to(device), data.y.to(device))
 
 
+def subset(data: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` images of a fixed random order (all of them for None)."""
+    if n is None or n >= len(data):
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.x.device)
+    return Dataset(data.x[idx], data.y[idx])
+
+
+def trained_base(name: str, train_d: Dataset, a: argparse.Namespace, n: int | None = None) -> nn.Module:
+    """``name`` trained with TRAIN[name] (``--epochs`` overrides), cached in runs/ (git-ignored) for the next part."""
+    from deepzip.checkpoint import load_checkpoint, save_checkpoint
+
+    epochs = a.epochs or TRAIN[name]["epochs"]
+    data = subset(train_d, n)
+    path = _common.RUNS / f"lowrank_{name}_e{epochs}_n{len(data)}.safetensors"
+    if path.exists() and not a.quick:
+        return load_checkpoint(path)[0]
+    m = get_model(name)
+    t0 = time.time()
+    train(m, data, None, a.device, **{**TRAIN[name], "epochs": epochs})
+    print(f"{name}: trained {epochs} epochs on {len(data)} images in {time.time() - t0:.0f}s", flush=True)
+    if not a.quick:
+        save_checkpoint(m, path)
+    return m
+
+
 def train(m: nn.Module, data: Dataset, test: Dataset | None, device: str, seed: int = 0, **kw: Any) -> list[dict]:
     """``deepzip.train.fit`` on ``device`` (the model comes back on the CPU); per-epoch test error with ``test``."""
     cfg = TrainConfig(**kw)
@@ -140,13 +166,13 @@ def cpu_name() -> str:
 # ---------------------------------------------------------------------------------------------------- part: cnn
 def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: dict) -> dict:
     rows, layers, curves = [], [], []
-    for name in ("lenet5", "cnn4"):
-        t0 = time.time()
-        base = get_model(name)
-        train(base, train_d, None, a.device, **{**TRAIN[name], "epochs": a.epochs or TRAIN[name]["epochs"]})
+    for name in a.cnn_models.split(","):
+        n = a.cnn4_subset if name == "cnn4" else None
+        data = subset(train_d, n)
+        base = trained_base(name, train_d, a, n)
         trained[name] = base
         base_err = test_error(base, test)
-        print(f"{name}: trained in {time.time() - t0:.0f}s, {base_err:.2f}%", flush=True)
+        print(f"{name}: {base_err:.2f}%", flush=True)
         variants: dict[str, tuple[str, dict]] = {"Tucker-2 convs, EVBMF": ("vbmf", {})}
         if name == "lenet5":
             variants["Tucker-2 convs + SVD fc, EVBMF"] = ("vbmf", {"filter_fn": convs_and_linears})
@@ -161,7 +187,7 @@ def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: di
             decompose_(m, method, progress=False, **kw)
             dt = time.time() - t1
             err0 = test_error(m, test)
-            log = train(m, train_d, test, a.device, epochs=a.finetune_epochs, **FINETUNE)
+            log = train(m, data, test, a.device, epochs=a.finetune_epochs, **FINETUNE)
             models[label] = m
             info[label] = {"error_decomposed_pct": err0, "error_1_epoch_pct": log[0]["test_error_pct"],
                            "error_finetuned_pct": log[-1]["test_error_pct"], "decompose_s": dt}
@@ -188,7 +214,8 @@ def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: di
                          "macs_ratio": f0 / f, "ms_b1": b1[label], "speedup_b1": b1["original"] / b1[label],
                          "ms_b64": b64[label], "speedup_b64": b64["original"] / b64[label],
                          **info[label],
-                         "delta_error_points": info[label]["error_finetuned_pct"] - base_err})
+                         "delta_error_points": info[label]["error_finetuned_pct"] - base_err,
+                         "train_images": len(data)})
     return {"rows": rows, "layers": layers, "curves": curves}
 
 
@@ -210,7 +237,7 @@ def dense_mlp(hidden: int) -> nn.Module:
 
 
 def part_tt(train_d: Dataset, test: Dataset, a: argparse.Namespace) -> dict:
-    recipe = dict(epochs=a.tt_epochs, lr=1e-3, weight_decay=0.0, optimizer="adam", jitter=1)
+    recipe = dict(epochs=a.tt_epochs, lr=2e-3, weight_decay=0.0, optimizer="adam", jitter=1)
     ranks = [int(r) for r in a.tt_ranks.split(",")]
     torch.manual_seed(0)
     models: dict[str, nn.Module] = {"dense twin 784-1024-10": dense_mlp(1024)}
@@ -247,10 +274,7 @@ def part_tt(train_d: Dataset, test: Dataset, a: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- part: combined
 def part_combined(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: dict, folder: Path) -> dict:
-    base = trained.get("lenet5")
-    if base is None:
-        base = get_model("lenet5")
-        train(base, train_d, None, a.device, **{**TRAIN["lenet5"], "epochs": a.epochs or TRAIN["lenet5"]["epochs"]})
+    base = trained["lenet5"] if "lenet5" in trained else trained_base("lenet5", train_d, a)
     base_err = test_error(base, test)
     val = to(validation_split(Dataset(train_d.x.cpu(), train_d.y.cpu())), "cpu")
 
@@ -272,6 +296,10 @@ def part_combined(train_d: Dataset, test: Dataset, a: argparse.Namespace, traine
             cfg = PipelineConfig(model="lenet5", target_sparsity=t, prune_rounds=a.prune_rounds)
             retrain_cfg = train_config("lenet5", retrain=True)
             fine_cfg = train_config("lenet5", finetune=True)
+            if a.retrain_epochs is not None:
+                retrain_cfg.epochs = a.retrain_epochs
+            if a.share_epochs is not None:
+                fine_cfg.epochs = a.share_epochs
             if a.quick:
                 retrain_cfg.epochs, fine_cfg.epochs = 1, 1
 
@@ -377,6 +405,10 @@ def main() -> None:
     ap.add_argument("--dc-targets", default="0.95,0.97", help="overall sparsities of Deep Compression alone")
     ap.add_argument("--lr-targets", default="0.6,0.8", help="overall sparsities after decomposition")
     ap.add_argument("--prune-rounds", type=int, default=3)
+    ap.add_argument("--retrain-epochs", type=int, default=None, help="per pruning round (default: the recipe's)")
+    ap.add_argument("--share-epochs", type=int, default=None, help="centroid fine-tuning (default: the recipe's)")
+    ap.add_argument("--cnn-models", default="lenet5,cnn4")
+    ap.add_argument("--cnn4-subset", type=int, default=None, help="train/fine-tune cnn4 on this many images")
     ap.add_argument("--max-error", type=float, default=0.80, help="test error (%%) the combined files must meet")
     ap.add_argument("--reps", type=int, default=200, help="latency repeats at batch 1 (batch 64: a tenth)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training/scans (default all)")
