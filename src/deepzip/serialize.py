@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import codec, share
+from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
 from .errors import DeepzipFormatError
 from .models import get_model, model_name
@@ -45,7 +46,6 @@ from .prune import Mask, get_mask, remove_parametrization_
 __all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
 
 _MAX_CODEBOOK = 1 << 16
-_LAYER_KINDS = ("shared", "masked", "plain")
 
 
 def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTensor | None:
@@ -91,14 +91,15 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
             if not mname or not parametrize.is_parametrized(module, "weight"):
                 continue
             key = f"{mname}.weight"
-            if share.is_shared(module):
+            kind = layer_kind(module, key)
+            if kind == "shared":
                 centroids, indices, mask = share.get_codebook(module)
                 if mask.all():
                     tensors[key] = codec.encode_codebook(centroids, indices, name=key)
                 else:
                     tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
                 kinds[key] = "shared"
-            elif all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
+            else:  # masked
                 mask_t = get_mask(module)
                 assert mask_t is not None
                 w = module.weight.detach().cpu().float().numpy()
@@ -106,8 +107,6 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
                 enc = _lossless(key, w, mask)
                 tensors[key] = enc if enc is not None else codec.encode_dense(w, name=key)
                 kinds[key] = "masked"
-            else:
-                raise ValueError(f"{key}: unsupported parametrization; strip() it before saving")
         state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     else:
         state = dict(model)
@@ -152,7 +151,7 @@ def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
-    if not isinstance(kinds, dict) or any(v not in _LAYER_KINDS for v in kinds.values()):
+    if not isinstance(kinds, dict) or any(v not in LAYER_KINDS for v in kinds.values()):
         raise DeepzipFormatError("header: extra.layers is not a map of layer kinds")
     return kinds
 
