@@ -60,6 +60,8 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class Mask(nn.Module):
     """Parametrization ``weight = original * mask``; ``mask`` is a bool buffer of the weight's shape."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().to(torch.bool).clone())

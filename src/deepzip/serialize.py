@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from torch.nn.utils import parametrize
 from . import codec, share
 from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipFormatError
+from .errors import DeepzipError, DeepzipFormatError
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -196,14 +195,13 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
-def load(
-    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
-) -> Any:
-    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
-    a plain state_dict when neither is available.
+def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -> nn.Module:
+    """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
+    architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipError: the file names no architecture and no ``model`` was given.
         ValueError: the file's tensors do not fit ``model``.
     """
     f = read_dz(path)
@@ -211,7 +209,10 @@ def load(
     if model is None:
         arch = f.architecture
         if not arch:
-            return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
+            raise DeepzipError(
+                f"{where}the file names no architecture, so there is no model to build: pass the model "
+                "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
+                "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
             model = get_model(arch)
         except ValueError as exc:

@@ -95,6 +95,11 @@ class SharedWeight(nn.Module):
         mask: weight-shaped bool keep-mask (all True for a layer that was not pruned).
     """
 
+    centroids: nn.Parameter
+    indices: torch.Tensor
+    mask: torch.Tensor
+
+
     def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
         super().__init__()
         mask = mask.detach().to(torch.bool).clone()
