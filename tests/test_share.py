@@ -9,18 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepzip.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from deepzip.checkpoint import CheckpointError, layer_kind, load_checkpoint, pack_layer, save_checkpoint, unpack_layer_
 from deepzip.prune import Mask, get_mask, prune_, strip
 from deepzip.share import (
     SharedWeight,
     get_codebook,
     is_shared,
-    pack_layer,
     resolve_bits,
     set_codebook_,
     share_weights_,
     sharing_table,
-    unpack_layer_,
 )
 
 
@@ -191,26 +189,24 @@ def test_checkpoint_round_trip_is_exact(tmp_path, pruned: bool) -> None:
     for n in ("conv", "fc1", "fc2"):
         for a, b in zip(get_codebook(getattr(m, n)), get_codebook(getattr(m2, n))):
             assert np.array_equal(a, b)
-    kind, parts = pack_layer(m.fc1)
-    assert kind == "shared" and parts["indices"].dtype == torch.uint8
+    parts = pack_layer(m.fc1)
+    assert layer_kind(m.fc1) == "shared" and parts["indices"].dtype == torch.uint8
     assert parts["indices"].numel() == int(get_mask(m.fc1).sum())
 
 
 def test_unpack_rejects_bad_sizes() -> None:
     m = share_weights_(prune_(tiny(), sparsity=0.5), 3, progress=False)
-    _, parts = pack_layer(m.fc1)
+    parts = pack_layer(m.fc1)
     target = tiny().fc1
     with pytest.raises(ValueError, match="indices for"):
-        unpack_layer_(target, "shared", {**parts, "indices": parts["indices"][:-1]})
+        unpack_layer_(target, {**parts, "indices": parts["indices"][:-1]})
     with pytest.raises(ValueError, match="mask_bits"):
-        unpack_layer_(target, "shared", {**parts, "mask_bits": parts["mask_bits"][:-1]})
+        unpack_layer_(target, {**parts, "mask_bits": parts["mask_bits"][:-1]})
     with pytest.raises(ValueError, match="out of range"):
-        unpack_layer_(target, "shared", {**parts, "indices": parts["indices"] + 50})
-    with pytest.raises(ValueError, match="unknown layer kind"):
-        unpack_layer_(target, "huffman", parts)
+        unpack_layer_(target, {**parts, "indices": parts["indices"] + 50})
     with pytest.raises(ValueError, match="do not fit"):
         set_codebook_(target, np.zeros(2, np.float32), np.zeros((3, 3), np.int64), np.ones((3, 3), bool))
-    unpack_layer_(target, "shared", parts)
+    unpack_layer_(target, parts)
     assert torch.equal(target.weight, m.fc1.weight)
 
 

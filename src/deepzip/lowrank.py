@@ -524,12 +524,12 @@ def choose_ranks(
         return name
 
     explicit: dict[str, Any] = {}
-    for key, r in (ranks or {}).items():
+    for key, given in (ranks or {}).items():
         name = known(key, "ranks")
         if isinstance(cands[name], nn.Conv2d):
-            explicit[name] = _check_conv_ranks(name, r)
+            explicit[name] = _check_conv_ranks(name, given)
         else:
-            explicit[name] = _check_rank(name, r)
+            explicit[name] = _check_rank(name, given)
         _check_fits(name, cands[name], explicit[name])
     if layers is not None:
         if isinstance(layers, str):
@@ -899,8 +899,9 @@ def lowrank_spec(model: nn.Module) -> list[dict]:
     for name, m in model.named_modules():
         if isinstance(m, Tucker2Conv):
             first, middle, last = m[0], m[1], m[2]
+            kh, kw = middle.kernel_size  # type: ignore[misc]
             out.append({"layer": name, "kind": "tucker2",
-                        "shape": [last.out_channels, first.in_channels, *middle.kernel_size],
+                        "shape": [last.out_channels, first.in_channels, kh, kw],
                         "ranks": list(m.ranks)})
         elif isinstance(m, SVDLinear):
             out.append({"layer": name, "kind": "svd", "shape": [m[1].out_features, m[0].in_features],
