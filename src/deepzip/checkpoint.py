@@ -216,12 +216,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module | None = None
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, rebuild: bool = False
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or a fresh model of the architecture it names); returns (model, meta).
 
     A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given. Factored layers the
-    checkpoint records (``lowrank`` metadata) are rebuilt on a fresh model; a given ``model`` must already have them.
+    checkpoint records (``lowrank`` metadata) are rebuilt on a fresh model; a given ``model`` must already have them
+    unless ``rebuild=True`` (then its dense layers are replaced as the record says).
 
     Raises:
         CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
@@ -253,7 +254,7 @@ def load_checkpoint(
         given = True
     if spec:
         try:
-            rebuild_(model, spec, swap=not given)
+            rebuild_(model, spec, swap=rebuild or not given)
         except LowRankError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
     modules = dict(model.named_modules())
