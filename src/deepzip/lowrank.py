@@ -21,6 +21,11 @@ reported as skipped (unless ``skip_larger=False``).
 The decomposition is computed in float64 and is exact at full ranks; it is meant to be followed by fine-tuning
 (:func:`deepzip.train.fit`), as in Kim et al., where accuracy drops at first and recovers within about an epoch.
 
+Two steps: :func:`choose_ranks` (which layers, which ranks, what it costs) then :func:`factorize_` (the module swap);
+:func:`decompose_` does both. Factored layers are :class:`Tucker2Conv`, :class:`SVDLinear` and :class:`TTLinear`
+modules, so :func:`lowrank_spec` reads the structure off any model and :func:`rebuild_` puts it back on the base
+architecture: :func:`deepzip.save` stores the spec in the ``.dz`` header and :func:`deepzip.load` rebuilds it.
+
 Example:
     >>> import torch
     >>> from torch import nn
