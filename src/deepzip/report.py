@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import file_report
-from .serialize import read_dz
+from .fileinfo import file_report, read_dz
 
 __all__ = [
     "file_report",
