@@ -25,10 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ from torch.nn.utils import parametrize
 
 from . import share
 from .errors import CheckpointError, LowRankError
+from .fileio import atomic_write
 from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
@@ -78,21 +77,6 @@ def layer_kind(module: nn.Module, where: str = "weight") -> str:
     raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``: readers never see a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model should get the usual permissions
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _index_dtype(k: int) -> torch.dtype:

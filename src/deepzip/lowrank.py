@@ -52,6 +52,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from .errors import LowRankError
+from .prune import resolve_layer
 
 __all__ = [
     "METHODS",
@@ -426,10 +427,6 @@ def _parent(model: nn.Module, name: str) -> nn.Module | None:
     return model.get_submodule(parent) if parent else None
 
 
-def _name(key: str) -> str:
-    return key.removesuffix(".weight")
-
-
 def _check_plain(name: str, module: nn.Module) -> None:
     if parametrize.is_parametrized(module, "weight"):
         raise LowRankError(f"{name}.weight: pruned or weight-shared (parametrized); decompose before "
@@ -522,11 +519,7 @@ def choose_ranks(
     cands = _candidates(model)
 
     def known(key: str, what: str) -> str:
-        name = _name(key)
-        if name not in cands:
-            raise LowRankError(f"{key}: unknown layer for {what} (not a Conv2d or Linear of the model); "
-                               f"decomposable layers: {', '.join(cands) or 'none'}")
-        return name
+        return resolve_layer(key, cands, what, "decomposable (Conv2d or Linear)")
 
     explicit: dict[str, Any] = {}
     for key, given in (ranks or {}).items():
@@ -848,12 +841,10 @@ def tt_linear_(
     """
     mods = dict(model.named_modules())
     plan = {}
+    linears = {n: m for n, m in mods.items() if n and isinstance(m, nn.Linear)}
     for key, spec in layers.items():
-        name = _name(key)
-        module = mods.get(name) if name else None
-        if not isinstance(module, nn.Linear):
-            linears = [n for n, m in mods.items() if n and isinstance(m, nn.Linear)]
-            raise LowRankError(f"{key}: not a Linear layer of the model; linear layers: {', '.join(linears) or 'none'}")
+        name = resolve_layer(key, linears, "tt_linear_", "Linear")
+        module = linears[name]
         if not isinstance(spec, (tuple, list)) or len(spec) != 3:
             raise LowRankError(f"{name}: spec={spec!r}, expected (in_modes, out_modes, max_rank)")
         in_modes, out_modes = _check_modes(name, spec[0], spec[1])

@@ -40,6 +40,7 @@ from . import codec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
 from .errors import CheckpointError, LowRankError
+from .fileinfo import file_report
 from .lowrank import choose_ranks, convs_and_linears, convs_only, factorize_, lowrank_spec, lowrank_table, rebuild_
 from .models import model_name
 from .prune import (
@@ -50,11 +51,12 @@ from .prune import (
     iterative_prune_,
     prunable_layers,
     prune_,
+    resolve_layer,
     sensitivity_scan,
     sparsity_table,
 )
 from .recipes import PAPER, train_config, validation_split
-from .serialize import encode_model, load, read_dz, save
+from .serialize import encode_model, load, save
 from .share import is_shared, resolve_bits, share_weights_, sharing_table
 from .train import TrainConfig, evaluate, fit, jitter_augment
 
@@ -180,15 +182,15 @@ class PipelineConfig:
             if not isinstance(self.sparsity, dict):
                 raise bad("sparsity", self.sparsity, "a map of layer names to fractions")
             for k, v in self.sparsity.items():
-                if layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.sparsity.{k}: unknown layer; layers: {', '.join(layers)}")
+                if layers is not None:
+                    _config_layer(k, layers, "sparsity")
                 frac(f"sparsity.{k}", v)
         if self.bits is not None:
             items = self.bits.items() if isinstance(self.bits, dict) else [("", self.bits)]
             for k, v in items:
                 path = f"bits.{k}" if k else "bits"
-                if k and k != "default" and layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.{path}: unknown layer; layers: {', '.join(layers)}")
+                if k and k != "default" and layers is not None:
+                    _config_layer(k, layers, "bits")
                 if isinstance(v, str):
                     parts = v.split("/")
                     ok = len(parts) == 2 and all(p.isdigit() and 1 <= int(p) <= 16 for p in parts)
@@ -230,7 +232,7 @@ class PipelineConfig:
         if model is not None:  # names, kinds and sizes of explicit ranks, energy range: without computing factors
             try:
                 choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=lambda m, fqn: False)
-            except LowRankError as exc:
+            except ValueError as exc:  # LowRankError, or an unknown layer name
                 raise LowRankError(f"config.decompose_ranks: {exc}") from None
 
     def stage_key(self, stage: str, source: str) -> str:
@@ -247,6 +249,13 @@ class PipelineConfig:
         d["_source"] = source
         d["_revision"] = STAGE_REVISION
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_layer(key: str, layers: dict[str, nn.Module], field: str) -> str:
+    try:
+        return resolve_layer(key, layers, field)
+    except ValueError as exc:
+        raise ValueError(f"config.{field}.{exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ resumable stages
@@ -633,50 +642,6 @@ def _kept_pct(model: nn.Module) -> float:
     rows = sparsity_table(model)
     return 100.0 * sum(r["kept"] for r in rows) / max(sum(r["weights"] for r in rows), 1)
 
-
-def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
-    """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
-
-    Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
-    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
-    """
-    f = read_dz(path)
-    file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
-    layers = []
-    total = nonzero = 0
-    before_huffman = 0.0
-    arch = f.architecture or ""
-    paper = PAPER.get(arch, {})
-    for st in f.stats():
-        count = st["count"]
-        total += count
-        nonzero += st["kept"]
-        row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
-               "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
-               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
-               "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
-               "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
-               "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
-        if st["kind"] == "dense":
-            before_huffman += st["bytes"]
-        else:
-            entries = st["index_entries"] or 0
-            fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))
-            before_huffman += fixed_bits / 8 + 4 * st["k"]
-        layer = st["name"][:-7] if st["name"].endswith(".weight") else None
-        if layer and paper:
-            row["paper_kept_pct"] = paper["kept_pct"].get(layer)
-            row["paper_bits_weight"] = paper["huffman_bits_weight"].get(layer)
-            row["paper_bits_index"] = paper["huffman_bits_index"].get(layer)
-            row["paper_size_pct"] = paper["size_pct"].get(layer)
-        row["size_pct"] = 100.0 * st["bytes"] / (4.0 * count) if count else None
-        layers.append(row)
-    overhead = file_bytes - sum(r["bytes"] for r in layers)
-    return {"file": None if isinstance(path, (bytes, bytearray)) else str(path), "architecture": arch,
-            "bytes": file_bytes, "params_total": total, "params_nonzero": nonzero,
-            "ratio": 4.0 * total / file_bytes if file_bytes else None,
-            "bytes_before_huffman": int(before_huffman + overhead), "header_and_padding_bytes": overhead,
-            "layers": layers, "config": f.config, "version": f.version}
 
 
 def _fresh_like(model: nn.Module) -> nn.Module:

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import file_report
-from .serialize import read_dz
+from .fileinfo import file_report, read_dz
 
 __all__ = [
     "file_report",
@@ -40,7 +39,7 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike[str]) -> None:
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     _plt().close(fig)
@@ -201,7 +200,7 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     except ImportError as exc:
         lines.append(f"(no pictures: {exc})\n")
     md = out / "report.md"
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     return md

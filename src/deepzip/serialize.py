@@ -39,6 +39,7 @@ from . import codec, share
 from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
 from .errors import DeepzipError, DeepzipFormatError, LowRankError
+from .fileinfo import read_dz
 from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
@@ -143,15 +144,6 @@ def save(
         extra["lowrank"] = spec
     return codec.write(path, tensors, config=config or {}, architecture=arch, extra=extra)
 
-
-def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
-    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
-    try:
-        return codec.read(path)
-    except DeepzipFormatError as exc:
-        if isinstance(path, (bytes, bytearray)):
-            raise
-        raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
 
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
