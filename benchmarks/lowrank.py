@@ -330,10 +330,10 @@ def part_combined(train_d: Dataset, test: Dataset, a: argparse.Namespace, traine
 
 
 # ---------------------------------------------------------------------------------------------------- results
-def write(parts: dict[str, dict], commands: list[str], results: Path) -> None:
+def write(parts: dict[str, dict], commands: list[str], results: Path, note: str | None = None) -> None:
     _common.RESULTS = results
     rows = parts.get("cnn", {}).get("rows", [])
-    sections: dict[str, str] = {}
+    sections: dict[str, str] = {"Notes": note + "\n"} if note else {}
     extra = {"parts": parts, "commands": commands}
     if "cnn" in parts:
         cnn = parts["cnn"]
@@ -414,6 +414,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training/scans (default all)")
     ap.add_argument("--partial", default=None, help="write this run's parts as DIR/lowrank_PART.json only")
     ap.add_argument("--merge", nargs="+", default=None, help="merge DIR/lowrank_*.json into the results files")
+    ap.add_argument("--note", default=None, help="with --merge: a Notes section (how the run was shortened, ...)")
     ap.add_argument("--quick", action="store_true", help="smoke run: synthetic data, tiny epochs, temp folder")
     a = ap.parse_args()
     command = "python benchmarks/lowrank.py " + " ".join(sys.argv[1:])
@@ -425,7 +426,7 @@ def main() -> None:
                 parts[doc["part"]] = doc
                 if doc["command"] not in commands:
                     commands.append(doc["command"])
-        write({k: parts[k] for k in PARTS if k in parts}, commands + [command], _common.RESULTS)
+        write({k: parts[k] for k in PARTS if k in parts}, commands + [command], _common.RESULTS, a.note)
         return
     if a.threads:
         torch.set_num_threads(a.threads)
