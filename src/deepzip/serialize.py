@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -198,23 +199,42 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
 
 
 def load(
-    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
+    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None, *, runtime: str | None = None
 ) -> Any:
     """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
     a plain state_dict when neither is available.
+
+    ``runtime`` makes a model for inference instead of one to fine-tune: ``"fast"`` keeps pruned layers sparse
+    (torch CSR) or dense, whichever runs faster at batch 1, ``"small"`` keeps them as codebook indices where that
+    takes the least memory (see :mod:`deepzip.runtime`; sparse layers are never made dense on the way), and
+    ``"shrunk"`` gives a plain dense model without the pruned-away neurons (:func:`deepzip.shrink.shrink_`).
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
         ValueError: the file's tensors do not fit ``model``.
     """
+    if runtime not in (None, "fast", "small", "shrunk"):
+        raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
     f = read_dz(path)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
         arch = f.architecture
         if not arch:
+            if runtime is not None:
+                raise ValueError(f"{where}the file names no architecture; pass the model for runtime={runtime!r}")
             return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
         try:
-            model = get_model(arch)
+            with torch.device("meta") if runtime in ("fast", "small") else contextlib.nullcontext():
+                model = get_model(arch)  # on meta: no memory until the file's tensors arrive
         except ValueError as exc:
             raise ValueError(f"{where}{exc}; pass the model explicitly") from None
-    return decode_into_(model, f, where)
+    if runtime in ("fast", "small"):
+        from .runtime import from_dz
+
+        return from_dz(f, model, mode=runtime, where=where)
+    model = decode_into_(model, f, where)
+    if runtime == "shrunk":
+        from .shrink import shrink_
+
+        shrink_(model)
+    return model

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["GatheredLinear", "shrink_"]
+__all__ = ["GatheredLinear", "default_example_input", "shrink_"]
 
 # Operations a unit's value passes through unchanged in *which* unit it is (per channel, or element-wise): a
 # constant channel stays constant and a removed channel can be dropped from both sides.
@@ -54,6 +54,13 @@ _CHANNEL_FUNCS: set[Callable[..., Any]] = {
     F.max_pool1d, F.max_pool2d, F.dropout, F.dropout1d, F.dropout2d, torch.flatten,
 }
 _CHANNEL_METHODS = {"relu", "tanh", "sigmoid", "flatten", "view", "reshape"}
+
+
+def default_example_input(model: nn.Module) -> torch.Tensor | None:
+    """An input for the registry's models (all read 1x28x28 MNIST images); None for a model of unknown origin."""
+    from .models import model_name
+
+    return torch.zeros(1, 1, 28, 28) if model_name(model) is not None else None
 
 
 class GatheredLinear(nn.Linear):
@@ -319,21 +326,19 @@ def shrink_(model: nn.Module, example_input: torch.Tensor | None = None, *,
         >>> bool(torch.allclose(m(x), y, atol=1e-5))
         True
     """
-    from .models import model_name  # the registry's models all read MNIST images
-
     model.eval()
     rows: list[dict] = [] if report is None else report
     for module in list(model.modules()):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    if example_input is None and model_name(model) is not None:
-        example_input = torch.zeros(1, 1, 28, 28)
+    if example_input is None:
+        example_input = default_example_input(model)
     notes: dict[str, str] = {}
     with torch.no_grad():
         for _ in range(32):  # each round removes something; a handful of rounds is typical
             try:
                 gm = fx.GraphModule(model, _Tracer().trace(model))
-            except Exception as exc:  # noqa: BLE001 - any tracing failure means: leave the model alone
+            except Exception as exc:  # any tracing failure means: leave the model alone
                 rows.append({"layer": "", "what": "", "note": f"not shrunk: torch.fx cannot trace it ({exc})"})
                 return model
             if example_input is not None:
