@@ -106,3 +106,24 @@ def test_fast_mode_keeps_the_faster_kind() -> None:
     for r in rows:
         assert r["kind"] == min(r["ms"], key=r["ms"].get)
     assert np.isfinite([v for r in rows for v in r["ms"].values()]).all()
+
+
+def test_cli_bench_json_and_bad_input(tmp_path, capsys) -> None:
+    import json
+
+    from deepzip import cli
+
+    path = tmp_path / "m.dz"
+    deepzip.save(_compressed("lenet300"), path)
+    assert cli.main(["bench", str(path), "--batch", "1,4", "--repeats", "2", "--runtime", "small", "--no-rss",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {(r["batch"], r["layer"]) for r in out["layers"]} == {(b, f"fc{i}") for b in (1, 4) for i in (1, 2, 3)}
+    assert all(r["dense_ms"] > 0 and r["runtime_ms"] > 0 for r in out["layers"] + out["model"])
+    assert out["resident_memory"]["runtime_tensor_bytes"] < out["resident_memory"]["dense_tensor_bytes"]
+    assert cli.main(["bench", str(path), "--batch", "x"]) == 2
+    assert cli.main(["bench", str(tmp_path / "missing.dz")]) == 2
+    (tmp_path / "bad.dz").write_bytes(b"not a dz file")
+    assert cli.main(["bench", str(tmp_path / "bad.dz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(e.startswith("deepzip bench: error:") for e in err)

@@ -45,7 +45,8 @@ from torch import nn
 from . import codec
 from .codec import DzFile
 
-__all__ = ["KINDS", "SparseConv2d", "SparseLinear", "from_dz", "layer_bytes", "runtime_table", "sparsify_"]
+__all__ = ["KINDS", "SparseConv2d", "SparseLinear", "from_dz", "layer_bytes", "layer_inputs", "median_seconds",
+           "runtime_table", "sparsify_"]
 
 KINDS = ("dense", "csr", "codebook")
 
@@ -222,7 +223,8 @@ def layer_bytes(m: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
     fn()  # warm-up: first-call allocations, lazily built CSR tensors
     times = []
     for _ in range(repeats):
@@ -232,15 +234,15 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _input_shapes(model: nn.Module, example_input: torch.Tensor | None) -> dict[str, tuple[int, ...]]:
-    """The input shape each layer sees on ``example_input`` (empty when there is none)."""
+def layer_inputs(model: nn.Module, example_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The input each submodule sees on ``example_input``, by dotted name (empty when there is none)."""
     if example_input is None:
         return {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, torch.Tensor] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: Any) -> None:
-            shapes.setdefault(name, tuple(inp[0].shape))
+            shapes.setdefault(name, inp[0].detach())
         return hook
 
     hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
@@ -300,7 +302,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         example_input = default_example_input(model)
     if example_input is not None:
         example_input = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-    shapes = _input_shapes(model, example_input)
+    shapes = {k: tuple(v.shape) for k, v in layer_inputs(model, example_input).items()}
     for name, m in list(model.named_modules()):
         if not name:
             continue
@@ -325,7 +327,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         ms: dict[str, float] = {}
         with torch.no_grad():
             for kind, c in cands.items():
-                ms[kind] = 1e3 * _median_seconds(lambda c=c, x=x: c(x), repeats)
+                ms[kind] = 1e3 * median_seconds(lambda c=c, x=x: c(x), repeats)
         size = {k: layer_bytes(c) for k, c in cands.items()}
         best = (min(cands, key=lambda k: ms[k]) if mode == "fast"
                 else min(cands, key=lambda k: (size[k], ms[k])))

@@ -58,9 +58,9 @@ _CHANNEL_METHODS = {"relu", "tanh", "sigmoid", "flatten", "view", "reshape"}
 
 def default_example_input(model: nn.Module) -> torch.Tensor | None:
     """An input for the registry's models (all read 1x28x28 MNIST images); None for a model of unknown origin."""
-    from .models import model_name
+    from .models import MODELS, model_name
 
-    return torch.zeros(1, 1, 28, 28) if model_name(model) is not None else None
+    return torch.zeros(1, 1, 28, 28) if model_name(model) in MODELS else None
 
 
 class GatheredLinear(nn.Linear):
