@@ -217,6 +217,25 @@ def _build(m: nn.Module, kind: str, weight: _SparseWeight | None = None) -> nn.M
     return SparseLinear(weight, bias, in_index, getattr(m, "original_in_features", None))
 
 
+def _predicted_bytes(m: nn.Module, kind: str) -> int:
+    """Bytes ``m``'s weight would take as ``kind``, from its shape and counts (nothing is built)."""
+    if isinstance(m, SparseLinear | SparseConv2d):
+        (rows, cols), nnz = m.sparse.shape, m.sparse.nnz
+        k = (m.sparse.codebook.numel() if m.sparse.kind == "codebook"
+             else int(torch.unique(m.sparse.values).numel()))
+    else:
+        w = m.weight.detach()
+        rows, cols = w.shape[0], w[0].numel()
+        nz = w[w != 0]
+        nnz, k = int(nz.numel()), int(torch.unique(nz).numel())
+    if kind == "dense":
+        return 4 * rows * cols
+    if kind == "csr":
+        return 4 * (rows + 1) + 8 * nnz
+    width = lambda n: 1 if n <= 1 << 8 else 2 if n <= 1 << 15 else 4  # noqa: E731 - _narrow's choice
+    return 4 * (rows + 1) + nnz * (width(cols) + width(k)) + 4 * k
+
+
 def layer_bytes(m: nn.Module) -> int:
     """Bytes of a layer's parameters and buffers (what it holds in memory while it runs)."""
     ts = list(m.parameters()) + [b for b in m.buffers() if b is not None]
@@ -278,7 +297,8 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         example_input: one input; the layers are timed on the shapes it produces, with the batch size set to
             ``batch`` (default: an MNIST image for the registry's models). Without one, Linear layers are timed
             on ``(batch, in_features)`` and Conv2d layers stay as they are (their spatial size is unknown).
-        mode: ``"fast"`` (the lowest median latency) or ``"small"`` (the fewest bytes; speed breaks ties).
+        mode: ``"fast"`` (the lowest median latency) or ``"small"`` (the fewest bytes, from the counts: only the
+            chosen form is built, so a sparse layer is never made dense on the way).
         batch: the batch size to choose for (sparse layers win at batch 1 and often lose at large batches).
         kinds: candidates, from :data:`KINDS`.
         repeats: timed calls per candidate (the median counts).
@@ -322,6 +342,15 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
                 report.append({"layer": name, "kind": getattr(getattr(m, "sparse", None), "kind", "dense"),
                                "bytes": layer_bytes(m), "ms": {}, "note": "not timed: input shape unknown"})
             continue
+        if mode == "small":  # sizes follow from the counts: build only the smallest candidate, time nothing
+            size = {k: _predicted_bytes(m, k) for k in kinds}
+            best = min(kinds, key=lambda k: size[k])
+            new = _build(m, best)
+            if new is not m:
+                _set_module(model, name, new)
+            if report is not None:
+                report.append({"layer": name, "kind": best, "bytes": layer_bytes(new), "ms": {}})
+            continue
         x = torch.rand(shape)
         cands = {kind: _build(m, kind) for kind in kinds}
         ms: dict[str, float] = {}
@@ -329,8 +358,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             for kind, c in cands.items():
                 ms[kind] = 1e3 * median_seconds(lambda c=c, x=x: c(x), repeats)
         size = {k: layer_bytes(c) for k, c in cands.items()}
-        best = (min(cands, key=lambda k: ms[k]) if mode == "fast"
-                else min(cands, key=lambda k: (size[k], ms[k])))
+        best = min(cands, key=lambda k: ms[k])
         if cands[best] is not m:
             _set_module(model, name, cands[best])
         if report is not None:
