@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
@@ -184,7 +185,7 @@ def _supported_conv(m: nn.Module) -> bool:
             and not isinstance(m.padding, str))
 
 
-def _build(m: nn.Module, kind: str, weight: _SparseWeight | None = None) -> nn.Module:
+def _build(m: Any, kind: str, weight: _SparseWeight | None = None) -> nn.Module:
     """``m`` (a Linear/Conv2d or one of ours) as a layer of ``kind``."""
     if isinstance(m, SparseLinear | SparseConv2d):
         if kind == m.sparse.kind:
@@ -356,7 +357,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         ms: dict[str, float] = {}
         with torch.no_grad():
             for kind, c in cands.items():
-                ms[kind] = 1e3 * median_seconds(lambda c=c, x=x: c(x), repeats)
+                ms[kind] = 1e3 * median_seconds(functools.partial(c, x), repeats)
         size = {k: layer_bytes(c) for k, c in cands.items()}
         best = min(cands, key=lambda k: ms[k])
         if cands[best] is not m:

@@ -108,12 +108,12 @@ def _is_channel_op(gm: fx.GraphModule, node: fx.Node, src: fx.Node) -> bool:
     if node.op == "call_function":
         if node.target in (torch.flatten,):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return start == 1
+            return bool(start == 1)
         return node.target in _CHANNEL_FUNCS
     if node.op == "call_method" and node.target in _CHANNEL_METHODS:
         if node.target == "flatten":
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return start == 1
+            return bool(start == 1)
         if node.target in ("view", "reshape"):
             a, b = _shape(src), _shape(node)
             # (B, C, ...) -> (B, C * ...): channel j becomes the block j of the flattened features
@@ -178,7 +178,7 @@ def _set(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
         setattr(module, name, value.detach().clone())
 
 
-def _slice_out_(m: nn.Module, keep: torch.Tensor) -> None:
+def _slice_out_(m: Any, keep: torch.Tensor) -> None:
     _set(m, "weight", m.weight[keep])
     if m.bias is not None:
         _set(m, "bias", m.bias[keep])
@@ -188,7 +188,7 @@ def _slice_out_(m: nn.Module, keep: torch.Tensor) -> None:
         m.out_channels = int(keep.numel())
 
 
-def _slice_bn_(m: nn.Module, keep: torch.Tensor) -> None:
+def _slice_bn_(m: Any, keep: torch.Tensor) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(m, name, None) is not None:
             _set(m, name, getattr(m, name)[keep])
@@ -201,7 +201,7 @@ def _in_view(c: nn.Module, n: int) -> torch.Tensor:
     return w.reshape(w.shape[0], n, -1)
 
 
-def _slice_in_(c: nn.Module, n: int, keep: torch.Tensor) -> None:
+def _slice_in_(c: Any, n: int, keep: torch.Tensor) -> None:
     w = _in_view(c, n)[:, keep]
     if isinstance(c, nn.Linear):
         _set(c, "weight", w.reshape(w.shape[0], -1))

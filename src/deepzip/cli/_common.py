@@ -25,7 +25,7 @@ def command(name: str, help: str) -> Callable:
 
 def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
     def deco(run: Callable) -> Callable:
-        run._configure = configure
+        run._configure = configure  # type: ignore[attr-defined]
         return run
 
     return deco

@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from ._common import args, command, print_table
@@ -71,10 +72,11 @@ def _cfg_bench(p: argparse.ArgumentParser) -> None:
 def cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
+    from ..fileinfo import read_dz
     from ..models import MODELS
     from ..prune import strip
     from ..runtime import layer_inputs, median_seconds, runtime_table
-    from ..serialize import load, read_dz
+    from ..serialize import load
 
     path = Path(a.file)
     if not path.is_file():
@@ -100,13 +102,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
             dmods, fmods = dict(dense.named_modules()), dict(fast.named_modules())
             for name in layers:
                 xi = ins[name]
-                d = median_seconds(lambda m=dmods[name], xi=xi: m(xi), a.repeats)
-                f = median_seconds(lambda m=fmods[name], xi=xi: m(xi), a.repeats)
+                d = median_seconds(partial(dmods[name], xi), a.repeats)
+                f = median_seconds(partial(fmods[name], xi), a.repeats)
                 rows.append({"batch": b, "layer": name, "kind": type(fmods[name]).__name__ + "/" + next(
                     r["kind"] for r in runtime_table(fast) if r["layer"] == name), "dense_ms": 1e3 * d,
                     "runtime_ms": 1e3 * f, "speedup": d / f})
-            d = median_seconds(lambda x=x: dense(x), a.repeats)
-            f = median_seconds(lambda x=x: fast(x), a.repeats)
+            d = median_seconds(partial(dense, x), a.repeats)
+            f = median_seconds(partial(fast, x), a.repeats)
             total.append({"batch": b, "layer": "(model)", "kind": "", "dense_ms": 1e3 * d, "runtime_ms": 1e3 * f,
                           "speedup": d / f})
     from ..runtime import layer_bytes

@@ -331,8 +331,8 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     text = _inflate_header(hbytes)
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DeepzipFormatError(f"header: invalid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeepzipFormatError(f"header: invalid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise DeepzipFormatError(f"header: expected a JSON object, got {type(header).__name__}")
     if _need(header, "format", str, "header") != "deepzip":
