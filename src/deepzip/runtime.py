@@ -364,6 +364,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             _set_module(model, name, cands[best])
         if report is not None:
             report.append({"layer": name, "kind": best, "bytes": size[best], "ms": ms})
+        del cands  # the losers (a dense copy of a big layer, say) go now, not after the next layer's are built
     return model
 
 
