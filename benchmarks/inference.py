@@ -295,6 +295,7 @@ def main() -> None:
     ap.add_argument("--peak-size", type=int, default=100_000_000)
     ap.add_argument("--decode-size", type=int, default=10_000_000)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: fc,lenet,peak,decode")
+    ap.add_argument("--tag", default="", help="suffix of the results name (a rerun beside the main one)")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     load = {"start": os.getloadavg()}
@@ -367,7 +368,7 @@ def main() -> None:
             f"wall / {d['xz_d_cpu_s']:.3f} s CPU (decompression only, no torch.load). xz / dz: "
             f"{d['wall_ratio_xz_over_dz']:.2f}x wall, {d['cpu_ratio_xz_over_dz']:.2f}x CPU. "
             f"Medians of {d['repeats']}.\n")
-    write_results("inference", out.get("fc", []), command, title="Inference from the compressed form",
+    write_results("inference" + a.tag, out.get("fc", []), command, title="Inference from the compressed form",
                   sections=sections, extra={k: v for k, v in out.items() if k != "fc"} | {"load": load},
                   columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "csr_ms", "codebook_ms",
                            "speedup_csr", "speedup_codebook", "dense_bytes", "csr_bytes", "codebook_bytes"])
