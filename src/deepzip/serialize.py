@@ -10,7 +10,9 @@ What each tensor becomes:
   codebook treatment automatically when that is smaller; everything else is stored ``dense`` as it is.
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
-again in its compact form. Loading never unpickles and never runs code from the file.
+again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
+``"package.module:factory"`` is built only with ``trust_code=True`` (or give the model: ``load(path, model=MyNet())``),
+and a file whose tensors would decode to more than ``max_bytes`` (default 2 GiB) is refused before allocating.
 
 Example:
     >>> import os, tempfile, torch
@@ -38,7 +40,8 @@ from torch.nn.utils import parametrize
 
 from . import codec, share
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipFormatError
+from .codec.container import DEFAULT_MAX_BYTES
+from .errors import DeepzipFormatError, UntrustedCodeError
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -55,7 +58,7 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
         return codec.encode_sparse(np.zeros(1, np.float32), np.zeros(w.shape, np.int64), np.zeros(w.shape, bool),
                                    name=name)
     values, inverse = np.unique(kept, return_inverse=True)
-    if values.size > _MAX_CODEBOOK:
+    if values.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
         return None
     indices = np.zeros(w.shape, np.int64)
     if mask is not None:
@@ -140,10 +143,10 @@ def save(
                        extra={**(extra or {}), "layers": kinds})
 
 
-def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
+def read_dz(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> DzFile:
     """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
     try:
-        return codec.read(path)
+        return codec.read(path, max_bytes=max_bytes)
     except DeepzipFormatError as exc:
         if isinstance(path, (bytes, bytearray)):
             raise
@@ -157,9 +160,14 @@ def _layer_kinds(f: DzFile) -> dict[str, str]:
     return kinds
 
 
-def load_state_dict(path: str | os.PathLike[str] | bytes) -> dict[str, torch.Tensor]:
-    """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in)."""
-    f = read_dz(path)
+def load_state_dict(
+    path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> dict[str, torch.Tensor]:
+    """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in).
+
+    ``max_bytes`` bounds what the tensors may decode to (see :func:`deepzip.codec.read`).
+    """
+    f = read_dz(path, max_bytes=max_bytes)
     return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
 
 
@@ -198,23 +206,37 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
 
 
 def load(
-    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
+    path: str | os.PathLike[str] | bytes,
+    model: nn.Module | None = None,
+    *,
+    trust_code: bool = False,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Any:
     """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
     a plain state_dict when neither is available.
 
+    Args:
+        path: the file (or its bytes).
+        model: the model to load into; then the file's architecture name is not used.
+        trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
+            (runs its code); without it only deepzip's registered models are built from a name.
+        max_bytes: the most bytes the tensors may decode to (default 2 GiB), checked before decoding; None: no limit.
+
     Raises:
-        DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
         ValueError: the file's tensors do not fit ``model``.
     """
-    f = read_dz(path)
+    f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
         arch = f.architecture
         if not arch:
             return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
         try:
-            model = get_model(arch)
+            model = get_model(arch, trust_code=trust_code)
+        except UntrustedCodeError as exc:
+            raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
             raise ValueError(f"{where}{exc}; pass the model explicitly") from None
     return decode_into_(model, f, where)
