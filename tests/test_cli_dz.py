@@ -109,7 +109,7 @@ def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cdz, "_data", lambda a: (train, test))
     torch.manual_seed(0)
     ckpt = tmp_path / "mine.safetensors"
-    save_checkpoint(get_model("deepzip.models:LeNet300"), ckpt)
+    save_checkpoint(get_model("deepzip.models:LeNet300", trust_code=True), ckpt)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"sparsity": {"fc1": 0.9, "fc2": 0.9, "fc3": 0.5}, "bits": 4, "prune_rounds": 1,
                                "retrain_epochs": 1, "finetune_epochs": 1}))

@@ -89,7 +89,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def get_model(name: str, seed: int | None = 0, *, trust_code: bool = False) -> nn.Module:
-    """Build a fresh model by registered name (:data:`MODELS`) or, with ``trust_code=True``, ``"package.module:factory"``.
+    """Build a fresh model by registered name (:data:`MODELS`), or ``"package.module:factory"`` with ``trust_code``.
 
     ``seed`` fixes the initial weights (without touching the global random state), so a training run with the same
     seeds gives the same model; ``None`` draws them from the global generator. ``trust_code`` allows importing the

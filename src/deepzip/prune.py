@@ -294,7 +294,7 @@ def iterative_prune_(
     sparsity: dict[str, float] | None = None,
     quality: dict[str, float] | None = None,
     rounds: int = 3,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Prune -> retrain, ``rounds`` times, reaching the final per-layer ``sparsity`` (or ``quality``) in the last.
 
@@ -321,7 +321,7 @@ def sensitivity_scan(
     sparsities: Iterable[float] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
     *,
     filter_fn: FilterFn | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> SensitivityScan:
     """Error vs sparsity for each layer pruned alone, without retraining (Han et al. 2015, Fig. 5).
 

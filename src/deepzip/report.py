@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .codec.container import DEFAULT_MAX_BYTES
 from .recipes import PAPER
 from .serialize import read_dz
 
@@ -122,17 +123,22 @@ def plot_size_stages(stages: Mapping[str, float], path: str | os.PathLike[str], 
                 fontsize=8)
     ax.set_ylabel("KiB")
     ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=8, labelrotation=20)  # long stage names must not overlap
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.set_title(title or "size after each stage", fontsize=9)
     _save(fig, path)
 
 
-def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
+def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
 
     Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
-    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
+    after Huffman, bytes, and the ratio against the tensor's uncompressed size (32-bit floats for weights, its own
+    dtype for dense tensors); plus totals and the size before Huffman. Decodes no tensor (only the Huffman streams,
+    whose size the file bounds); ``max_bytes`` as in :func:`deepzip.codec.read`.
     """
-    f = read_dz(path)
+    f = read_dz(path, max_bytes=max_bytes)
     file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
     layers = []
     total = nonzero = 0
@@ -145,7 +151,7 @@ def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
         nonzero += st["kept"]
         row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
                "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
-               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
+               "ratio": st["decoded_bytes"] / st["bytes"] if st["bytes"] else None, "k": st["k"],
                "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
                "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
                "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
@@ -186,11 +192,12 @@ def _md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, model: str | None = None) -> Path:
+def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, model: str | None = None,
+                 max_bytes: int | None = DEFAULT_MAX_BYTES) -> Path:
     """A Markdown report of a ``.dz`` file: per-layer table, sizes per stage, bits per layer, the first layer's
     mask and each layer's weight histogram with its centroids. Returns the path of ``report.md``."""
-    rep = file_report(path)
-    f = read_dz(path)
+    rep = file_report(path, max_bytes=max_bytes)
+    f = read_dz(path, max_bytes=max_bytes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(path).name

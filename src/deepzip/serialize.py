@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 from . import codec, share
 from .codec import DzFile, EncodedTensor
 from .codec.container import DEFAULT_MAX_BYTES
-from .errors import DeepzipFormatError, UntrustedCodeError
+from .errors import CheckpointError, DeepzipFormatError, UntrustedCodeError
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -182,11 +182,12 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     own = {k: v for k, v in model.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(f.tensors)), sorted(set(f.tensors) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        msg = f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise CheckpointError(msg[:500])
     plain: dict[str, torch.Tensor] = {}
     for key, enc in f.tensors.items():
         if tuple(enc.shape) != tuple(own[key].shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
         kind = kinds.get(key, "plain")
         module = modules.get(key[:-7]) if key.endswith(".weight") else None
@@ -225,7 +226,7 @@ def load(
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
         UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
-        ValueError: the file's tensors do not fit ``model``.
+        CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
     """
     f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
@@ -238,5 +239,5 @@ def load(
         except UntrustedCodeError as exc:
             raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
-            raise ValueError(f"{where}{exc}; pass the model explicitly") from None
+            raise CheckpointError(f"{where}{exc}; pass the model explicitly") from None
     return decode_into_(model, f, where)

@@ -18,8 +18,8 @@ __all__ = [
     "EncodedTensor",
     "check",
     "decode",
-    "decoded_nbytes",
     "decode_parts",
+    "decoded_nbytes",
     "encode_codebook",
     "encode_dense",
     "encode_sparse",
@@ -113,7 +113,8 @@ def _check_codebook(codebook: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{_where(name)}: codebook dtype {cb.dtype}, expected floating point")
     cb = cb.astype("<f4")
     if not np.isfinite(cb).all():
-        raise ValueError(f"{_where(name)}: codebook holds NaN or inf (entry {int(np.flatnonzero(~np.isfinite(cb))[0])})")
+        first = int(np.flatnonzero(~np.isfinite(cb))[0])
+        raise ValueError(f"{_where(name)}: codebook holds NaN or inf (entry {first})")
     return cb
 
 
@@ -390,7 +391,8 @@ def decode(t: EncodedTensor) -> np.ndarray:
 def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
     """Sizes and code statistics of one tensor, for reports and ``deepzip inspect``.
 
-    Keys: ``name, kind, shape, dtype, count`` (elements), ``kept``, ``k``, ``raw_bits_per_index``
+    Keys: ``name, kind, shape, dtype, count`` (elements), ``decoded_bytes`` (of the decoded array), ``kept``, ``k``,
+    ``raw_bits_per_index``
     (``ceil(log2 k)``), ``index_entries`` (kept + fillers), ``fillers``, ``index_bits`` (Huffman),
     ``index_bits_per_entry``, ``gap_width``, ``gap_bits``, ``gap_bits_per_entry``, ``section_bytes``
     (dict), ``bytes`` (all sections), ``bits_per_weight`` (section bits / count); with ``entropy``, also
@@ -405,6 +407,7 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
         "shape": list(t.shape),
         "dtype": t.dtype,
         "count": n,
+        "decoded_bytes": decoded_nbytes(t),
         "kept": n,
         "k": None,
         "raw_bits_per_index": None,
