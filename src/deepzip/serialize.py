@@ -12,7 +12,7 @@ What each tensor becomes:
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
 again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
 ``"package.module:factory"`` is built only with ``trust_code=True`` (or give the model: ``load(path, model=MyNet())``),
-and a file whose tensors would decode to more than ``max_bytes`` (default 2 GiB) is refused before allocating.
+and a file whose tensors would decode to more than ``max_bytes`` (default 1 GiB) is refused before allocating.
 
 Example:
     >>> import os, tempfile, torch
@@ -221,7 +221,7 @@ def load(
         model: the model to load into; then the file's architecture name is not used.
         trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
             (runs its code); without it only deepzip's registered models are built from a name.
-        max_bytes: the most bytes the tensors may decode to (default 2 GiB), checked before decoding; None: no limit.
+        max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.

@@ -36,9 +36,10 @@ META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 MAX_CODEBOOK = 1 << 16
 MAX_NDIM = 64
-#: Default bound on the bytes a read file may decode to (all tensors together): 2 GiB, i.e. 512M float32 weights.
-#: The header's shapes are checked against it before anything is allocated; callers raise it with ``max_bytes``.
-DEFAULT_MAX_BYTES = 2 << 30
+#: Default bound on the bytes a read file may decode to (all tensors together): 1 GiB, i.e. 256M float32 weights
+#: (VGG-16 has 138M). The header's shapes are checked against it before anything is allocated; callers raise it
+#: with ``max_bytes`` (CLI ``--max-bytes``).
+DEFAULT_MAX_BYTES = 1 << 30
 _INT64_MAX = (1 << 63) - 1
 
 

@@ -13,7 +13,7 @@ Layout (all integers little-endian; the binding spec with a hex dump is docs/FOR
 
 Reading never unpickles, never imports and checks every claimed size against the bytes present before allocating;
 the header decompresses to at most min(64 MiB, 1032 x H) bytes (1032:1 is deflate's best possible ratio) holding at
-most 2**20 JSON values, and the tensors together decode to at most ``max_bytes`` (default 2 GiB).
+most 2**20 JSON values, and the tensors together decode to at most ``max_bytes`` (default 1 GiB).
 
 Example:
     >>> import numpy as np
@@ -374,7 +374,7 @@ def read(
 
     Args:
         src: a path or the file's bytes.
-        max_bytes: the most bytes all tensors together may decode to (default 2 GiB); None for no limit.
+        max_bytes: the most bytes all tensors together may decode to (default 1 GiB); None for no limit.
 
     Raises:
         DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
