@@ -400,8 +400,8 @@ def main() -> None:
     clean = "no hang, no crash, no MemoryError, no exception type other than DeepzipError subclasses"
     verdict = (f"{cases:,} cases in {wall:.0f} s ({cases / wall:.0f}/s, 1 worker): "
                f"{sum(bad.values())} failures ({bad or clean}); slowest case {slowest[0]:.2f} s (#{slowest[1]}); "
-               f"peak traced heap "
-               f"per traced case (1 in {TRACE_EVERY}) {peak[0] / 2**20:.1f} MiB (#{peak[1]}, a {peak[2]:,}-byte file) with max_bytes = "
+               f"peak traced heap per traced case (1 in {TRACE_EVERY}) {peak[0] / 2**20:.1f} MiB (#{peak[1]}, "
+               f"a {peak[2]:,}-byte file) with max_bytes = "
                f"{MAX_BYTES / 2**20:.0f} MiB; every case under RLIMIT_AS = start-up address space + "
                f"{MEM_CAP / 2**20:.0f} MiB and a {CASE_TIMEOUT:.0f} s alarm")
     print(verdict)

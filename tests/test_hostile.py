@@ -225,7 +225,7 @@ def test_prune_rounds_zero_and_duplicate_layers_are_refused(tmp_path, capsys):
 
 def test_prune_sparsity_one_prints_no_absurd_ratio(tmp_path, capsys, monkeypatch):
     import deepzip.cli.model as cm
-    import deepzip.recipes as rc
+    import deepzip.pipeline as rc
     from deepzip import data
 
     ck = tmp_path / "c.safetensors"

@@ -447,12 +447,12 @@ def decompose_(
         return name
 
     explicit: dict[str, Any] = {}
-    for key, r in (ranks or {}).items():
+    for key, given in (ranks or {}).items():
         name = known(key, "ranks")
         if isinstance(cands[name], nn.Conv2d):
-            explicit[name] = _check_conv_ranks(name, r)
+            explicit[name] = _check_conv_ranks(name, given)
         else:
-            explicit[name] = _check_rank(name, r)
+            explicit[name] = _check_rank(name, given)
     if layers is not None:
         if isinstance(layers, str):
             raise ValueError(f"layers={layers!r}: expected a list of layer names, not one string")

@@ -35,6 +35,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 __all__ = [
+    "SCAN_SPARSITIES",
     "AGPSchedule",
     "FilterFn",
     "Mask",
@@ -58,6 +59,8 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 class Mask(nn.Module):
     """Parametrization ``weight = original * mask``; ``mask`` is a bool buffer of the weight's shape."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -314,11 +317,14 @@ def iterative_prune_(
 
 SensitivityScan = dict[str, list[tuple[float, float]]]
 
+#: The sparsities every sensitivity scan tries (dense to 99%), finer where layers start to break.
+SCAN_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+
 
 def sensitivity_scan(
     model: nn.Module,
     error_fn: Callable[[nn.Module], float],
-    sparsities: Iterable[float] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
+    sparsities: Iterable[float] = SCAN_SPARSITIES,
     *,
     filter_fn: FilterFn | None = None,
     progress: bool = False,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,16 +38,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import codec, share
+from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
 from .codec.container import DEFAULT_MAX_BYTES
-from .errors import CheckpointError, DeepzipFormatError, UntrustedCodeError
+from .errors import CheckpointError, DeepzipError, DeepzipFormatError, UntrustedCodeError
+from .fileinfo import read_dz
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
 __all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
 
 _MAX_CODEBOOK = 1 << 16
-_LAYER_KINDS = ("shared", "masked", "plain")
 
 
 def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTensor | None:
@@ -94,14 +94,15 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
             if not mname or not parametrize.is_parametrized(module, "weight"):
                 continue
             key = f"{mname}.weight"
-            if share.is_shared(module):
+            kind = layer_kind(module, key)
+            if kind == "shared":
                 centroids, indices, mask = share.get_codebook(module)
                 if mask.all():
                     tensors[key] = codec.encode_codebook(centroids, indices, name=key)
                 else:
                     tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
                 kinds[key] = "shared"
-            elif all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
+            else:  # masked
                 mask_t = get_mask(module)
                 assert mask_t is not None
                 w = module.weight.detach().cpu().float().numpy()
@@ -109,8 +110,6 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
                 enc = _lossless(key, w, mask)
                 tensors[key] = enc if enc is not None else codec.encode_dense(w, name=key)
                 kinds[key] = "masked"
-            else:
-                raise ValueError(f"{key}: unsupported parametrization; strip() it before saving")
         state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     else:
         state = dict(model)
@@ -143,19 +142,10 @@ def save(
                        extra={**(extra or {}), "layers": kinds})
 
 
-def read_dz(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> DzFile:
-    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
-    try:
-        return codec.read(path, max_bytes=max_bytes)
-    except DeepzipFormatError as exc:
-        if isinstance(path, (bytes, bytearray)):
-            raise
-        raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
-
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
-    if not isinstance(kinds, dict) or any(v not in _LAYER_KINDS for v in kinds.values()):
+    if not isinstance(kinds, dict) or any(v not in LAYER_KINDS for v in kinds.values()):
         raise DeepzipFormatError("header: extra.layers is not a map of layer kinds")
     return kinds
 
@@ -212,9 +202,9 @@ def load(
     *,
     trust_code: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
-) -> Any:
-    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
-    a plain state_dict when neither is available.
+) -> nn.Module:
+    """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
+    architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
 
     Args:
         path: the file (or its bytes).
@@ -227,13 +217,17 @@ def load(
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
         UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
         CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
+        DeepzipError: the file names no architecture and no ``model`` was given.
     """
     f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
         arch = f.architecture
         if not arch:
-            return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
+            raise DeepzipError(
+                f"{where}the file names no architecture, so there is no model to build: pass the model "
+                "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
+                "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
             model = get_model(arch, trust_code=trust_code)
         except UntrustedCodeError as exc:

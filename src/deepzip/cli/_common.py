@@ -25,7 +25,7 @@ def command(name: str, help: str) -> Callable:
 
 def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
     def deco(run: Callable) -> Callable:
-        run._configure = configure
+        run._configure = configure  # type: ignore[attr-defined]
         return run
 
     return deco
@@ -55,12 +55,10 @@ def _size(text: str) -> int:
 
 def _read_args(p: argparse.ArgumentParser, *, trust: bool = True) -> None:
     """Options of every command that reads model files: the decoded-size limit and, where a file may name its own
-    architecture, ``--trust-code``."""
-    from ..codec._tensor import DEFAULT_MAX_BYTES
-
-    p.add_argument("--max-bytes", dest="max_bytes", type=_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
-                   help=f"refuse .dz files whose tensors decode to more than SIZE bytes (e.g. 8G; default "
-                        f"{DEFAULT_MAX_BYTES >> 30}G), checked before anything is allocated")
+    architecture, ``--trust-code``. (No deepzip import here: building the parser must stay cheap.)"""
+    p.add_argument("--max-bytes", dest="max_bytes", type=_size, default="1G", metavar="SIZE",
+                   help="refuse .dz files whose tensors decode to more than SIZE bytes (e.g. 8G; default 1G), "
+                        "checked before anything is allocated")
     if trust:
         p.add_argument("--trust-code", dest="trust_code", action="store_true",
                        help="let a file that names its architecture as package.module:factory import that module "

@@ -149,7 +149,7 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
 @args(_cfg_inspect)
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from ..pipeline import file_report
+    from ..fileinfo import file_report
 
     path = Path(a.file)
     if not path.is_file():

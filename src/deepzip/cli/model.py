@@ -83,7 +83,7 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
 @args(_cfg_prune)
 def cmd_prune(a: argparse.Namespace) -> int:
     from ..checkpoint import save_checkpoint
-    from ..recipes import PruneSettings, run_prune
+    from ..pipeline import PruneSettings, run_prune
 
     if a.rounds is not None and a.rounds < 1:
         raise ValueError(f"--rounds {a.rounds}: expected at least 1 prune -> retrain round")
@@ -102,7 +102,11 @@ def cmd_prune(a: argparse.Namespace) -> int:
         schedule=a.schedule,
     )
     result = run_prune(model, train, test, settings, _train_cfg(a, _arch(model), retrain=True),
-                       progress=_progress(a), scan_plot=a.scan_plot)
+                       progress=_progress(a))
+    if a.scan_plot and result["scan"]:
+        from ..report import plot_sensitivity
+
+        plot_sensitivity(result["scan"], a.scan_plot, chosen=result["sparsity"])
     save_checkpoint(model, a.output, meta={**meta, "test_error_pct": result["test_error_pct"], "prune": result})
     rows = [*result["layers"], {"layer": "total", "weights": sum(r["weights"] for r in result["layers"]),
                                 "kept_pct": result["kept_pct"], "test_error_pct": result["test_error_pct"]}]
@@ -139,12 +143,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     out: dict = {"file": str(path), "bytes": path.stat().st_size}
     if _is_dz(head):
         from ..errors import CheckpointError
+        from ..fileinfo import read_dz
         from ..serialize import load as dz_load
 
+        if a.model is None and not read_dz(path, max_bytes=a.max_bytes).architecture:
+            raise CheckpointError(f"{path}: holds a plain state_dict and names no architecture; give --model NAME")
         model = dz_load(path, model=None if a.model is None else _fresh(a.model), trust_code=a.trust_code,
                         max_bytes=a.max_bytes)
-        if isinstance(model, dict):
-            raise CheckpointError(f"{path}: holds a plain state_dict and names no architecture; give --model NAME")
     else:
         model, _ = _load_model(str(path), a.model, a.trust_code)
     test = load_mnist("test", a.data_dir, quiet=a.quiet)

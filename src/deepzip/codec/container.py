@@ -242,7 +242,7 @@ def remove_stale_temps(path: str | os.PathLike, max_age: float = STALE_TEMP_SECO
 
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     pattern = re.compile(re.escape(_temp_prefix(path)) + r"[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -415,8 +415,8 @@ def read(
     gc.disable()  # JSON makes no cycles; collections triggered by its many new containers cost 10x the parse
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DeepzipFormatError(f"header: invalid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeepzipFormatError(f"header: invalid JSON ({exc})") from None
     finally:
         if gc_on:
             gc.enable()
