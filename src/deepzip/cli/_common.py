@@ -31,13 +31,13 @@ def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
     return deco
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, threads: str = "all cores") -> None:
     p.add_argument("--data-dir", default=None, help="MNIST folder (default $DEEPZIP_DATA or ~/.cache/deepzip/mnist)")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (they are drawn only when stderr is a terminal anyway)")
     p.add_argument("--seed", type=int, default=0, help="random seed of initial weights, data order and k-means "
                    "(default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {threads})")
 
 
 def _size(text: str) -> int:

@@ -16,6 +16,12 @@ LAYER_COLUMNS = [
 ]
 
 
+# Float sums in torch's CPU kernels (matrix products, reductions) are split across threads, so their last bits, and
+# through the scans' decisions the whole file, depend on the thread count: compress pins it (LeNets gain little
+# from more threads, and nothing under load).
+COMPRESS_THREADS = 1
+
+
 def default_model_dir() -> Path:
     """Trained models reused by ``deepzip compress``: ``$DEEPZIP_MODELS`` or ``~/.cache/deepzip/models``."""
     from ..data import cache_dir
@@ -43,7 +49,8 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
                         "PATH (--json PATH)")
     p.add_argument("--trust-code", dest="trust_code", action="store_true",
                    help="allow a --config file or --checkpoint that names a package.module:factory model")
-    _common(p)
+    _common(p, threads=f"{COMPRESS_THREADS}, so that the same command writes the same file on any machine load and "
+                       "core count; another N gives a file reproducible for that N")
 
 
 @command("compress", "the Deep Compression pipeline: prune, share, Huffman-code into a .dz file")
@@ -62,6 +69,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr if a.json == "-" else sys.stdout)
 
+    import torch
+
+    torch.set_num_threads(a.threads or COMPRESS_THREADS)
     config = _load_config(a.config) if a.config else PipelineConfig()
     if a.model:
         config.model = a.model
