@@ -122,5 +122,16 @@ def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     from deepzip import codec
 
     assert codec.read(out).architecture == "deepzip.models:LeNet300"
+    # --json alone: stdout is one JSON object (the run resumes from the stages in w/), as evaluate/inspect --json
+    assert cli.main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bytes"] == out.stat().st_size
+    # the file names the user's factory: building it from the file needs --trust-code
+    from deepzip.errors import UntrustedCodeError
+    from deepzip.serialize import load
+
+    with pytest.raises(UntrustedCodeError):
+        load(out)
+    assert load(out, trust_code=True).fc1.weight.shape == (300, 784)
     assert cli.main(["compress", "--model", "nosuchpkg.mod:f", "-q"]) == 2
     assert "nosuchpkg" in capsys.readouterr().err
