@@ -41,6 +41,17 @@ def small_file(architecture: str | None = None) -> bytes:
     return codec.to_bytes(t, architecture=architecture)
 
 
+def model_like_tensors() -> dict[str, EncodedTensor]:
+    """One tensor of every kind and dense dtype, 0-d and empty ones too."""
+    rng = np.random.default_rng(1)
+    t = {f"d_{dt}": codec.encode_dense(rng.normal(size=(3, 2)).astype(dt)) for dt in codec._tensor.DENSE_DTYPES}
+    t["zero_d"] = codec.encode_dense(np.float32(2.5))
+    t["empty"] = codec.encode_dense(np.zeros((0, 3), np.float16))
+    t["cb"] = codec.encode_codebook(np.array([-1.0, 1.0]), rng.integers(0, 2, (4, 4)))
+    t["sp"] = codec.encode_sparse(np.array([-1.0, 1.0]), rng.integers(0, 2, (4, 4)), rng.random((4, 4)) < 0.3)
+    return t
+
+
 def with_header(blob: bytes, edit) -> bytes:
     """``blob`` with its header JSON changed by ``edit(header)`` (in place or returning a new one); checksums fixed."""
     version, text, data = container._split(blob)

@@ -158,7 +158,8 @@ def load_state_dict(
     ``max_bytes`` bounds what the tensors may decode to (see :func:`deepzip.codec.read`).
     """
     f = read_dz(path, max_bytes=max_bytes)
-    return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
+    # decode returns fresh, writable arrays: no copy, so decoding peaks at the decoded size (not twice it)
+    return {name: torch.from_numpy(f.decode(name)) for name in f.tensors}
 
 
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
@@ -185,13 +186,13 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
             centroids, indices, mask = f.decode_parts(key)
             share.set_codebook_(module, centroids, indices, mask)
         elif kind == "masked" and module is not None:
-            w = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
+            w = torch.from_numpy(f.decode(key)).to(own[key].dtype)
             with torch.no_grad():
                 module.weight.copy_(w)
             parametrize.register_parametrization(module, "weight", Mask(w != 0 if enc.kind == "dense" else
                                                                         torch.from_numpy(f.decode_parts(key)[2])))
         else:
-            plain[key] = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
+            plain[key] = torch.from_numpy(f.decode(key)).to(own[key].dtype)
     model.load_state_dict(plain, strict=False)
     return model
 

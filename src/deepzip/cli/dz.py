@@ -187,7 +187,6 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 @command("decompress", "turn a .dz file back into a plain safetensors state_dict")
 @args(_cfg_decompress)
 def cmd_decompress(a: argparse.Namespace) -> int:
-    import numpy as np
     import torch
     from safetensors.torch import save_file
 
@@ -199,7 +198,7 @@ def cmd_decompress(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path}: no such file")
     _check_output(a.output, a.file)
     f = read_dz(path, max_bytes=a.max_bytes)
-    sd = {name: torch.from_numpy(np.array(f.decode(name))).contiguous() for name in f.tensors}
+    sd = {name: torch.from_numpy(f.decode(name)).contiguous() for name in f.tensors}
     # a deepzip checkpoint with no compact layers: plain tensors, plus the architecture for `deepzip evaluate`
     metadata = {"format": FORMAT, "version": str(VERSION), "arch": f.architecture or "", "layers": "{}",
                 "meta": json.dumps({"source": path.name})}
