@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile
 
-from deepzip import cli, codec
+from deepzip import cli, codec, fileio
 from deepzip.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from deepzip.codec import container
 from deepzip.errors import CheckpointError, DeepzipFormatError, UntrustedCodeError
@@ -301,7 +301,7 @@ def test_stale_temp_files_are_cleaned(tmp_path):
     other = tmp_path / ".n.dz.abcd1234.tmp"
     for p in (old, young, other):
         p.write_bytes(b"x" * 100)
-    past = time.time() - 2 * container.STALE_TEMP_SECONDS
+    past = time.time() - 2 * fileio.STALE_TEMP_SECONDS
     os.utime(old, (past, past))
     os.utime(other, (past, past))
     codec.write(target, {"b": codec.encode_dense(np.zeros(2, np.float32))})

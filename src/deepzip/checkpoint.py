@@ -25,10 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ from torch.nn.utils import parametrize
 
 from . import share
 from .errors import CheckpointError, UntrustedCodeError
+from .fileio import atomic_write
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -75,33 +74,6 @@ def layer_kind(module: nn.Module, where: str = "weight") -> str:
     if all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
         return "masked"
     raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``: readers never see a half-written file.
-
-    The folder is created if missing; errors name ``path`` (not the hidden temp file); temp files that killed
-    runs left for the same ``path`` (older than an hour) are deleted first.
-    """
-    from .codec.container import TEMP_SUFFIX, _temp_prefix, os_error_for, remove_stale_temps
-
-    target = Path(path)
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_prefix(target), suffix=TEMP_SUFFIX)
-        os.close(fd)
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model should get the usual permissions
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise os_error_for(exc, target) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _index_dtype(k: int) -> torch.dtype:

@@ -40,7 +40,7 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike[str]) -> None:
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     _plt().close(fig)
@@ -205,7 +205,7 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     except ImportError as exc:
         lines.append(f"(no pictures: {exc})\n")
     md = out / "report.md"
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     return md

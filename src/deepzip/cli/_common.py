@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["args", "command", "print_table"]
+__all__ = ["args", "command", "existing_file", "print_table"]
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -91,6 +92,14 @@ def _check_output(path: str | None, *inputs: str | None, what: str = "output") -
         raise OSError(f"{what} {path}: cannot create its folder {folder} ({exc.strerror or exc})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path}: folder {folder} is not writable")
+
+
+def existing_file(name: str) -> Path:
+    """The path of an input file the user named, or FileNotFoundError naming it (one line, exit 2)."""
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None) -> None:

@@ -6,7 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import _check_output, _common, _data, _progress, _read_args, args, command, print_table
+from ._common import (
+    _check_output,
+    _common,
+    _data,
+    _progress,
+    _read_args,
+    args,
+    command,
+    existing_file,
+    print_table,
+)
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -122,7 +132,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
           f"({4 * summary['params_total']:,} bytes); test error {summary['error_before_pct']:.2f}% -> "
           f"{summary['error_after_pct']:.2f}% (evaluated from the file)")
     if a.json:
-        from ..checkpoint import atomic_write
+        from ..fileio import atomic_write
 
         atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=str)))
     return 0
@@ -161,9 +171,7 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 def cmd_inspect(a: argparse.Namespace) -> int:
     from ..fileinfo import file_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     rep = file_report(path, max_bytes=a.max_bytes)
     if a.json:
         print(json.dumps(rep, default=str))
@@ -190,12 +198,11 @@ def cmd_decompress(a: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from ..checkpoint import FORMAT, VERSION, atomic_write
-    from ..serialize import read_dz
+    from ..checkpoint import FORMAT, VERSION
+    from ..fileinfo import read_dz
+    from ..fileio import atomic_write
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     _check_output(a.output, a.file)
     f = read_dz(path, max_bytes=a.max_bytes)
     sd = {name: torch.from_numpy(f.decode(name)).contiguous() for name in f.tensors}
@@ -220,9 +227,7 @@ def _cfg_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     _check_output(str(Path(a.out) / "report.md"), a.file, what="--out")
     md = write_report(path, a.out, model=a.model, max_bytes=a.max_bytes)
     print(f"wrote {md}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from ._common import (
     _arch,
@@ -23,6 +22,7 @@ from ._common import (
     _train_cfg,
     args,
     command,
+    existing_file,
     print_table,
 )
 
@@ -135,9 +135,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..data import load_mnist
     from ..train import evaluate
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     with open(path, "rb") as f:
         head = f.read(8)
     out: dict = {"file": str(path), "bytes": path.stat().st_size}

@@ -26,21 +26,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeepzipFormatError
+from ..fileio import atomic_write
 from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_parts, decoded_nbytes, tensor_stats
 
 __all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
@@ -185,77 +185,8 @@ def write(
         Bytes written.
     """
     blob = to_bytes(tensors, config=config, architecture=architecture, extra=extra)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    remove_stale_temps(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as e:  # name the user's path, not the hidden temporary file
-        raise os_error_for(e, path) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
     return len(blob)
-
-
-# Temporary files of atomic writes: ``.<name>.<8 random chars>.tmp`` next to the target. A run killed before
-# its rename leaves one behind; the next write to the same target deletes those older than STALE_TEMP_SECONDS.
-TEMP_SUFFIX = ".tmp"
-STALE_TEMP_SECONDS = 3600
-
-
-def os_error_for(e: OSError, path: str | os.PathLike) -> OSError:
-    """``e`` (raised on a temporary file) re-worded to name ``path``, the file the user asked for."""
-    reason = e.strerror or str(e)
-    new = type(e)(e.errno, f"cannot write {os.fspath(path)}: {reason}") if e.errno else type(e)(
-        f"cannot write {os.fspath(path)}: {reason}")
-    return new
-
-
-def _temp_prefix(path: str | os.PathLike) -> str:
-    return "." + os.path.basename(os.fspath(path)) + "."
-
-
-def remove_stale_temps(path: str | os.PathLike, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
-    """Delete leftover temporary files of earlier atomic writes to ``path`` (older than ``max_age`` seconds).
-
-    Only names made by this module's writers match (``.<name>.XXXXXXXX.tmp``, 8 characters from
-    :func:`tempfile.mkstemp`); younger ones may belong to a write in progress and are kept.
-
-    Returns:
-        the paths deleted.
-    """
-    import re
-    import time
-
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    pattern = re.compile(re.escape(_temp_prefix(path)) + r"[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
-    removed: list[str] = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    now = time.time()
-    for name in names:
-        if pattern.match(name):
-            p = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                if now - os.lstat(p).st_mtime > max_age and os.path.isfile(p) and not os.path.islink(p):
-                    os.unlink(p)
-                    removed.append(p)
-    return removed
 
 
 # --- reading -------------------------------------------------------------------------------------
