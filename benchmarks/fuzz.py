@@ -243,7 +243,7 @@ def _alarm(signum, frame):
 
 def run_case(blob: bytes) -> str:
     from deepzip import codec
-    from deepzip.serialize import load
+    from deepzip.serialize import load, load_state_dict
 
     f = codec.read(blob, max_bytes=MAX_BYTES)
     for name, t in f.tensors.items():
@@ -251,7 +251,10 @@ def run_case(blob: bytes) -> str:
         if t.kind != "dense":
             f.decode_parts(name)
     f.stats(entropy=True)
-    load(blob, max_bytes=MAX_BYTES)
+    if f.architecture:
+        load(blob, max_bytes=MAX_BYTES)  # builds the model the file names (registered names only)
+    else:
+        load_state_dict(blob, max_bytes=MAX_BYTES)
     return "ok"
 
 
@@ -329,7 +332,10 @@ class Pool:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=worker, args=(child, self.seed), daemon=True)
         self.proc.start()
-        msg = self.conn.recv()
+        child.close()  # so that a dead worker reads as EOF here, not as a wait forever
+        if not self.conn.poll(600):
+            raise SystemExit("fuzz worker did not start within 600 s")
+        msg = self.conn.recv()  # EOFError: the worker died while starting (its traceback is on stderr)
         assert msg[0] == "ready"
         self.vm = msg[1]
 
