@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepzip"
 
 # Bottom to top. A module may import from its own layer or any layer below it, never above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("errors", {"errors", "papers"}),
+    ("errors, file I/O", {"errors", "fileio", "papers"}),
     ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
     ("foundation", {"data", "models", "train"}),
     ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime"}),

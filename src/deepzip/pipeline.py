@@ -48,6 +48,7 @@ from .prune import (
     iterative_prune_,
     prunable_layers,
     prune_,
+    resolve_layer,
     sensitivity_scan,
     sparsity_table,
 )
@@ -169,15 +170,15 @@ class PipelineConfig:
             if not isinstance(self.sparsity, dict):
                 raise bad("sparsity", self.sparsity, "a map of layer names to fractions")
             for k, v in self.sparsity.items():
-                if layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.sparsity.{k}: unknown layer; layers: {', '.join(layers)}")
+                if layers is not None:
+                    _config_layer(k, layers, "sparsity")
                 frac(f"sparsity.{k}", v)
         if self.bits is not None:
             items = self.bits.items() if isinstance(self.bits, dict) else [("", self.bits)]
             for k, v in items:
                 path = f"bits.{k}" if k else "bits"
-                if k and k != "default" and layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.{path}: unknown layer; layers: {', '.join(layers)}")
+                if k and k != "default" and layers is not None:
+                    _config_layer(k, layers, "bits")
                 if isinstance(v, str):
                     parts = v.split("/")
                     ok = len(parts) == 2 and all(p.isdigit() and 1 <= int(p) <= 16 for p in parts)
@@ -197,6 +198,13 @@ class PipelineConfig:
         d["_source"] = source
         d["_revision"] = STAGE_REVISION
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_layer(key: str, layers: dict[str, nn.Module], field: str) -> str:
+    try:
+        return resolve_layer(key, layers, field)
+    except ValueError as exc:
+        raise ValueError(f"config.{field}.{exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ resumable stages
@@ -473,7 +481,7 @@ def run_prune(
     settings: PruneSettings,
     retrain_cfg: TrainConfig,
     *,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Prune ``model`` in place with retraining; returns a summary with a per-layer table and stage timings.
 

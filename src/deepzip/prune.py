@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "prunable_layers",
     "prune_",
     "remove_parametrization_",
+    "resolve_layer",
     "sensitivity_scan",
     "sparsity_table",
     "strip",
@@ -98,18 +99,31 @@ def get_mask(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def resolve_layer(key: str, layers: Mapping[str, object], what: str, kind: str = "prunable") -> str:
+    """The layer a user's key names: ``"fc1"`` or ``"fc1.weight"`` -> ``"fc1"``, checked against ``layers``.
+
+    Every per-layer setting in deepzip (sparsity, bits, ranks, config fields) goes through here, so the error is
+    the same everywhere.
+
+    Raises:
+        ValueError: ``"fc9: unknown layer for sparsity; prunable layers: fc1, fc2, fc3"``.
+
+    Example:
+        >>> resolve_layer("fc1.weight", {"fc1": None, "fc2": None}, "bits")
+        'fc1'
+    """
+    name = key.removesuffix(".weight")
+    if name not in layers:
+        raise ValueError(f"{key}: unknown layer for {what}; {kind} layers: {', '.join(layers) or 'none'}")
+    return name
+
+
 def _resolve(value: float | dict[str, float] | None, layers: dict[str, nn.Module], what: str) -> dict[str, float]:
     """Per-layer values from one float or a dict keyed by dotted layer names (``"fc1"`` or ``"fc1.weight"``)."""
     if value is None:
         return {}
     if isinstance(value, dict):
-        out = {}
-        for key, v in value.items():
-            name = key[:-len(".weight")] if key.endswith(".weight") else key
-            if name not in layers:
-                raise ValueError(f"{key}: unknown layer for {what}; prunable layers: {', '.join(layers)}")
-            out[name] = v
-        return out
+        return {resolve_layer(key, layers, what): v for key, v in value.items()}
     return {name: value for name in layers}
 
 
@@ -297,7 +311,7 @@ def iterative_prune_(
     sparsity: dict[str, float] | None = None,
     quality: dict[str, float] | None = None,
     rounds: int = 3,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Prune -> retrain, ``rounds`` times, reaching the final per-layer ``sparsity`` (or ``quality``) in the last.
 
@@ -327,7 +341,7 @@ def sensitivity_scan(
     sparsities: Iterable[float] = SCAN_SPARSITIES,
     *,
     filter_fn: FilterFn | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> SensitivityScan:
     """Error vs sparsity for each layer pruned alone, without retraining (Han et al. 2015, Fig. 5).
 

@@ -45,7 +45,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from .prune import FilterFn, get_mask, prunable_layers, remove_parametrization_
+from .prune import FilterFn, get_mask, prunable_layers, remove_parametrization_, resolve_layer
 
 __all__ = [
     "PRESETS",
@@ -171,10 +171,7 @@ def resolve_bits(model: nn.Module, bits: Bits, filter_fn: FilterFn | None = None
         for key, b in bits.items():
             if key == "default":
                 continue
-            name = key.removesuffix(".weight")
-            if name not in layers:
-                raise ValueError(f"{key}: unknown layer for bits; shareable layers: {', '.join(layers)}")
-            raw[name] = b
+            raw[resolve_layer(key, layers, "bits", "shareable")] = b
     elif isinstance(bits, (str, int, np.integer)) and not isinstance(bits, bool):
         raw = {name: _default_bits(bits, m) for name, m in layers.items()}
     else:
@@ -192,7 +189,7 @@ def share_weights_(
     method: str = "kmeans",
     filter_fn: FilterFn | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Replace each selected layer's weights by at most ``2**bits`` shared values, in place; returns ``model``.
 

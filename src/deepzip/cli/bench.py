@@ -7,9 +7,8 @@ import json
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
-from ._common import args, command, print_table
+from ._common import args, command, existing_file, print_table
 
 # Run in a fresh interpreter, so that what a load adds to the resident set is the model and nothing else.
 _RSS_CHILD = r"""
@@ -78,9 +77,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from ..runtime import layer_inputs, median_seconds, runtime_table
     from ..serialize import load
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     try:
         batches = [int(b) for b in a.batch.split(",")]
     except ValueError:
