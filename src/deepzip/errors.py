@@ -6,7 +6,7 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "LowRankError"]
+__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "LowRankError", "UntrustedCodeError"]
 
 
 class DeepzipError(Exception):
@@ -31,3 +31,11 @@ class DataError(DeepzipError, RuntimeError):
 class LowRankError(DeepzipError, ValueError):
     """Bad low-rank settings or structure: ranks that do not fit a layer, TT modes whose product is not the layer's
     size, a decomposed file loaded into a plain model. The message names the layer and both numbers."""
+
+
+class UntrustedCodeError(DeepzipError, ValueError):
+    """A file (or a name) asks deepzip to import and run code (``"package.module:factory"``) without ``trust_code``.
+
+    Loading builds only deepzip's registered architectures unless the caller passes ``trust_code=True``
+    (CLI: ``--trust-code``) or gives the model itself (``deepzip.load(path, model=MyNet())``).
+    """

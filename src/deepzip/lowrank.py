@@ -574,7 +574,7 @@ def choose_ranks(
 
 
 def factorize_(model: nn.Module, plan: Sequence[Mapping[str, Any]], *, hooi_iters: int = 5,
-               progress: bool = True) -> nn.Module:
+               progress: bool = False) -> nn.Module:
     """The module swap, the second half of :func:`decompose_`: replace each planned layer by its factors, in place.
 
     Args:
@@ -647,7 +647,7 @@ def decompose_(
     layers: Iterable[str] | None = None,
     hooi_iters: int = 5,
     skip_larger: bool = True,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Replace conv layers by Tucker-2 triples and linear layers by SVD pairs, in place:
     :func:`choose_ranks` then :func:`factorize_` (see both for the arguments).
@@ -812,7 +812,7 @@ class TTLinear(nn.Module):
 
 
 def tt_linear_(
-    model: nn.Module, layers: Mapping[str, TTSpec], *, skip_larger: bool = True, progress: bool = True
+    model: nn.Module, layers: Mapping[str, TTSpec], *, skip_larger: bool = True, progress: bool = False
 ) -> nn.Module:
     """Replace linear layers by :class:`TTLinear` layers initialized by TT-SVD, in place.
 
