@@ -380,7 +380,13 @@ def write(parts: dict[str, dict], commands: list[str], results: Path, note: str 
                      f"{b_['bytes']:,} B ({b_['file_error_pct']:.2f}%): {win} wins by "
                      f"{max(a_['bytes'], b_['bytes']) / min(a_['bytes'], b_['bytes']):.2f}x.\n")
         else:
-            body += f"\nNot every arm reached <= {c['max_error_pct']:.2f}%: {best}\n"
+            body += f"\nNot every arm reached <= {c['max_error_pct']:.2f}% test error (target not met). "
+            arms = sorted({r["arm"] for r in c["rows"]})
+            level = max(min(r["file_error_pct"] for r in c["rows"] if r["arm"] == arm) for arm in arms)
+            near = {arm: min((r for r in c["rows"] if r["arm"] == arm and r["file_error_pct"] <= level + 0.05),
+                             key=lambda r: r["bytes"]) for arm in arms}
+            body += (f"At the error both arms reach (<= {level + 0.05:.2f}%): " + "; ".join(
+                f"{arm} {r['bytes']:,} B ({r['file_error_pct']:.2f}%)" for arm, r in near.items()) + ".\n")
         sections["Low-rank + Deep Compression vs Deep Compression alone (LeNet-5)"] = body
     curves = [c for p in parts.values() for c in p.get("curves", [])]
     sections["Fine-tuning / training curves (test error % after each epoch)"] = md_table(
@@ -417,7 +423,8 @@ def main() -> None:
     ap.add_argument("--note", default=None, help="with --merge: a Notes section (how the run was shortened, ...)")
     ap.add_argument("--quick", action="store_true", help="smoke run: synthetic data, tiny epochs, temp folder")
     a = ap.parse_args()
-    command = "python benchmarks/lowrank.py " + " ".join(sys.argv[1:])
+    argv = ["'(the Notes section)'" if i and sys.argv[i - 1] == "--note" else v for i, v in enumerate(sys.argv)]
+    command = "python benchmarks/lowrank.py " + " ".join(argv[1:])
     if a.merge:
         parts, commands = {}, []
         for d in a.merge:
