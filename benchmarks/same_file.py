@@ -31,6 +31,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def tensors_sha256(path: Path) -> str:
+    """SHA-256 of a safetensors file's tensors (names, shapes, bytes in name order), not of the file: safetensors
+    writes its metadata map in hash order, so two saves of the same model can differ in their header bytes."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), "np") as f:
+        for k in sorted(f.keys()):
+            t = f.get_tensor(k)
+            h.update(f"{k}{t.dtype}{t.shape}".encode())
+            h.update(t.tobytes())
+    return h.hexdigest()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="default,omp2,t1,default", help="settings of the runs: default, ompN, tN")
@@ -79,7 +93,7 @@ def main() -> None:
         rows.append({"run": i, "setting": setting, "trains": a.train, "loadavg_1min": round(os.getloadavg()[0], 2),
                      "wall_s": round(wall, 1), "bytes": out.stat().st_size,
                      "error_pct": s.get("error_after_pct"), "sha256": sha256(out)[:16],
-                     "trained_model_sha256": sha256(trained[0])[:16] if trained else None})
+                     "trained_tensors_sha256": tensors_sha256(trained[0])[:16] if trained else None})
         print(rows[-1], flush=True)
     distinct = sorted({r["sha256"] for r in rows})
     sizes = [r["bytes"] for r in rows]
