@@ -199,12 +199,15 @@ def _refuse_other_formats(p: Path) -> None:
     try:
         with open(p, "rb") as f:
             head = f.read(9)
+        size = p.stat().st_size
     except OSError:
+        return
+    # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
+    # is possible there (0x80 included), so recognise it before guessing at other formats.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return
     from .codec.container import MAGIC
 
-    if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
-        return
     if head.startswith(MAGIC):
         raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "
                               "models take it as it is (deepzip evaluate), or turn it into one with "
