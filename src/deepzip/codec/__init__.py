@@ -7,6 +7,8 @@ together with a JSON header; the byte-level spec is docs/FORMAT.md.
 * ``encode_codebook(codebook, indices)``: float32 codebook + Huffman-coded index per element.
 * ``encode_sparse(codebook, indices, mask, gap_width=None)``: float32 codebook + Huffman-coded indices
   of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
+* ``encode_planes(array, mask=None)`` (format 1.1): lossless byte planes, each raw or Huffman-coded, of all
+  values or of the kept ones behind a packed mask; any dtype incl. ``"bfloat16"`` (as uint16 bit patterns).
 * ``decode(t)`` -> dense array; ``decode_parts(t)`` -> ``(codebook, indices, mask)``.
 * ``write(path, tensors, config=..., architecture=..., extra=...)`` -> bytes written (atomic);
   ``to_bytes(...)`` -> bytes; ``read(path_or_bytes)`` -> :class:`DzFile` with ``.header``, ``.tensors``,
@@ -34,6 +36,7 @@ from ._tensor import (
     decode_parts,
     encode_codebook,
     encode_dense,
+    encode_planes,
     encode_sparse,
     tensor_stats,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "decode_parts",
     "encode_codebook",
     "encode_dense",
+    "encode_planes",
     "encode_sparse",
     "huffman",
     "read",

@@ -44,7 +44,7 @@ from ._tensor import EncodedTensor, check, decode, decode_parts, tensor_stats
 __all__ = ["ALIGN", "MAGIC", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: the planes kind and the bfloat16 dtype
 ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
 MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
 _MAX_RATIO = 1032  # deflate never expands more than 1032:1 (258 bytes per 2-bit match)
@@ -150,7 +150,13 @@ def to_bytes(
     text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(text) > MAX_HEADER_SIZE:
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
-    return _pack(VERSION, zlib.compress(text, 9), b"".join(chunks))
+    return _pack(needed_version(items), zlib.compress(text, 9), b"".join(chunks))
+
+
+def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
+    """The oldest format that holds ``tensors``: 1.1 for the planes kind or bfloat16, else 1.0 (older readers
+    keep reading what they can)."""
+    return VERSION if any(t.kind == "planes" or t.dtype == "bfloat16" for t in tensors) else (1, 0)
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes) -> bytes:
@@ -296,21 +302,26 @@ def _inflate_header(hbytes: bytes) -> bytes:
     return text
 
 
-def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
-    """Parse and verify a ``.dz`` file (path or bytes); tensors are decoded on demand.
+@dataclass
+class SectionTable:
+    """One tensor's header entry, sections not yet read: ``sections`` maps name -> (offset, length, crc32)."""
 
-    Checks, in order: preamble and magic, version, header length, header checksum, header
-    decompression (bounded: at most min(64 MiB, 1032 x the stored length)), header JSON and its types,
-    section bounds/alignment/overlap, section checksums, each tensor's sizes against its sections
-    (:func:`deepzip.codec._tensor.check`).
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    meta: dict[str, Any]
+    sections: dict[str, tuple[int, int, int]]
 
-    Raises:
-        DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
-        OSError: the file cannot be read.
+
+def parse_header(buf: bytes, size: int) -> tuple[dict[str, Any], tuple[int, int], int, list[SectionTable]]:
+    """Check the preamble and header of a file of ``size`` bytes whose first bytes are ``buf``.
+
+    ``buf`` must hold at least the preamble and the stored header (the whole file will do). Section bounds,
+    alignment and overlap are checked against ``size``; section checksums and contents are not (the caller
+    reads the sections). Returns ``(header, version, data_start, tables)``.
     """
-    buf = _read_bytes(src)
-    size = len(buf)
-    if size < PREAMBLE_SIZE:
+    if size < PREAMBLE_SIZE or len(buf) < PREAMBLE_SIZE:
         raise DeepzipFormatError(
             f"preamble: file is {size} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble"
         )
@@ -349,13 +360,15 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
             f"{max(0, size - data_start)} (truncated or trailing bytes)"
         )
     entries = _need(header, "tensors", list, "header")
-    tensors: dict[str, EncodedTensor] = {}
+    tables: list[SectionTable] = []
+    names: set[str] = set()
     spans = []
     for i, e in enumerate(entries):
         where = f"header.tensors[{i}]"
         name = _need(e, "name", str, where)
-        if not name or name in tensors:
+        if not name or name in names:
             raise DeepzipFormatError(f"{where}.name: {name!r} is empty or duplicate")
+        names.add(name)
         where = name
         kind = _need(e, "kind", str, where)
         shape = _need(e, "shape", list, where)
@@ -376,19 +389,42 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
                 raise DeepzipFormatError(
                     f"{w}: section ends at byte {data_start + off + length} but the file has {size} (truncated?)"
                 )
-            data = buf[data_start + off : data_start + off + length]
-            if zlib.crc32(data) != crc:
-                raise DeepzipFormatError(f"{w}: checksum mismatch")
             spans.append((off, off + length, w))
-            sections[sec] = data
-        t = EncodedTensor(name, kind, tuple(shape), dtype, meta, sections)
-        check(t)
-        tensors[name] = t
+            sections[sec] = (off, length, crc)
+        tables.append(SectionTable(name, kind, tuple(shape), dtype, meta, sections))
     spans.sort()
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise DeepzipFormatError(f"{b}: overlaps {a}")
-    return DzFile(header, tensors, (major, minor))
+    return header, (major, minor), data_start, tables
+
+
+def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
+    """Parse and verify a ``.dz`` file (path or bytes); tensors are decoded on demand.
+
+    Checks, in order: preamble and magic, version, header length, header checksum, header
+    decompression (bounded: at most min(64 MiB, 1032 x the stored length)), header JSON and its types,
+    section bounds/alignment/overlap, section checksums, each tensor's sizes against its sections
+    (:func:`deepzip.codec._tensor.check`).
+
+    Raises:
+        DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
+        OSError: the file cannot be read.
+    """
+    buf = _read_bytes(src)
+    header, version, data_start, descs = parse_header(buf, len(buf))
+    tensors: dict[str, EncodedTensor] = {}
+    for d in descs:
+        sections = {}
+        for sec, (off, length, crc) in d.sections.items():
+            data = buf[data_start + off : data_start + off + length]
+            if zlib.crc32(data) != crc:
+                raise DeepzipFormatError(f"{d.name}/{sec}: checksum mismatch")
+            sections[sec] = data
+        t = EncodedTensor(d.name, d.kind, d.shape, d.dtype, d.meta, sections)
+        check(t)
+        tensors[d.name] = t
+    return DzFile(header, tensors, version)
 
 
 def _split(blob: bytes) -> tuple[tuple[int, int], bytes, bytes]:
