@@ -47,7 +47,7 @@ def storage_dtype(dtype: str) -> np.dtype:
 
 
 def _bits(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Unsigned integer view of ``values`` (1-d), rotated left by one bit for floats."""
+    """Unsigned integer view of ``values`` (1-d, a new array), rotated left by one bit for floats."""
     size = storage_dtype(dtype).itemsize
     u = np.ascontiguousarray(values).reshape(-1).view(_UINT[size])
     if dtype in _FLOATS:
@@ -56,12 +56,17 @@ def _bits(values: np.ndarray, dtype: str) -> np.ndarray:
     return u
 
 
-def _unbits(u: np.ndarray, dtype: str) -> np.ndarray:
-    size = storage_dtype(dtype).itemsize
-    if dtype in _FLOATS:
-        nb = 8 * size
-        u = (u >> _UINT[size](1)) | (u << _UINT[size](nb - 1))
-    return u.view(storage_dtype(dtype))
+def _unrotate_(u: np.ndarray, dtype: str) -> None:
+    """Undo :func:`_bits`'s rotation in place (temporaries of one block at a time)."""
+    if dtype not in _FLOATS:
+        return
+    t = u.dtype.type
+    nb = 8 * u.itemsize
+    for s in range(0, u.size, BLOCK):
+        blk = u[s : s + BLOCK]
+        low = blk >> t(1)
+        blk <<= t(nb - 1)
+        blk |= low
 
 
 def _plane(u: np.ndarray, i: int) -> np.ndarray:
@@ -86,14 +91,19 @@ def _split(values: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.
     return v[m], np.packbits(m)
 
 
+def _blocks(kept: np.ndarray, dtype: str, block: int):  # type: ignore[no-untyped-def]
+    """Yield (block index, rotated unsigned view of one block): temporaries of one block only."""
+    for j, s in enumerate(range(0, kept.size, block)):
+        yield j, _bits(kept[s : s + block], dtype)
+
+
 def planes_size(values: np.ndarray, dtype: str, mask: np.ndarray | None = None, block: int = BLOCK) -> int:
     """Exact bytes of the sections :func:`encode_planes` would write (computed from histograms, nothing coded)."""
     kept, packed = _split(values, mask)
     total = _best(packed)[1] if packed is not None else 0
-    u = _bits(kept, dtype)
-    for s in range(0, u.size, block):
-        blk = u[s : s + block]
-        total += sum(_best(_plane(blk, i))[1] for i in range(u.itemsize))
+    size = storage_dtype(dtype).itemsize
+    for _, blk in _blocks(kept, dtype, block):
+        total += sum(_best(_plane(blk, i))[1] for i in range(size))
     return total
 
 
@@ -117,26 +127,26 @@ def encode_planes(
     if not 1 <= block <= MAX_BLOCK:
         raise ValueError(f"block={block}, expected 1..{MAX_BLOCK}")
     values = np.asarray(values)
-    if values.dtype.itemsize != storage_dtype(dtype).itemsize:
+    size = storage_dtype(dtype).itemsize
+    if values.dtype.itemsize != size:
         raise ValueError(f"values of dtype {values.dtype} do not hold {dtype}")
     kept, packed = _split(values, mask)
     sections: dict[str, bytes] = {}
     coded: list[int] = []
+    mask_coded = False
     if packed is not None:
-        code, _ = _best(packed)
-        sections["mask"] = huffman.pack_stream(packed, alphabet=256) if code else packed.tobytes()
-    u = _bits(kept, dtype)
-    for j, s in enumerate(range(0, u.size, block)):
-        blk = u[s : s + block]
+        mask_coded, _ = _best(packed)
+        sections["mask"] = huffman.pack_stream(packed, alphabet=256) if mask_coded else packed.tobytes()
+    for j, blk in _blocks(kept, dtype, block):
         flags = 0
-        for i in range(u.itemsize):
+        for i in range(size):
             p = _plane(blk, i)
             code, _ = _best(p)
             flags |= int(code) << i
             sections[f"b{j}p{i}"] = huffman.pack_stream(p, alphabet=256) if code else np.ascontiguousarray(p).tobytes()
         coded.append(flags)
     meta = {"block": block, "kept": int(kept.size), "masked": int(packed is not None),
-            "mask_coded": int(packed is not None and _best(packed)[0]), "coded": coded}
+            "mask_coded": int(mask_coded), "coded": coded}
     return meta, sections
 
 
@@ -189,7 +199,10 @@ def decode_planes(
         for i in range(sd.itemsize):
             ub[s : s + count, i] = _unplane(sections[f"b{j}p{i}"], bool(meta["coded"][j] >> i & 1), count,
                                             f"{name}/b{j}p{i}")
-    vals = _unbits(u, dtype)
+    _unrotate_(u, dtype)
+    if dtype == "bool" and kept and int(u.max()) > 1:
+        raise DeepzipFormatError(f"{name}: bool values other than 0 and 1")
+    vals = u.view(sd)
     if mask is None:
         return vals.reshape(shape)
     out = np.zeros(n, sd)

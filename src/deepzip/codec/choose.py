@@ -1,0 +1,99 @@
+"""Pick the smallest lossless encoding of one array: dense, byte planes (with or without a zero mask), or a codebook.
+
+Candidates, each exact:
+
+- ``dense``: the raw values;
+- ``planes``: the values' byte planes, each raw or Huffman-coded (:mod:`deepzip.codec._planes`);
+- ``planes`` behind a mask: the nonzero values' planes plus the packed keep-mask (tried when at least 1/16 of the
+  values are zero: a pruned layer with many distinct values);
+- ``codebook`` / ``sparse``: a float32 table of the distinct (nonzero) values and Huffman-coded indices (tried when
+  a float array has at most 2**16 distinct values, all exact in float32: a stripped weight-shared layer).
+
+Sizes of the plane candidates come from histograms, so only the winner is coded.
+
+Example:
+    >>> w = np.zeros((256, 256), np.float32); w[:, ::4] = np.random.default_rng(0).standard_normal((256, 64))
+    >>> t = encode_lossless(w)
+    >>> from deepzip.codec import decode
+    >>> t.kind, t.meta["masked"], bool(np.array_equal(decode(t), w))
+    ('planes', 1, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _planes
+from ._tensor import EncodedTensor, encode_codebook, encode_dense, encode_planes, encode_sparse
+
+__all__ = ["encode_lossless"]
+
+_MAX_CODEBOOK = 1 << 16
+_FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
+
+
+def _codebook(a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None) -> EncodedTensor | None:
+    """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one."""
+    if dtype not in ("float32", "float16", "bfloat16", "float64") or a.size == 0:
+        return None
+    f = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
+    flat = f.reshape(-1)
+    sample = flat[: 1 << 20] if mask is None else flat[: 1 << 20][mask.reshape(-1)[: 1 << 20]]
+    if np.unique(sample).size > _FEW:
+        return None
+    kept = flat if mask is None else flat[mask.reshape(-1)]
+    if kept.size == 0:
+        return None
+    values, inverse = np.unique(kept, return_inverse=True)
+    if values.size > _MAX_CODEBOOK or not np.array_equal(values.astype(np.float32).astype(values.dtype), values):
+        return None
+    if mask is None:
+        return encode_codebook(values, inverse.reshape(a.shape), name=name)
+    indices = np.zeros(a.shape, np.int64)
+    indices[mask] = inverse
+    return encode_sparse(values, indices, mask, name=name)
+
+
+def encode_lossless(
+    array: np.ndarray, name: str = "", dtype: str | None = None, block: int = _planes.BLOCK
+) -> EncodedTensor:
+    """The smallest exact encoding of ``array`` among dense, planes, masked planes and codebook/sparse.
+
+    Args:
+        array: any shape; for ``dtype="bfloat16"`` its uint16 bit patterns.
+        name: the tensor's name.
+        dtype: the dtype to record (default ``array.dtype``), one of ``_planes.PLANE_DTYPES``.
+        block: elements per planes block.
+
+    Returns:
+        The winning :class:`EncodedTensor`. A codebook or sparse winner decodes to float32 holding exactly the
+        original values (the caller casts back to ``dtype``, e.g. bfloat16, without loss).
+
+    Raises:
+        ValueError: unsupported dtype.
+    """
+    a = np.asarray(array)
+    dtype = dtype or a.dtype.name
+    dense = encode_dense(a, name=name, dtype=dtype)
+    if a.size < 64:
+        return dense
+    best: tuple[int, str, np.ndarray | None] = (dense.nbytes, "dense", None)
+    size = _planes.planes_size(a, dtype, None, block)
+    if size < best[0]:
+        best = (size, "planes", None)
+    zero = _planes._bits(a, dtype) == 0  # all-zero bit patterns: +0.0 (not -0.0, which stays exact as a value)
+    nzero = int(zero.sum())
+    mask = None
+    if nzero * 16 >= a.size:
+        mask = ~zero.reshape(a.shape)
+        size = _planes.planes_size(a, dtype, mask, block)
+        if size < best[0]:
+            best = (size, "masked", mask)
+    winner: EncodedTensor = dense
+    if best[1] != "dense":
+        winner = encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block)
+    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None)
+    if cb is not None and cb.nbytes < winner.nbytes:
+        return cb
+    return winner
+
