@@ -94,11 +94,12 @@ def tensor_to_numpy(t: torch.Tensor, where: str = "") -> tuple[np.ndarray, str]:
 
 def numpy_to_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
     """The tensor of ``dtype`` holding ``a`` (bit patterns for bfloat16; values cast exactly otherwise)."""
+    a = np.array(a, copy=not a.flags.c_contiguous or not a.flags.writeable)  # keeps 0-d arrays 0-d
     if dtype == "bfloat16":
         if a.dtype == np.uint16:
-            return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a)).to(_FROM_NAME[dtype])
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(a).to(_FROM_NAME[dtype])
 
 
 def _as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:

@@ -32,20 +32,24 @@ _MAX_CODEBOOK = 1 << 16
 _FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
 
 
-def _codebook(a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None) -> EncodedTensor | None:
+def _codebook(a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool) -> EncodedTensor | None:
     """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one."""
     if dtype not in ("float32", "float16", "bfloat16", "float64") or a.size == 0:
         return None
     f = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
     flat = f.reshape(-1)
-    sample = flat[: 1 << 20] if mask is None else flat[: 1 << 20][mask.reshape(-1)[: 1 << 20]]
-    if np.unique(sample).size > _FEW:
+    head = flat[: 1 << 20] if mask is None else flat[: 1 << 20][mask.reshape(-1)[: 1 << 20]]
+    if np.unique(head).size > _FEW:
         return None
     kept = flat if mask is None else flat[mask.reshape(-1)]
     if kept.size == 0:
         return None
-    values, inverse = np.unique(kept, return_inverse=True)
-    if values.size > _MAX_CODEBOOK or not np.array_equal(values.astype(np.float32).astype(values.dtype), values):
+    if not signed_zeros:
+        kept = kept + kept.dtype.type(0)  # -0.0 + 0.0 = +0.0: one zero
+    u = _planes._UINT[kept.itemsize]
+    bits, inverse = np.unique(kept.view(u), return_inverse=True)  # by bit pattern: -0.0 and NaNs stay exact
+    values = bits.view(kept.dtype)
+    if bits.size > _MAX_CODEBOOK or not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
         return None
     if mask is None:
         return encode_codebook(values, inverse.reshape(a.shape), name=name)
@@ -55,7 +59,8 @@ def _codebook(a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None) -> 
 
 
 def encode_lossless(
-    array: np.ndarray, name: str = "", dtype: str | None = None, block: int = _planes.BLOCK
+    array: np.ndarray, name: str = "", dtype: str | None = None, block: int = _planes.BLOCK,
+    signed_zeros: bool = True,
 ) -> EncodedTensor:
     """The smallest exact encoding of ``array`` among dense, planes, masked planes and codebook/sparse.
 
@@ -64,6 +69,8 @@ def encode_lossless(
         name: the tensor's name.
         dtype: the dtype to record (default ``array.dtype``), one of ``_planes.PLANE_DTYPES``.
         block: elements per planes block.
+        signed_zeros: keep -0.0 apart from +0.0 (bit-exact, the default); False stores -0.0 as a pruned zero,
+            so the decoded tensor is equal in value (``torch.equal``) but its -0.0 become +0.0.
 
     Returns:
         The winning :class:`EncodedTensor`. A codebook or sparse winner decodes to float32 holding exactly the
@@ -81,7 +88,11 @@ def encode_lossless(
     size = _planes.planes_size(a, dtype, None, block)
     if size < best[0]:
         best = (size, "planes", None)
-    zero = _planes._bits(a, dtype) == 0  # all-zero bit patterns: +0.0 (not -0.0, which stays exact as a value)
+    # Rotated bits: 0 is +0.0 (and integer 0), 1 is -0.0 for floats.
+    bits = _planes._bits(a, dtype)
+    floats = dtype in ("float32", "float16", "bfloat16", "float64")
+    zero = bits <= 1 if floats and not signed_zeros else bits == 0
+    del bits
     nzero = int(zero.sum())
     mask = None
     if nzero * 16 >= a.size:
@@ -92,7 +103,7 @@ def encode_lossless(
     winner: EncodedTensor = dense
     if best[1] != "dense":
         winner = encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block)
-    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None)
+    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None, signed_zeros)
     if cb is not None and cb.nbytes < winner.nbytes:
         return cb
     return winner
