@@ -181,7 +181,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, **kw)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "").split(" was not")[0]
         raise CheckpointError(
             f"{path}: needs code to unpickle, refused (deepzip loads state_dicts with weights_only=True: {first})"
         ) from None
@@ -568,6 +569,9 @@ def hf_model(path: str | os.PathLike[str]) -> torch.nn.Module:
     model = cls(cfg)
     sd = state_dict_from(reader)
     own = model.state_dict()
+    buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
+    for k in [k for k in sd if k not in own and k in buffers]:
+        del sd[k]
     unexpected = sorted(set(sd) - set(own))
     if unexpected:
         raise CheckpointError(f"{path}: tensors do not fit {archs[0]}: unexpected {unexpected[:3]}")

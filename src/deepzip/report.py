@@ -151,6 +151,11 @@ def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
                "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
         if st["kind"] == "dense":
             before_huffman += st["bytes"]
+        elif st["kind"] == "planes":  # the raw kept values (and a packed mask) before the planes' Huffman codes
+            from .codec._planes import storage_dtype
+
+            masked = st["kept"] != count or "mask" in st["section_bytes"]
+            before_huffman += st["kept"] * storage_dtype(st["dtype"]).itemsize + (-(-count // 8) if masked else 0)
         else:
             entries = st["index_entries"] or 0
             fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ._common import _common, _data, args, command, print_table
+from .checkpoints import add_source_args, compress_source, decompress_source, is_checkpoint_dz
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -39,6 +40,7 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None, help="stage checkpoints, for resuming (default in the cache)")
     p.add_argument("--fresh", action="store_true", help="ignore stage checkpoints of an earlier run")
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
+    add_source_args(p)
     _common(p)
 
 
@@ -46,6 +48,9 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
 @args(_cfg_compress)
 def cmd_compress(a: argparse.Namespace) -> int:
     import shutil
+
+    if a.source:  # a checkpoint file or folder given: compress it as it is (see cli/checkpoints.py)
+        return compress_source(a)
 
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..models import get_model
@@ -126,7 +131,9 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- decompress
 def _cfg_decompress(p: argparse.ArgumentParser) -> None:
     p.add_argument("file")
-    p.add_argument("-o", "--output", required=True, help="a .safetensors file of the plain state_dict")
+    p.add_argument("-o", "--output", required=True,
+                   help="a .safetensors file of the plain state_dict; for a .dz made from a checkpoint, that "
+                        "checkpoint again (a file, or a new folder for a Hugging Face folder)")
 
 
 @command("decompress", "turn a .dz file back into a plain safetensors state_dict")
@@ -140,7 +147,12 @@ def cmd_decompress(a: argparse.Namespace) -> int:
     path = Path(a.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    sd = {k: v.contiguous() for k, v in load_state_dict(path).items()}
+    if is_checkpoint_dz(path):
+        return decompress_source(path, a.output)
+    sd, seen = {}, set()
+    for k, v in load_state_dict(path).items():  # tied tensors: safetensors stores each name's own copy
+        sd[k] = v.contiguous() if id(v) not in seen else v.clone()
+        seen.add(id(v))
     atomic_write(a.output, lambda tmp: save_file(sd, tmp, metadata={"source": path.name}))
     print(f"{path} -> {a.output}: {len(sd)} tensors, {Path(a.output).stat().st_size:,} bytes")
     return 0
