@@ -111,6 +111,11 @@ def _as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
     return a if a.dtype == np.dtype(dtype) else a.astype(dtype)
 
 
+def _raw(a: np.ndarray) -> np.ndarray:
+    """The bytes of an array as a flat uint8 array (no copy when contiguous), for hashing and writing."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
 # ---------------------------------------------------------------------------------------------------- safetensors
 def read_safetensors_header(path: Path) -> tuple[str, dict[str, Any], int]:
     """``(header JSON text, parsed header, byte where the data starts)`` of a safetensors file, bounds checked."""
@@ -359,7 +364,7 @@ def compress_checkpoint(
                     tied.append(name)
                     rows.append(row)
                     continue
-                digest = (dtype, arr.shape, hashlib.sha1(memoryview(np.ascontiguousarray(arr)).cast("B")).digest())
+                digest = (dtype, arr.shape, hashlib.sha1(_raw(arr)).digest())
                 if storage is not None:
                     seen_storage[storage] = name
                 if arr.size and digest in seen_content:
@@ -447,7 +452,7 @@ def _write_safetensors(reader: DzReader, entry: dict[str, Any], path: Path) -> N
                 raise CheckpointError(f"{reader.path}: {key}: {dtype} {list(arr.shape)} does not match the "
                                       f"header's {info['dtype']} {info['shape']}")
             f.seek(start + info["data_offsets"][0])
-            f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+            f.write(_raw(arr))
             del arr
 
 

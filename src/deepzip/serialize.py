@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import codec, share
-from .codec import DzFile, EncodedTensor
 from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
+from .codec import DzFile, EncodedTensor
 from .errors import DeepzipFormatError
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_

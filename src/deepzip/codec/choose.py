@@ -32,7 +32,9 @@ _MAX_CODEBOOK = 1 << 16
 _FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
 
 
-def _codebook(a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool) -> EncodedTensor | None:
+def _codebook(
+    a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool
+) -> EncodedTensor | None:
     """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one."""
     if dtype not in ("float32", "float16", "bfloat16", "float64") or a.size == 0:
         return None
