@@ -83,28 +83,32 @@ def encode_lossless(
     """
     a = np.asarray(array)
     dtype = dtype or a.dtype.name
-    dense = encode_dense(a, name=name, dtype=dtype)
     if a.size < 64:
-        return dense
-    best: tuple[int, str, np.ndarray | None] = (dense.nbytes, "dense", None)
+        return encode_dense(a, name=name, dtype=dtype)
+    if dtype not in _planes.PLANE_DTYPES:
+        raise ValueError(f"{name or '<tensor>'}: dtype {dtype} not storable, expected one of {_planes.PLANE_DTYPES}")
+    best: tuple[int, str, np.ndarray | None] = (a.nbytes, "dense", None)
     size = _planes.planes_size(a, dtype, None, block)
     if size < best[0]:
         best = (size, "planes", None)
-    # Rotated bits: 0 is +0.0 (and integer 0), 1 is -0.0 for floats.
-    bits = _planes._bits(a, dtype)
+    # Count zeros a block at a time (rotated bits: 0 is +0.0 or integer 0, 1 is -0.0), so no full-size copy is
+    # made unless a mask is worth trying.
     floats = dtype in ("float32", "float16", "bfloat16", "float64")
-    zero = bits <= 1 if floats and not signed_zeros else bits == 0
-    del bits
-    nzero = int(zero.sum())
+    flat = a.reshape(-1)
+
+    def is_zero(x: np.ndarray) -> np.ndarray:
+        bits = _planes._bits(x, dtype)
+        return bits <= 1 if floats and not signed_zeros else bits == 0
+
+    nzero = sum(int(is_zero(flat[s : s + block]).sum()) for s in range(0, flat.size, block))
     mask = None
     if nzero * 16 >= a.size:
-        mask = ~zero.reshape(a.shape)
+        mask = ~is_zero(flat).reshape(a.shape)
         size = _planes.planes_size(a, dtype, mask, block)
         if size < best[0]:
             best = (size, "masked", mask)
-    winner: EncodedTensor = dense
-    if best[1] != "dense":
-        winner = encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block)
+    winner = (encode_dense(a, name=name, dtype=dtype) if best[1] == "dense"
+              else encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block))
     cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None, signed_zeros)
     if cb is not None and cb.nbytes < winner.nbytes:
         return cb
