@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -85,7 +84,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def get_model(name: str, seed: int | None = 0) -> nn.Module:
-    """Build a fresh model by registered name or ``"package.module:factory"``.
+    """Build a fresh model by registered name, ``"package.module:factory"`` or ``"path/to/file.py:factory"``.
 
     ``seed`` fixes the initial weights (without touching the global random state), so a training run with the same
     seeds gives the same model; ``None`` draws them from the global generator.
@@ -100,12 +99,9 @@ def get_model(name: str, seed: int | None = 0) -> nn.Module:
     if name in MODELS:
         model = MODELS[name]()
     elif ":" in name:
-        mod_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"model {name!r}: cannot import factory ({exc})") from None
-        model = factory()
+        from ._user import resolve
+
+        model = resolve(name, "model")()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
     else:

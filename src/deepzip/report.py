@@ -126,6 +126,9 @@ def plot_size_stages(stages: Mapping[str, float], path: str | os.PathLike[str], 
     _save(fig, path)
 
 
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
 
@@ -141,8 +144,9 @@ def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     paper = PAPER.get(arch, {})
     for st in f.stats():
         count = st["count"]
-        total += count
-        nonzero += st["kept"]
+        if not st["name"].endswith(_BUFFERS):  # parameters only: BatchNorm running statistics are not weights
+            total += count
+            nonzero += st["kept"]
         row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
                "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
                "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
