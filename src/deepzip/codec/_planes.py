@@ -3,7 +3,9 @@
 A float's bytes are far from uniform: the exponent of trained weights takes a handful of values (about 3 bits of
 entropy in its 8), while the low mantissa bytes are nearly random. So each element is split into its byte *planes*
 (plane ``i`` = byte ``i`` of the little-endian value) and every plane of every block of ``block`` elements is
-stored either raw or as a Huffman stream (:mod:`deepzip.codec.huffman`, alphabet 256), whichever is smaller.
+stored either raw or as a Huffman stream (:mod:`deepzip.codec.huffman`, alphabet 256), whichever is smaller, or
+as one byte when all its bytes are equal (the zero low bytes of float32 values held in float64, the high bytes of
+small int64s; not every plane of a block may be constant, so a block's bytes bound its element count).
 Floats are first rotated left by one bit, so the sign moves to bit 0 and the exponent fills the top byte exactly
 (bfloat16, float32) or mostly (float16, float64).
 
@@ -103,8 +105,27 @@ def planes_size(values: np.ndarray, dtype: str, mask: np.ndarray | None = None, 
     total = _best(packed)[1] if packed is not None else 0
     size = storage_dtype(dtype).itemsize
     for _, blk in _blocks(kept, dtype, block):
-        total += sum(_best(_plane(blk, i))[1] for i in range(size))
+        total += sum(c[1] for c in _block_choices(blk, size))
     return total
+
+
+def _block_choices(blk: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Per plane of one block: (0 raw | 1 Huffman | 2 constant, stored bytes).
+
+    A constant plane (every byte equal) is stored as that one byte, but not every plane of a block may be constant:
+    then the block's size would not bound its element count, so the first plane is Huffman-coded instead.
+    """
+    out = []
+    for i in range(size):
+        p = _plane(blk, i)
+        if p.size and p.min() == p.max():
+            out.append((2, 1))
+        else:
+            code, n = _best(p)
+            out.append((int(code), n))
+    if out and all(c == 2 for c, _ in out):
+        out[0] = (1, huffman.stream_size(np.bincount(_plane(blk, 0), minlength=256)))
+    return out
 
 
 def encode_planes(
@@ -139,11 +160,11 @@ def encode_planes(
         sections["mask"] = huffman.pack_stream(packed, alphabet=256) if mask_coded else packed.tobytes()
     for j, blk in _blocks(kept, dtype, block):
         flags = 0
-        for i in range(size):
+        for i, (how, _) in enumerate(_block_choices(blk, size)):
             p = _plane(blk, i)
-            code, _ = _best(p)
-            flags |= int(code) << i
-            sections[f"b{j}p{i}"] = huffman.pack_stream(p, alphabet=256) if code else np.ascontiguousarray(p).tobytes()
+            flags |= int(how > 0) << i
+            sections[f"b{j}p{i}"] = (np.ascontiguousarray(p).tobytes() if how == 0 else
+                                     huffman.pack_stream(p, alphabet=256) if how == 1 else bytes(p[:1]))
         coded.append(flags)
     meta = {"block": block, "kept": int(kept.size), "masked": int(packed is not None),
             "mask_coded": int(mask_coded), "coded": coded}
@@ -160,6 +181,8 @@ def section_names(meta: dict[str, Any], dtype: str) -> list[str]:
 def _unplane(data: bytes, coded: bool, count: int, where: str) -> np.ndarray:
     from ..errors import DeepzipFormatError
 
+    if coded and len(data) == 1:  # a constant plane
+        return np.full(count, data[0], np.uint8)
     if coded:
         try:
             info = huffman.stream_info(data)
