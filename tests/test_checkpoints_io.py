@@ -133,6 +133,13 @@ def test_damaged_planes_are_refused_by_name():
     secs = dict(t.sections, b0p0=t.sections["b0p0"][:-1])
     with pytest.raises(DeepzipFormatError, match="w/b0p0"):
         codec.decode(codec.EncodedTensor("w", "planes", t.shape, "float32", t.meta, secs))
+    # every plane constant (one byte each): 10**12 elements from 4 bytes would be a bomb, refused before allocating
+    bomb = codec.EncodedTensor("z", "planes", (10**12,), "float32",
+                               {"block": 1 << 26, "kept": 10**12, "masked": 0, "mask_coded": 0,
+                                "coded": [15] * (-(-10**12 // (1 << 26)))},
+                               {f"b{j}p{i}": b"\0" for j in range(-(-10**12 // (1 << 26))) for i in range(4)})
+    with pytest.raises(DeepzipFormatError, match="z/b0p0: every plane of block 0 is constant"):
+        codec.decode(bomb)
 
 
 def test_golden_11_file_loads_bit_exactly():

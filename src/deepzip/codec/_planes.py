@@ -105,15 +105,16 @@ def planes_size(values: np.ndarray, dtype: str, mask: np.ndarray | None = None, 
     total = _best(packed)[1] if packed is not None else 0
     size = storage_dtype(dtype).itemsize
     for _, blk in _blocks(kept, dtype, block):
-        total += sum(c[1] for c in _block_choices(blk, size))
+        total += sum(c[1] for c in _block_choices(blk, size, packed is not None))
     return total
 
 
-def _block_choices(blk: np.ndarray, size: int) -> list[tuple[int, int]]:
+def _block_choices(blk: np.ndarray, size: int, masked: bool) -> list[tuple[int, int]]:
     """Per plane of one block: (0 raw | 1 Huffman | 2 constant, stored bytes).
 
-    A constant plane (every byte equal) is stored as that one byte, but not every plane of a block may be constant:
-    then the block's size would not bound its element count, so the first plane is Huffman-coded instead.
+    A constant plane (every byte equal) is stored as that one byte. Without a mask not every plane of a block may be
+    constant (the block's bytes must bound its element count), so then the first plane is Huffman-coded instead;
+    behind a mask, the mask's bytes bound the count (a bool tensor: the mask, and one constant byte).
     """
     out = []
     for i in range(size):
@@ -123,7 +124,7 @@ def _block_choices(blk: np.ndarray, size: int) -> list[tuple[int, int]]:
         else:
             code, n = _best(p)
             out.append((int(code), n))
-    if out and all(c == 2 for c, _ in out):
+    if out and not masked and all(c == 2 for c, _ in out):
         out[0] = (1, huffman.stream_size(np.bincount(_plane(blk, 0), minlength=256)))
     return out
 
@@ -160,7 +161,7 @@ def encode_planes(
         sections["mask"] = huffman.pack_stream(packed, alphabet=256) if mask_coded else packed.tobytes()
     for j, blk in _blocks(kept, dtype, block):
         flags = 0
-        for i, (how, _) in enumerate(_block_choices(blk, size)):
+        for i, (how, _) in enumerate(_block_choices(blk, size, packed is not None)):
             p = _plane(blk, i)
             flags |= int(how > 0) << i
             sections[f"b{j}p{i}"] = (np.ascontiguousarray(p).tobytes() if how == 0 else

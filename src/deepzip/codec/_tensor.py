@@ -355,9 +355,9 @@ def _check_planes(t: EncodedTensor) -> dict[str, dict]:
         for i, got in enumerate(lengths):
             if (not coded[j] >> i & 1 and got != count) or (coded[j] >> i & 1 and got != 1 and count > 8 * got):
                 raise _fail(t, f"b{j}p{i}", f"{got} bytes cannot hold {count} plane bytes")
-        # A one-byte coded section is a constant plane; at least one plane per block must be more, so that the
-        # element count stays bounded by the bytes present.
-        if count > 1 and all(coded[j] >> i & 1 and n == 1 for i, n in enumerate(lengths)):
+        # A one-byte coded section is a constant plane; without a mask (whose bytes bound the count) at least one
+        # plane per block must be more, so that the element count stays bounded by the bytes present.
+        if count > 1 and not meta["masked"] and all(coded[j] >> i & 1 and n == 1 for i, n in enumerate(lengths)):
             raise _fail(t, f"b{j}p0", f"every plane of block {j} is constant: {count} elements from {size} bytes")
     return {}
 
