@@ -418,7 +418,27 @@ def _checkpoint_record(reader: DzReader) -> dict[str, Any]:
     for rel in rec.get("aux", {}):
         if not _safe_rel(rel):
             raise CheckpointError(f"{reader.path}: extra.checkpoint names an unsafe path {rel!r}")
+    aliases = reader.extra.get("aliases", {})
+    if not isinstance(aliases, dict) or any(v not in reader.names for v in aliases.values()):
+        raise CheckpointError(f"{reader.path}: extra.aliases names tensors the file does not have")
+    for f in files:
+        for pair in f.get("tensors", []):
+            if not (isinstance(pair, list) and len(pair) == 2 and (pair[1] in reader.names or pair[1] in aliases)):
+                raise CheckpointError(f"{reader.path}: {f['path']}: tensor entry {pair!r} names no stored tensor")
     return rec
+
+
+def _aux_bytes(reader: DzReader, rec: dict[str, Any], rel: str) -> bytes:
+    """One stored non-weight file of a folder, decompressed with a bound (never more than MAX_AUX_BYTES)."""
+    try:
+        d = lzma.LZMADecompressor()
+        data = d.decompress(base64.b64decode(rec["aux"][rel], validate=True), MAX_AUX_BYTES + 1)
+    except (ValueError, lzma.LZMAError, TypeError) as e:
+        raise CheckpointError(f"{reader.path}: extra.checkpoint.aux[{rel!r}] is damaged ({e})") from None
+    if len(data) > MAX_AUX_BYTES or not d.eof:
+        raise CheckpointError(f"{reader.path}: extra.checkpoint.aux[{rel!r}] is larger than {MAX_AUX_BYTES} bytes "
+                              f"or truncated")
+    return data
 
 
 def _safe_rel(rel: str) -> bool:
@@ -437,14 +457,27 @@ def _decoded(reader: DzReader, name: str) -> tuple[np.ndarray, str]:
 
 
 def _write_safetensors(reader: DzReader, entry: dict[str, Any], path: Path) -> None:
-    text = entry["header"]
-    header = json.loads(text)
+    text = entry.get("header")
+    try:
+        header = json.loads(text)  # type: ignore[arg-type]
+        entries = _st_entries(header)
+        end = 0
+        for key, info in entries:  # the data must tile [0, end) without holes, as safetensors requires
+            b, e = info["data_offsets"]
+            n = int(np.prod(info["shape"], dtype=np.int64)) * codec._planes.storage_dtype(
+                ST_DTYPES[info["dtype"]]).itemsize
+            if b != end or e - b != n:
+                raise ValueError(f"{key}: data offsets {b}..{e} for {n} bytes after byte {end}")
+            end = e
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{reader.path}: {entry.get('path')}: stored safetensors header is damaged ({e})") \
+            from None
     raw = text.encode("utf-8")
     by_key = dict((k, n) for k, n in entry["tensors"])
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         start = 8 + len(raw)
-        for key, info in _st_entries(header):
+        for key, info in entries:
             if key not in by_key:
                 raise CheckpointError(f"{reader.path}: {key}: in the safetensors header but not in the file")
             arr, dtype = _decoded(reader, by_key[key])
@@ -509,10 +542,10 @@ def decompress_checkpoint(dz: str | os.PathLike[str], out: str | os.PathLike[str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for rel, blob in rec.get("aux", {}).items():
+        for rel in rec.get("aux", {}):
             target = tmpdir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(lzma.decompress(base64.b64decode(blob), memlimit=1 << 28)[: MAX_AUX_BYTES + 1])
+            target.write_bytes(_aux_bytes(reader, rec, rel))
         for entry in rec["files"]:
             target = tmpdir / entry["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -563,7 +596,10 @@ def hf_model(path: str | os.PathLike[str]) -> torch.nn.Module:
     except ImportError:
         raise CheckpointError(f"{path}: rebuilding a Hugging Face model needs transformers "
                               f"(pip install 'deepzip[hf]')") from None
-    config = json.loads(lzma.decompress(base64.b64decode(rec["aux"]["config.json"])))
+    try:
+        config = json.loads(_aux_bytes(reader, rec, "config.json"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: config.json is not JSON ({e})") from None
     archs = config.get("architectures") or []
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
