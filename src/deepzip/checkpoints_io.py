@@ -52,6 +52,7 @@ import torch
 from . import codec
 from .codec import DzReader, DzWriter, EncodedTensor
 from .errors import CheckpointError
+from .fileio import atomic_write
 
 __all__ = [
     "SourceCheckpoint",
@@ -144,11 +145,15 @@ def read_safetensors_header(path: Path) -> tuple[str, dict[str, Any], int]:
         if info["dtype"] not in ST_DTYPES:
             raise CheckpointError(f"{path}: {name}: dtype {info['dtype']} is not supported "
                                   f"(deepzip stores {', '.join(ST_DTYPES)})")
-        b, e = info["data_offsets"]
-        need = int(np.prod(info["shape"], dtype=np.int64)) * codec._planes.storage_dtype(
-            ST_DTYPES[info["dtype"]]).itemsize
-        if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e and start + e <= size and e - b == need):
-            raise CheckpointError(f"{path}: {name}: data offsets {b}..{e} do not fit shape {info['shape']} "
+        try:
+            begin, end = info["data_offsets"]
+            shape = [int(d) for d in info["shape"]]
+            need = int(np.prod(shape, dtype=np.int64)) * codec._planes.storage_dtype(ST_DTYPES[info["dtype"]]).itemsize
+            ok = isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and start + end <= size
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: {name}: malformed shape or data offsets") from None
+        if not ok or end - begin != need:
+            raise CheckpointError(f"{path}: {name}: data offsets {begin}..{end} do not fit shape {info['shape']} "
                                   f"{info['dtype']} in a {size}-byte file (truncated?)")
     return text, header, start
 
@@ -526,16 +531,8 @@ def decompress_checkpoint(dz: str | os.PathLike[str], out: str | os.PathLike[str
         entry = rec["files"][0]
         if out.is_dir():
             raise CheckpointError(f"{out}: is a folder; give a file name for the {rec['kind']} checkpoint")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        try:
-            (_write_safetensors if entry["format"] == "safetensors" else _write_state_dict)(reader, entry, Path(tmp))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write = _write_safetensors if entry["format"] == "safetensors" else _write_state_dict
+        atomic_write(out, lambda tmp: write(reader, entry, Path(tmp)))
         return out
     if out.exists():
         raise CheckpointError(f"{out}: already exists; remove it or choose another output folder")

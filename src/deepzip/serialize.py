@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,16 +36,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import codec, share
+from .checkpoint import LAYER_KINDS, layer_kind
 from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipFormatError
+from .errors import DeepzipError, DeepzipFormatError
+from .fileinfo import read_dz
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
 __all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
 
 _MAX_CODEBOOK = 1 << 16
-_LAYER_KINDS = ("shared", "masked", "plain")
 
 
 def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTensor | None:
@@ -102,14 +102,15 @@ def encode_model(
             if not mname or not parametrize.is_parametrized(module, "weight"):
                 continue
             key = f"{mname}.weight"
-            if share.is_shared(module):
+            kind = layer_kind(module, key)
+            if kind == "shared":
                 centroids, indices, mask = share.get_codebook(module)
                 if mask.all():
                     tensors[key] = codec.encode_codebook(centroids, indices, name=key)
                 else:
                     tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
                 kinds[key] = "shared"
-            elif all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
+            else:  # masked
                 mask_t = get_mask(module)
                 assert mask_t is not None
                 w = module.weight.detach().cpu().float().numpy()
@@ -120,8 +121,6 @@ def encode_model(
                               key=lambda e: e.nbytes)
                 tensors[key] = enc
                 kinds[key] = "masked"
-            else:
-                raise ValueError(f"{key}: unsupported parametrization; strip() it before saving")
         state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     else:
         state = dict(model)
@@ -172,19 +171,10 @@ def _state_dtypes(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, st
     return {k: TORCH_DTYPES.get(v.dtype, "") for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
-    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
-    try:
-        return codec.read(path)
-    except DeepzipFormatError as exc:
-        if isinstance(path, (bytes, bytearray)):
-            raise
-        raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
-
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
-    if not isinstance(kinds, dict) or any(v not in _LAYER_KINDS for v in kinds.values()):
+    if not isinstance(kinds, dict) or any(v not in LAYER_KINDS for v in kinds.values()):
         raise DeepzipFormatError("header: extra.layers is not a map of layer kinds")
     return kinds
 
@@ -253,14 +243,14 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
-def load(
-    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
-) -> Any:
-    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
-    a plain state_dict when neither is available.
+def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -> nn.Module:
+    """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
+    architecture the file names; for a Hugging Face folder's ``.dz``, the transformers model its config.json
+    names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file), use :func:`load_state_dict`.
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipError: the file names no architecture and no ``model`` was given.
         ValueError: the file's tensors do not fit ``model``.
     """
     f = read_dz(path)
@@ -273,7 +263,10 @@ def load(
     if model is None:
         arch = f.architecture
         if not arch:
-            return load_state_dict(path)
+            raise DeepzipError(
+                f"{where}the file names no architecture, so there is no model to build: pass the model "
+                "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
+                "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
             model = get_model(arch)
         except ValueError as exc:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import _common, _data, args, command, print_table
+from ._common import _common, _data, args, command, existing_file, print_table
 from .checkpoints import add_source_args, compress_source, decompress_source, is_checkpoint_dz
 
 LAYER_COLUMNS = [
@@ -111,11 +111,9 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
 @args(_cfg_inspect)
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from ..pipeline import file_report
+    from ..fileinfo import file_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     rep = file_report(path)
     if a.json:
         print(json.dumps(rep, default=str))
@@ -141,12 +139,10 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 def cmd_decompress(a: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..checkpoint import atomic_write
+    from ..fileio import atomic_write
     from ..serialize import load_state_dict
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     if is_checkpoint_dz(path):
         return decompress_source(path, a.output)
     sd, seen = {}, set()
@@ -170,9 +166,7 @@ def _cfg_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     md = write_report(path, a.out, model=a.model)
     print(f"wrote {md}")
     return 0

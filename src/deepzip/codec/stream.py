@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepzipFormatError
+from ..fileio import atomic_write
 from ._tensor import EncodedTensor, check, decode, decode_parts
 from .container import (
     _PRE,
@@ -115,25 +116,16 @@ class DzWriter:
         hbytes = zlib.compress(text, 9)
         pre = _PRE.pack(MAGIC, self._version[0], self._version[1], zlib.crc32(hbytes), len(hbytes))
         start = PREAMBLE_SIZE + len(hbytes)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
                 out.write(pre + hbytes + b"\0" * (_align(start) - start))
                 self._f.flush()
                 self._f.seek(0)
                 shutil.copyfileobj(self._f, out, _COPY)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                mode = os.stat(self.path).st_mode & 0o777
-            except FileNotFoundError:
-                mode = 0o644
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.path)
+
+        try:
+            atomic_write(self.path, write)
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             self.abort()
         self.bytes_written = _align(start) + self._offset
         return self.bytes_written
