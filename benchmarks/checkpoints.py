@@ -280,13 +280,14 @@ def big_layout(layers: int = 18, d: int = 2048, ff: int = 5632, vocab: int = 320
     return names
 
 
-def write_big(folder: Path, shard_bytes: int = 450 << 20) -> dict[str, Any]:
+def write_big(folder: Path, shard_bytes: int = 450 << 20, smoke: bool = False) -> dict[str, Any]:
     """A LLaMA-like bf16 checkpoint of ~1.06B parameters in safetensors shards with an index, written tensor by
     tensor (gaussian weights with a per-tensor scale, norms near 1)."""
     import struct
 
     folder.mkdir(parents=True, exist_ok=True)
-    layout = big_layout()
+    layout = big_layout(1, 64, 128, 1000) if smoke else big_layout()
+    shard_bytes = 100_000 if smoke else shard_bytes
     shards: list[list[tuple[str, tuple]]] = [[]]
     size = 0
     for name, shape in layout:
@@ -329,12 +330,12 @@ def write_big(folder: Path, shard_bytes: int = 450 << 20) -> dict[str, Any]:
             "largest_tensor_bytes": max(2 * int(np.prod(s)) for _, s in layout)}
 
 
-def part_big() -> None:
-    work = RUNS / "checkpoints" / "big"
+def part_big(smoke: bool = False) -> None:
+    work = RUNS / "checkpoints" / ("big-smoke" if smoke else "big")
     shutil.rmtree(work, ignore_errors=True)
     src, dz, out = work / "llama1b", work / "llama1b.dz", work / "llama1b-out"
     t0 = time.perf_counter()
-    info = write_big(src)
+    info = write_big(src, smoke=smoke)
     info["generate_seconds"] = round(time.perf_counter() - t0, 1)
     print(info, flush=True)
     # the same commands on a tiny checkpoint: the memory every run starts with (interpreter, numpy, torch)
@@ -378,14 +379,21 @@ def part_big() -> None:
           f"decompressed folder byte-identical: {identical}. Largest tensor {largest}: {L:,} bytes, "
           f"{enc_largest:,} encoded. Generating the checkpoint took {info['generate_seconds']} s.\n\n"
           + md_table(rows))
+    if smoke:
+        print(md)
+        return
     update_results("big", {"rows": rows, "summary": summary}, md)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["minilm", "tensors", "big"], required=True)
+    p.add_argument("--smoke", action="store_true", help="with --part big: a tiny layout, nothing written to results")
     a = p.parse_args()
-    {"minilm": part_minilm, "tensors": part_tensors, "big": part_big}[a.part]()
+    if a.part == "big":
+        part_big(a.smoke)
+    else:
+        {"minilm": part_minilm, "tensors": part_tensors}[a.part]()
 
 
 if __name__ == "__main__":
