@@ -5,9 +5,10 @@ What each tensor becomes:
 - a weight-shared layer (:class:`deepzip.share.SharedWeight`): its codebook and indices, as ``codebook`` kind, or
   ``sparse`` kind (gaps + indices of the kept weights) when it was also pruned;
 - a pruned, unshared layer (:class:`deepzip.prune.Mask`): ``sparse`` kind whose codebook is the layer's distinct
-  kept values (lossless), or dense when it has more than 2**16 of them;
-- any other floating tensor with few distinct values (a stripped shared model, say) gets the same lossless
-  codebook treatment automatically when that is smaller; everything else is stored ``dense`` as it is.
+  kept values (lossless), or, with more than 2**16 of them, ``planes`` of the kept values behind the mask;
+- every other tensor, of any dtype (bfloat16 included), takes the smallest exact encoding
+  (:func:`deepzip.codec.encode_lossless`: raw, Huffman-coded byte planes, planes behind a zero mask, or a codebook);
+- a tensor sharing storage with an earlier one (tied weights) is stored once and tied again on load.
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
 again in its compact form. Loading never unpickles and never runs code from the file.
