@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "share_weights_": "share",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
+    "UntrustedCodeError": "errors",
 }
 
 
@@ -48,7 +49,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_mnist, synthetic_mnist
-    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, UntrustedCodeError
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
     from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
@@ -64,6 +65,7 @@ __all__ = [
     "DeepzipFormatError",
     "TTLinear",
     "TrainConfig",
+    "UntrustedCodeError",
     "__version__",
     "decompose_",
     "evaluate",
