@@ -402,3 +402,20 @@ def test_help_texts_and_inspect_ratio_per_dtype(tmp_path, capsys):
     assert cli.main(["inspect", str(path), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["layers"][0]
     assert row["ratio"] == 1.0  # stored as it is: 80 bytes for 80 bytes, not "0.5x vs float32"
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path) -> None:
+    """The length prefix of a safetensors file can begin with any byte; 0x80 once sent one to the pickle refusal."""
+    from safetensors.torch import save_file
+
+    from deepzip.checkpoint import read_checkpoint
+
+    for pad in range(0, 400):
+        path = tmp_path / "m.safetensors"
+        save_file({"w": torch.zeros(2)}, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.skip("no padding gave a 0x80 first byte")
+    tensors, _ = read_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.zeros(2))

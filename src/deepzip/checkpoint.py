@@ -198,8 +198,13 @@ def _refuse_other_formats(p: Path) -> None:
     """A clear hint for files that are not safetensors at all: a ``.dz`` file, a torch.save (pickle) file."""
     try:
         with open(p, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
+        size = p.stat().st_size
     except OSError:
+        return
+    # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
+    # is possible there (0x80 included), so recognise it before guessing at other formats.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return
     from .codec.container import MAGIC
 
@@ -207,7 +212,7 @@ def _refuse_other_formats(p: Path) -> None:
         raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "
                               "models take it as it is (deepzip evaluate), or turn it into one with "
                               f"`deepzip decompress {p} -o model.safetensors`")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise CheckpointError(f"{p}: looks like a torch.save (pickle) file, which deepzip never loads (unpickling "
                               "runs code); if you trust it, convert it: safetensors.torch.save_file("
                               "torch.load(path, weights_only=True), 'model.safetensors')")
