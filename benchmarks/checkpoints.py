@@ -375,7 +375,8 @@ def part_big(smoke: bool = False) -> None:
           f"LLaMA-like layout ({summary['params']:,} parameters, {summary['shards']} shards with an index, "
           f"{summary['weight_bytes']:,} bytes; gaussian weights with per-tensor scales, so only the exponent byte "
           f"is compressible). `deepzip compress llama1b -o llama1b.dz` then `deepzip decompress llama1b.dz -o "
-          f"llama1b-out --max-bytes 8G`: .dz {summary['dz_bytes']:,} bytes ({summary['ratio_vs_safetensors']:.3f}x smaller), "
+          f"llama1b-out --max-bytes 8G`: .dz {summary['dz_bytes']:,} bytes "
+          f"({summary['ratio_vs_safetensors']:.3f}x smaller), "
           f"decompressed folder byte-identical: {identical}. Largest tensor {largest}: {L:,} bytes, "
           f"{enc_largest:,} encoded. Generating the checkpoint took {info['generate_seconds']} s.\n\n"
           + md_table(rows))
