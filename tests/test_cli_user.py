@@ -42,7 +42,7 @@ def run_here(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_model_file_and_data_function_without_pythonpath(tmp_path, capsys):
     (tmp_path / "user.py").write_text(USER)
-    m = get_model(f"{tmp_path}/user.py:make")
+    m = get_model(f"{tmp_path}/user.py:make", trust_code=True)
     train, test = load_user_data(f"{tmp_path}/user.py:data")
     assert len(train) == 200 and len(test) == 100 and m(train.x[:4]).shape == (4, 3)
     rc, out, err = run_here(capsys, "train", "--model", f"{tmp_path}/user.py:make", "--data",
@@ -67,7 +67,7 @@ def test_ratio_counts_parameters_not_batchnorm_statistics(tmp_path):
     from deepzip.serialize import save
 
     (tmp_path / "user.py").write_text(USER)
-    m = get_model(f"{tmp_path}/user.py:make")
+    m = get_model(f"{tmp_path}/user.py:make", trust_code=True)
     save(m, tmp_path / "m.dz")
     params = sum(p.numel() for p in m.parameters())
     assert file_report(tmp_path / "m.dz")["params_total"] == params < sum(v.numel() for v in m.state_dict().values())

@@ -25,8 +25,11 @@ _LAZY: dict[str, str] = {
     "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
     "load": "serialize", "save": "serialize",
     "share_weights_": "share",
+    "shrink_": "shrink",
+    "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
+    "UntrustedCodeError": "errors",
 }
 
 
@@ -48,12 +51,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_mnist, synthetic_mnist
-    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, UntrustedCodeError
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
     from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+    from .runtime import sparsify_
     from .serialize import load, save
     from .share import share_weights_
+    from .shrink import shrink_
     from .train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -64,6 +69,7 @@ __all__ = [
     "DeepzipFormatError",
     "TTLinear",
     "TrainConfig",
+    "UntrustedCodeError",
     "__version__",
     "decompose_",
     "evaluate",
@@ -77,6 +83,8 @@ __all__ = [
     "save_checkpoint",
     "sensitivity_scan",
     "share_weights_",
+    "shrink_",
+    "sparsify_",
     "sparsity_table",
     "strip",
     "synthetic_mnist",

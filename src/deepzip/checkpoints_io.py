@@ -51,6 +51,7 @@ import torch
 
 from . import codec
 from .codec import DzReader, DzWriter, EncodedTensor
+from .codec._tensor import DEFAULT_MAX_BYTES
 from .errors import CheckpointError
 from .fileio import atomic_write
 
@@ -511,11 +512,14 @@ def _write_state_dict(reader: DzReader, entry: dict[str, Any], path: Path) -> No
     torch.save(sd, path)
 
 
-def decompress_checkpoint(dz: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def decompress_checkpoint(
+    dz: str | os.PathLike[str], out: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> Path:
     """Write the checkpoint a ``.dz`` file was made from (:func:`compress_checkpoint`): the same kind of thing.
 
     A folder is built beside ``out`` and renamed onto it at the end; an existing folder is never overwritten. A
-    file replaces ``out`` atomically.
+    file replaces ``out`` atomically. ``max_bytes`` bounds what the tensors may decode to (None: no limit; memory
+    holds one tensor at a time, so this guards the disk rather than memory).
 
     Returns:
         The path written.
@@ -524,7 +528,7 @@ def decompress_checkpoint(dz: str | os.PathLike[str], out: str | os.PathLike[str
         CheckpointError: the ``.dz`` was not made from a checkpoint, or ``out`` is an existing folder.
         DeepzipFormatError: a damaged file.
     """
-    reader = DzReader(dz)
+    reader = DzReader(dz, max_bytes=max_bytes)
     rec = _checkpoint_record(reader)
     out = Path(out)
     if rec["kind"] != "hf":
@@ -574,7 +578,7 @@ def state_dict_from(reader: DzReader) -> dict[str, torch.Tensor]:
     return sd
 
 
-def hf_model(path: str | os.PathLike[str]) -> torch.nn.Module:
+def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> torch.nn.Module:
     """The Hugging Face model a ``.dz`` of an HF folder holds, built from its config.json by ``transformers``.
 
     The class is the config's ``architectures[0]``, looked up in the installed ``transformers`` (never code from
@@ -584,7 +588,7 @@ def hf_model(path: str | os.PathLike[str]) -> torch.nn.Module:
         CheckpointError: not an HF folder's ``.dz``; transformers missing; an unknown architecture; tensors that
             do not fit the model (naming them).
     """
-    reader = DzReader(path)
+    reader = DzReader(path, max_bytes=max_bytes)
     rec = _checkpoint_record(reader)
     if rec["kind"] != "hf" or "config.json" not in rec.get("aux", {}):
         raise CheckpointError(f"{path}: not made from a Hugging Face folder with a config.json")

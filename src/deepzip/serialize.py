@@ -11,7 +11,9 @@ What each tensor becomes:
 - a tensor sharing storage with an earlier one (tied weights) is stored once and tied again on load.
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
-again in its compact form. Loading never unpickles and never runs code from the file.
+again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
+``"package.module:factory"`` is built only with ``trust_code=True`` (or give the model: ``load(path, model=MyNet())``),
+and a file whose tensors would decode to more than ``max_bytes`` (default 1 GiB) is refused before allocating.
 
 Example:
     >>> import os, tempfile, torch
@@ -28,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -40,7 +43,8 @@ from . import codec, share
 from .checkpoint import LAYER_KINDS, layer_kind
 from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipError, DeepzipFormatError
+from .codec.container import DEFAULT_MAX_BYTES
+from .errors import CheckpointError, DeepzipError, DeepzipFormatError, UntrustedCodeError
 from .fileinfo import read_dz
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
@@ -57,7 +61,7 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
         return codec.encode_sparse(np.zeros(1, np.float32), np.zeros(w.shape, np.int64), np.zeros(w.shape, bool),
                                    name=name)
     values, inverse = np.unique(kept, return_inverse=True)
-    if values.size > _MAX_CODEBOOK:
+    if values.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
         return None
     indices = np.zeros(w.shape, np.int64)
     if mask is not None:
@@ -188,21 +192,26 @@ def _names(f: DzFile) -> list[str]:
     return list(f.tensors) + [k for k in aliases if k not in f.tensors]
 
 
-def load_state_dict(path: str | os.PathLike[str] | bytes) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> dict[str, torch.Tensor]:
     """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in).
 
-    Tensors in their saved dtype (bfloat16 too); tied tensors come back as one tensor under both names.
+    Tensors in their saved dtype (bfloat16 too); tied tensors come back as one tensor under both names; a file made
+    from a checkpoint gives the checkpoint's names. ``max_bytes`` bounds what the tensors may decode to (see
+    :func:`deepzip.codec.read`).
     """
-    f = read_dz(path)
+    f = read_dz(path, max_bytes=max_bytes)
     if isinstance(f.extra, dict) and "checkpoint" in f.extra and not isinstance(path, (bytes, bytearray)):
         from .checkpoints_io import state_dict_from
 
-        return state_dict_from(codec.DzReader(path))
+        return state_dict_from(codec.DzReader(path, max_bytes=max_bytes))
     out: dict[str, torch.Tensor] = {}
     tied = set(f.extra.get("tied", [])) if isinstance(f.extra, dict) else set()
     aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
     for name in _names(f):
         target = aliases.get(name, name)
+        # decode returns fresh, writable arrays, which go to torch without a copy (peak = the decoded size)
         out[name] = out[target] if name in tied and target in out else _decoded(f, name)
     return out
 
@@ -219,13 +228,14 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     names = _names(f)
     missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        msg = f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise CheckpointError(msg[:500])
     plain: dict[str, torch.Tensor] = {}
     aliases = f.extra.get("aliases", {})
     for key in names:
         enc = f.tensors[aliases.get(key, key)]
         if tuple(enc.shape) != tuple(own[key].shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
         kind = kinds.get(key, "plain")
         module = modules.get(key[:-7]) if key.endswith(".weight") else None
@@ -244,23 +254,45 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
-def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -> nn.Module:
+def load(
+    path: str | os.PathLike[str] | bytes,
+    model: nn.Module | None = None,
+    *,
+    trust_code: bool = False,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    runtime: str | None = None,
+) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
     architecture the file names; for a Hugging Face folder's ``.dz``, the transformers model its config.json
     names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file), use :func:`load_state_dict`.
 
+    Args:
+        path: the file (or its bytes).
+        model: the model to load into; then the file's architecture name is not used.
+        trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
+            (runs its code); without it only deepzip's registered models are built from a name.
+        max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
+        runtime: a model for inference instead of one to fine-tune: ``"fast"`` keeps each pruned layer sparse
+            (torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as codebook indices and
+            16-bit columns where that takes the least memory (see :mod:`deepzip.runtime`; no sparse layer is made
+            dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
+            (:func:`deepzip.shrink.shrink_`).
+
     Raises:
-        DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
+        CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
         DeepzipError: the file names no architecture and no ``model`` was given.
-        ValueError: the file's tensors do not fit ``model``.
     """
-    f = read_dz(path)
+    if runtime not in (None, "fast", "small", "shrunk"):
+        raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
+    f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None and isinstance(f.extra, dict) and isinstance(f.extra.get("checkpoint"), dict) \
             and f.extra["checkpoint"].get("kind") == "hf" and not isinstance(path, (bytes, bytearray)):
         from .checkpoints_io import hf_model  # a Hugging Face folder's .dz: the model its config.json names
 
-        return hf_model(path)
+        return hf_model(path, max_bytes=max_bytes)
     if model is None:
         arch = f.architecture
         if not arch:
@@ -269,7 +301,19 @@ def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -
                 "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
                 "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
-            model = get_model(arch)
+            with torch.device("meta") if runtime in ("fast", "small") else contextlib.nullcontext():
+                model = get_model(arch, trust_code=trust_code)  # on meta: no memory until the file's tensors come
+        except UntrustedCodeError as exc:
+            raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
-            raise ValueError(f"{where}{exc}; pass the model explicitly") from None
-    return decode_into_(model, f, where)
+            raise CheckpointError(f"{where}{exc}; pass the model explicitly") from None
+    if runtime in ("fast", "small"):
+        from .runtime import from_dz
+
+        return from_dz(f, model, mode=runtime, where=where)
+    model = decode_into_(model, f, where)
+    if runtime == "shrunk":
+        from .shrink import shrink_
+
+        shrink_(model)
+    return model

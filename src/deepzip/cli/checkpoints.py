@@ -34,6 +34,11 @@ def compress_source(a: argparse.Namespace) -> int:
     if a.share_bits is not None and not 1 <= a.share_bits <= 16:
         raise ValueError(f"--share-bits {a.share_bits}: expected 1..16")
     s = compress_checkpoint(src, out, share_bits=a.share_bits)
+    if getattr(a, "json", None) == "-":  # the summary as JSON only, as `deepzip compress --json` prints
+        import json
+
+        print(json.dumps(s))
+        return 0
     kinds: dict[str, int] = {}
     for r in s["tensors"]:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
@@ -45,6 +50,9 @@ def compress_source(a: argparse.Namespace) -> int:
     if getattr(a, "json", None):
         import json
 
+        if a.json == "-":
+            print(json.dumps(s))
+            return 0
         Path(a.json).write_text(json.dumps(s, indent=1))
     return 0
 
@@ -60,11 +68,12 @@ def is_checkpoint_dz(path: Path) -> bool:
     return isinstance(extra, dict) and isinstance(extra.get("checkpoint"), dict)
 
 
-def decompress_source(path: Path, output: str) -> int:
-    """``deepzip decompress FILE.dz -o OUT`` for a ``.dz`` made from a checkpoint."""
+def decompress_source(path: Path, output: str, *, max_bytes: int | None) -> int:
+    """``deepzip decompress FILE.dz -o OUT`` for a ``.dz`` made from a checkpoint (``--max-bytes`` bounds the total
+    the tensors decode to)."""
     from ..checkpoints_io import decompress_checkpoint
 
-    out = decompress_checkpoint(path, output)
+    out = decompress_checkpoint(path, output, max_bytes=max_bytes)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"{path} -> {out}: {_fmt(size)} bytes")
     return 0

@@ -35,6 +35,7 @@ from . import huffman, sparse
 from ._tensor import (
     EncodedTensor,
     decode,
+    decode_kept,
     decode_parts,
     encode_codebook,
     encode_dense,
@@ -53,6 +54,7 @@ __all__ = [
     "DzWriter",
     "EncodedTensor",
     "decode",
+    "decode_kept",
     "decode_parts",
     "encode_codebook",
     "encode_dense",

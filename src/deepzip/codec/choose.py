@@ -51,7 +51,9 @@ def _codebook(
     u = _planes._UINT[kept.itemsize]
     bits, inverse = np.unique(kept.view(u), return_inverse=True)  # by bit pattern: -0.0 and NaNs stay exact
     values = bits.view(kept.dtype)
-    if bits.size > _MAX_CODEBOOK or not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
+    if bits.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
+        return None
+    if not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
         return None
     if mask is None:
         return encode_codebook(values, inverse.reshape(a.shape), name=name)

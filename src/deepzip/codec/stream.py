@@ -34,16 +34,18 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from ..fileio import atomic_write
-from ._tensor import EncodedTensor, check, decode, decode_parts
+from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_parts
 from .container import (
     _PRE,
     MAGIC,
+    MAX_HEADER_ITEMS,
     MAX_HEADER_SIZE,
     PREAMBLE_SIZE,
     VERSION,
     SectionTable,
     _align,
     _json,
+    _json_items,
     _producer,
     parse_header,
 )
@@ -113,6 +115,8 @@ class DzWriter:
         text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
         if len(text) > MAX_HEADER_SIZE:
             raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
+        if _json_items(text) > MAX_HEADER_ITEMS:
+            raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or entries)")
         hbytes = zlib.compress(text, 9)
         pre = _PRE.pack(MAGIC, self._version[0], self._version[1], zlib.crc32(hbytes), len(hbytes))
         start = PREAMBLE_SIZE + len(hbytes)
@@ -150,21 +154,23 @@ class DzWriter:
 class DzReader:
     """A ``.dz`` file opened for reading tensor by tensor (header checked now, sections when asked for).
 
+    ``max_bytes`` bounds what all tensors together may decode to (as :func:`deepzip.codec.read`; None: no limit).
+
     Attributes:
         header: the JSON header; ``config``, ``architecture``, ``extra`` as in :class:`deepzip.codec.DzFile`.
         names: tensor names in file order.
         version: ``(major, minor)``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> None:
         self.path = os.fspath(path)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             head = f.read(PREAMBLE_SIZE)
             if len(head) == PREAMBLE_SIZE and head[:8] == MAGIC:
                 hlen = _PRE.unpack_from(head, 0)[4]
-                head += f.read(min(hlen, max(0, size - PREAMBLE_SIZE)))
-        self.header, self.version, self._start, tables = parse_header(head, size)
+                head += f.read(min(_align(PREAMBLE_SIZE + hlen) - PREAMBLE_SIZE, max(0, size - PREAMBLE_SIZE)))
+        self.header, self.version, self._start, tables = parse_header(head, size, max_bytes=max_bytes)
         self._tables: dict[str, SectionTable] = {t.name: t for t in tables}
         self.names = list(self._tables)
 
