@@ -216,7 +216,7 @@ def _refuse_other_formats(p: Path) -> None:
         raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "
                               "models take it as it is (deepzip evaluate), or turn it into one with "
                               f"`deepzip decompress {p} -o model.safetensors`")
-    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+    if head.startswith(b"PK\x03\x04") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         raise CheckpointError(f"{p}: looks like a torch.save (pickle) file, which deepzip never loads (unpickling "
                               "runs code); if you trust it, convert it: safetensors.torch.save_file("
                               "torch.load(path, weights_only=True), 'model.safetensors')")
