@@ -86,6 +86,11 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
     compact = _compact_layers(model)
+    for name, module in model.named_modules():
+        other = [t for t in getattr(module, "parametrizations", {}) if t != "weight"]
+        if other and parametrize.is_parametrized(module):  # a pruned/shared RNN: the .dz file stores those
+            raise CheckpointError(f"{name}.{other[0]}: compressed recurrent weights go into a .dz file "
+                                  "(deepzip.save), not a checkpoint")
     for name, module in compact.items():
         packed = share.pack_layer(module) if share.is_shared(module) else None
         if packed is not None:

@@ -6,7 +6,7 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError"]
+__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError"]
 
 
 class DeepzipError(Exception):
@@ -26,3 +26,7 @@ class CheckpointError(DeepzipError, ValueError):
 
 class DataError(DeepzipError, RuntimeError):
     """A data set could not be obtained or is not what it claims to be."""
+
+
+class InputError(DeepzipError, ValueError):
+    """A user's input cannot be processed, e.g. a word with characters outside a model's alphabet."""

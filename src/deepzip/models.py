@@ -99,6 +99,10 @@ def get_model(name: str, seed: int | None = 0) -> nn.Module:
             return get_model(name, seed=None)
     if name in MODELS:
         model = MODELS[name]()
+    elif name.startswith("seq2seq:"):  # an attention encoder-decoder named by its sizes (deepzip.seq)
+        from .seq import build_seq2seq
+
+        model = build_seq2seq(name)
     elif ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
