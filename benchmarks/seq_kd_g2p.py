@@ -42,9 +42,11 @@ from deepzip.g2p_recipes import COMPRESS, STUDENT, STUDENT_TRAIN, TEACHER, TEACH
 from deepzip.prune import sparsity_table
 from deepzip.seq import Seq2Seq
 from deepzip.seqdistill import KD_MODES, fit_seq2seq, teacher_targets
+from deepzip.serialize import read_dz
 
 MODES_LABEL = {"labels": "labels only", "word": "word-level KD", "seq": "sequence-level KD", "both": "word + seq KD"}
 N_SPEED_B1 = 300  # test words decoded one at a time for the batch-1 speed
+N_SPEED_BATCHED = 2048  # test words decoded in batches of 256 for the batched speed
 TRAINED_ON: dict[str, dict] = {}  # cached models: how long their training took, and where
 
 
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--quick", action="store_true", help="smoke run on 3k words, 1 epoch; writes no results")
     ap.add_argument("--train-only", action="store_true", help="stop after training (fills the caches in runs/g2p)")
+    ap.add_argument("--compress-only", action="store_true", help="stop after compressing (fills the .dz cache)")
     ap.add_argument("--students", default=",".join(KD_MODES), help="students to train (comma-separated)")
     ap.add_argument("--word-epochs", type=int, default=None,
                     help="epochs of the word-level KD student (default: the shared budget; it runs the teacher "
@@ -148,7 +151,29 @@ def main() -> None:
     if a.train_only:
         return
 
-    # -- 4. test WER/PER, greedy and beam 5
+    # -- 4. compress the sequence-level KD student, retraining on the teacher's beam outputs (the sequence-level
+    # distillation loss); the .dz file is cached by recipe hash like the trained models
+    t0 = time.perf_counter()
+    c = COMPRESS
+    chosen = "seq"
+    c_tag = g2p_recipe_tag(STUDENT, s_cfg, "compress", c.to_dict(), t_tag)
+    dz = root / f"student-{chosen}-compressed-{c_tag}.dz"
+    if not dz.exists():
+        model = Seq2Seq(STUDENT)
+        model.load_state_dict(students[chosen].state_dict())
+        compress_student_(model, words, beam_out, c, cfg(STUDENT_TRAIN))
+        model.to("cpu")
+        secs = time.perf_counter() - t0
+        where_c = torch.cuda.get_device_name() if dev.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+        deepzip.save(model, dz, config={"compress": c.to_dict(), "student": chosen, "seconds": secs,
+                                        "device": where_c})
+    stages["compress_prune_share_retrain"] = time.perf_counter() - t0
+    nbytes = dz.stat().st_size
+    TRAINED_ON[dz.stem] = {k: read_dz(dz).config.get(k) for k in ("seconds", "device")}
+    if a.compress_only:
+        return
+
+    # -- 5. test WER/PER, greedy and beam 5
     t0 = time.perf_counter()
     rows = []
     for name, m in [("teacher", teacher), *((f"student, {MODES_LABEL[k]}", v) for k, v in students.items())]:
@@ -158,7 +183,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     stages["evaluate"] = time.perf_counter() - t0
 
-    # -- 5. speed on CPU
+    # -- 6. speed on CPU
     t0 = time.perf_counter()
     speed_rows = []
     b1_words = test.words[:N_SPEED_B1]
@@ -166,7 +191,7 @@ def main() -> None:
                 ("student (seq-KD) greedy", students["seq"], 1), ("student (seq-KD) beam 5", students["seq"], 5)]
     for name, m, beam in decoders:
         speed_rows.append({"decoder": name, "words_per_s_batch1": speed(m, b1_words, beam, 1),
-                           "words_per_s_batch256": speed(m, test.words, beam, 256)})
+                           "words_per_s_batch256": speed(m, test.words[:N_SPEED_BATCHED], beam, 256)})
         print(speed_rows[-1], flush=True)
     ref = speed_rows[0]
     for r in speed_rows:
@@ -174,37 +199,18 @@ def main() -> None:
         r["speedup_batch256"] = r["words_per_s_batch256"] / ref["words_per_s_batch256"]
     stages["speed"] = time.perf_counter() - t0
 
-    # -- 6. compress the distilled student chosen on dev (greedy WER), retraining with the distillation loss
-    t0 = time.perf_counter()
-    dev_wer = {k: evaluate(students[k], dev_split, 1, dev)["wer_pct"] for k in ("word", "seq", "both")}
-    chosen = min(dev_wer, key=dev_wer.get)
-    base = students[chosen]
-    base_test = next(r for r in rows if r["model"] == f"student, {MODES_LABEL[chosen]}")
-    model = Seq2Seq(STUDENT)
-    model.load_state_dict(base.state_dict())
-    c = COMPRESS
-    targets_src, targets_tgt = (words, beam_out) if chosen in ("seq", "both") else (src, tgt)
-    kd_teacher = teacher if chosen in ("word", "both") else None
-    compress_student_(model, targets_src, targets_tgt, c, cfg(STUDENT_TRAIN), teacher=kd_teacher)
-    stages["compress_prune_share_retrain"] = time.perf_counter() - t0
-    model.to("cpu")
-    out_dir = root / "dz"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dz = out_dir / f"g2p-student-{chosen}.dz"
-    nbytes = deepzip.save(model, dz, config={"compress": c.to_dict(), "student": chosen})
     loaded = deepzip.load(dz)
     from_file = evaluate(loaded, test, 1, "cpu")
     from_file_beam = evaluate(loaded, test, 5, "cpu")
-    dense_bytes = 4 * n_params(base)
+    base_test = next(r for r in rows if r["model"] == f"student, {MODES_LABEL[chosen]}")
+    dense_bytes = 4 * n_params(students[chosen])
     comp = {
-        "student": chosen, "dev_wer_greedy_by_student": dev_wer,
-        "uncompressed_wer_greedy": base_test["wer_greedy"],
+        "student": chosen, "uncompressed_wer_greedy": base_test["wer_greedy"],
         "dz_wer_greedy": from_file["wer_pct"], "dz_per_greedy": from_file["per_pct"],
         "dz_wer_beam5": from_file_beam["wer_pct"], "dz_bytes": nbytes, "dense_32bit_bytes": dense_bytes,
         "ratio": dense_bytes / nbytes, "wer_delta_points": from_file["wer_pct"] - base_test["wer_greedy"],
-        "settings": c.to_dict(), "layers": sparsity_table(model),
+        "settings": c.to_dict(), "layers": sparsity_table(loaded),
     }
-    stages["compress_total"] = time.perf_counter() - t0
     print({k: v for k, v in comp.items() if k != "layers"}, flush=True)
     stages["total"] = time.perf_counter() - t_all
 
@@ -223,9 +229,13 @@ def main() -> None:
         print(json.dumps({"stages": stages, "checks": checks}, indent=1))
         return
     command = "python benchmarks/seq_kd_g2p.py" + (f" --device {dev}" if dev != "cpu" else "") + \
-        (f" --threads {a.threads}" if a.threads != 1 else "") + (f" --word-epochs {a.word_epochs}" if a.word_epochs else "")
-    where = (f"Training ran on `{dev}`" + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
-             + f"; decoding speed on CPU with {a.threads} thread(s) of this machine ({os.cpu_count()} cores).")
+        (f" --threads {a.threads}" if a.threads != 1 else "") + \
+        (f" --word-epochs {a.word_epochs}" if a.word_epochs else "")
+    where = (f"This run: training stages that were not cached ran on `{dev}`"
+             + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
+             + f"; evaluation and decoding speed on CPU with {a.threads} thread(s) of this machine "
+             f"({os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}). Models loaded from the "
+             "cache list where and how long they trained in the table above.")
     sections = {
         "Decoding speed (CPU, words/s; speed-up vs teacher beam 5)": md_table(speed_rows),
         "Compressed distilled student (.dz file)": md_table([{k: v for k, v in comp.items()

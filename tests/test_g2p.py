@@ -16,8 +16,8 @@ from deepzip import g2p_data
 from deepzip.errors import DataError, InputError
 from deepzip.g2p_data import (
     encode_word,
-    phoneme_error_rate,
     parse_cmudict,
+    phoneme_error_rate,
     split_lexicon,
     word_error_rate,
 )

@@ -183,7 +183,7 @@ def cmd_g2p_compress(a: argparse.Namespace) -> int:
                                                                     "centroid_epochs") if getattr(a, k) is not None})
     if not 0.0 <= c.sparsity < 1.0 or not 1 <= c.bits <= 16 or c.prune_epochs < 0 or c.centroid_epochs < 0:
         raise ValueError(f"--sparsity {c.sparsity} / --bits {c.bits}: expected a fraction in [0, 1) and 1..16 bits")
-    model, info = _load_seq(a.student)
+    model, _ = _load_seq(a.student)
     teacher = _load_seq(a.teacher)[0] if a.teacher else None
     train, dev, _ = _data(a)
     if a.mode in ("seq", "both"):
