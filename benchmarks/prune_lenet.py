@@ -29,9 +29,10 @@ from _common import RESULTS, RUNS, Timer, md_table, write_results
 from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.data import load_mnist
 from deepzip.models import get_model
+from deepzip.pipeline import PruneSettings, run_prune
 from deepzip.prune import get_mask, prunable_layers, sparsity_table
-from deepzip.recipes import PAPER, PruneSettings, recipe_tag, run_prune, train_config
-from deepzip.report import plot_first_layer_mask
+from deepzip.recipes import PAPER, recipe_tag, train_config
+from deepzip.report import plot_first_layer_mask, plot_sensitivity
 from deepzip.train import TrainConfig, evaluate, fit
 
 # The paper's LeNet-5 kept fractions (66/12/8/19%) keep 8.55% of all parameters once the 580 biases (never
@@ -145,7 +146,8 @@ def main() -> None:
             scanned = copy.deepcopy(base)
             with Timer() as t:
                 res_s = run_prune(scanned, train, test, PruneSettings(target=1 - nz / total, rounds=rounds), retrain,
-                                  progress=False, scan_plot=str(RESULTS / "prune_lenet300_sensitivity.png"))
+                                  progress=False)
+            plot_sensitivity(res_s["scan"], RESULTS / "prune_lenet300_sensitivity.png", chosen=res_s["sparsity"])
             _, nz_s = nonzero(scanned)
             out = RESULTS / "_tmp_scan.safetensors"
             save_checkpoint(scanned, out)

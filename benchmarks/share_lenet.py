@@ -30,7 +30,8 @@ from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.data import Dataset, load_mnist
 from deepzip.prune import prunable_layers
 from deepzip.recipes import PAPER, train_config
-from deepzip.share import plot_sharing, share_weights_, sharing_table
+from deepzip.report import plot_sharing
+from deepzip.share import share_weights_, sharing_table
 from deepzip.train import TrainConfig, evaluate, fit
 
 FIGURE_LAYER = {"lenet300": "fc2", "lenet5": "fc1"}

@@ -317,7 +317,7 @@ def test_tt_linear_replaces_named_layers_and_checks_specs() -> None:
     assert m(x).shape == (3, 10)
     skipped = _rows(tt_linear_(get_model("lenet300"), {"fc3": ((10, 10), (2, 5), 50)}, progress=False))
     assert skipped[0]["skipped"] is not None
-    bad = [({"fc9": ((4, 196), (3, 100), 2)}, "fc9: not a Linear"),
+    bad = [({"fc9": ((4, 196), (3, 100), 2)}, "fc9: unknown layer for tt_linear_; Linear layers: fc1"),
            ({"fc1": ((4, 7, 4, 7), (3, 4, 5, 4), 2)}, "fc1: modes"),
            ({"fc1": ((4, 196), (3, 100), 0)}, "fc1 max_rank: rank=0"),
            ({"fc1": ((4, 196), (3, 100))}, "fc1: spec"),

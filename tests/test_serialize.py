@@ -71,7 +71,7 @@ def test_stripped_shared_model_is_still_stored_compactly(tmp_path):
 def test_state_dict_without_architecture_loads_as_state_dict(tmp_path):
     sd = {"a": torch.randn(3, 4), "n": torch.tensor(7), "e": torch.zeros(0)}
     save(sd, tmp_path / "s.dz")
-    out = load(tmp_path / "s.dz")
+    out = load_state_dict(tmp_path / "s.dz")
     assert set(out) == set(sd) and all(torch.equal(out[k], sd[k]) for k in sd)
 
 
@@ -123,3 +123,14 @@ def test_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
         save(lenet300(seed=3), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.dz"]
+
+
+def test_load_of_a_file_without_architecture_says_how_to_get_the_tensors(tmp_path) -> None:
+    from deepzip.errors import DeepzipError
+    from deepzip.serialize import load_state_dict
+
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    save(sd, tmp_path / "sd.dz")
+    with pytest.raises(DeepzipError, match="names no architecture.*load_state_dict"):
+        load(tmp_path / "sd.dz")
+    assert torch.equal(load_state_dict(tmp_path / "sd.dz")["w"], sd["w"])

@@ -9,18 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepzip.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from deepzip.checkpoint import CheckpointError, layer_kind, load_checkpoint, pack_layer, save_checkpoint, unpack_layer_
 from deepzip.prune import Mask, get_mask, prune_, strip
 from deepzip.share import (
     SharedWeight,
     get_codebook,
     is_shared,
-    pack_layer,
     resolve_bits,
     set_codebook_,
     share_weights_,
     sharing_table,
-    unpack_layer_,
 )
 
 
@@ -191,26 +189,24 @@ def test_checkpoint_round_trip_is_exact(tmp_path, pruned: bool) -> None:
     for n in ("conv", "fc1", "fc2"):
         for a, b in zip(get_codebook(getattr(m, n)), get_codebook(getattr(m2, n))):
             assert np.array_equal(a, b)
-    kind, parts = pack_layer(m.fc1)
-    assert kind == "shared" and parts["indices"].dtype == torch.uint8
+    parts = pack_layer(m.fc1)
+    assert layer_kind(m.fc1) == "shared" and parts["indices"].dtype == torch.uint8
     assert parts["indices"].numel() == int(get_mask(m.fc1).sum())
 
 
 def test_unpack_rejects_bad_sizes() -> None:
     m = share_weights_(prune_(tiny(), sparsity=0.5), 3, progress=False)
-    _, parts = pack_layer(m.fc1)
+    parts = pack_layer(m.fc1)
     target = tiny().fc1
     with pytest.raises(ValueError, match="indices for"):
-        unpack_layer_(target, "shared", {**parts, "indices": parts["indices"][:-1]})
+        unpack_layer_(target, {**parts, "indices": parts["indices"][:-1]})
     with pytest.raises(ValueError, match="mask_bits"):
-        unpack_layer_(target, "shared", {**parts, "mask_bits": parts["mask_bits"][:-1]})
+        unpack_layer_(target, {**parts, "mask_bits": parts["mask_bits"][:-1]})
     with pytest.raises(ValueError, match="out of range"):
-        unpack_layer_(target, "shared", {**parts, "indices": parts["indices"] + 50})
-    with pytest.raises(ValueError, match="unknown layer kind"):
-        unpack_layer_(target, "huffman", parts)
+        unpack_layer_(target, {**parts, "indices": parts["indices"] + 50})
     with pytest.raises(ValueError, match="do not fit"):
         set_codebook_(target, np.zeros(2, np.float32), np.zeros((3, 3), np.int64), np.ones((3, 3), bool))
-    unpack_layer_(target, "shared", parts)
+    unpack_layer_(target, parts)
     assert torch.equal(target.weight, m.fc1.weight)
 
 
@@ -286,3 +282,51 @@ def test_fine_tuning_is_bit_reproducible() -> None:
         fit(m, data, TrainConfig(epochs=1, batch_size=64, lr=0.01, weight_decay=0.0, progress=False))
         runs.append([p.detach().clone() for p in m.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+# ----------------------------------------------------------------------------------------------- quality floors (dB)
+def _sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
+    """torchao's compute_error: 20 log10(|x| / |x - y|)."""
+    return float(20 * np.log10(np.linalg.norm(x) / np.linalg.norm(x - y)))
+
+
+def _brute_force_lloyd(w: np.ndarray, k: int, iters: int = 300) -> np.ndarray:
+    """Reference k-means: full distance matrix, nearest centroid, means; linear init like share_weights_."""
+    c = np.linspace(w.min(), w.max(), k)
+    for _ in range(iters):
+        labels = np.abs(w[:, None] - c[None, :]).argmin(1)
+        new = np.array([w[labels == j].mean() if (labels == j).any() else c[j] for j in range(k)])
+        if np.array_equal(new, c):
+            break
+        c = new
+    return c[np.abs(w[:, None] - c[None, :]).argmin(1)]
+
+
+# Floors in dB for 4,000 unit-Gaussian weights (a layer's weights are near Gaussian). For reference, the Lloyd-Max
+# quantiser of a Gaussian (Max 1960) reaches 4.40 / 9.30 / 14.62 / 20.22 / 26.01 dB at 1..5 bits. Measured: linear
+# initialisation (the paper's choice, best for accuracy) gives 4.41 / 9.21 / 14.63 / 19.87 / 24.24 dB: at 4-5 bits
+# Lloyd stops in a local optimum whose outer centroids sit in the sparse tails (the brute-force Lloyd below, from
+# the same init, lands on the same point; density init reaches 25.2 dB at 5 bits). Floors are those, less ~0.3 dB.
+SQNR_FLOOR_DB = {1: 4.1, 2: 8.9, 3: 14.3, 4: 19.5, 5: 23.9}
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5])
+def test_sqnr_floor_per_bit_width(bits: int) -> None:
+    """Shared weights stay above a floor in dB, match a brute-force Lloyd (same init) within 0.05 dB and beat
+    uniform fixed-point levels at the same width."""
+    from deepzip._kmeans import linear_quantize
+
+    torch.manual_seed(bits)
+    layer = nn.Linear(80, 50, bias=False)
+    with torch.no_grad():
+        layer.weight.normal_()
+    w = layer.weight.detach().numpy().ravel().astype(np.float64)
+    model = nn.Sequential(layer)
+    share_weights_(model, bits, progress=False)
+    shared = model[0].weight.detach().numpy().ravel().astype(np.float64)
+    ours = _sqnr_db(w, shared)
+    levels, labels = linear_quantize(w, bits)
+    assert len(np.unique(shared)) <= 2**bits
+    assert ours >= SQNR_FLOOR_DB[bits], (bits, ours)
+    assert ours >= _sqnr_db(w, _brute_force_lloyd(w, 2**bits)) - 0.05, bits
+    assert ours > _sqnr_db(w, levels[labels]), bits

@@ -224,7 +224,7 @@ def assign(values: NDArray[Any], centroids: NDArray[Any]) -> NDArray[Any]:
 
 def _distinct_upto(s: NDArray[Any], k: int) -> NDArray[Any] | None:
     """The distinct values of sorted ``s`` if there are at most ``k`` of them, else None. O(k log n)."""
-    out = []
+    out: list[Any] = []
     i = 0
     n = s.shape[0]
     while i < n:

@@ -23,41 +23,108 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import share
 from .errors import CheckpointError
+from .fileio import atomic_write
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
-__all__ = ["CheckpointError", "atomic_write", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "LAYER_KINDS",
+    "CheckpointError",
+    "atomic_write",
+    "layer_kind",
+    "load_checkpoint",
+    "pack_layer",
+    "read_checkpoint",
+    "save_checkpoint",
+    "unpack_layer_",
+]
 
 FORMAT = "deepzip-checkpoint"
 VERSION = 1
+MAX_K = 1 << 16  # the largest codebook a shared layer may have
+
+#: How a layer's weight is held, the one vocabulary of checkpoints and .dz files alike: ``plain`` (a tensor as it
+#: is), ``masked`` (pruned: a :class:`deepzip.prune.Mask`), ``shared`` (a :class:`deepzip.share.SharedWeight`
+#: codebook, with the pruning mask inside).
+LAYER_KINDS: tuple[str, ...] = ("plain", "masked", "shared")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``: readers never see a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model should get the usual permissions
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def layer_kind(module: nn.Module, where: str = "weight", *, tensor: str = "weight") -> str:
+    """Which of :data:`LAYER_KINDS` ``module``'s ``tensor`` (its weight, or an RNN matrix) is; ``where`` names it
+    in the error.
+
+    Raises:
+        ValueError: the weight has a parametrization deepzip does not save (strip it first).
+    """
+    if not parametrize.is_parametrized(module, tensor):
+        return "plain"
+    if share.is_shared(module, tensor):
+        return "shared"
+    if all(isinstance(p, Mask) for p in module.parametrizations[tensor]):  # type: ignore[union-attr]
+        return "masked"
+    raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
+
+
+
+
+def _index_dtype(k: int) -> torch.dtype:
+    if k <= 1 << 8:
+        return torch.uint8
+    return torch.int16 if k <= 1 << 15 else torch.int32
+
+
+def pack_layer(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Compact tensors of a shared layer for a checkpoint:
+    ``centroids`` float32 (k,), ``indices`` (n_kept,) of the kept positions in row-major order (uint8 for
+    k <= 256, int16 for k <= 32768, else int32) and ``mask_bits`` = ``np.packbits`` of the flattened mask (uint8).
+    """
+    centroids, indices, mask = share.get_codebook(module)
+    kept = indices.reshape(-1)[mask.reshape(-1)]
+    return {
+        "centroids": torch.from_numpy(centroids.astype(np.float32)),
+        "indices": torch.from_numpy(kept).to(_index_dtype(centroids.size)).contiguous(),
+        "mask_bits": torch.from_numpy(np.packbits(mask.reshape(-1))),
+    }
+
+
+def unpack_layer_(module: nn.Module, parts: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a shared layer from :func:`pack_layer`'s parts, in place; returns ``module``.
+
+    Raises:
+        ValueError: missing or extra parts, or sizes that do not fit the layer.
+    """
+    want = {"centroids", "indices", "mask_bits"}
+    if set(parts) != want:
+        raise ValueError(f"shared layer has parts {sorted(parts)}, expected {sorted(want)}")
+    shape = tuple(module.weight.shape)
+    n = math.prod(shape)
+    bits, kept, centroids = parts["mask_bits"], parts["indices"], parts["centroids"]
+    if bits.dtype != torch.uint8 or bits.ndim != 1 or bits.numel() != (n + 7) // 8:
+        raise ValueError(f"mask_bits: {bits.numel()} bytes of {bits.dtype}, expected {(n + 7) // 8} uint8 "
+                         f"for shape {list(shape)}")
+    if centroids.dtype != torch.float32 or centroids.ndim != 1 or not 1 <= centroids.numel() <= MAX_K:
+        raise ValueError(f"centroids: shape {tuple(centroids.shape)} {centroids.dtype}, expected float32 (k,), "
+                         f"1 <= k <= {MAX_K}")
+    if kept.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64) or kept.ndim != 1:
+        raise ValueError(f"indices: shape {tuple(kept.shape)} {kept.dtype}, expected a 1-D integer tensor")
+    mask = np.unpackbits(bits.numpy(), count=n).astype(bool)  # (n,)
+    if kept.numel() != int(mask.sum()):
+        raise ValueError(f"{kept.numel()} indices for {int(mask.sum())} kept weights")
+    indices = np.zeros(n, dtype=np.int64)
+    indices[mask] = kept.numpy().astype(np.int64)
+    return share.set_codebook_(module, centroids, indices.reshape(shape), mask.reshape(shape))
 
 
 def _pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -81,8 +148,6 @@ def save_checkpoint(
     """Save ``model`` (with its masks and codebooks) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    from . import share  # local import: share builds on prune; checkpoint must not import it at module load
-
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
     compact = _compact_layers(model)
@@ -92,15 +157,13 @@ def save_checkpoint(
             raise CheckpointError(f"{name}.{other[0]}: compressed recurrent weights go into a .dz file "
                                   "(deepzip.save), not a checkpoint")
     for name, module in compact.items():
-        packed = share.pack_layer(module) if share.is_shared(module) else None
-        if packed is not None:
-            kind, parts = packed
+        kind = layer_kind(module, f"{name}.weight")
+        if kind == "shared":
             layers[name] = {"kind": kind, "shape": list(module.weight.shape)}
-            tensors.update({f"{name}.weight.{k}": v for k, v in parts.items()})
+            tensors.update({f"{name}.weight.{k}": v for k, v in pack_layer(module).items()})
             continue
         mask = get_mask(module)
-        if mask is None or any(not isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore
-            raise CheckpointError(f"{name}.weight: unsupported parametrization; strip() it before saving")
+        assert mask is not None  # layer_kind said "masked"
         original = module.parametrizations["weight"].original.detach()  # type: ignore[index,union-attr]
         layers[name] = {"kind": "masked", "shape": list(original.shape)}
         tensors[f"{name}.weight.values"] = original[mask].float().contiguous()
@@ -148,8 +211,6 @@ def load_checkpoint(
     Raises:
         CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
     """
-    from . import share
-
     tensors, metadata = read_checkpoint(path)
     if metadata.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
@@ -197,9 +258,9 @@ def load_checkpoint(
                 dense[mask] = values.to(dense.dtype)
                 module.weight.copy_(dense)
                 parametrize.register_parametrization(module, "weight", Mask(mask))
-        elif info.get("kind") in share.PACKED_KINDS:
+        elif info.get("kind") == "shared":
             try:
-                share.unpack_layer_(module, info["kind"], parts)
+                unpack_layer_(module, parts)
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise CheckpointError(f"{where}: {exc}") from None
         else:

@@ -46,6 +46,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from .prune import resolve_layer
+
 __all__ = [
     "METHODS",
     "TTLinear",
@@ -342,10 +344,6 @@ def _candidates(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def _name(key: str) -> str:
-    return key.removesuffix(".weight")
-
-
 def _check_plain(name: str, module: nn.Module) -> None:
     if parametrize.is_parametrized(module, "weight"):
         raise ValueError(f"{name}.weight: pruned or weight-shared (parametrized); decompose before pruning/sharing "
@@ -440,19 +438,15 @@ def decompose_(
     cands = _candidates(model)
 
     def known(key: str, what: str) -> str:
-        name = _name(key)
-        if name not in cands:
-            raise ValueError(f"{key}: unknown layer for {what} (not a Conv2d or Linear of the model); "
-                             f"decomposable layers: {', '.join(cands) or 'none'}")
-        return name
+        return resolve_layer(key, cands, what, "decomposable (Conv2d or Linear)")
 
     explicit: dict[str, Any] = {}
-    for key, r in (ranks or {}).items():
+    for key, given in (ranks or {}).items():
         name = known(key, "ranks")
         if isinstance(cands[name], nn.Conv2d):
-            explicit[name] = _check_conv_ranks(name, r)
+            explicit[name] = _check_conv_ranks(name, given)
         else:
-            explicit[name] = _check_rank(name, r)
+            explicit[name] = _check_rank(name, given)
     if layers is not None:
         if isinstance(layers, str):
             raise ValueError(f"layers={layers!r}: expected a list of layer names, not one string")
@@ -680,12 +674,10 @@ def tt_linear_(
     """
     mods = dict(model.named_modules())
     plan = {}
+    linears = {n: m for n, m in mods.items() if n and isinstance(m, nn.Linear)}
     for key, spec in layers.items():
-        name = _name(key)
-        module = mods.get(name) if name else None
-        if not isinstance(module, nn.Linear):
-            linears = [n for n, m in mods.items() if n and isinstance(m, nn.Linear)]
-            raise ValueError(f"{key}: not a Linear layer of the model; linear layers: {', '.join(linears) or 'none'}")
+        name = resolve_layer(key, linears, "tt_linear_", "Linear")
+        module = linears[name]
         if not isinstance(spec, (tuple, list)) or len(spec) != 3:
             raise ValueError(f"{name}: spec={spec!r}, expected (in_modes, out_modes, max_rank)")
         in_modes, out_modes = _check_modes(name, spec[0], spec[1])

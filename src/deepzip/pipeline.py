@@ -8,9 +8,9 @@ how much each layer's weights matter to the fit, not generalisation): sparsities
 layers by how much each layer tolerates (:func:`deepzip.prune.allocate_sparsities`), bits are the fewest per layer
 that keep the subset's loss within a tolerance.
 
-Two ways in:
-- :func:`run_pipeline` for models and data deepzip knows (MNIST), as ``deepzip compress`` does;
-- :func:`compress_` for any ``nn.Module`` with your own training loop: you pass ``retrain(model, stage)``.
+One driver, :func:`compress_`, for any ``nn.Module`` with your own training loop (you pass ``retrain(model, stage)``);
+:func:`run_pipeline` is that driver with the MNIST recipe's retraining and figures plus the file, as ``deepzip
+compress`` does; :func:`run_prune` is pruning alone, as ``deepzip prune`` does.
 
 Example (your own loop):
     >>> from deepzip.models import get_model
@@ -38,15 +38,27 @@ from torch import nn
 from . import codec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
+from .fileinfo import file_report
 from .models import model_name
-from .prune import allocate_sparsities, clone_model, iterative_prune_, prunable_layers, sensitivity_scan
-from .recipes import train_config, validation_split
-from .report import file_report
+from .prune import (
+    SCAN_SPARSITIES,
+    AGPSchedule,
+    allocate_sparsities,
+    clone_model,
+    iterative_prune_,
+    prunable_layers,
+    prune_,
+    resolve_layer,
+    sensitivity_scan,
+    sparsity_table,
+)
+from .recipes import PAPER, train_config, validation_split
 from .serialize import encode_model, load, save
 from .share import is_shared, resolve_bits, share_weights_, sharing_table
 from .train import TrainConfig, evaluate, fit, jitter_augment
 
-__all__ = ["STAGES", "PipelineConfig", "compress_", "file_report", "run_pipeline"]
+__all__ = ["STAGES", "PipelineConfig", "PruneSettings", "StageStore", "compress_", "file_report", "run_pipeline",
+           "run_prune"]
 
 STAGES = ("prune", "share", "encode")
 CONFIG_VERSION = 1
@@ -158,15 +170,15 @@ class PipelineConfig:
             if not isinstance(self.sparsity, dict):
                 raise bad("sparsity", self.sparsity, "a map of layer names to fractions")
             for k, v in self.sparsity.items():
-                if layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.sparsity.{k}: unknown layer; layers: {', '.join(layers)}")
+                if layers is not None:
+                    _config_layer(k, layers, "sparsity")
                 frac(f"sparsity.{k}", v)
         if self.bits is not None:
             items = self.bits.items() if isinstance(self.bits, dict) else [("", self.bits)]
             for k, v in items:
                 path = f"bits.{k}" if k else "bits"
-                if k and k != "default" and layers is not None and k.removesuffix(".weight") not in layers:
-                    raise ValueError(f"config.{path}: unknown layer; layers: {', '.join(layers)}")
+                if k and k != "default" and layers is not None:
+                    _config_layer(k, layers, "bits")
                 if isinstance(v, str):
                     parts = v.split("/")
                     ok = len(parts) == 2 and all(p.isdigit() and 1 <= int(p) <= 16 for p in parts)
@@ -188,6 +200,50 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _config_layer(key: str, layers: dict[str, nn.Module], field: str) -> str:
+    try:
+        return resolve_layer(key, layers, field)
+    except ValueError as exc:
+        raise ValueError(f"config.{field}.{exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ resumable stages
+class StageStore:
+    """Checkpoints of finished stages in a folder, each keyed by the config fields that decide it and the input
+    model (``source``), so a rerun resumes after the last finished stage and an edited config starts afresh.
+
+    Example:
+        >>> import tempfile
+        >>> from deepzip.models import get_model
+        >>> store = StageStore(tempfile.mkdtemp(), PipelineConfig(), source="x")
+        >>> store.resume_("prune", get_model("lenet300")) is None  # nothing saved yet
+        True
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], config: PipelineConfig, source: str = "") -> None:
+        self.workdir, self.config, self.source = Path(workdir), config, source
+
+    def path(self, stage: str) -> Path:
+        return self.workdir / f"{stage}.safetensors"
+
+    def save(self, stage: str, model: nn.Module, info: dict[str, Any]) -> None:
+        save_checkpoint(model, self.path(stage), meta={"stage_key": self.config.stage_key(stage, self.source),
+                                                       "info": info})
+
+    def resume_(self, stage: str, model: nn.Module) -> dict[str, Any] | None:
+        """Load ``stage``'s checkpoint into ``model`` in place when its key matches; returns its info, else None."""
+        path = self.path(stage)
+        if not path.exists():
+            return None
+        loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)))
+        if meta.get("stage_key") != self.config.stage_key(stage, self.source):
+            return None
+        # The checkpoint rebuilds masks/codebooks as parametrizations on a fresh model; make `model` that model,
+        # so compress_ stays in place for its caller (references to its old submodules go stale).
+        model.__dict__.update(loaded.__dict__)
+        return dict(meta.get("info") or {})
+
+
 # --------------------------------------------------------------------------------------------- the API for any model
 def compress_(
     model: nn.Module,
@@ -195,7 +251,11 @@ def compress_(
     retrain: Callable[[nn.Module, str], Any],
     *,
     error_fn: Callable[[nn.Module], float] | None = None,
-    progress: bool = True,
+    progress: bool = False,
+    stages: StageStore | None = None,
+    measure: Callable[[nn.Module, str], dict[str, Any]] | None = None,
+    info: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
 ) -> nn.Module:
     """Prune, retrain, share and fine-tune ``model`` in place with your own training loop; returns ``model``.
 
@@ -203,30 +263,64 @@ def compress_(
     (``stage="share"``); train as you like (even under DistributedDataParallel). Unset per-layer settings need
     ``error_fn(model) -> float`` (lower is better; a loss works better than an error rate) for the scans. Then
     ``deepzip.save(model, path)``.
+
+    Optional: ``stages`` checkpoints each finished stage and resumes from it; ``measure(model, point)`` adds figures
+    (e.g. a test error) to a stage's record at ``"prune"`` (pruned and retrained), ``"shared"`` (before
+    fine-tuning) and ``"share"`` (fine-tuned); ``info`` receives each stage's record (``info["prune"]``,
+    ``info["share"]``: the settings chosen, the figures measured, ``seconds``, and the pruned model's encoded
+    ``bytes``).
     """
     config.validate(model)
-    sparsity = config.sparsity
-    if sparsity is None:
-        if error_fn is None:
-            raise ValueError("config.sparsity: unset, so the sensitivity scan needs error_fn")
-        sparsity = _scan_sparsity(model, config, error_fn, progress)
-    iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
-                     progress=progress)
-    bits = config.bits
-    if bits is None:
-        if error_fn is None:
-            raise ValueError("config.bits: unset, so the bits scan needs error_fn")
-        bits = _scan_bits(model, config, error_fn, progress)
-    share_weights_(model, bits, init=config.init, seed=config.seed, progress=progress)
-    retrain(model, "share")
+    info = {} if info is None else info
+    measure = measure or (lambda m, point: {})
+
+    # ---- prune
+    t0 = time.time()
+    done = stages.resume_("prune", model) if stages is not None else None
+    if done is not None:
+        log(f"prune: resumed from {stages.path('prune')}")  # type: ignore[union-attr]
+        prune_info = done
+    else:
+        sparsity = config.sparsity
+        if sparsity is None:
+            if error_fn is None:
+                raise ValueError("config.sparsity: unset, so the sensitivity scan needs error_fn")
+            sparsity = _scan_sparsity(model, config, error_fn, progress)
+        iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
+                         progress=progress)
+        prune_info = {"sparsity": sparsity, **measure(model, "prune"), "seconds": time.time() - t0}
+        if stages is not None:
+            stages.save("prune", model, prune_info)
+    info["prune"] = {**prune_info, "bytes": len(codec.to_bytes(encode_model(model)[0]))}
+
+    # ---- share and fine-tune
+    t0 = time.time()
+    done = stages.resume_("share", model) if stages is not None else None
+    if done is not None:
+        log(f"share: resumed from {stages.path('share')}")  # type: ignore[union-attr]
+        share_info = done
+    else:
+        bits = config.bits
+        if bits is None:
+            if error_fn is None:
+                raise ValueError("config.bits: unset, so the bits scan needs error_fn")
+            bits = _scan_bits(model, config, error_fn, progress)
+        requested = resolve_bits(model, bits)
+        share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
+        shared = measure(model, "shared")
+        retrain(model, "share")
+        share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
+                      **shared, **measure(model, "share"), "seconds": time.time() - t0}
+        if stages is not None:
+            stages.save("share", model, share_info)
+    info["share"] = share_info
     return model
 
 
 def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],
                    progress: bool) -> dict[str, float]:
     base = error_fn(model)
-    points = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-    scan = sensitivity_scan(model, error_fn, points, progress=progress)
+    scan = sensitivity_scan(model, error_fn, SCAN_SPARSITIES, progress=progress)
     weights = {n: m.weight.numel() for n, m in prunable_layers(model).items()}
     return allocate_sparsities(scan, weights, config.target_sparsity, baseline_error=base)
 
@@ -273,18 +367,17 @@ def run_pipeline(
     *,
     workdir: str | os.PathLike[str] | None = None,
     source: str = "",
-    progress: bool = True,
+    progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the whole recipe on a trained ``model`` and write ``output`` (.dz); returns a summary.
+    """:func:`compress_` with the MNIST recipe's retraining and figures, then the ``.dz`` file; returns a summary.
 
     The test error quoted in the summary (``error_after_pct``) is that of a model rebuilt from the file's bytes.
     ``workdir`` keeps each stage's checkpoint; a rerun with the same config and ``source`` resumes from them.
     """
     config.validate(model)
     arch = model_name(model) or config.model
-    work = Path(workdir) if workdir is not None else None
-    timings: dict[str, float] = {}
+    timings: dict[str, float | None] = {}
     val = validation_split(train)
     loss_fn, augment = None, None  # None, None: cross-entropy, and the jitter of the retraining config (if any)
     t0 = time.time()
@@ -300,73 +393,35 @@ def run_pipeline(
         else:
             loss_fn = teacher_loss_for(model, train, temperature=config.temperature, alpha=config.alpha)
     timings["baseline"] = time.time() - t0
+    rounds: list[dict] = []
 
-    def val_error(m: nn.Module) -> float:
-        return evaluate(m, val).error_pct
+    def retrain(m: nn.Module, stage: str) -> None:
+        if stage == "prune":
+            r = len(rounds) + 1
+            cfg = _retrain_cfg(config, arch, config.retrain_epochs, progress, config.seed + r)
+            fit(m, train, cfg, loss_fn=loss_fn, augment=augment,
+                desc=f"retrain after pruning {r}/{config.prune_rounds}")
+            rounds.append({"round": r, "val_error_pct": evaluate(m, val).error_pct})
+        else:
+            cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100, finetune=True)
+            fit(m, train, cfg, loss_fn=loss_fn, augment=augment, desc="fine-tune centroids")
+
+    def measure(m: nn.Module, point: str) -> dict[str, Any]:
+        error = evaluate(m, test).error_pct
+        if point == "prune":
+            return {"rounds": rounds, "test_error_pct": error}
+        return {"test_error_before_finetune_pct" if point == "shared" else "test_error_pct": error}
 
     def val_loss(m: nn.Module) -> float:  # the scans' measure: smoother than a 0/1 error on 5,000 images
         return evaluate(m, val).loss
 
-    def stage_path(stage: str) -> Path | None:
-        return work / f"{stage}.safetensors" if work is not None else None
-
-    def resume(stage: str) -> dict | None:
-        path = stage_path(stage)
-        if path is None or not path.exists():
-            return None
-        loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)))
-        if meta.get("stage_key") != config.stage_key(stage, source):
-            return None
-        return {"model": loaded, "meta": meta}
-
-    # ---- prune
-    t0 = time.time()
-    done = resume("prune")
-    if done is not None:
-        model = done["model"]
-        prune_info = done["meta"]["info"]
-        log(f"prune: resumed from {stage_path('prune')}")
-    else:
-        sparsity = config.sparsity or _scan_sparsity(model, config, val_loss, progress)
-        cfg = _retrain_cfg(config, arch, config.retrain_epochs, progress, config.seed)
-        rounds: list[dict] = []
-
-        def retrain(m: nn.Module, r: int) -> None:
-            fit(m, train, TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + r}), loss_fn=loss_fn, augment=augment,
-                desc=f"retrain after pruning {r}/{config.prune_rounds}")
-            rounds.append({"round": r, "val_error_pct": val_error(m)})
-
-        iterative_prune_(model, retrain, sparsity=sparsity, rounds=config.prune_rounds, progress=progress)
-        prune_info = {"sparsity": sparsity, "rounds": rounds, "test_error_pct": evaluate(model, test).error_pct,
-                      "seconds": time.time() - t0}
-        if work is not None:
-            save_checkpoint(model, stage_path("prune"), meta={"stage_key": config.stage_key("prune", source),
-                                                              "info": prune_info})
-    # the original run's time when resumed (None if that checkpoint did not record it), never the resume's
-    timings["prune"] = prune_info.get("seconds", time.time() - t0 if done is None else None)
-    pruned_bytes = len(codec.to_bytes(encode_model(model)[0]))
-
-    # ---- share
-    t0 = time.time()
-    done = resume("share")
-    if done is not None:
-        model = done["model"]
-        share_info = done["meta"]["info"]
-        log(f"share: resumed from {stage_path('share')}")
-    else:
-        bits = config.bits if config.bits is not None else _scan_bits(model, config, val_loss, progress)
-        requested = resolve_bits(model, bits)
-        share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
-        error_shared = evaluate(model, test).error_pct
-        cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100, finetune=True)
-        fit(model, train, cfg, loss_fn=loss_fn, augment=augment, desc="fine-tune centroids")
-        share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
-                      "test_error_before_finetune_pct": error_shared,
-                      "test_error_pct": evaluate(model, test).error_pct, "seconds": time.time() - t0}
-        if work is not None:
-            save_checkpoint(model, stage_path("share"), meta={"stage_key": config.stage_key("share", source),
-                                                              "info": share_info})
-    timings["share"] = share_info.get("seconds", time.time() - t0 if done is None else None)
+    info: dict[str, Any] = {}
+    stages = StageStore(workdir, config, source) if workdir is not None else None
+    compress_(model, config, retrain, error_fn=val_loss, progress=progress, stages=stages, measure=measure,
+              info=info, log=log)
+    prune_info, share_info = info["prune"], info["share"]
+    timings["prune"], timings["share"] = prune_info.get("seconds"), share_info.get("seconds")
+    pruned_bytes = prune_info.pop("bytes")
 
     # ---- encode, then evaluate the file, not the model in memory
     t0 = time.time()
@@ -393,6 +448,110 @@ def run_pipeline(
         "layers": report["layers"], "seconds": timings, "config": config.to_dict(),
         "prune": prune_info, "share": share_info,
     }
+
+# ------------------------------------------------------------------------------------ pruning alone (deepzip prune)
+@dataclass
+class PruneSettings:
+    """How to prune: explicit per-layer ``sparsity`` or ``quality``, or an overall ``target`` split by a scan.
+
+    With none given, known models use the paper's per-layer kept fractions and others a scan at target 0.9.
+    """
+
+    sparsity: float | dict[str, float] | None = None
+    quality: float | dict[str, float] | None = None
+    target: float | None = None
+    rounds: int = 3
+    schedule: str = "iterative"  # or "agp"
+    scan_points: tuple[float, ...] = SCAN_SPARSITIES
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("iterative", "agp"):
+            raise ValueError(f"schedule={self.schedule!r}, expected 'iterative' or 'agp'")
+        if self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds}, expected >= 1")
+        if self.target is not None and not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"target={self.target}, expected a fraction in [0, 1]")
+
+
+def run_prune(
+    model: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    settings: PruneSettings,
+    retrain_cfg: TrainConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prune ``model`` in place with retraining; returns a summary with a per-layer table and stage timings.
+
+    The sensitivity scan (when one runs) is in the summary's ``scan``; :func:`deepzip.report.plot_sensitivity` draws it.
+    """
+    arch = model_name(model) or ""
+    layers = prunable_layers(model)
+    t0 = time.time()
+    before = evaluate(model, test)
+    sparsity, quality, scan = settings.sparsity, settings.quality, None
+    if sparsity is None and quality is None:
+        if settings.target is None and arch in PAPER:
+            sparsity = {k: 1 - v / 100 for k, v in PAPER[arch]["kept_pct"].items()}
+        else:
+            val = validation_split(train)
+            base = evaluate(model, val).error_pct
+            scan = sensitivity_scan(model, lambda m: evaluate(m, val).error_pct, settings.scan_points,
+                                    progress=progress)
+            weights = {n: m.weight.numel() for n, m in layers.items()}
+            sparsity = allocate_sparsities(scan, weights, settings.target if settings.target is not None else 0.9,
+                                           baseline_error=base)
+    t_scan = time.time() - t0
+    # validate everything before any work (unknown layers, out-of-range values) by a dry run on a copy
+
+    prune_(clone_model(model), sparsity=sparsity, quality=quality)
+    t1 = time.time()
+    rounds_log: list[dict] = []
+
+    def retrain(m: nn.Module, r: int) -> None:
+        cfg = TrainConfig(**{**asdict(retrain_cfg), "seed": retrain_cfg.seed + r})
+        fit(m, train, cfg, desc=f"retrain {r}/{settings.rounds}")
+        rounds_log.append({"round": r, "test_error_pct": evaluate(m, test).error_pct,
+                           "kept_pct": _kept_pct(m)})
+
+    if settings.schedule == "agp":
+        if sparsity is None:
+            raise ValueError("schedule='agp' needs sparsities, not quality")
+        per = sparsity if isinstance(sparsity, dict) else {n: sparsity for n in layers}
+        cfg = TrainConfig(**{**asdict(retrain_cfg), "epochs": retrain_cfg.epochs * settings.rounds})
+        steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+        fit(model, train, cfg, step_callback=AGPSchedule(final=per, begin=0, end=int(0.7 * steps), every=50),
+            desc="agp prune")
+    else:
+        per_s = sparsity if isinstance(sparsity, dict) or sparsity is None else {n: sparsity for n in layers}
+        per_q = quality if isinstance(quality, dict) or quality is None else {n: quality for n in layers}
+        iterative_prune_(model, retrain, sparsity=per_s, quality=per_q, rounds=settings.rounds, progress=progress)
+    t_retrain = time.time() - t1
+    after = evaluate(model, test)
+    paper = PAPER.get(arch, {}).get("kept_pct", {})
+    table = sparsity_table(model)
+    for row in table:
+        row["paper_kept_pct"] = paper.get(row["layer"])
+    return {
+        "error_before_pct": before.error_pct,
+        "test_error_pct": after.error_pct,
+        "kept_pct": _kept_pct(model),
+        "layers": table,
+        "sparsity": sparsity,
+        "quality": quality,
+        "scan": scan,
+        "rounds": rounds_log,
+        "schedule": settings.schedule,
+        "seconds": {"scan": t_scan, "prune_retrain": t_retrain},
+    }
+
+
+def _kept_pct(model: nn.Module) -> float:
+    rows = sparsity_table(model)
+    return 100.0 * sum(r["kept"] for r in rows) / max(sum(r["weights"] for r in rows), 1)
+
 
 
 def _fresh_like(model: nn.Module) -> nn.Module:

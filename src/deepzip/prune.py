@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +35,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 __all__ = [
+    "SCAN_SPARSITIES",
     "AGPSchedule",
     "FilterFn",
     "Mask",
@@ -48,6 +49,7 @@ __all__ = [
     "prunable_tensors",
     "prune_",
     "remove_parametrization_",
+    "resolve_layer",
     "sensitivity_scan",
     "sparsity_table",
     "strip",
@@ -60,6 +62,8 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.RNNBas
 
 class Mask(nn.Module):
     """Parametrization ``weight = original * mask``; ``mask`` is a bool buffer of the weight's shape."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -130,18 +134,31 @@ def get_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor | None:
     return None
 
 
+def resolve_layer(key: str, layers: Mapping[str, object], what: str, kind: str = "prunable") -> str:
+    """The layer a user's key names: ``"fc1"`` or ``"fc1.weight"`` -> ``"fc1"``, checked against ``layers``.
+
+    Every per-layer setting in deepzip (sparsity, bits, ranks, config fields) goes through here, so the error is
+    the same everywhere.
+
+    Raises:
+        ValueError: ``"fc9: unknown layer for sparsity; prunable layers: fc1, fc2, fc3"``.
+
+    Example:
+        >>> resolve_layer("fc1.weight", {"fc1": None, "fc2": None}, "bits")
+        'fc1'
+    """
+    name = key.removesuffix(".weight")
+    if name not in layers:
+        raise ValueError(f"{key}: unknown layer for {what}; {kind} layers: {', '.join(layers) or 'none'}")
+    return name
+
+
 def _resolve(value: float | dict[str, float] | None, layers: dict[str, object], what: str) -> dict[str, float]:
     """Per-layer values from one float or a dict keyed by dotted layer names (``"fc1"`` or ``"fc1.weight"``)."""
     if value is None:
         return {}
     if isinstance(value, dict):
-        out = {}
-        for key, v in value.items():
-            name = key[:-len(".weight")] if key.endswith(".weight") else key
-            if name not in layers:
-                raise ValueError(f"{key}: unknown layer for {what}; prunable layers: {', '.join(layers)}")
-            out[name] = v
-        return out
+        return {resolve_layer(key, layers, what): v for key, v in value.items()}
     return {name: value for name in layers}
 
 
@@ -349,11 +366,14 @@ def iterative_prune_(
 
 SensitivityScan = dict[str, list[tuple[float, float]]]
 
+#: The sparsities every sensitivity scan tries (dense to 99%), finer where layers start to break.
+SCAN_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+
 
 def sensitivity_scan(
     model: nn.Module,
     error_fn: Callable[[nn.Module], float],
-    sparsities: Iterable[float] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
+    sparsities: Iterable[float] = SCAN_SPARSITIES,
     *,
     filter_fn: FilterFn | None = None,
     progress: bool = True,

@@ -1,4 +1,4 @@
-"""Default settings per model and the drivers that the CLI and benchmarks share (prune with retraining).
+"""Default settings per model (training, retraining, fine-tuning recipes) and the papers' figures: data only.
 
 The paper's figures live here too (:data:`PAPER`), so tables can print them beside ours.
 """
@@ -7,49 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
-from torch import nn
 
 from .data import Dataset
-from .prune import (
-    AGPSchedule,
-    allocate_sparsities,
-    clone_model,
-    iterative_prune_,
-    prunable_layers,
-    prune_,
-    sensitivity_scan,
-    sparsity_table,
-)
-from .train import TrainConfig, evaluate, fit
+from .papers import PAPER
+from .train import TrainConfig
 
-__all__ = ["PAPER", "PruneSettings", "recipe_tag", "run_prune", "train_config", "validation_split"]
+__all__ = ["PAPER", "recipe_tag", "train_config", "validation_split"]
 
-#: Deep Compression (Han et al. 2016), Tables 1-3: per-layer kept % and bits after Huffman.
-PAPER: dict[str, dict[str, Any]] = {
-    "lenet300": {
-        "kept_pct": {"fc1": 8.0, "fc2": 9.0, "fc3": 26.0}, "total_kept_pct": 8.0,
-        "error_before_pct": 1.64, "error_after_pct": 1.58, "ratio": 40, "ratio_stages": (12, 32, 40),
-        "bytes_before": 1070_000, "bytes_after": 27_000,
-        "bits": {"fc1": 6, "fc2": 6, "fc3": 6}, "gap_bits": 5,
-        "huffman_bits_weight": {"fc1": 4.4, "fc2": 4.4, "fc3": 4.4},
-        "huffman_bits_index": {"fc1": 3.7, "fc2": 4.3, "fc3": 3.2},
-        "size_pct": {"fc1": 2.32, "fc2": 3.04, "fc3": 12.70},
-    },
-    "lenet5": {
-        "kept_pct": {"conv1": 66.0, "conv2": 12.0, "fc1": 8.0, "fc2": 19.0}, "total_kept_pct": 8.0,
-        "error_before_pct": 0.80, "error_after_pct": 0.74, "ratio": 39, "ratio_stages": (12, 33, 39),
-        "bytes_before": 1720_000, "bytes_after": 44_000,
-        "bits": {"conv1": 8, "conv2": 8, "fc1": 5, "fc2": 5},
-        "huffman_bits_weight": {"conv1": 7.2, "conv2": 7.2, "fc1": 4.5, "fc2": 5.2},
-        "huffman_bits_index": {"conv1": 1.5, "conv2": 3.9, "fc1": 4.5, "fc2": 3.7},
-        "size_pct": {"conv1": 78.5, "conv2": 6.0, "fc1": 2.7, "fc2": 6.9},
-    },
-}
 
 # LeNets train, retrain and fine-tune with inputs shifted by up to 2 pixels (Hinton et al.'s MNIST jitter): measured
 # with 20 epochs and no jitter LeNet-300-100 reached 1.47-1.54% over 4 seeds and pruned to 93% it landed anywhere in
@@ -103,110 +69,3 @@ def validation_split(train: Dataset, n: int = 5000, seed: int = 0) -> Dataset:
     """A fixed random subset of the training set, for choices (sensitivity scans) that must not peek at the test set."""
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     return Dataset(train.x[idx], train.y[idx])
-
-
-@dataclass
-class PruneSettings:
-    """How to prune: explicit per-layer ``sparsity`` or ``quality``, or an overall ``target`` split by a scan.
-
-    With none given, known models use the paper's per-layer kept fractions and others a scan at target 0.9.
-    """
-
-    sparsity: float | dict[str, float] | None = None
-    quality: float | dict[str, float] | None = None
-    target: float | None = None
-    rounds: int = 3
-    schedule: str = "iterative"  # or "agp"
-    scan_points: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("iterative", "agp"):
-            raise ValueError(f"schedule={self.schedule!r}, expected 'iterative' or 'agp'")
-        if self.rounds < 1:
-            raise ValueError(f"rounds={self.rounds}, expected >= 1")
-        if self.target is not None and not 0.0 <= self.target <= 1.0:
-            raise ValueError(f"target={self.target}, expected a fraction in [0, 1]")
-
-
-def run_prune(
-    model: nn.Module,
-    train: Dataset,
-    test: Dataset,
-    settings: PruneSettings,
-    retrain_cfg: TrainConfig,
-    *,
-    progress: bool = True,
-    scan_plot: str | None = None,
-) -> dict[str, Any]:
-    """Prune ``model`` in place with retraining; returns a summary with a per-layer table and stage timings."""
-    from .models import model_name
-
-    arch = model_name(model) or ""
-    layers = prunable_layers(model)
-    t0 = time.time()
-    before = evaluate(model, test)
-    sparsity, quality, scan = settings.sparsity, settings.quality, None
-    if sparsity is None and quality is None:
-        if settings.target is None and arch in PAPER:
-            sparsity = {k: 1 - v / 100 for k, v in PAPER[arch]["kept_pct"].items()}
-        else:
-            val = validation_split(train)
-            base = evaluate(model, val).error_pct
-            scan = sensitivity_scan(model, lambda m: evaluate(m, val).error_pct, settings.scan_points,
-                                    progress=progress)
-            weights = {n: m.weight.numel() for n, m in layers.items()}
-            sparsity = allocate_sparsities(scan, weights, settings.target if settings.target is not None else 0.9,
-                                           baseline_error=base)
-            if scan_plot:
-                from .report import plot_sensitivity
-
-                plot_sensitivity(scan, scan_plot, chosen=sparsity)
-    t_scan = time.time() - t0
-    # validate everything before any work (unknown layers, out-of-range values) by a dry run on a copy
-
-    prune_(clone_model(model), sparsity=sparsity, quality=quality)
-    t1 = time.time()
-    rounds_log: list[dict] = []
-
-    def retrain(m: nn.Module, r: int) -> None:
-        cfg = TrainConfig(**{**asdict(retrain_cfg), "seed": retrain_cfg.seed + r})
-        fit(m, train, cfg, desc=f"retrain {r}/{settings.rounds}")
-        rounds_log.append({"round": r, "test_error_pct": evaluate(m, test).error_pct,
-                           "kept_pct": _kept_pct(m)})
-
-    if settings.schedule == "agp":
-        if sparsity is None:
-            raise ValueError("schedule='agp' needs sparsities, not quality")
-        per = sparsity if isinstance(sparsity, dict) else {n: sparsity for n in layers}
-        cfg = TrainConfig(**{**asdict(retrain_cfg), "epochs": retrain_cfg.epochs * settings.rounds})
-        steps = cfg.epochs * -(-len(train) // cfg.batch_size)
-        fit(model, train, cfg, step_callback=AGPSchedule(final=per, begin=0, end=int(0.7 * steps), every=50),
-            desc="agp prune")
-    else:
-        per_s = sparsity if isinstance(sparsity, dict) or sparsity is None else {n: sparsity for n in layers}
-        per_q = quality if isinstance(quality, dict) or quality is None else {n: quality for n in layers}
-        iterative_prune_(model, retrain, sparsity=per_s, quality=per_q, rounds=settings.rounds, progress=progress)
-    t_retrain = time.time() - t1
-    after = evaluate(model, test)
-    paper = PAPER.get(arch, {}).get("kept_pct", {})
-    table = sparsity_table(model)
-    for row in table:
-        row["paper_kept_pct"] = paper.get(row["layer"])
-    return {
-        "error_before_pct": before.error_pct,
-        "test_error_pct": after.error_pct,
-        "kept_pct": _kept_pct(model),
-        "layers": table,
-        "sparsity": sparsity,
-        "quality": quality,
-        "scan": scan,
-        "rounds": rounds_log,
-        "schedule": settings.schedule,
-        "seconds": {"scan": t_scan, "prune_retrain": t_retrain},
-    }
-
-
-def _kept_pct(model: nn.Module) -> float:
-    rows = sparsity_table(model)
-    return 100.0 * sum(r["kept"] for r in rows) / max(sum(r["weights"] for r in rows), 1)

@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from .recipes import PAPER
-from .serialize import read_dz
+from .fileinfo import file_report, read_dz
 
 __all__ = [
     "file_report",
     "first_layer_mask_image",
     "plot_first_layer_mask",
     "plot_sensitivity",
+    "plot_sharing",
     "plot_size_stages",
     "plot_weight_histograms",
     "write_report",
@@ -39,7 +39,7 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike[str]) -> None:
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     _plt().close(fig)
@@ -126,50 +126,6 @@ def plot_size_stages(stages: Mapping[str, float], path: str | os.PathLike[str], 
     _save(fig, path)
 
 
-def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
-    """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
-
-    Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
-    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
-    """
-    f = read_dz(path)
-    file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
-    layers = []
-    total = nonzero = 0
-    before_huffman = 0.0
-    arch = f.architecture or ""
-    paper = PAPER.get(arch, {})
-    for st in f.stats():
-        count = st["count"]
-        total += count
-        nonzero += st["kept"]
-        row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
-               "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
-               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
-               "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
-               "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
-               "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
-        if st["kind"] == "dense":
-            before_huffman += st["bytes"]
-        else:
-            entries = st["index_entries"] or 0
-            fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))
-            before_huffman += fixed_bits / 8 + 4 * st["k"]
-        layer = st["name"][:-7] if st["name"].endswith(".weight") else None
-        if layer and paper:
-            row["paper_kept_pct"] = paper["kept_pct"].get(layer)
-            row["paper_bits_weight"] = paper["huffman_bits_weight"].get(layer)
-            row["paper_bits_index"] = paper["huffman_bits_index"].get(layer)
-            row["paper_size_pct"] = paper["size_pct"].get(layer)
-        row["size_pct"] = 100.0 * st["bytes"] / (4.0 * count) if count else None
-        layers.append(row)
-    overhead = file_bytes - sum(r["bytes"] for r in layers)
-    return {"file": None if isinstance(path, (bytes, bytearray)) else str(path), "architecture": arch,
-            "bytes": file_bytes, "params_total": total, "params_nonzero": nonzero,
-            "ratio": 4.0 * total / file_bytes if file_bytes else None,
-            "bytes_before_huffman": int(before_huffman + overhead), "header_and_padding_bytes": overhead,
-            "layers": layers, "config": f.config, "version": f.version}
-
 
 
 
@@ -244,7 +200,33 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     except ImportError as exc:
         lines.append(f"(no pictures: {exc})\n")
     md = out / "report.md"
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     return md
+
+
+def plot_sharing(
+    module: Any,
+    path: str | os.PathLike[str],
+    *,
+    before: Any = None,
+    pruned: Any = None,
+    title: str | None = None,
+    bins: int = 200,
+) -> None:
+    """The paper's weight-distribution figure for one layer, as a PNG: the weights ``before`` pruning, after pruning
+    and retraining (``pruned``), and the layer's current shared weights with its centroids marked (red lines).
+
+    Pruned (zero) weights are left out of the histograms. ``before``/``pruned`` are weight arrays (or tensors);
+    either may be omitted. Needs matplotlib.
+    """
+    from .share import get_codebook
+
+    centroids, _, _ = get_codebook(module)
+    stages: dict[str, np.ndarray] = {}
+    for label, w in (("before pruning", before), ("after pruning + retraining", pruned)):
+        if w is not None:
+            stages[label] = w.detach().cpu().numpy() if hasattr(w, "detach") else np.asarray(w)
+    stages[f"after sharing (k={centroids.size}, red: centroids)"] = module.weight.detach().cpu().numpy()
+    plot_weight_histograms(stages, path, centroids=centroids, bins=bins, title=title)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,15 +36,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import codec, share
+from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipFormatError
+from .errors import DeepzipError, DeepzipFormatError
+from .fileinfo import read_dz
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
 __all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
 
 _MAX_CODEBOOK = 1 << 16
-_LAYER_KINDS = ("shared", "masked", "plain")
 
 
 def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTensor | None:
@@ -103,14 +103,15 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
     if isinstance(model, nn.Module):
         for mname, module, tname in _parametrized(model):
             key = f"{mname}.{tname}"  # "fc1.weight", or a recurrent layer's "encoder.weight_hh_l0"
-            if share.is_shared(module, tname):
+            kind = layer_kind(module, key, tensor=tname)
+            if kind == "shared":
                 centroids, indices, mask = share.get_codebook(module, tname)
                 if mask.all():
                     tensors[key] = codec.encode_codebook(centroids, indices, name=key)
                 else:
                     tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
                 kinds[key] = "shared"
-            elif all(isinstance(p, Mask) for p in module.parametrizations[tname]):  # type: ignore[union-attr]
+            else:  # masked
                 mask_t = get_mask(module, tname)
                 assert mask_t is not None
                 w = getattr(module, tname).detach().cpu().float().numpy()
@@ -118,8 +119,6 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
                 enc = _lossless(key, w, mask)
                 tensors[key] = enc if enc is not None else codec.encode_dense(w, name=key)
                 kinds[key] = "masked"
-            else:
-                raise ValueError(f"{key}: unsupported parametrization; strip() it before saving")
         state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     else:
         state = dict(model)
@@ -152,19 +151,10 @@ def save(
                        extra={**(extra or {}), "layers": kinds})
 
 
-def read_dz(path: str | os.PathLike[str] | bytes) -> DzFile:
-    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
-    try:
-        return codec.read(path)
-    except DeepzipFormatError as exc:
-        if isinstance(path, (bytes, bytearray)):
-            raise
-        raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
-
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
-    if not isinstance(kinds, dict) or any(v not in _LAYER_KINDS for v in kinds.values()):
+    if not isinstance(kinds, dict) or any(v not in LAYER_KINDS for v in kinds.values()):
         raise DeepzipFormatError("header: extra.layers is not a map of layer kinds")
     return kinds
 
@@ -207,14 +197,13 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
-def load(
-    path: str | os.PathLike[str] | bytes, model: nn.Module | None = None
-) -> Any:
-    """Load a ``.dz`` file: into ``model`` when given, else into a fresh model of the architecture the file names;
-    a plain state_dict when neither is available.
+def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -> nn.Module:
+    """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
+    architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipError: the file names no architecture and no ``model`` was given.
         ValueError: the file's tensors do not fit ``model``.
     """
     f = read_dz(path)
@@ -222,7 +211,10 @@ def load(
     if model is None:
         arch = f.architecture
         if not arch:
-            return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
+            raise DeepzipError(
+                f"{where}the file names no architecture, so there is no model to build: pass the model "
+                "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
+                "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
             model = get_model(arch)
         except ValueError as exc:

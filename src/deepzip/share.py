@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,25 +45,20 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from .prune import FilterFn, get_mask, prunable_tensors, remove_parametrization_
+from .prune import FilterFn, get_mask, prunable_tensors, remove_parametrization_, resolve_layer
 
 __all__ = [
-    "PACKED_KINDS",
     "PRESETS",
     "SharedWeight",
     "get_codebook",
     "is_shared",
-    "pack_layer",
-    "plot_sharing",
     "resolve_bits",
     "set_codebook_",
     "share_weights_",
     "sharing_table",
-    "unpack_layer_",
 ]
 
 #: Layer kinds :func:`pack_layer` produces (read by :mod:`deepzip.checkpoint`).
-PACKED_KINDS: tuple[str, ...] = ("shared",)
 #: The paper's conv/fc bit settings (Deep Compression, Table 7); any ``"C/F"`` string is accepted.
 PRESETS: tuple[str, ...] = ("8/5", "8/4", "4/2")
 _METHODS = ("kmeans", "linear")
@@ -100,6 +94,11 @@ class SharedWeight(nn.Module):
         indices: weight-shaped cluster index of every weight (int64; anything at pruned positions, stored as 0).
         mask: weight-shaped bool keep-mask (all True for a layer that was not pruned).
     """
+
+    centroids: nn.Parameter
+    indices: torch.Tensor
+    mask: torch.Tensor
+
 
     def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
         super().__init__()
@@ -172,10 +171,7 @@ def resolve_bits(model: nn.Module, bits: Bits, filter_fn: FilterFn | None = None
         for key, b in bits.items():
             if key == "default":
                 continue
-            name = key.removesuffix(".weight")
-            if name not in layers:
-                raise ValueError(f"{key}: unknown layer for bits; shareable layers: {', '.join(layers)}")
-            raw[name] = b
+            raw[resolve_layer(key, layers, "bits", "shareable")] = b
     elif isinstance(bits, (str, int, np.integer)) and not isinstance(bits, bool):
         raw = {name: _default_bits(bits, m) for name, (m, _) in layers.items()}
     else:
@@ -335,57 +331,6 @@ def get_codebook(module: nn.Module, tensor: str = "weight") -> tuple[np.ndarray,
     )
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def _index_dtype(k: int) -> torch.dtype:
-    if k <= 1 << 8:
-        return torch.uint8
-    return torch.int16 if k <= 1 << 15 else torch.int32
-
-
-def pack_layer(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
-    """Compact tensors of a shared layer for a checkpoint: ``("shared", parts)`` with ``parts`` =
-    ``centroids`` float32 (k,), ``indices`` (n_kept,) of the kept positions in row-major order (uint8 for
-    k <= 256, int16 for k <= 32768, else int32) and ``mask_bits`` = ``np.packbits`` of the flattened mask (uint8).
-    """
-    centroids, indices, mask = get_codebook(module)
-    kept = indices.reshape(-1)[mask.reshape(-1)]
-    return "shared", {
-        "centroids": torch.from_numpy(centroids.astype(np.float32)),
-        "indices": torch.from_numpy(kept).to(_index_dtype(centroids.size)).contiguous(),
-        "mask_bits": torch.from_numpy(np.packbits(mask.reshape(-1))),
-    }
-
-
-def unpack_layer_(module: nn.Module, kind: str, parts: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Rebuild a shared layer from :func:`pack_layer`'s parts, in place; returns ``module``.
-
-    Raises:
-        ValueError: unknown kind, missing or extra parts, or sizes that do not fit the layer.
-    """
-    if kind != "shared":
-        raise ValueError(f"unknown layer kind {kind!r}; expected one of {PACKED_KINDS}")
-    want = {"centroids", "indices", "mask_bits"}
-    if set(parts) != want:
-        raise ValueError(f"shared layer has parts {sorted(parts)}, expected {sorted(want)}")
-    shape = tuple(module.weight.shape)
-    n = math.prod(shape)
-    bits, kept, centroids = parts["mask_bits"], parts["indices"], parts["centroids"]
-    if bits.dtype != torch.uint8 or bits.ndim != 1 or bits.numel() != (n + 7) // 8:
-        raise ValueError(f"mask_bits: {bits.numel()} bytes of {bits.dtype}, expected {(n + 7) // 8} uint8 "
-                         f"for shape {list(shape)}")
-    if centroids.dtype != torch.float32 or centroids.ndim != 1 or not 1 <= centroids.numel() <= _MAX_K:
-        raise ValueError(f"centroids: shape {tuple(centroids.shape)} {centroids.dtype}, expected float32 (k,), "
-                         f"1 <= k <= {_MAX_K}")
-    if kept.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64) or kept.ndim != 1:
-        raise ValueError(f"indices: shape {tuple(kept.shape)} {kept.dtype}, expected a 1-D integer tensor")
-    mask = np.unpackbits(bits.numpy(), count=n).astype(bool)  # (n,)
-    if kept.numel() != int(mask.sum()):
-        raise ValueError(f"{kept.numel()} indices for {int(mask.sum())} kept weights")
-    indices = np.zeros(n, dtype=np.int64)
-    indices[mask] = kept.numpy().astype(np.int64)
-    return set_codebook_(module, centroids, indices.reshape(shape), mask.reshape(shape))
-
-
 # ---------------------------------------------------------------------------------------------------- reports
 def sharing_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict]:
     """Per layer: ``layer``, ``weights``, ``kept_pct``, ``centroids`` (k; None if not shared), ``bits``
@@ -408,28 +353,3 @@ def sharing_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[d
         })
     return rows
 
-
-def plot_sharing(
-    module: nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    before: Any = None,
-    pruned: Any = None,
-    title: str | None = None,
-    bins: int = 200,
-) -> None:
-    """The paper's weight-distribution figure for one layer, as a PNG: the weights ``before`` pruning, after pruning
-    and retraining (``pruned``), and the layer's current shared weights with its centroids marked (red lines).
-
-    Pruned (zero) weights are left out of the histograms. ``before``/``pruned`` are weight arrays (or tensors);
-    either may be omitted. Needs matplotlib.
-    """
-    from .report import plot_weight_histograms
-
-    centroids, _, _ = get_codebook(module)
-    stages: dict[str, np.ndarray] = {}
-    for label, w in (("before pruning", before), ("after pruning + retraining", pruned)):
-        if w is not None:
-            stages[label] = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
-    stages[f"after sharing (k={centroids.size}, red: centroids)"] = module.weight.detach().cpu().numpy()
-    plot_weight_histograms(stages, path, centroids=centroids, bins=bins, title=title)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["args", "command", "print_table"]
+__all__ = ["args", "command", "existing_file", "print_table"]
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -25,7 +26,7 @@ def command(name: str, help: str) -> Callable:
 
 def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
     def deco(run: Callable) -> Callable:
-        run._configure = configure
+        run._configure = configure  # type: ignore[attr-defined]
         return run
 
     return deco
@@ -36,6 +37,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def existing_file(name: str) -> Path:
+    """The path of an input file the user named, or FileNotFoundError naming it (one line, exit 2)."""
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None) -> None:

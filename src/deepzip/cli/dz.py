@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import _common, _data, args, command, print_table
+from ._common import _common, _data, args, command, existing_file, print_table
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -106,11 +106,9 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
 @args(_cfg_inspect)
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from ..pipeline import file_report
+    from ..fileinfo import file_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     rep = file_report(path)
     if a.json:
         print(json.dumps(rep, default=str))
@@ -134,12 +132,10 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 def cmd_decompress(a: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..checkpoint import atomic_write
+    from ..fileio import atomic_write
     from ..serialize import load_state_dict
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     sd = {k: v.contiguous() for k, v in load_state_dict(path).items()}
     atomic_write(a.output, lambda tmp: save_file(sd, tmp, metadata={"source": path.name}))
     print(f"{path} -> {a.output}: {len(sd)} tensors, {Path(a.output).stat().st_size:,} bytes")
@@ -158,9 +154,7 @@ def _cfg_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     md = write_report(path, a.out, model=a.model)
     print(f"wrote {md}")
     return 0

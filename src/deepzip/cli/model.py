@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from ._common import (
     _arch,
@@ -20,6 +19,7 @@ from ._common import (
     _train_cfg,
     args,
     command,
+    existing_file,
     print_table,
 )
 
@@ -77,7 +77,7 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
 @args(_cfg_prune)
 def cmd_prune(a: argparse.Namespace) -> int:
     from ..checkpoint import save_checkpoint
-    from ..recipes import PruneSettings, run_prune
+    from ..pipeline import PruneSettings, run_prune
 
     model, meta = _load_model(a.checkpoint, a.model)  # a bad checkpoint fails before any data is fetched
     train, test = _data(a)
@@ -89,7 +89,11 @@ def cmd_prune(a: argparse.Namespace) -> int:
         schedule=a.schedule,
     )
     result = run_prune(model, train, test, settings, _train_cfg(a, _arch(model), retrain=True),
-                       progress=not a.quiet, scan_plot=a.scan_plot)
+                       progress=not a.quiet)
+    if a.scan_plot and result["scan"]:
+        from ..report import plot_sensitivity
+
+        plot_sensitivity(result["scan"], a.scan_plot, chosen=result["sparsity"])
     save_checkpoint(model, a.output, meta={**meta, "test_error_pct": result["test_error_pct"], "prune": result})
     rows = [*result["layers"], {"layer": "total", "weights": sum(r["weights"] for r in result["layers"]),
                                 "kept_pct": result["kept_pct"], "test_error_pct": result["test_error_pct"]}]
@@ -116,9 +120,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..data import load_mnist
     from ..train import evaluate
 
-    path = Path(a.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = existing_file(a.file)
     with open(path, "rb") as f:
         head = f.read(8)
     out: dict = {"file": str(path), "bytes": path.stat().st_size}

@@ -55,7 +55,7 @@ def cmd_share(a: argparse.Namespace) -> int:
 
     from ..checkpoint import save_checkpoint
     from ..prune import get_mask, prunable_layers
-    from ..share import plot_sharing, resolve_bits, share_weights_, sharing_table
+    from ..share import resolve_bits, share_weights_, sharing_table
     from ..train import evaluate, fit
     from ._common import _arch
 
@@ -90,6 +90,8 @@ def cmd_share(a: argparse.Namespace) -> int:
                 continue
             name = row["layer"]
             stage = "pruned" if was_pruned[name] else "before"  # which panel the input weights go in
+            from ..report import plot_sharing
+
             plot_sharing(layers[name], Path(a.plot) / f"share_{name}_hist.png", **{stage: before_w[name]},
                          title=f"{arch or 'model'} {name}: {row['centroids']} shared values")
     print_table(table, [("layer", "layer", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".2f"),

@@ -25,20 +25,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeepzipFormatError
+from ..fileio import atomic_write
 from ._tensor import EncodedTensor, check, decode, decode_parts, tensor_stats
 
 __all__ = ["ALIGN", "MAGIC", "VERSION", "DzFile", "read", "to_bytes", "write"]
@@ -178,24 +178,7 @@ def write(
         Bytes written.
     """
     blob = to_bytes(tensors, config=config, architecture=architecture, extra=extra)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
     return len(blob)
 
 
@@ -331,8 +314,8 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     text = _inflate_header(hbytes)
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DeepzipFormatError(f"header: invalid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeepzipFormatError(f"header: invalid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise DeepzipFormatError(f"header: expected a JSON object, got {type(header).__name__}")
     if _need(header, "format", str, "header") != "deepzip":
