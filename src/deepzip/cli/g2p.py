@@ -26,6 +26,8 @@ def _g2p_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--limit-train", dest="limit_train", type=int, default=None, metavar="N",
+                   help="train on the first N training words only (a quick try)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -36,15 +38,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _cfg(a: argparse.Namespace, base):
     kw = {k: getattr(a, k) for k in ("epochs", "batch_size", "lr") if getattr(a, k, None) is not None}
-    if kw.get("epochs", 1) < 1 or kw.get("batch_size", 1) < 1 or kw.get("lr", 1.0) <= 0:
-        raise ValueError(f"{kw}: epochs and batch size must be >= 1 and lr > 0")
+    for k, v in kw.items():
+        if v <= 0:
+            raise ValueError(f"--{k.replace('_', '-')} {v}: expected a positive number")
     return dataclasses.replace(base, device=a.device, progress=not a.quiet, seed=a.seed, **kw)
 
 
 def _data(a: argparse.Namespace):
-    from ..g2p_data import load_g2p
+    from ..g2p_data import G2PSplit, load_g2p
 
-    return load_g2p(a.dict_path, check=a.dict_path is None)
+    train, dev, test = load_g2p(a.dict_path, check=a.dict_path is None)
+    n = getattr(a, "limit_train", None)
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--limit-train {n}: expected >= 1")
+        train, dev = G2PSplit(train.words[:n], train.refs[:n]), G2PSplit(dev.words[:n], dev.refs[:n])
+    return train, dev, test
 
 
 def _pairs(split):
