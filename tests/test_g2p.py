@@ -132,6 +132,21 @@ def test_beam_search_is_at_least_as_likely_as_greedy_and_batch_invariant():
         beam_search(m, src, n, beam=0)
 
 
+@pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 2)])
+def test_step_by_step_decoding_matches_the_training_forward(cell, layers):
+    torch.manual_seed(0)
+    m = Seq2Seq(Seq2SeqConfig(src_vocab=32, tgt_vocab=42, emb=8, enc=12, dec=16, cell=cell, layers=layers)).eval()
+    src, n = pad_batch(_toy(4)[0])
+    tgt_in, _ = pad_batch([[5, 6, 7], [8, 9], [10], [11, 12, 13]], sos=True)
+    with torch.no_grad():
+        ref = torch.log_softmax(m(src, n, tgt_in), -1)  # (B, T, V), one fused call
+        state = m.encode(src, n)
+        hidden = m.init_hidden(state)
+        for t in range(tgt_in.shape[1]):
+            logp, hidden = m.step(tgt_in[:, t], hidden, state)
+            assert torch.allclose(logp, ref[:, t], atol=1e-5), t
+
+
 def test_word_kd_loss_zero_iff_equal():
     z = torch.randn(3, 4, 42)
     tgt = torch.randint(3, 42, (3, 4))

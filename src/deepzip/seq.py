@@ -142,11 +142,26 @@ class Seq2Seq(nn.Module):
         dec_out, _ = self.decoder(y, self.init_hidden(state))  # (B, T, D)
         return self._readout(dec_out, state)
 
-    def step(self, tokens: torch.Tensor, hidden: Any, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        """One decoding step: ``tokens`` (B,) -> log-probabilities (B, V) and the new hidden state."""
-        y = self.tgt_emb(tokens)[:, None, :]  # (B, 1, emb)
-        dec_out, hidden = self.decoder(y, hidden)  # (B, 1, D)
-        return torch.log_softmax(self._readout(dec_out, state)[:, 0], dim=-1), hidden
+    def step(
+        self, tokens: torch.Tensor, hidden: Any, state: dict[str, torch.Tensor], *, log_probs: bool = True
+    ) -> tuple[torch.Tensor, Any]:
+        """One decoding step: ``tokens`` (B,) -> log-probabilities (B, V) (raw logits when ``log_probs`` is False:
+        all that greedy decoding needs) and the new hidden state.
+
+        Decoding is dominated by per-step overhead at small batch, so a one-layer GRU decoder steps with the fused
+        ``torch.gru_cell`` (the same arithmetic as the ``nn.GRU`` call used in training, in a single op)."""
+        y = self.tgt_emb(tokens)  # (B, emb)
+        d = self.decoder
+        if self.config.cell == "gru" and self.config.layers == 1:
+            h = torch.gru_cell(y, hidden[0], d.weight_ih_l0, d.weight_hh_l0, d.bias_ih_l0, d.bias_hh_l0)  # (B, D)
+            hidden = h[None]
+        else:
+            out, hidden = d(y[:, None, :], hidden)  # (B, 1, D)
+            h = out[:, 0]
+        scores = (state["keys"] @ h[:, :, None])[:, :, 0].masked_fill(~state["mask"], float("-inf"))  # (B, S)
+        ctx = (torch.softmax(scores, dim=-1)[:, None, :] @ state["memory"])[:, 0]  # (B, 2E)
+        logits = self.out(torch.tanh(self.combine(torch.cat([ctx, h], dim=-1))))  # (B, V)
+        return (torch.log_softmax(logits, dim=-1) if log_probs else logits), hidden
 
     @staticmethod
     def expand(state: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -197,11 +212,21 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, *,
     state = model.encode(src, src_len)
     hidden = model.init_hidden(state)
     tok = torch.full((src.shape[0],), SOS, dtype=torch.long, device=src.device)
+    if src.shape[0] == 1:  # one word (interactive use): fewest ops per step, stop at its EOS
+        seq: list[int] = []
+        for _ in range(max_len):
+            logits, hidden = model.step(tok, hidden, state, log_probs=False)
+            tok = logits.argmax(-1)
+            if int(tok) == EOS:
+                break
+            seq.append(int(tok))
+        model.train(was)
+        return [seq]
     out = torch.full((src.shape[0], max_len), EOS, dtype=torch.long)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
     for t in range(max_len):
-        logp, hidden = model.step(tok, hidden, state)
-        tok = logp.argmax(-1)
+        logits, hidden = model.step(tok, hidden, state, log_probs=False)
+        tok = logits.argmax(-1)
         out[:, t] = tok.cpu()
         done |= tok == EOS
         if bool(done.all()):
