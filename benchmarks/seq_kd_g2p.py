@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true", help="stop after training (fills the caches in runs/g2p)")
     ap.add_argument("--compress-only", action="store_true", help="stop after compressing (fills the .dz cache)")
     ap.add_argument("--eval-only", action="store_true", help="only fill the WER/PER cache of the trained models")
+    ap.add_argument("--note", default=None, help="a note on this run, written into the results")
     ap.add_argument("--students", default=",".join(KD_MODES), help="students to train (comma-separated)")
     ap.add_argument("--word-epochs", type=int, default=None,
                     help="epochs of the word-level KD student (default: the shared budget; it runs the teacher "
@@ -249,7 +250,8 @@ def main() -> None:
         return
     command = "python benchmarks/seq_kd_g2p.py" + (f" --device {dev}" if dev != "cpu" else "") + \
         (f" --threads {a.threads}" if a.threads != 1 else "") + \
-        (f" --word-epochs {a.word_epochs}" if a.word_epochs else "")
+        (f" --word-epochs {a.word_epochs}" if a.word_epochs else "") + \
+        (f" --students {a.students}" if a.students != ",".join(KD_MODES) else "")
     where = (f"This run: training stages that were not cached ran on `{dev}`"
              + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
              + f"; evaluation and decoding speed on CPU with {a.threads} thread(s) of this machine "
@@ -264,12 +266,14 @@ def main() -> None:
         "Cached models: training time and device": md_table([{"model": k, **v} for k, v in TRAINED_ON.items()]),
         "Targets": md_table([{"target": k, "met": v} for k, v in checks.items()]),
         "Where": where + "\n",
+        **({"Note on this run": a.note + "\n"} if a.note else {}),
         "Context": ("Published CMUdict G2P WER without stress (other splits, quoted as context): ~31% for a 2x256 "
                     "transformer, ~34% for Phonetisaurus.\n"),
     }
     write_results("seq_kd_g2p", rows, command, title="Sequence-level KD and a compressed GRU student on CMUdict G2P",
                   sections=sections, extra={"speed": speed_rows, "compressed": comp, "stages_s": stages,
                                             "checks": checks, "where": where, "cached_models": TRAINED_ON,
+                                            "note": a.note,
                                             "recipes": {"teacher": dataclasses.asdict(TEACHER),
                                                         "student": dataclasses.asdict(STUDENT),
                                                         "teacher_train": t_cfg.to_dict(),
