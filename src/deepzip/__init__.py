@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "InputError": "errors", "prunable_tensors": "prune",
     "Seq2Seq": "seq", "Seq2SeqConfig": "seq", "beam_search": "seq", "greedy_decode": "seq",
     "distill_seq2seq": "seqdistill", "fit_seq2seq": "seqdistill", "load_g2p": "g2p_data",
+    "UntrustedCodeError": "errors",
 }
 
 
@@ -51,7 +52,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_mnist, synthetic_mnist
-    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, InputError
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, InputError, UntrustedCodeError
     from .g2p_data import load_g2p
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
@@ -73,6 +74,7 @@ __all__ = [
     "Seq2SeqConfig",
     "TTLinear",
     "TrainConfig",
+    "UntrustedCodeError",
     "__version__",
     "beam_search",
     "decompose_",

@@ -6,7 +6,7 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError"]
+__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError", "UntrustedCodeError"]
 
 
 class DeepzipError(Exception):
@@ -30,3 +30,11 @@ class DataError(DeepzipError, RuntimeError):
 
 class InputError(DeepzipError, ValueError):
     """A user's input cannot be processed, e.g. a word with characters outside a model's alphabet."""
+
+
+class UntrustedCodeError(DeepzipError, ValueError):
+    """A file (or a name) asks deepzip to import and run code (``"package.module:factory"``) without ``trust_code``.
+
+    Loading builds only deepzip's registered architectures unless the caller passes ``trust_code=True``
+    (CLI: ``--trust-code``) or gives the model itself (``deepzip.load(path, model=MyNet())``).
+    """
