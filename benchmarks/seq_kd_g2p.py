@@ -8,11 +8,11 @@ Stages, each timed:
 2. its beam-5 output for every training word (the sequence-level KD targets), computed once, batched, cached;
 3. four students of the same size and budget (``STUDENT``, ``STUDENT_TRAIN``): labels only, word-level KD,
    sequence-level KD, both (beam targets + word-level loss on them); each cached by recipe hash;
-4. test WER / PER of all five, greedy and beam 5;
-5. decoding speed on CPU (``--threads`` threads), batch 1 and batched: student greedy vs teacher beam 5, same run;
-6. the distilled student chosen on the dev split, compressed: gradual pruning while retraining with the
-   distillation loss, k-means sharing + centroid fine-tuning (same loss), Huffman-coded ``.dz`` file;
-   its WER measured on the model loaded back from the file.
+4. the sequence-level KD student compressed (``COMPRESS``): gradual pruning while retraining on the teacher's beam
+   outputs, k-means sharing + centroid fine-tuning (same targets), Huffman-coded ``.dz`` file (cached by recipe);
+5. test WER / PER of all models, greedy and beam 5 (cached per model digest), and of the model loaded back from the
+   ``.dz`` file;
+6. decoding speed on CPU (``--threads`` threads), batch 1 and batched: student greedy vs teacher beam 5, same run.
 
     python benchmarks/seq_kd_g2p.py                  # everything on CPU
     python benchmarks/seq_kd_g2p.py --device cuda    # training on a GPU (speed is still measured on CPU)
