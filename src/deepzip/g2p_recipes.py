@@ -38,9 +38,9 @@ class G2PCompressConfig:
     ``embedding_sparsity``) while retraining ``prune_epochs`` with the distillation loss, then k-means sharing
     with ``bits`` per index and ``centroid_epochs`` of centroid fine-tuning, again with the distillation loss."""
 
-    sparsity: float = 0.8
+    sparsity: float = 0.65
     embedding_sparsity: float = 0.5
-    bits: int = 5
+    bits: int = 4
     prune_epochs: int = 4
     centroid_epochs: int = 2
     lr: float = 1e-3
