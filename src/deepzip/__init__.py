@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
     "load": "serialize", "save": "serialize",
     "share_weights_": "share",
+    "shrink_": "shrink",
+    "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
     "InputError": "errors", "prunable_tensors": "prune",
@@ -57,10 +59,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
     from .prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
+    from .runtime import sparsify_
     from .seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
     from .seqdistill import distill_seq2seq, fit_seq2seq
     from .serialize import load, save
     from .share import share_weights_
+    from .shrink import shrink_
     from .train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -94,6 +98,8 @@ __all__ = [
     "save_checkpoint",
     "sensitivity_scan",
     "share_weights_",
+    "shrink_",
+    "sparsify_",
     "sparsity_table",
     "strip",
     "synthetic_mnist",

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -213,6 +214,7 @@ def load(
     *,
     trust_code: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    runtime: str | None = None,
 ) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
     architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
@@ -223,6 +225,11 @@ def load(
         trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
             (runs its code); without it only deepzip's registered models are built from a name.
         max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
+        runtime: a model for inference instead of one to fine-tune: ``"fast"`` keeps each pruned layer sparse
+            (torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as codebook indices and
+            16-bit columns where that takes the least memory (see :mod:`deepzip.runtime`; no sparse layer is made
+            dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
+            (:func:`deepzip.shrink.shrink_`).
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
@@ -230,6 +237,8 @@ def load(
         CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
         DeepzipError: the file names no architecture and no ``model`` was given.
     """
+    if runtime not in (None, "fast", "small", "shrunk"):
+        raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
     f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
@@ -240,9 +249,19 @@ def load(
                 "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
                 "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
-            model = get_model(arch, trust_code=trust_code)
+            with torch.device("meta") if runtime in ("fast", "small") else contextlib.nullcontext():
+                model = get_model(arch, trust_code=trust_code)  # on meta: no memory until the file's tensors come
         except UntrustedCodeError as exc:
             raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
             raise CheckpointError(f"{where}{exc}; pass the model explicitly") from None
-    return decode_into_(model, f, where)
+    if runtime in ("fast", "small"):
+        from .runtime import from_dz
+
+        return from_dz(f, model, mode=runtime, where=where)
+    model = decode_into_(model, f, where)
+    if runtime == "shrunk":
+        from .shrink import shrink_
+
+        shrink_(model)
+    return model

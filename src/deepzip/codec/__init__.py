@@ -31,6 +31,7 @@ from . import huffman, sparse
 from ._tensor import (
     EncodedTensor,
     decode,
+    decode_kept,
     decode_parts,
     encode_codebook,
     encode_dense,
@@ -44,6 +45,7 @@ __all__ = [
     "DzFile",
     "EncodedTensor",
     "decode",
+    "decode_kept",
     "decode_parts",
     "encode_codebook",
     "encode_dense",

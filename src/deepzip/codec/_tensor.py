@@ -18,6 +18,7 @@ __all__ = [
     "EncodedTensor",
     "check",
     "decode",
+    "decode_kept",
     "decode_parts",
     "decoded_nbytes",
     "encode_codebook",
@@ -342,6 +343,22 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mask = np.zeros(t.numel, bool)
     mask[pos] = True
     return cb, indices.reshape(t.shape), mask.reshape(t.shape)
+
+
+def decode_kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The kept entries of a codebook or sparse tensor without building anything of the tensor's full size.
+
+    Returns:
+        ``(codebook, positions, indices)``: float32 ``(k,)``; int64 flat positions of the kept entries, increasing
+        (None for the codebook kind: every position); their codebook indices, one per kept entry.
+
+    Raises:
+        DeepzipFormatError: malformed sections. ValueError: a dense tensor.
+    """
+    check(t)
+    if t.kind == "dense":
+        raise ValueError(f"{_where(t.name)}: dense tensors have no codebook")
+    return _kept(t)
 
 
 def _kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
