@@ -41,8 +41,8 @@ class G2PCompressConfig:
     sparsity: float = 0.65
     embedding_sparsity: float = 0.5
     bits: int = 4
-    prune_epochs: int = 4
-    centroid_epochs: int = 2
+    prune_epochs: int = 8
+    centroid_epochs: int = 3
     lr: float = 1e-3
     train: dict = field(default_factory=dict)
 
