@@ -8,7 +8,8 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/same_file.py [--runs default,omp2,t1,
 Settings: ``default`` = the README's command as it is (no ``--threads``, OMP_NUM_THREADS unset); ``ompN`` = the
 same with OMP_NUM_THREADS=N in the environment; ``tN`` = ``--threads N`` (and OMP_NUM_THREADS=N). The cache folder
 (XDG_CACHE_HOME for the runs, default ``runs/same_file_cache``) holds MNIST and the trained model; the machine's
-load from other processes is whatever it is (its 1-minute average is recorded per run).
+load from other processes is whatever it is (its 1-minute average is recorded per run). With ``--train`` every
+run gets a cache of its own (MNIST copied in), so it also trains the model, as the README's first run does.
 """
 
 from __future__ import annotations
@@ -30,17 +31,41 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def tensors_sha256(path: Path) -> str:
+    """SHA-256 of a safetensors file's tensors (names, shapes, bytes in name order), not of the file: safetensors
+    writes its metadata map in hash order, so two saves of the same model can differ in their header bytes."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), "np") as f:
+        for k in sorted(f.keys()):
+            t = f.get_tensor(k)
+            h.update(f"{k}{t.dtype}{t.shape}".encode())
+            h.update(t.tobytes())
+    return h.hexdigest()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="default,omp2,t1,default", help="settings of the runs: default, ompN, tN")
     ap.add_argument("--cache", default=str(RUNS / "same_file_cache"))
     ap.add_argument("--name", default="same_file")
+    ap.add_argument("--train", action="store_true",
+                    help="each run trains its own model (a private cache per run, MNIST copied in)")
     a = ap.parse_args()
     out_dir = Path(a.cache) / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, setting in enumerate(a.runs.split(",")):
-        env = dict(os.environ, XDG_CACHE_HOME=str(Path(a.cache).resolve()))
+        cache = Path(a.cache).resolve()
+        if a.train:  # a cache of its own: MNIST (copied) but no trained model, so the run trains one
+            import shutil
+
+            own = cache / f"train{i}"
+            shutil.rmtree(own, ignore_errors=True)
+            shutil.copytree(cache / "deepzip" / "mnist", own / "deepzip" / "mnist")
+            cache = own
+        env = dict(os.environ, XDG_CACHE_HOME=str(cache))
         env.pop("DEEPZIP_MODELS", None)
         env.pop("DEEPZIP_DATA", None)
         out = out_dir / f"run{i}.dz"
@@ -64,9 +89,11 @@ def main() -> None:
             print(proc.stdout[-2000:], proc.stderr[-4000:])
             raise SystemExit(f"run {i} failed")
         s = json.loads(summary.read_text())
-        rows.append({"run": i, "setting": setting, "loadavg_1min": round(os.getloadavg()[0], 2),
+        trained = sorted((cache / "deepzip" / "models").glob("*.safetensors"))
+        rows.append({"run": i, "setting": setting, "trains": a.train, "loadavg_1min": round(os.getloadavg()[0], 2),
                      "wall_s": round(wall, 1), "bytes": out.stat().st_size,
-                     "error_pct": s.get("error_after_pct"), "sha256": sha256(out)[:16]})
+                     "error_pct": s.get("error_after_pct"), "sha256": sha256(out)[:16],
+                     "trained_tensors_sha256": tensors_sha256(trained[0])[:16] if trained else None})
         print(rows[-1], flush=True)
     distinct = sorted({r["sha256"] for r in rows})
     sizes = [r["bytes"] for r in rows]
@@ -74,7 +101,7 @@ def main() -> None:
     verdict = (f"{len(rows)} runs, {len(distinct)} distinct file(s); sizes {min(sizes):,}..{max(sizes):,} bytes, "
                f"test errors {min(errs):.2f}..{max(errs):.2f}%")
     print(verdict)
-    write_results(a.name, rows, f"python benchmarks/same_file.py --runs {a.runs}",
+    write_results(a.name, rows, f"python benchmarks/same_file.py --runs {a.runs}" + (" --train" if a.train else ""),
                   title="Same command, same file: `deepzip compress` under different thread settings",
                   sections={"Verdict": verdict + "\n"}, extra={"distinct_files": distinct})
 

@@ -6,7 +6,10 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError", "UntrustedCodeError"]
+__all__ = [
+    "CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError", "LowRankError",
+    "UntrustedCodeError",
+]
 
 
 class DeepzipError(Exception):
@@ -30,6 +33,11 @@ class DataError(DeepzipError, RuntimeError):
 
 class InputError(DeepzipError, ValueError):
     """A user's input cannot be processed, e.g. a word with characters outside a model's alphabet."""
+
+
+class LowRankError(DeepzipError, ValueError):
+    """Bad low-rank settings or structure: ranks that do not fit a layer, TT modes whose product is not the layer's
+    size, a decomposed file loaded into a plain model. The message names the layer and both numbers."""
 
 
 class UntrustedCodeError(DeepzipError, ValueError):
