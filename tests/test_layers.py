@@ -16,11 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepzip"
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors, file I/O", {"errors", "fileio", "papers", "_user"}),
     ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
-    ("foundation", {"data", "models", "train"}),
-    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime"}),
+    ("foundation", {"data", "models", "train", "g2p_data", "seq"}),  # seq: encoder-decoder models (get_model builds)
+    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "seqdistill"}),
     ("bridges", {"checkpoint", "serialize", "checkpoints_io"}),
-    ("recipes", {"recipes"}),
-    ("pipeline", {"pipeline"}),
+    ("recipes", {"recipes", "g2p_recipes"}),
+    ("pipeline", {"pipeline", "g2p_pipeline"}),
     ("report", {"report"}),
     ("cli", {"cli"}),
 ]

@@ -29,6 +29,9 @@ _LAZY: dict[str, str] = {
     "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
+    "InputError": "errors", "prunable_tensors": "prune",
+    "Seq2Seq": "seq", "Seq2SeqConfig": "seq", "beam_search": "seq", "greedy_decode": "seq",
+    "distill_seq2seq": "seqdistill", "fit_seq2seq": "seqdistill", "load_g2p": "g2p_data",
     "UntrustedCodeError": "errors",
 }
 
@@ -51,11 +54,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_mnist, synthetic_mnist
-    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, UntrustedCodeError
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, InputError, UntrustedCodeError
+    from .g2p_data import load_g2p
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
-    from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+    from .prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
     from .runtime import sparsify_
+    from .seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
+    from .seqdistill import distill_seq2seq, fit_seq2seq
     from .serialize import load, save
     from .share import share_weights_
     from .shrink import shrink_
@@ -67,17 +73,26 @@ __all__ = [
     "DataError",
     "DeepzipError",
     "DeepzipFormatError",
+    "InputError",
+    "Seq2Seq",
+    "Seq2SeqConfig",
     "TTLinear",
     "TrainConfig",
     "UntrustedCodeError",
     "__version__",
+    "beam_search",
     "decompose_",
+    "distill_seq2seq",
     "evaluate",
     "fit",
+    "fit_seq2seq",
     "get_model",
+    "greedy_decode",
     "load",
     "load_checkpoint",
+    "load_g2p",
     "load_mnist",
+    "prunable_tensors",
     "prune_",
     "save",
     "save_checkpoint",

@@ -62,17 +62,18 @@ MAX_K = 1 << 16  # the largest codebook a shared layer may have
 LAYER_KINDS: tuple[str, ...] = ("plain", "masked", "shared")
 
 
-def layer_kind(module: nn.Module, where: str = "weight") -> str:
-    """Which of :data:`LAYER_KINDS` ``module``'s weight is; ``where`` names it in the error.
+def layer_kind(module: nn.Module, where: str = "weight", *, tensor: str = "weight") -> str:
+    """Which of :data:`LAYER_KINDS` ``module``'s ``tensor`` (its weight, or an RNN matrix) is; ``where`` names it
+    in the error.
 
     Raises:
         ValueError: the weight has a parametrization deepzip does not save (strip it first).
     """
-    if not parametrize.is_parametrized(module, "weight"):
+    if not parametrize.is_parametrized(module, tensor):
         return "plain"
-    if share.is_shared(module):
+    if share.is_shared(module, tensor):
         return "shared"
-    if all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
+    if all(isinstance(p, Mask) for p in module.parametrizations[tensor]):  # type: ignore[union-attr]
         return "masked"
     raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
 
@@ -149,6 +150,11 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
     compact = _compact_layers(model)
+    for name, module in model.named_modules():
+        other = [t for t in getattr(module, "parametrizations", {}) if t != "weight"]
+        if other and parametrize.is_parametrized(module):  # a pruned/shared RNN: the .dz file stores those
+            raise CheckpointError(f"{name}.{other[0]}: compressed recurrent weights go into a .dz file "
+                                  "(deepzip.save), not a checkpoint")
     for name, module in compact.items():
         kind = layer_kind(module, f"{name}.weight")
         if kind == "shared":

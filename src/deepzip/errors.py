@@ -6,7 +6,10 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "LowRankError", "UntrustedCodeError"]
+__all__ = [
+    "CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "InputError", "LowRankError",
+    "UntrustedCodeError",
+]
 
 
 class DeepzipError(Exception):
@@ -26,6 +29,10 @@ class CheckpointError(DeepzipError, ValueError):
 
 class DataError(DeepzipError, RuntimeError):
     """A data set could not be obtained or is not what it claims to be."""
+
+
+class InputError(DeepzipError, ValueError):
+    """A user's input cannot be processed, e.g. a word with characters outside a model's alphabet."""
 
 
 class LowRankError(DeepzipError, ValueError):

@@ -136,6 +136,10 @@ def get_model(name: str, seed: int | None = 0, *, trust_code: bool = False) -> n
         raise ValueError(f"model name {name!r}: expected a string")
     if name in MODELS:
         model = MODELS[name]()
+    elif name.startswith("seq2seq:"):  # an attention encoder-decoder named by its sizes (deepzip.seq)
+        from .seq import build_seq2seq
+
+        model = build_seq2seq(name)
     elif ":" in name and not trust_code:
         raise UntrustedCodeError(
             f"model {name!r} names code to import (package.module:factory); deepzip imports nothing unless asked: "

@@ -46,16 +46,18 @@ __all__ = [
     "get_mask",
     "iterative_prune_",
     "prunable_layers",
+    "prunable_tensors",
     "prune_",
     "remove_parametrization_",
     "resolve_layer",
     "sensitivity_scan",
     "sparsity_table",
     "strip",
+    "weight_names",
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.RNNBase)
 
 
 class Mask(nn.Module):
@@ -76,7 +78,9 @@ def _default_filter(module: nn.Module, name: str) -> bool:
 
 
 def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Module]:
-    """Layers whose ``weight`` may be compressed, by dotted name (default: Linear and Conv layers)."""
+    """Layers whose ``weight`` may be compressed, by dotted name (default: Linear, Conv and Embedding layers).
+
+    Recurrent layers have no ``weight``; :func:`prunable_tensors` lists their matrices."""
     keep = filter_fn or _default_filter
     return {
         name: m for name, m in model.named_modules()
@@ -84,15 +88,46 @@ def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict
     }
 
 
-def _parametrizations(module: nn.Module) -> list[nn.Module]:
-    if not parametrize.is_parametrized(module, "weight"):
+def weight_names(module: nn.Module) -> list[str]:
+    """The compressible tensors of one layer: ``["weight"]``, or for ``nn.RNN/GRU/LSTM`` every weight matrix
+    (``weight_ih_l0``, ``weight_hh_l0``, ``weight_ih_l0_reverse``, ``weight_hr_l0`` ...; biases stay plain).
+
+    A recurrent layer is compressed per matrix, not per gate block: each matrix is one parameter of the layer (one
+    parametrization, one tensor in the file), and the gate blocks of one matrix see the same input, so their
+    weights have the same scale; a codebook per gate would cost 3-4x the (small) codebooks for no measured gain.
+    """
+    if isinstance(module, nn.RNNBase):
+        return [n for n in module._flat_weights_names if n.startswith("weight_")]
+    return ["weight"] if isinstance(getattr(module, "weight", None), torch.Tensor) else []
+
+
+def prunable_tensors(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, tuple[nn.Module, str]]:
+    """Compressible tensors by name -> ``(module, tensor name)``: a layer's ``weight`` under the layer's name
+    (``"fc1"``), a recurrent layer's matrices under ``"<layer>.<tensor>"`` (``"encoder.weight_hh_l0"``).
+
+    Example:
+        >>> from torch import nn
+        >>> list(prunable_tensors(nn.Sequential(nn.Embedding(5, 4), nn.GRU(4, 3))))
+        ['0', '1.weight_ih_l0', '1.weight_hh_l0']
+    """
+    keep = filter_fn or _default_filter
+    out: dict[str, tuple[nn.Module, str]] = {}
+    for name, m in model.named_modules():
+        if name and keep(m, name):
+            for t in weight_names(m):
+                out[name if t == "weight" else f"{name}.{t}"] = (m, t)
+    return out
+
+
+def _parametrizations(module: nn.Module, tensor: str = "weight") -> list[nn.Module]:
+    if not parametrize.is_parametrized(module, tensor):
         return []
-    return list(module.parametrizations["weight"])  # type: ignore[index,arg-type]
+    return list(module.parametrizations[tensor])  # type: ignore[index,arg-type]
 
 
-def get_mask(module: nn.Module) -> torch.Tensor | None:
-    """The keep-mask of a layer's weight (bool, weight-shaped), or ``None`` when it is not pruned."""
-    for p in _parametrizations(module):
+def get_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor | None:
+    """The keep-mask of a layer's ``tensor`` (bool, of its shape), or ``None`` when it is not pruned."""
+    for p in _parametrizations(module, tensor):
         mask = getattr(p, "mask", None)
         if isinstance(mask, torch.Tensor):
             return mask
@@ -118,7 +153,7 @@ def resolve_layer(key: str, layers: Mapping[str, object], what: str, kind: str =
     return name
 
 
-def _resolve(value: float | dict[str, float] | None, layers: dict[str, nn.Module], what: str) -> dict[str, float]:
+def _resolve(value: float | dict[str, float] | None, layers: dict[str, object], what: str) -> dict[str, float]:
     """Per-layer values from one float or a dict keyed by dotted layer names (``"fc1"`` or ``"fc1.weight"``)."""
     if value is None:
         return {}
@@ -155,7 +190,7 @@ def prune_(
     """
     if (sparsity is None) == (quality is None):
         raise ValueError("prune_: give exactly one of sparsity= or quality=")
-    layers = prunable_layers(model, filter_fn)
+    layers = prunable_tensors(model, filter_fn)
     targets = _resolve(sparsity, layers, "sparsity")
     qualities = _resolve(quality, layers, "quality")
     for name, s in targets.items():
@@ -166,23 +201,23 @@ def prune_(
         if _check_float(name, q, "quality") < 0:
             raise ValueError(f"{name}.weight: quality={q}, expected >= 0")
     for name in {**targets, **qualities}:
-        w = layers[name].weight
+        w = getattr(*layers[name])
         if not torch.is_floating_point(w):
             raise ValueError(f"{name}.weight: dtype {w.dtype} is not floating point; cannot prune it")
-        if any(not isinstance(p, Mask) for p in _parametrizations(layers[name])):
+        if any(not isinstance(p, Mask) for p in _parametrizations(*layers[name])):
             raise ValueError(f"{name}.weight: already weight-shared; prune before sharing")
 
     with torch.no_grad():
         for name in {**targets, **qualities}:
-            module = layers[name]
-            w = module.weight.detach()
-            old = get_mask(module)
+            module, tensor = layers[name]
+            w = getattr(module, tensor).detach()
+            old = get_mask(module, tensor)
             old = old.clone() if old is not None else torch.ones_like(w, dtype=torch.bool)
             if name in targets:
                 n_prune = round(targets[name] * w.numel())
                 scores = w.abs().float().flatten()
                 scores[~old.flatten()] = -1.0  # earlier zeros are pruned first, so they stay pruned
-                new = torch.ones(w.numel(), dtype=torch.bool)
+                new = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
                 if n_prune > 0:
                     new[torch.topk(scores, n_prune, largest=False, sorted=False).indices] = False
                 new = new.view_as(w) & old
@@ -190,18 +225,18 @@ def prune_(
                 kept = w[old]
                 thr = float(qualities[name]) * (float(kept.float().std()) if kept.numel() > 1 else 0.0)
                 new = old & (w.abs() > thr)
-            _set_mask(module, new)
+            _set_mask(module, new, tensor)
     return model
 
 
-def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    existing = get_mask(module)
+def _set_mask(module: nn.Module, mask: torch.Tensor, tensor: str = "weight") -> None:
+    existing = get_mask(module, tensor)
     if existing is not None:
         existing.copy_(mask)
     else:
-        parametrize.register_parametrization(module, "weight", Mask(mask))
+        parametrize.register_parametrization(module, tensor, Mask(mask))
     # Zero the stored original too: the file then holds exact zeros and a later strip() needs no mask.
-    module.parametrizations["weight"].original.mul_(mask)  # type: ignore[index,union-attr]
+    module.parametrizations[tensor].original.mul_(mask)  # type: ignore[index,union-attr]
 
 
 def _own_class_(module: nn.Module) -> None:
@@ -220,11 +255,11 @@ def _own_class_(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
-def remove_parametrization_(module: nn.Module, *, leave_parametrized: bool = True) -> None:
-    """Remove the parametrizations of ``module.weight`` (safe on deep copies, see :func:`_own_class_`)."""
-    if parametrize.is_parametrized(module, "weight"):
+def remove_parametrization_(module: nn.Module, *, leave_parametrized: bool = True, tensor: str = "weight") -> None:
+    """Remove the parametrizations of ``module.<tensor>`` (safe on deep copies, see :func:`_own_class_`)."""
+    if parametrize.is_parametrized(module, tensor):
         _own_class_(module)
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_parametrized)
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=leave_parametrized)
 
 
 def clone_model(model: nn.Module) -> nn.Module:
@@ -241,20 +276,20 @@ def strip(model: nn.Module) -> nn.Module:
     The outputs are unchanged; afterwards the model is an ordinary model with zeros (and shared values) in it.
     """
     for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
+        for tensor in list(getattr(module, "parametrizations", {}) if parametrize.is_parametrized(module) else []):
             # A shared layer freezes its unused `original` (which remove_parametrizations reuses as the weight) and
             # trains its centroids: the baked weight is trainable when anything in the parametrization was.
-            trainable = any(p.requires_grad for p in module.parametrizations["weight"].parameters())  # type: ignore
-            remove_parametrization_(module, leave_parametrized=True)  # deep-copy safe
-            module.weight.requires_grad_(trainable)
+            trainable = any(p.requires_grad for p in module.parametrizations[tensor].parameters())  # type: ignore
+            remove_parametrization_(module, leave_parametrized=True, tensor=tensor)  # deep-copy safe
+            getattr(module, tensor).requires_grad_(trainable)
     return model
 
 
 def sparsity_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[dict]:
     """Per prunable layer: ``layer``, ``weights``, ``kept`` (non-zero) and ``kept_pct``."""
     rows = []
-    for name, m in prunable_layers(model, filter_fn).items():
-        w = m.weight.detach()
+    for name, (m, tensor) in prunable_tensors(model, filter_fn).items():
+        w = getattr(m, tensor).detach()
         kept = int((w != 0).sum())
         rows.append({"layer": name, "weights": w.numel(), "kept": kept, "kept_pct": 100.0 * kept / max(w.numel(), 1)})
     return rows
@@ -349,7 +384,7 @@ def sensitivity_scan(
         ``{layer: [(sparsity, error), ...]}`` with ``error = error_fn(pruned copy)``.
     """
     sparsities = list(sparsities)
-    layers = list(prunable_layers(model, filter_fn))
+    layers = list(prunable_tensors(model, filter_fn))
     scan: SensitivityScan = {}
     bar = tqdm(total=len(layers) * len(sparsities), desc="sensitivity", disable=not progress, leave=False)
     for name in layers:

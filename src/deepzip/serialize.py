@@ -80,6 +80,20 @@ def _encode_plain(name: str, t: torch.Tensor) -> EncodedTensor:
     return codec.encode_lossless(arr, name=name, dtype=dtype, signed_zeros=False)  # value-exact, as torch.equal
 
 
+def _parametrized(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(layer name, layer, tensor name)`` of every parametrized tensor (a ``weight``, or an RNN's matrices)."""
+    return [(mname, module, tname) for mname, module in model.named_modules()
+            if mname and parametrize.is_parametrized(module)
+            for tname in module.parametrizations]  # type: ignore[union-attr]
+
+
+def _split_key(key: str, modules: Mapping[str, nn.Module]) -> tuple[nn.Module | None, str]:
+    """``"enc.rnn.weight_hh_l0"`` -> (the module ``enc.rnn``, ``"weight_hh_l0"``); (None, "") when not a layer's."""
+    mname, _, tname = key.rpartition(".")
+    module = modules.get(mname) if mname else None
+    return (module, tname) if module is not None else (None, "")
+
+
 def _storage_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
@@ -104,22 +118,20 @@ def encode_model(
     tensors: dict[str, EncodedTensor] = {}
     kinds: dict[str, str] = {}
     if isinstance(model, nn.Module):
-        for mname, module in model.named_modules():
-            if not mname or not parametrize.is_parametrized(module, "weight"):
-                continue
-            key = f"{mname}.weight"
-            kind = layer_kind(module, key)
+        for mname, module, tname in _parametrized(model):
+            key = f"{mname}.{tname}"  # "fc1.weight", or a recurrent layer's "encoder.weight_hh_l0"
+            kind = layer_kind(module, key, tensor=tname)
             if kind == "shared":
-                centroids, indices, mask = share.get_codebook(module)
+                centroids, indices, mask = share.get_codebook(module, tname)
                 if mask.all():
                     tensors[key] = codec.encode_codebook(centroids, indices, name=key)
                 else:
                     tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
                 kinds[key] = "shared"
             else:  # masked
-                mask_t = get_mask(module)
+                mask_t = get_mask(module, tname)
                 assert mask_t is not None
-                w = module.weight.detach().cpu().float().numpy()
+                w = getattr(module, tname).detach().cpu().float().numpy()
                 mask = mask_t.cpu().numpy()
                 enc = _lossless(key, w, mask)
                 if enc is None:  # too many distinct values for a codebook: the kept values' planes behind the mask
@@ -226,10 +238,8 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     """Load a read ``.dz`` file into ``model`` in place, rebuilding masks and trainable codebooks."""
     kinds = _layer_kinds(f)
     modules = dict(model.named_modules())
-    own = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
-    for key in own:
-        if key.endswith(".weight") and key[:-7] in modules and parametrize.is_parametrized(modules[key[:-7]], "weight"):
-            remove_parametrization_(modules[key[:-7]], leave_parametrized=True)
+    for _, module, tname in _parametrized(model):
+        remove_parametrization_(module, leave_parametrized=True, tensor=tname)
     own = {k: v for k, v in model.state_dict().items()}
     names = _names(f)
     missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
@@ -244,15 +254,15 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
             raise CheckpointError(
                 f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
         kind = kinds.get(key, "plain")
-        module = modules.get(key[:-7]) if key.endswith(".weight") else None
+        module, tname = _split_key(key, modules) if kind != "plain" else (None, "")
         if kind == "shared" and module is not None:
             centroids, indices, mask = f.decode_parts(key)
-            share.set_codebook_(module, centroids, indices, mask)
+            share.set_codebook_(module, centroids, indices, mask, tensor=tname)
         elif kind == "masked" and module is not None:
             w = _decoded(f, key).to(own[key].dtype)
             with torch.no_grad():
-                module.weight.copy_(w)
-            parametrize.register_parametrization(module, "weight", Mask(
+                getattr(module, tname).copy_(w)
+            parametrize.register_parametrization(module, tname, Mask(
                 w != 0 if enc.kind in ("dense", "planes") else torch.from_numpy(f.decode_parts(key)[2])))
         else:
             plain[key] = _decoded(f, key).to(own[key].dtype)

@@ -45,7 +45,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from .prune import FilterFn, get_mask, prunable_layers, remove_parametrization_, resolve_layer
+from .prune import FilterFn, get_mask, prunable_tensors, remove_parametrization_, resolve_layer
 
 __all__ = [
     "PRESETS",
@@ -116,18 +116,18 @@ class SharedWeight(nn.Module):
         return f"k={self.centroids.numel()}, kept={int(self.mask.sum())}/{self.mask.numel()}"
 
 
-def _shared(module: nn.Module) -> SharedWeight | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _shared(module: nn.Module, tensor: str = "weight") -> SharedWeight | None:
+    if not parametrize.is_parametrized(module, tensor):
         return None
-    for p in module.parametrizations["weight"]:  # type: ignore[index,union-attr]
+    for p in module.parametrizations[tensor]:  # type: ignore[index,union-attr]
         if isinstance(p, SharedWeight):
             return p
     return None
 
 
-def is_shared(module: nn.Module) -> bool:
-    """Whether ``module.weight`` is computed by a :class:`SharedWeight` codebook."""
-    return _shared(module) is not None
+def is_shared(module: nn.Module, tensor: str = "weight") -> bool:
+    """Whether ``module.<tensor>`` (default ``weight``) is computed by a :class:`SharedWeight` codebook."""
+    return _shared(module, tensor) is not None
 
 
 # ---------------------------------------------------------------------------------------------------- bits
@@ -162,18 +162,18 @@ def resolve_bits(model: nn.Module, bits: Bits, filter_fn: FilterFn | None = None
         ValueError: a bit width outside 1..16 or not an integer (naming the layer), an unknown layer name, or a
             malformed preset.
     """
-    layers = prunable_layers(model, filter_fn)
+    layers = prunable_tensors(model, filter_fn)
     raw: dict[str, Any] = {}
     if isinstance(bits, Mapping):
         default = bits.get("default")
         if default is not None:
-            raw = {name: _default_bits(default, m) for name, m in layers.items()}
+            raw = {name: _default_bits(default, m) for name, (m, _) in layers.items()}
         for key, b in bits.items():
             if key == "default":
                 continue
             raw[resolve_layer(key, layers, "bits", "shareable")] = b
     elif isinstance(bits, (str, int, np.integer)) and not isinstance(bits, bool):
-        raw = {name: _default_bits(bits, m) for name, m in layers.items()}
+        raw = {name: _default_bits(bits, m) for name, (m, _) in layers.items()}
     else:
         raise ValueError(
             f"bits={bits!r}: expected an int, a preset such as '8/5', or a dict of layer names")
@@ -235,20 +235,20 @@ def share_weights_(
         raise ValueError(f"init={init!r}, expected one of {_INITS}")
     from . import _kmeans
 
-    layers = prunable_layers(model, filter_fn)
+    layers = prunable_tensors(model, filter_fn)
     per_layer = resolve_bits(model, bits, filter_fn)
     for name in per_layer:
-        w = layers[name].weight
+        w = getattr(*layers[name])
         if not torch.is_floating_point(w):
             raise ValueError(f"{name}.weight: dtype {w.dtype} is not floating point; cannot share it")
         if not torch.isfinite(w.detach()).all():
             raise ValueError(f"{name}.weight: contains NaN or inf; cannot share it")
 
     for name in tqdm(per_layer, desc="share weights", disable=not progress, leave=False):
-        module, b = layers[name], per_layer[name]
+        (module, tensor), b = layers[name], per_layer[name]
         with torch.no_grad():
-            w = module.weight.detach()
-            mask = get_mask(module)
+            w = getattr(module, tensor).detach()
+            mask = get_mask(module, tensor)
             mask = mask.clone() if mask is not None else torch.ones_like(w, dtype=torch.bool)
             kept = w[mask].float().cpu().numpy()  # (n_kept,)
             indices = np.zeros(tuple(w.shape), dtype=np.int64)
@@ -260,7 +260,7 @@ def share_weights_(
                 else:
                     centroids, labels = _kmeans.linear_quantize(kept, b)
                 indices[mask.cpu().numpy()] = labels
-            set_codebook_(module, centroids, indices, mask.cpu().numpy())
+            set_codebook_(module, centroids, indices, mask.cpu().numpy(), tensor=tensor)
     return model
 
 
@@ -268,8 +268,9 @@ def _dense(centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -
     return centroids[indices] * mask
 
 
-def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any) -> nn.Module:
-    """Make ``module.weight`` the shared weight ``centroids[indices] * mask``, replacing any parametrization.
+def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any, *, tensor: str = "weight") -> nn.Module:
+    """Make ``module.<tensor>`` (default ``weight``) the shared weight ``centroids[indices] * mask``, replacing any
+    parametrization.
 
     Used by :func:`share_weights_` and when loading a compressed file.
 
@@ -286,7 +287,7 @@ def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any) ->
         ValueError: shapes that do not fit the weight, an empty or too large codebook, non-finite centroids,
             non-integer indices or indices out of range.
     """
-    weight = module.weight
+    weight = getattr(module, tensor)
     shape = tuple(weight.shape)
     c = torch.as_tensor(np.asarray(centroids) if not isinstance(centroids, torch.Tensor) else centroids)
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
@@ -307,20 +308,20 @@ def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any) ->
     c = c.to(device=device, dtype=weight.dtype)
     idx, m = idx.to(device), m.to(device)
     with torch.no_grad():
-        remove_parametrization_(module, leave_parametrized=False)  # deep-copy safe (see prune._own_class_)
+        remove_parametrization_(module, leave_parametrized=False, tensor=tensor)  # deep-copy safe (prune._own_class_)
         # `original` becomes unused: it holds the shared weight at this moment (so a stray read sees sane values)
-        module.weight.copy_(_dense(c, idx, m))
-        parametrize.register_parametrization(module, "weight", SharedWeight(c, idx, m))
-    module.parametrizations["weight"].original.requires_grad_(False)  # type: ignore[index,union-attr]
+        getattr(module, tensor).copy_(_dense(c, idx, m))
+        parametrize.register_parametrization(module, tensor, SharedWeight(c, idx, m))
+    module.parametrizations[tensor].original.requires_grad_(False)  # type: ignore[index,union-attr]
     return module
 
 
-def get_codebook(module: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def get_codebook(module: nn.Module, tensor: str = "weight") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The codebook of a shared layer: ``(centroids float32 (k,), indices int64 weight-shaped, mask bool)``.
 
     Indices at pruned positions are 0. Raises ValueError when the layer is not shared.
     """
-    p = _shared(module)
+    p = _shared(module, tensor)
     if p is None:
         raise ValueError(f"{type(module).__name__}: weight is not shared (call share_weights_ first)")
     return (
@@ -336,10 +337,11 @@ def sharing_table(model: nn.Module, filter_fn: FilterFn | None = None) -> list[d
     (index bits, ceil(log2 k), at least 1; None if not shared) and ``distinct`` (distinct values among the
     kept weights; for an unshared layer, among its non-zero weights)."""
     rows = []
-    for name, m in prunable_layers(model, filter_fn).items():
-        w = m.weight.detach()
-        p = _shared(m)
-        mask = p.mask if p is not None else (get_mask(m) if get_mask(m) is not None else w != 0)
+    for name, (m, tensor) in prunable_tensors(model, filter_fn).items():
+        w = getattr(m, tensor).detach()
+        p = _shared(m, tensor)
+        own_mask = get_mask(m, tensor)
+        mask = p.mask if p is not None else (own_mask if own_mask is not None else w != 0)
         k = p.centroids.numel() if p is not None else None
         rows.append({
             "layer": name,

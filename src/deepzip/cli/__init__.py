@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, distill, dz, lowrank, model, share  # noqa: F401  (each registers its subcommands)
+from . import bench, distill, dz, g2p, lowrank, model, share  # noqa: F401  (each registers its subcommands)
 from ._common import _COMMANDS, print_table
 
 __all__ = ["build_parser", "main", "print_table"]

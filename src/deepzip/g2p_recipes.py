@@ -1,0 +1,60 @@
+"""The G2P recipes (data only): teacher and student sizes, their training settings, and the compression settings.
+
+Shared by ``deepzip g2p-*`` commands and ``benchmarks/seq_kd_g2p.py``. A trained model is cached under a name that
+carries :func:`g2p_recipe_tag`, a hash of everything that made it, so a changed recipe retrains.
+
+Example:
+    >>> TEACHER.arch()
+    'seq2seq:cell=gru,emb=64,enc=256,dec=256,layers=1,src=32,tgt=42'
+    >>> len(g2p_recipe_tag(TEACHER, TEACHER_TRAIN))
+    8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from .g2p_data import CMUDICT_SHA256, LETTERS, PHONEMES
+from .seq import Seq2SeqConfig
+from .seqdistill import SeqTrainConfig
+
+__all__ = ["COMPRESS", "STUDENT", "STUDENT_TRAIN", "TEACHER", "TEACHER_TRAIN", "G2PCompressConfig", "g2p_recipe_tag"]
+
+_SRC, _TGT = len(LETTERS) + 3, len(PHONEMES) + 3
+#: Teacher: bidirectional GRU 2x256 encoder, GRU 256 decoder, Luong attention (1.22 M parameters).
+TEACHER = Seq2SeqConfig(src_vocab=_SRC, tgt_vocab=_TGT, emb=64, enc=256, dec=256, dropout=0.25)
+#: Student: bidirectional GRU 2x64 encoder, GRU 128 decoder (0.17 M parameters, 7x fewer).
+STUDENT = Seq2SeqConfig(src_vocab=_SRC, tgt_vocab=_TGT, emb=32, enc=64, dec=128, dropout=0.1)
+TEACHER_TRAIN = SeqTrainConfig(epochs=20, batch_size=256, lr=3e-3)
+#: Every student (labels, word-KD, seq-KD, both) gets the same budget; alpha/T apply to word-level KD.
+STUDENT_TRAIN = SeqTrainConfig(epochs=20, batch_size=256, lr=4e-3, alpha=0.5, temperature=1.0)
+
+
+@dataclass
+class G2PCompressConfig:
+    """Compression of a distilled student: gradual pruning (AGP) to ``sparsity`` (embeddings to
+    ``embedding_sparsity``) while retraining ``prune_epochs`` with the distillation loss, then k-means sharing
+    with ``bits`` per index and ``centroid_epochs`` of centroid fine-tuning, again with the distillation loss."""
+
+    sparsity: float = 0.65
+    embedding_sparsity: float = 0.5
+    bits: int = 4
+    prune_epochs: int = 8
+    centroid_epochs: int = 3
+    lr: float = 1e-3
+    train: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+COMPRESS = G2PCompressConfig()
+
+
+def g2p_recipe_tag(model: Seq2SeqConfig, train: SeqTrainConfig, *extra: object) -> str:
+    """8 hex digits naming a model's recipe: sizes, training settings (not device/progress), the data, ``extra``."""
+    t = {k: v for k, v in train.to_dict().items() if k not in ("progress", "device")}
+    blob = json.dumps([asdict(model), t, CMUDICT_SHA256, [str(e) for e in extra]], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
