@@ -238,8 +238,8 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     """Load a read ``.dz`` file into ``model`` in place, rebuilding masks and trainable codebooks."""
     kinds = _layer_kinds(f)
     modules = dict(model.named_modules())
-    for _, module, tname in _parametrized(model):
-        remove_parametrization_(module, leave_parametrized=True, tensor=tname)
+    for _, holder, tname in _parametrized(model):
+        remove_parametrization_(holder, leave_parametrized=True, tensor=tname)
     own = {k: v for k, v in model.state_dict().items()}
     names = _names(f)
     missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
