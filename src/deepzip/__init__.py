@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
     "load": "serialize", "save": "serialize",
     "share_weights_": "share",
+    "PostTrainConfig": "posttrain", "compress_to_bound_": "posttrain", "save_posttrained": "posttrain",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
 }
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
+    from .posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
     from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
     from .serialize import load, save
     from .share import share_weights_
@@ -62,9 +64,11 @@ __all__ = [
     "DataError",
     "DeepzipError",
     "DeepzipFormatError",
+    "PostTrainConfig",
     "TTLinear",
     "TrainConfig",
     "__version__",
+    "compress_to_bound_",
     "decompose_",
     "evaluate",
     "fit",
@@ -75,6 +79,7 @@ __all__ = [
     "prune_",
     "save",
     "save_checkpoint",
+    "save_posttrained",
     "sensitivity_scan",
     "share_weights_",
     "sparsity_table",

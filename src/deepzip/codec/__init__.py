@@ -7,6 +7,8 @@ together with a JSON header; the byte-level spec is docs/FORMAT.md.
 * ``encode_codebook(codebook, indices)``: float32 codebook + Huffman-coded index per element.
 * ``encode_sparse(codebook, indices, mask, gap_width=None)``: float32 codebook + Huffman-coded indices
   of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
+* ``encode_grouped(codebooks, indices, rows_per_group, outlier_pos, outlier_val)``: one float16 codebook per
+  group of rows, Huffman-coded indices, exact float32 outliers (post-training compression).
 * ``decode(t)`` -> dense array; ``decode_parts(t)`` -> ``(codebook, indices, mask)``.
 * ``write(path, tensors, config=..., architecture=..., extra=...)`` -> bytes written (atomic);
   ``to_bytes(...)`` -> bytes; ``read(path_or_bytes)`` -> :class:`DzFile` with ``.header``, ``.tensors``,
@@ -38,6 +40,7 @@ from ._tensor import (
     tensor_stats,
 )
 from .container import DzFile, read, to_bytes, write
+from .grouped import encode_grouped
 
 __all__ = [
     "DeepzipFormatError",
@@ -47,6 +50,7 @@ __all__ = [
     "decode_parts",
     "encode_codebook",
     "encode_dense",
+    "encode_grouped",
     "encode_sparse",
     "huffman",
     "read",

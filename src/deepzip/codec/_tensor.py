@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepzipFormatError
-from . import huffman, sparse
+from . import grouped, huffman, sparse
 
 __all__ = [
     "DENSE_DTYPES",
@@ -24,13 +24,14 @@ __all__ = [
     "tensor_stats",
 ]
 
-KINDS = ("dense", "codebook", "sparse")
+KINDS = ("dense", "codebook", "sparse", "grouped")
 SECTIONS = {
     "dense": ("data",),
     "codebook": ("codebook", "indices"),
     "sparse": ("codebook", "indices", "gaps"),
+    "grouped": grouped.SECTIONS,  # per-row-group codebooks + outliers (codec/grouped.py)
 }
-META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept")}
+META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"), "grouped": grouped.META_KEYS}
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 MAX_CODEBOOK = 1 << 16
 MAX_NDIM = 64
@@ -235,6 +236,8 @@ def check(t: EncodedTensor) -> dict[str, dict]:
                 t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}"
             )
         return {}
+    if t.kind == "grouped":
+        return grouped.check_grouped(t)
     if t.dtype != "float32":
         raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
     k = t.meta["k"]
@@ -294,8 +297,8 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind == "dense":
-        raise ValueError(f"{_where(t.name)}: dense tensors have no codebook")
+    if t.kind in ("dense", "grouped"):
+        raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     cb, pos, sym = _kept(t)
     if t.kind == "codebook":
         return cb, sym.astype(np.int32).reshape(t.shape), np.ones(t.shape, bool)
@@ -343,6 +346,8 @@ def decode(t: EncodedTensor) -> np.ndarray:
             .astype(t.dtype)
             .reshape(t.shape)
         )
+    if t.kind == "grouped":
+        return grouped.decode_grouped(t)
     cb, pos, sym = _kept(t)
     if pos is None:
         return cb[sym].reshape(t.shape)
@@ -386,6 +391,15 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
     if entropy:
         s["index_entropy_bits"] = s["gap_entropy_bits"] = None
     if t.kind == "dense":
+        return s
+    if t.kind == "grouped":
+        idx = info["indices"]
+        s.update(k=t.meta["k"], raw_bits_per_index=math.ceil(math.log2(max(t.meta["k"], 2))),
+                 index_entries=idx["count"], index_bits=idx["nbits"], fillers=0,
+                 index_bits_per_entry=idx["nbits"] / idx["count"] if idx["count"] else None)
+        if entropy:
+            sym = _decode_stream(t, "indices")
+            s["index_entropy_bits"] = huffman.entropy_bits(np.bincount(sym)) if sym.size else 0.0
         return s
     k = t.meta["k"]
     idx = info["indices"]
