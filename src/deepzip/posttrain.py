@@ -64,6 +64,7 @@ __all__ = [
     "compress_weights_only",
     "distill_",
     "fisher_diagonal",
+    "make_candidates",
     "save_posttrained",
     "target_tensors",
 ]
@@ -342,9 +343,33 @@ def _hull(cands: list[Candidate]) -> list[Candidate]:
     return hull[::-1]
 
 
-def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig) -> list[Candidate]:
+def _allowed(c: Candidate, cfg: PostTrainConfig) -> bool:
+    """Whether ``cfg`` offers candidate ``c`` (to reuse one candidate set across configurations)."""
+    if c.bits == 0:
+        return cfg.fp16
+    return (c.bits in cfg.bits and c.rows_per_group in cfg.group_rows and c.outlier_frac in cfg.outlier_fracs
+            and c.weighted == (cfg.weighting == "fisher"))
+
+
+def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray],
+                    configs: Sequence[PostTrainConfig], progress: bool = False) -> dict[str, list[Candidate]]:
+    """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them)."""
+    out: dict[str, list[Candidate]] = {}
+    for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
+        w = modules[n].weight.detach().cpu().float().numpy()
+        seen: dict[tuple, Candidate] = {}
+        for cfg in configs:
+            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen)):
+                seen[(c.bits, c.rows_per_group, c.outlier_frac, c.weighted if c.bits else False)] = c
+        out[n] = list(seen.values())
+    return out
+
+
+def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
+                skip: set[tuple] | None = None) -> list[Candidate]:
+    skip = skip or set()
     out = []
-    if cfg.fp16:
+    if cfg.fp16 and (0, 0, 0.0, False) not in skip:
         w16 = w.astype(np.float16)
         out.append(Candidate(0, 0, 0.0, False, 2.0 * w.size, float((f * (w - w16.astype(np.float32)) ** 2).sum()),
                              fp16=w16))
@@ -354,7 +379,8 @@ def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig) -
             if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0]):
                 continue
             for frac in cfg.outlier_fracs:
-                out.append(_candidate(w, f, b, rpg, frac, weighted, cfg))
+                if (b, rpg, frac, weighted) not in skip:
+                    out.append(_candidate(w, f, b, rpg, frac, weighted, cfg))
     return out
 
 
@@ -395,6 +421,8 @@ def compress_to_bound_(
     forward: Forward | None = None,
     modules: dict[str, nn.Module] | None = None,
     fisher: dict[str, np.ndarray] | None = None,
+    candidates: dict[str, list[Candidate]] | None = None,
+    sensitivity: dict[str, float] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PostTrainResult:
@@ -408,6 +436,9 @@ def compress_to_bound_(
         forward: ``forward(model, batch) -> Tensor``; default ``model(batch)``.
         modules: the tensors to compress (default :func:`target_tensors`).
         fisher: precomputed :func:`fisher_diagonal` (reused across ablations).
+        candidates: precomputed :func:`make_candidates` (reused across ablations; those ``config`` offers are used).
+        sensitivity: per-tensor drop per unit of weighted error from an earlier result (``result.sensitivity``),
+            to skip measuring them again.
         progress: progress bars while sensitivities are measured.
         log: called with one line per phase.
 
@@ -441,13 +472,20 @@ def compress_to_bound_(
 
         hulls: dict[str, list[Candidate]] = {}
         for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
-            hulls[n] = _hull(_candidates(n, orig[n], fisher[n], cfg))
+            if candidates is not None:
+                mine = [c for c in candidates[n] if _allowed(c, cfg)]
+            else:
+                mine = _candidates(n, orig[n], fisher[n], cfg)
+            if not mine:
+                raise BoundError(f"{n}: no storage option left by the configuration")
+            hulls[n] = _hull(mine)
         secs["candidates"] = time.perf_counter() - t0 - secs["sensitivity"]
         if not cfg.per_layer:
             return _uniform(model, mods, hulls, orig, cfg, drop_now, secs, say)
         # per-layer sensitivity: the candidate nearest 3 bits per weight applied alone, measured for real
-        alpha: dict[str, float] = {}
-        for n in tqdm(mods, desc="layer sensitivity", disable=not progress, leave=False):
+        alpha: dict[str, float] = dict(sensitivity or {})
+        for n in tqdm([n for n in mods if n not in alpha], desc="layer sensitivity", disable=not progress,
+                      leave=False):
             h = hulls[n]
             probe = min(h[1:] or h, key=lambda c: abs(c.nbytes * 8 / orig[n].size - 3.0))
             _set_weights_(mods, {n: probe.weight(orig[n].shape)})
@@ -587,7 +625,7 @@ def distill_(
         result: the result whose choices are fine-tuned (updated in place).
         batches: unlabeled input batches, cycled until ``seconds`` run out.
         forward: as for :func:`compress_to_bound_`.
-        seconds: wall-clock budget.
+        seconds: budget in CPU seconds of this process (``time.process_time``).
         lr: Adam learning rate.
         modules: the compressed modules (default: found from ``result`` names).
         progress: show a progress bar over the steps.
@@ -623,11 +661,11 @@ def distill_(
     opt = torch.optim.Adam(params + others, lr=lr)
     losses: list[float] = []
     model.train(False)  # no dropout: match the teacher's deterministic outputs
-    end = time.perf_counter() + seconds
+    end = time.process_time() + seconds  # CPU seconds of this process: the budget does not shrink under load
     bar = tqdm(desc="distill", disable=not progress, leave=False)
     step = 0
     try:
-        while time.perf_counter() < end:
+        while time.process_time() < end:
             i = step % len(batches)
             y = fwd(model, batches[i])
             y = y.reshape(y.shape[0], -1)
