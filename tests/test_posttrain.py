@@ -153,9 +153,10 @@ def test_weight_only_fallback_meets_its_sqnr() -> None:
     m = _mlp()
     w0 = {n: mm.weight.detach().clone() for n, mm in target_tensors(m, 256).items()}
     res = compress_weights_only(m, min_sqnr_db=25.0, config=PostTrainConfig(weighting="none", min_numel=256))
-    for n, mm in target_tensors(m, 256).items() if False else w0.items():
-        q = dict(m.named_parameters())[n]
-        sqnr = 10 * torch.log10(mm.pow(2).sum() / (mm - q).pow(2).sum())
+    params = dict(m.named_parameters())
+    for n, w in w0.items():
+        q = params[n].detach()
+        sqnr = 10 * torch.log10(w.pow(2).sum() / (w - q).pow(2).sum())
         assert float(sqnr) >= 25.0, n
     assert np.isnan(res.drop)
 
@@ -210,3 +211,14 @@ def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) ->
     assert rc == 2 and not out.exists()
     assert len(err.splitlines()) == 1 and err.startswith("deepzip ptq: error:")
     assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met"}[case] in err
+
+
+def test_one_setting_for_all_tensors_is_within_the_bound_and_not_smaller() -> None:
+    cal = _batches()
+    cfg = PostTrainConfig(max_drop=0.02, min_numel=256)
+    per_layer = compress_to_bound_(_mlp(), cal, cfg)
+    m = _mlp()
+    uniform = compress_to_bound_(m, cal, PostTrainConfig(max_drop=0.02, min_numel=256, per_layer=False))
+    assert uniform.drop <= 0.02 and uniform.drop == pytest.approx(_drop(m, _mlp(), cal), abs=1e-6)
+    assert len({(c.bits, c.rows_per_group, c.outlier_frac) for c in uniform.choices.values()}) >= 1
+    assert per_layer.predicted_bytes <= uniform.predicted_bytes * 1.05

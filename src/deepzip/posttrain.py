@@ -10,7 +10,7 @@ and the original model's outputs on calibration inputs); this module picks, per 
    gradients of the output-agreement loss play the part the task-loss Fisher plays in SqueezeLLM
    (Kim et al. 2023, arXiv 2306.07629). Rows of an embedding never seen in calibration get the mean of the
    seen rows (else they would look free to destroy, and evaluation text uses other tokens).
-2. **Candidates per tensor.** Fisher-weighted k-means (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..6 bits,
+2. **Candidates per tensor.** Fisher-weighted k-means (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits,
    with one codebook per tensor or per group of rows, with or without an exact side list of the largest-magnitude
    weights (outliers), plus float16 as a near-lossless top option. Each candidate's bytes (Huffman index entropy +
    float16 codebooks + outliers) and weighted error ``E = sum F (w - q)**2`` are computed; only the lower convex
@@ -83,7 +83,7 @@ class PostTrainConfig:
     Attributes:
         max_drop: allowed ``1 - mean cosine`` of outputs against the original, on the calibration inputs.
         bits: index bit widths tried per tensor.
-        group_rows: rows sharing one codebook; 0 = one codebook for the whole tensor.
+        group_rows: rows sharing one codebook; 0 = one codebook for the whole tensor (1 = per-row codebooks).
         row_bits_max: per-group codebooks (group_rows > 0) are tried only up to this many bits.
         outlier_fracs: fractions of each tensor's largest-magnitude weights kept exactly.
         weighting: ``"fisher"`` (k-means weighted by the sensitivity) or ``"none"`` (plain k-means).
@@ -96,8 +96,8 @@ class PostTrainConfig:
     """
 
     max_drop: float = 0.01
-    bits: tuple[int, ...] = (2, 3, 4, 5, 6)
-    group_rows: tuple[int, ...] = (0, 32, 1)
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    group_rows: tuple[int, ...] = (0, 32)
     row_bits_max: int = 3
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
     weighting: str = "fisher"
@@ -542,8 +542,8 @@ def _uniform(model: nn.Module, mods: dict[str, nn.Module], hulls: dict[str, list
         for n, h in hulls.items():
             # the setting's candidate when it is on the hull, else the tensor's closest more accurate one
             same = [c for c in h if (c.bits, c.rows_per_group, c.outlier_frac) == s]
-            pick[n] = same[0] if same else min((c for c in h if c.bits == 0 or c.bits >= s[0]) or h,
-                                               key=lambda c: c.nbytes)
+            richer = [c for c in h if c.bits == 0 or c.bits >= s[0]]
+            pick[n] = same[0] if same else min(richer or h, key=lambda c: c.nbytes)
         _set_weights_(mods, {n: c.weight(orig[n].shape) for n, c in pick.items()})
         d = drop_now()
         size = sum(c.nbytes for c in pick.values())
