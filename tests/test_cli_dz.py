@@ -109,7 +109,7 @@ def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cdz, "_data", lambda a: (train, test))
     torch.manual_seed(0)
     ckpt = tmp_path / "mine.safetensors"
-    save_checkpoint(get_model("deepzip.models:LeNet300"), ckpt)
+    save_checkpoint(get_model("deepzip.models:LeNet300", trust_code=True), ckpt)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"sparsity": {"fc1": 0.9, "fc2": 0.9, "fc3": 0.5}, "bits": 4, "prune_rounds": 1,
                                "retrain_epochs": 1, "finetune_epochs": 1}))
@@ -122,5 +122,16 @@ def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     from deepzip import codec
 
     assert codec.read(out).architecture == "deepzip.models:LeNet300"
+    # --json alone: stdout is one JSON object (the run resumes from the stages in w/), as evaluate/inspect --json
+    assert cli.main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bytes"] == out.stat().st_size
+    # the file names the user's factory: building it from the file needs --trust-code
+    from deepzip.errors import UntrustedCodeError
+    from deepzip.serialize import load
+
+    with pytest.raises(UntrustedCodeError):
+        load(out)
+    assert load(out, trust_code=True).fc1.weight.shape == (300, 784)
     assert cli.main(["compress", "--model", "nosuchpkg.mod:f", "-q"]) == 2
     assert "nosuchpkg" in capsys.readouterr().err

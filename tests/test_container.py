@@ -289,11 +289,16 @@ def test_absurd_claimed_counts_fail_fast():
     blob, header, start = blob_and_layout()
     # a huge shape for a codebook tensor: count must match, and the count is bounded by the bits
     header["tensors"][2]["shape"] = [10**6, 10**6]
-    assert_error(with_header(header), r"fc2.weight/indices: count 42 != 1000000000000 elements")
+    assert_error(with_header(header), r"fc2.weight: shape \[1000000, 1000000\] decodes to 4000000000000 bytes, "
+                                      r"more than the limit of 1073741824")
+    with pytest.raises(DeepzipFormatError, match=r"fc2.weight/indices: count 42 != 1000000000000 elements"):
+        codec.read(with_header(header), max_bytes=None)
     # a huge all-pruned sparse tensor: the gaps can only address (entries + 1) * 2**width positions
     _, header, _ = blob_and_layout()
     header["tensors"][0]["shape"] = [10**12]
-    assert_error(with_header(header), r"fc1.weight: 1000000000000 elements .* exceed the \d+ entries")
+    with pytest.raises(DeepzipFormatError, match=r"fc1.weight/gaps: \d+ entries for 1000000000000 elements|"
+                                                 r"fc1.weight: 1000000000000 elements .* exceed the \d+ entries"):
+        codec.read(with_header(header), max_bytes=None)
     # a stream claiming 10**12 symbols in a few bytes (checksum fixed up, so only the size check can catch it)
     _, header, _ = blob_and_layout()
     off, n = section_span(header, start, "fc2.weight", "indices")

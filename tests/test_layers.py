@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("errors, file I/O", {"errors", "fileio", "papers"}),
     ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
     ("foundation", {"data", "models", "train"}),
-    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "posttrain"}),
+    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "posttrain"}),
     ("bridges", {"checkpoint", "serialize"}),
     ("recipes", {"recipes"}),
     ("pipeline", {"pipeline"}),

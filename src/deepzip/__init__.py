@@ -26,8 +26,11 @@ _LAZY: dict[str, str] = {
     "load": "serialize", "save": "serialize",
     "share_weights_": "share",
     "PostTrainConfig": "posttrain", "compress_to_bound_": "posttrain", "save_posttrained": "posttrain",
+    "shrink_": "shrink",
+    "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
+    "UntrustedCodeError": "errors",
 }
 
 
@@ -49,13 +52,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_mnist, synthetic_mnist
-    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError
+    from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, UntrustedCodeError
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
     from .posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
     from .prune import AGPSchedule, prune_, sensitivity_scan, sparsity_table, strip
+    from .runtime import sparsify_
     from .serialize import load, save
     from .share import share_weights_
+    from .shrink import shrink_
     from .train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -67,6 +72,7 @@ __all__ = [
     "PostTrainConfig",
     "TTLinear",
     "TrainConfig",
+    "UntrustedCodeError",
     "__version__",
     "compress_to_bound_",
     "decompose_",
@@ -82,6 +88,8 @@ __all__ = [
     "save_posttrained",
     "sensitivity_scan",
     "share_weights_",
+    "shrink_",
+    "sparsify_",
     "sparsity_table",
     "strip",
     "synthetic_mnist",

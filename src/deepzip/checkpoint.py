@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import share
-from .errors import CheckpointError
+from .errors import CheckpointError, UntrustedCodeError
 from .fileio import atomic_write
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
@@ -74,8 +74,6 @@ def layer_kind(module: nn.Module, where: str = "weight") -> str:
     if all(isinstance(p, Mask) for p in module.parametrizations["weight"]):  # type: ignore[union-attr]
         return "masked"
     raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
-
-
 
 
 def _index_dtype(k: int) -> torch.dtype:
@@ -184,6 +182,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
+    _refuse_other_formats(p)
     try:
         from safetensors import safe_open
 
@@ -195,15 +194,41 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
+def _refuse_other_formats(p: Path) -> None:
+    """A clear hint for files that are not safetensors at all: a ``.dz`` file, a torch.save (pickle) file."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+        size = p.stat().st_size
+    except OSError:
+        return
+    # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
+    # is possible there (0x80 included), so recognise it before guessing at other formats.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return
+    from .codec.container import MAGIC
+
+    if head.startswith(MAGIC):
+        raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "
+                              "models take it as it is (deepzip evaluate), or turn it into one with "
+                              f"`deepzip decompress {p} -o model.safetensors`")
+    if head.startswith(b"PK\x03\x04") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise CheckpointError(f"{p}: looks like a torch.save (pickle) file, which deepzip never loads (unpickling "
+                              "runs code); if you trust it, convert it: safetensors.torch.save_file("
+                              "torch.load(path, weights_only=True), 'model.safetensors')")
+
+
 def load_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module | None = None
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or a fresh model of the architecture it names); returns (model, meta).
 
-    A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given.
+    A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given. An architecture named
+    ``"package.module:factory"`` is imported and built only with ``trust_code=True`` (that runs the module's code).
 
     Raises:
         CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
     """
     tensors, metadata = read_checkpoint(path)
     if metadata.get("format") not in (None, FORMAT):
@@ -223,7 +248,9 @@ def load_checkpoint(
         if not arch:
             raise CheckpointError(f"{path}: the checkpoint names no architecture; give the model (--model NAME)")
         try:
-            model = get_model(arch)
+            model = get_model(arch, trust_code=trust_code)
+        except UntrustedCodeError as exc:
+            raise UntrustedCodeError(f"{path}: {exc}") from None
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
     modules = dict(model.named_modules())

@@ -6,7 +6,7 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError"]
+__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "UntrustedCodeError"]
 
 
 class DeepzipError(Exception):
@@ -26,3 +26,11 @@ class CheckpointError(DeepzipError, ValueError):
 
 class DataError(DeepzipError, RuntimeError):
     """A data set could not be obtained or is not what it claims to be."""
+
+
+class UntrustedCodeError(DeepzipError, ValueError):
+    """A file (or a name) asks deepzip to import and run code (``"package.module:factory"``) without ``trust_code``.
+
+    Loading builds only deepzip's registered architectures unless the caller passes ``trust_code=True``
+    (CLI: ``--trust-code``) or gives the model itself (``deepzip.load(path, model=MyNet())``).
+    """

@@ -17,29 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from . import codec
+from .codec.container import DEFAULT_MAX_BYTES
 from .errors import DeepzipFormatError
 from .papers import PAPER
 
 __all__ = ["file_report", "read_dz"]
 
 
-def read_dz(path: str | os.PathLike[str] | bytes) -> codec.DzFile:
-    """:func:`deepzip.codec.read`, with the file's name in front of any format error."""
+def read_dz(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> codec.DzFile:
+    """:func:`deepzip.codec.read` (``max_bytes``: the most the tensors may decode to), with the file's name in front
+    of any format error."""
     try:
-        return codec.read(path)
+        return codec.read(path, max_bytes=max_bytes)
     except DeepzipFormatError as exc:
         if isinstance(path, (bytes, bytearray)):
             raise
         raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
 
 
-def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
+def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
 
     Per tensor: weights, kept %, bits per index before (fixed width) and after Huffman, gap width and gap bits
-    after Huffman, bytes, and the ratio against 32-bit floats; plus totals and the size before Huffman.
+    after Huffman, bytes, and the ratio against the tensor's uncompressed size (32-bit floats for weights, its own
+    dtype for dense tensors); plus totals and the size before Huffman. Decodes no tensor (only the Huffman streams,
+    whose size the file bounds); ``max_bytes`` as in :func:`deepzip.codec.read`.
     """
-    f = read_dz(path)
+    f = read_dz(path, max_bytes=max_bytes)
     file_bytes = len(path) if isinstance(path, (bytes, bytearray)) else Path(path).stat().st_size
     layers = []
     total = nonzero = 0
@@ -52,7 +56,7 @@ def file_report(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
         nonzero += st["kept"]
         row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
                "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
-               "ratio": 4.0 * count / st["bytes"] if st["bytes"] else None, "k": st["k"],
+               "ratio": st["decoded_bytes"] / st["bytes"] if st["bytes"] else None, "k": st["k"],
                "bits_index_fixed": st["raw_bits_per_index"], "bits_index_huffman": st["index_bits_per_entry"],
                "gap_width": st["gap_width"], "bits_gap_huffman": st["gap_bits_per_entry"],
                "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}

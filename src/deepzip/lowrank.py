@@ -384,7 +384,7 @@ def decompose_(
     include_linear: bool = False,
     hooi_iters: int = 5,
     skip_larger: bool = True,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Replace conv layers by Tucker-2 triples and (optionally) linear layers by SVD pairs, in place.
 
@@ -645,7 +645,7 @@ class TTLinear(nn.Module):
 
 
 def tt_linear_(
-    model: nn.Module, layers: Mapping[str, TTSpec], *, skip_larger: bool = True, progress: bool = True
+    model: nn.Module, layers: Mapping[str, TTSpec], *, skip_larger: bool = True, progress: bool = False
 ) -> nn.Module:
     """Replace linear layers by :class:`TTLinear` layers initialized by TT-SVD, in place.
 

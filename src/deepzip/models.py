@@ -1,6 +1,8 @@
 """Reference models, by name: the LeNets of Deep Compression and the MLPs of Hinton et al.'s distillation paper.
 
-``get_model(name)`` also accepts ``"package.module:factory"``, a callable returning an ``nn.Module`` (the user's own).
+``get_model(name, trust_code=True)`` also accepts ``"package.module:factory"``, a callable returning an ``nn.Module``
+(the user's own). Importing a module runs its code, so that needs ``trust_code=True``: a name read from a file is
+never imported otherwise (:class:`~deepzip.errors.UntrustedCodeError`).
 
 Example:
     >>> m = get_model("lenet300")
@@ -19,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import UntrustedCodeError
 
 __all__ = ["MLP", "MODELS", "LeNet5", "LeNet300", "get_model", "model_name"]
 
@@ -84,21 +88,39 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def get_model(name: str, seed: int | None = 0) -> nn.Module:
-    """Build a fresh model by registered name or ``"package.module:factory"``.
+def get_model(name: str, seed: int | None = 0, *, trust_code: bool = False) -> nn.Module:
+    """Build a fresh model by registered name (:data:`MODELS`), or ``"package.module:factory"`` with ``trust_code``.
 
     ``seed`` fixes the initial weights (without touching the global random state), so a training run with the same
-    seeds gives the same model; ``None`` draws them from the global generator.
+    seeds gives the same model; ``None`` draws them from the global generator. ``trust_code`` allows importing the
+    module a ``"package.module:factory"`` name gives and calling the factory: that runs the module's code, so pass
+    it only for names you wrote or files you trust (as Hugging Face's ``trust_remote_code``).
 
     Raises:
+        UntrustedCodeError: ``"package.module:factory"`` without ``trust_code=True`` (nothing is imported).
         ValueError: unknown name, or a factory that does not return an ``nn.Module``.
+
+    Example:
+        >>> try:
+        ...     get_model("os:abort")  # imports nothing
+        ... except UntrustedCodeError as e:
+        ...     print(str(e)[:60])
+        model 'os:abort' names code to import (package.module:factor
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return get_model(name, seed=None)
+            return get_model(name, seed=None, trust_code=trust_code)
+    if not isinstance(name, str):
+        raise ValueError(f"model name {name!r}: expected a string")
     if name in MODELS:
         model = MODELS[name]()
+    elif ":" in name and not trust_code:
+        raise UntrustedCodeError(
+            f"model {name!r} names code to import (package.module:factory); deepzip imports nothing unless asked: "
+            "pass trust_code=True (CLI: --trust-code) if you trust where the name came from, or give the model "
+            f"yourself (deepzip.load(path, model=MyNet()), CLI: --model); registered models: {', '.join(MODELS)}"
+        )
     elif ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
@@ -109,7 +131,8 @@ def get_model(name: str, seed: int | None = 0) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
     else:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)} or 'package.module:factory'")
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)} or 'package.module:factory' "
+                         "(with trust_code)")
     model.deepzip_arch = name  # type: ignore[assignment]  # remembered so files can name their architecture
     return model
 

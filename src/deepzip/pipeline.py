@@ -481,7 +481,7 @@ def run_prune(
     settings: PruneSettings,
     retrain_cfg: TrainConfig,
     *,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Prune ``model`` in place with retraining; returns a summary with a per-layer table and stage timings.
 

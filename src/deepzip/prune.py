@@ -311,7 +311,7 @@ def iterative_prune_(
     sparsity: dict[str, float] | None = None,
     quality: dict[str, float] | None = None,
     rounds: int = 3,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Prune -> retrain, ``rounds`` times, reaching the final per-layer ``sparsity`` (or ``quality``) in the last.
 
@@ -341,7 +341,7 @@ def sensitivity_scan(
     sparsities: Iterable[float] = SCAN_SPARSITIES,
     *,
     filter_fn: FilterFn | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> SensitivityScan:
     """Error vs sparsity for each layer pruned alone, without retraining (Han et al. 2015, Fig. 5).
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .codec.container import DEFAULT_MAX_BYTES
 from .fileinfo import file_report, read_dz
 
 __all__ = [
@@ -122,6 +123,9 @@ def plot_size_stages(stages: Mapping[str, float], path: str | os.PathLike[str], 
                 fontsize=8)
     ax.set_ylabel("KiB")
     ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=8, labelrotation=20)  # long stage names must not overlap
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.set_title(title or "size after each stage", fontsize=9)
     _save(fig, path)
 
@@ -142,11 +146,12 @@ def _md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, model: str | None = None) -> Path:
+def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, model: str | None = None,
+                 max_bytes: int | None = DEFAULT_MAX_BYTES) -> Path:
     """A Markdown report of a ``.dz`` file: per-layer table, sizes per stage, bits per layer, the first layer's
     mask and each layer's weight histogram with its centroids. Returns the path of ``report.md``."""
-    rep = file_report(path)
-    f = read_dz(path)
+    rep = file_report(path, max_bytes=max_bytes)
+    f = read_dz(path, max_bytes=max_bytes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(path).name

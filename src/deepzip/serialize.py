@@ -10,7 +10,9 @@ What each tensor becomes:
   codebook treatment automatically when that is smaller; everything else is stored ``dense`` as it is.
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
-again in its compact form. Loading never unpickles and never runs code from the file.
+again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
+``"package.module:factory"`` is built only with ``trust_code=True`` (or give the model: ``load(path, model=MyNet())``),
+and a file whose tensors would decode to more than ``max_bytes`` (default 1 GiB) is refused before allocating.
 
 Example:
     >>> import os, tempfile, torch
@@ -27,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -38,7 +41,8 @@ from torch.nn.utils import parametrize
 from . import codec, share
 from .checkpoint import LAYER_KINDS, layer_kind
 from .codec import DzFile, EncodedTensor
-from .errors import DeepzipError, DeepzipFormatError
+from .codec.container import DEFAULT_MAX_BYTES
+from .errors import CheckpointError, DeepzipError, DeepzipFormatError, UntrustedCodeError
 from .fileinfo import read_dz
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
@@ -55,7 +59,7 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
         return codec.encode_sparse(np.zeros(1, np.float32), np.zeros(w.shape, np.int64), np.zeros(w.shape, bool),
                                    name=name)
     values, inverse = np.unique(kept, return_inverse=True)
-    if values.size > _MAX_CODEBOOK:
+    if values.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
         return None
     indices = np.zeros(w.shape, np.int64)
     if mask is not None:
@@ -147,10 +151,16 @@ def _layer_kinds(f: DzFile) -> dict[str, str]:
     return kinds
 
 
-def load_state_dict(path: str | os.PathLike[str] | bytes) -> dict[str, torch.Tensor]:
-    """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in)."""
-    f = read_dz(path)
-    return {name: torch.from_numpy(np.array(f.decode(name))) for name in f.tensors}
+def load_state_dict(
+    path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> dict[str, torch.Tensor]:
+    """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in).
+
+    ``max_bytes`` bounds what the tensors may decode to (see :func:`deepzip.codec.read`).
+    """
+    f = read_dz(path, max_bytes=max_bytes)
+    # decode returns fresh, writable arrays: no copy, so decoding peaks at the decoded size (not twice it)
+    return {name: torch.from_numpy(f.decode(name)) for name in f.tensors}
 
 
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
@@ -164,11 +174,12 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     own = {k: v for k, v in model.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(f.tensors)), sorted(set(f.tensors) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        msg = f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise CheckpointError(msg[:500])
     plain: dict[str, torch.Tensor] = {}
     for key, enc in f.tensors.items():
         if tuple(enc.shape) != tuple(own[key].shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
         kind = kinds.get(key, "plain")
         module = modules.get(key[:-7]) if key.endswith(".weight") else None
@@ -176,27 +187,49 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
             centroids, indices, mask = f.decode_parts(key)
             share.set_codebook_(module, centroids, indices, mask)
         elif kind == "masked" and module is not None:
-            w = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
+            w = torch.from_numpy(f.decode(key)).to(own[key].dtype)
             with torch.no_grad():
                 module.weight.copy_(w)
             parametrize.register_parametrization(module, "weight", Mask(w != 0 if enc.kind == "dense" else
                                                                         torch.from_numpy(f.decode_parts(key)[2])))
         else:
-            plain[key] = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
+            plain[key] = torch.from_numpy(f.decode(key)).to(own[key].dtype)
     model.load_state_dict(plain, strict=False)
     return model
 
 
-def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -> nn.Module:
+def load(
+    path: str | os.PathLike[str] | bytes,
+    model: nn.Module | None = None,
+    *,
+    trust_code: bool = False,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    runtime: str | None = None,
+) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
     architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
 
+    Args:
+        path: the file (or its bytes).
+        model: the model to load into; then the file's architecture name is not used.
+        trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
+            (runs its code); without it only deepzip's registered models are built from a name.
+        max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
+        runtime: a model for inference instead of one to fine-tune: ``"fast"`` keeps each pruned layer sparse
+            (torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as codebook indices and
+            16-bit columns where that takes the least memory (see :mod:`deepzip.runtime`; no sparse layer is made
+            dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
+            (:func:`deepzip.shrink.shrink_`).
+
     Raises:
-        DeepzipFormatError: the file is truncated, corrupted, foreign or of a newer format version.
+        DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
+        CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
         DeepzipError: the file names no architecture and no ``model`` was given.
-        ValueError: the file's tensors do not fit ``model``.
     """
-    f = read_dz(path)
+    if runtime not in (None, "fast", "small", "shrunk"):
+        raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
+    f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None:
         arch = f.architecture
@@ -206,7 +239,19 @@ def load(path: str | os.PathLike[str] | bytes, model: nn.Module | None = None) -
                 "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
                 "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
-            model = get_model(arch)
+            with torch.device("meta") if runtime in ("fast", "small") else contextlib.nullcontext():
+                model = get_model(arch, trust_code=trust_code)  # on meta: no memory until the file's tensors come
+        except UntrustedCodeError as exc:
+            raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
-            raise ValueError(f"{where}{exc}; pass the model explicitly") from None
-    return decode_into_(model, f, where)
+            raise CheckpointError(f"{where}{exc}; pass the model explicitly") from None
+    if runtime in ("fast", "small"):
+        from .runtime import from_dz
+
+        return from_dz(f, model, mode=runtime, where=where)
+    model = decode_into_(model, f, where)
+    if runtime == "shrunk":
+        from .shrink import shrink_
+
+        shrink_(model)
+    return model

@@ -189,7 +189,7 @@ def share_weights_(
     method: str = "kmeans",
     filter_fn: FilterFn | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Replace each selected layer's weights by at most ``2**bits`` shared values, in place; returns ``model``.
 

@@ -58,7 +58,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     seed: int = 0
     jitter: int = 0
-    progress: bool = True
+    progress: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

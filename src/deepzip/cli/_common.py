@@ -32,11 +32,66 @@ def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
     return deco
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, threads: str = "all cores") -> None:
     p.add_argument("--data-dir", default=None, help="MNIST folder (default $DEEPZIP_DATA or ~/.cache/deepzip/mnist)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars (they are drawn only when stderr is a terminal anyway)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of initial weights, data order and k-means "
+                   "(default 0)")
+    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {threads})")
+
+
+def _size(text: str) -> int:
+    """``--max-bytes``: bytes, or with a K/M/G/T suffix (powers of 1024), e.g. ``4G``."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes, e.g. 2147483648 or 2G") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive size")
+    return n
+
+
+def _read_args(p: argparse.ArgumentParser, *, trust: bool = True) -> None:
+    """Options of every command that reads model files: the decoded-size limit and, where a file may name its own
+    architecture, ``--trust-code``. (No deepzip import here: building the parser must stay cheap.)"""
+    p.add_argument("--max-bytes", dest="max_bytes", type=_size, default="1G", metavar="SIZE",
+                   help="refuse .dz files whose tensors decode to more than SIZE bytes (e.g. 8G; default 1G), "
+                        "checked before anything is allocated")
+    if trust:
+        p.add_argument("--trust-code", dest="trust_code", action="store_true",
+                       help="let a file that names its architecture as package.module:factory import that module "
+                            "(runs its code; default: only deepzip's own models are built from a file)")
+
+
+def _progress(a: argparse.Namespace) -> bool:
+    """Progress bars: unless --quiet, and only when stderr is a terminal (logs get no carriage-return lines)."""
+    return not getattr(a, "quiet", False) and sys.stderr.isatty()
+
+
+def _check_output(path: str | None, *inputs: str | None, what: str = "output") -> None:
+    """Before any work: ``path`` must not be one of the ``inputs`` nor a folder; its folder is created if missing
+    and must be writable. One behaviour for every command that writes a file."""
+    import os
+    from pathlib import Path
+
+    if not path:
+        return
+    p = Path(path)
+    for src in inputs:
+        if src and Path(src).exists() and p.exists() and p.resolve() == Path(src).resolve():
+            raise ValueError(f"{what} {path} is the input file; write to another path")
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
+    folder = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{what} {path}: cannot create its folder {folder} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: folder {folder} is not writable")
 
 
 def existing_file(name: str) -> Path:
@@ -76,25 +131,29 @@ def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = Fals
     for key in ("epochs", "lr", "batch_size", "weight_decay", "jitter"):
         if getattr(a, key, None) is not None:
             setattr(cfg, key, getattr(a, key))
-    cfg.progress = not a.quiet
+    cfg.progress = _progress(a)
     cfg.seed = a.seed
     return cfg
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's recipe)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="images per step (default: the model's recipe)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None,
+                   help="L2 weight decay (default: the model's recipe)")
     p.add_argument("--jitter", type=int, nargs="?", const=2, default=None, metavar="PIXELS",
                    help="shift training images by up to PIXELS (2 if no number; 0 = off; default: the model's recipe)")
 
 
-def _load_model(path: str, arch: str | None):
+def _load_model(path: str, arch: str | None, trust_code: bool = False):
+    """A checkpoint into ``arch`` (typed by the user, so trusted) or into the architecture the file names (a
+    ``package.module:factory`` there only with ``--trust-code``)."""
     from ..checkpoint import load_checkpoint
     from ..models import get_model
 
-    return load_checkpoint(path, get_model(arch) if arch else None)
+    return load_checkpoint(path, get_model(arch, trust_code=True) if arch else None, trust_code=trust_code)
 
 
 def _arch(model) -> str | None:
@@ -104,9 +163,10 @@ def _arch(model) -> str | None:
 
 
 def _fresh(name: str):
+    """A model named on the command line (the user's own words: a package.module:factory there is trusted)."""
     from ..models import get_model
 
-    return get_model(name)
+    return get_model(name, trust_code=True)
 
 
 def _effective_params(model) -> dict:
@@ -130,14 +190,18 @@ def _is_dz(head: bytes) -> bool:
 
 
 def _parse_layer_values(text: str, what: str) -> float | dict[str, float]:
-    """``0.9`` or ``fc1=0.92,fc2=0.91``."""
+    """``0.9`` or ``fc1=0.92,fc2=0.91``; a layer given twice is an error (not silently the last value)."""
     try:
         if "=" not in text:
             return float(text)
         out = {}
         for part in text.split(","):
             key, _, val = part.partition("=")
+            if key.strip() in out:
+                raise KeyError(key.strip())
             out[key.strip()] = float(val)
         return out
+    except KeyError as exc:
+        raise ValueError(f"--{what} {text!r}: layer {exc.args[0]} is given twice") from None
     except ValueError:
         raise ValueError(f"--{what} {text!r}: expected a number or layer=number,layer=number") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+from ._common import _check_output, _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
 
 
 def _cfg_distill(p: argparse.ArgumentParser) -> None:
@@ -16,6 +16,8 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.9,
                    help="weight of the soft-target term; 1-alpha goes to the labels (default 0.9)")
     p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.safetensors)")
+    p.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="let a teacher checkpoint that names its architecture as package.module:factory import it")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the teacher every step instead of caching its logits once")
     _train_args(p)
@@ -34,8 +36,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
         raise ValueError(f"-T {a.temperature}: the temperature must be > 0")
     if not 0.0 <= a.alpha <= 1.0:
         raise ValueError(f"--alpha {a.alpha}: expected a weight in [0, 1]")
-    teacher, _ = _load_model(a.teacher, a.teacher_model)
-    student = get_model(a.student)
+    _check_output(a.output, a.teacher)
+    teacher, _ = _load_model(a.teacher, a.teacher_model, a.trust_code)
+    student = get_model(a.student, trust_code=True)  # the user's own --student: trusted
     train, test = _data(a)
     cfg = _train_cfg(a, a.student)
     t0 = time.time()

@@ -6,7 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import _common, _data, args, command, existing_file, print_table
+from ._common import (
+    _check_output,
+    _common,
+    _data,
+    _progress,
+    _read_args,
+    args,
+    command,
+    existing_file,
+    print_table,
+)
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -14,6 +24,12 @@ LAYER_COLUMNS = [
     ("gap_width", "gap w", ""), ("bits_gap_huffman", "huff bits/gap", ".2f"), ("bytes", "bytes", "d"),
     ("ratio", "ratio", ".1f"),
 ]
+
+
+# Float sums in torch's CPU kernels (matrix products, reductions) are split across threads, so their last bits, and
+# through the scans' decisions the whole file, depend on the thread count: compress pins it (LeNets gain little
+# from more threads, and nothing under load).
+COMPRESS_THREADS = 1
 
 
 def default_model_dir() -> Path:
@@ -31,21 +47,27 @@ def _sha(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------- compress
 def _cfg_compress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="lenet300 (default), lenet5, or pkg.module:factory")
+    p.add_argument("--model", default=None, help="lenet300 (default), lenet5, or pkg.module:factory (your own code)")
     p.add_argument("--checkpoint", default=None, help="trained model to compress (default: train or reuse one)")
     p.add_argument("--config", default=None, help="PipelineConfig as JSON (see deepzip.pipeline)")
     p.add_argument("-o", "--output", default=None, help="the .dz file (default MODEL.dz)")
     p.add_argument("--distill", action="store_true", help="retrain with the uncompressed model as teacher")
     p.add_argument("--workdir", default=None, help="stage checkpoints, for resuming (default in the cache)")
     p.add_argument("--fresh", action="store_true", help="ignore stage checkpoints of an earlier run")
-    p.add_argument("--json", default=None, help="also write the summary as JSON here")
-    _common(p)
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="the summary as JSON: printed on stdout instead of the table (--json), or also written to "
+                        "PATH (--json PATH)")
+    p.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="allow a --config file or --checkpoint that names a package.module:factory model")
+    _common(p, threads=f"{COMPRESS_THREADS}, so that the same command writes the same file on any machine load and "
+                       "core count; another N gives a file reproducible for that N")
 
 
 @command("compress", "the Deep Compression pipeline: prune, share, Huffman-code into a .dz file")
 @args(_cfg_compress)
 def cmd_compress(a: argparse.Namespace) -> int:
     import shutil
+    import sys
 
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..models import get_model
@@ -53,14 +75,28 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from ..recipes import train_config
     from ..train import evaluate, fit
 
-    config = PipelineConfig.load(a.config) if a.config else PipelineConfig()
+    # with --json (no PATH) stdout carries only the JSON object; the progress sentences go to stderr
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr if a.json == "-" else sys.stdout)
+
+    import torch
+
+    torch.set_num_threads(a.threads or COMPRESS_THREADS)
+    config = _load_config(a.config) if a.config else PipelineConfig()
     if a.model:
         config.model = a.model
     if a.distill:
         config.distill = True
     name = config.model
-    model = get_model(name, seed=a.seed)  # fails early on an unknown model
+    if not isinstance(name, str):
+        raise ValueError(f"config.model: {name!r}, expected a model name")
+    # a --model typed by the user is trusted; one read from a --config file needs --trust-code
+    model = get_model(name, seed=a.seed, trust_code=bool(a.model) or a.trust_code)  # fails early on an unknown model
     config.validate(model)
+    out = Path(a.output or f"{name.replace(':', '_').replace('.', '_')}.dz")
+    _check_output(str(out), a.checkpoint, a.config)  # before minutes of work, not at the final write
+    if a.json not in (None, "-"):
+        _check_output(a.json, a.checkpoint, a.config, str(out), what="--json")
     if a.checkpoint:  # a bad checkpoint fails before any data is fetched
         ckpt = Path(a.checkpoint)
         model, _ = load_checkpoint(ckpt, model)
@@ -71,19 +107,22 @@ def cmd_compress(a: argparse.Namespace) -> int:
         ckpt = default_model_dir() / f"{name}-{recipe_tag(name)}-seed{a.seed}.safetensors"
         if ckpt.exists():
             model, _ = load_checkpoint(ckpt, model)
-            print(f"using the trained {name} cached at {ckpt}")
+            say(f"using the trained {name} cached at {ckpt}")
         else:
             cfg = train_config(name)
-            cfg.progress, cfg.seed = not a.quiet, a.seed
-            print(f"training {name} on MNIST ({cfg.epochs} epochs; cached at {ckpt} for next time)")
+            cfg.progress, cfg.seed = _progress(a), a.seed
+            say(f"training {name} on MNIST ({cfg.epochs} epochs; cached at {ckpt} for next time)")
             fit(model, train, cfg, desc=f"train {name}")
             save_checkpoint(model, ckpt, meta={"test_error_pct": evaluate(model, test).error_pct})
-    out = Path(a.output or f"{name.replace(':', '_').replace('.', '_')}.dz")
     source = _sha(ckpt)
     work = Path(a.workdir) if a.workdir else default_model_dir().parent / "runs" / f"{name.replace(':', '_')}-{source}"
     if a.fresh and work.exists():
         shutil.rmtree(work)
-    summary = run_pipeline(model, train, test, config, out, workdir=work, source=source, progress=not a.quiet)
+    summary = run_pipeline(model, train, test, config, out, workdir=work, source=source, progress=_progress(a),
+                           log=say)
+    if a.json == "-":
+        print(json.dumps(summary, default=str))
+        return 0
     print()
     print_table(summary["layers"], LAYER_COLUMNS)
     sb = summary["stage_bytes"]
@@ -93,14 +132,38 @@ def cmd_compress(a: argparse.Namespace) -> int:
           f"({4 * summary['params_total']:,} bytes); test error {summary['error_before_pct']:.2f}% -> "
           f"{summary['error_after_pct']:.2f}% (evaluated from the file)")
     if a.json:
-        Path(a.json).write_text(json.dumps(summary, indent=1, default=str))
+        from ..fileio import atomic_write
+
+        atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=str)))
     return 0
+
+
+def _load_config(path: str):
+    """``--config``: a PipelineConfig JSON file; wrong types are one clear error naming the file."""
+    from ..pipeline import PipelineConfig
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"--config {path}: config.version is {version!r}, expected an integer")
+    try:
+        return PipelineConfig.from_dict(raw)
+    except (TypeError, AttributeError, KeyError) as exc:
+        raise ValueError(f"--config {path}: a field has the wrong type or name ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- inspect
 def _cfg_inspect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", help="a .dz file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    _read_args(p, trust=False)
 
 
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
@@ -109,7 +172,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from ..fileinfo import file_report
 
     path = existing_file(a.file)
-    rep = file_report(path)
+    rep = file_report(path, max_bytes=a.max_bytes)
     if a.json:
         print(json.dumps(rep, default=str))
         return 0
@@ -123,30 +186,40 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- decompress
 def _cfg_decompress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
-    p.add_argument("-o", "--output", required=True, help="a .safetensors file of the plain state_dict")
+    p.add_argument("file", help="a .dz file")
+    p.add_argument("-o", "--output", required=True,
+                   help="a .safetensors checkpoint of the plain state_dict (keeps the architecture the file names)")
+    _read_args(p, trust=False)
 
 
 @command("decompress", "turn a .dz file back into a plain safetensors state_dict")
 @args(_cfg_decompress)
 def cmd_decompress(a: argparse.Namespace) -> int:
+    import torch
     from safetensors.torch import save_file
 
+    from ..checkpoint import FORMAT, VERSION
+    from ..fileinfo import read_dz
     from ..fileio import atomic_write
-    from ..serialize import load_state_dict
 
     path = existing_file(a.file)
-    sd = {k: v.contiguous() for k, v in load_state_dict(path).items()}
-    atomic_write(a.output, lambda tmp: save_file(sd, tmp, metadata={"source": path.name}))
+    _check_output(a.output, a.file)
+    f = read_dz(path, max_bytes=a.max_bytes)
+    sd = {name: torch.from_numpy(f.decode(name)).contiguous() for name in f.tensors}
+    # a deepzip checkpoint with no compact layers: plain tensors, plus the architecture for `deepzip evaluate`
+    metadata = {"format": FORMAT, "version": str(VERSION), "arch": f.architecture or "", "layers": "{}",
+                "meta": json.dumps({"source": path.name})}
+    atomic_write(a.output, lambda tmp: save_file(sd, tmp, metadata=metadata))
     print(f"{path} -> {a.output}: {len(sd)} tensors, {Path(a.output).stat().st_size:,} bytes")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------------- report
 def _cfg_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
-    p.add_argument("--out", required=True, help="folder for report.md and its pictures")
+    p.add_argument("file", help="a .dz file")
+    p.add_argument("--out", required=True, help="folder for report.md and its pictures (created if missing)")
     p.add_argument("--model", default=None, help="architecture when the file names none")
+    _read_args(p, trust=False)
 
 
 @command("report", "a Markdown report with tables and pictures of a .dz file")
@@ -155,6 +228,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from ..report import write_report
 
     path = existing_file(a.file)
-    md = write_report(path, a.out, model=a.model)
+    _check_output(str(Path(a.out) / "report.md"), a.file, what="--out")
+    md = write_report(path, a.out, model=a.model, max_bytes=a.max_bytes)
     print(f"wrote {md}")
     return 0

@@ -8,6 +8,7 @@ import time
 
 from ._common import (
     _arch,
+    _check_output,
     _common,
     _data,
     _effective_params,
@@ -15,6 +16,8 @@ from ._common import (
     _is_dz,
     _load_model,
     _parse_layer_values,
+    _progress,
+    _read_args,
     _train_args,
     _train_cfg,
     args,
@@ -39,8 +42,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     from ..models import get_model
     from ..train import evaluate, fit
 
+    _check_output(a.output)
+    model = get_model(a.model, seed=a.seed, trust_code=True)  # the user's own --model: trusted
     train, test = _data(a)
-    model = get_model(a.model, seed=a.seed)
     cfg = _train_cfg(a, a.model)
     t0 = time.time()
     fit(model, train, cfg, desc=f"train {a.model}")
@@ -63,10 +67,12 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sparsity", help="fraction pruned: 0.92, or per layer fc1=0.92,fc2=0.91,fc3=0.74")
     g.add_argument("--quality", help="threshold = quality x std per layer: 1.5, or per layer fc1=2,fc2=1.5")
     g.add_argument("--target", type=float, help="overall sparsity; per-layer values chosen by a sensitivity scan")
-    p.add_argument("--rounds", type=int, default=None, help="prune -> retrain rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=None, help="prune -> retrain rounds, at least 1 (default 3)")
     p.add_argument("--schedule", choices=["iterative", "agp"], default="iterative")
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--scan-plot", default=None, help="write the sensitivity scan plot (PNG) here")
+    p.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="let a checkpoint that names its architecture as package.module:factory import it")
     _train_args(p)
     _common(p)
 
@@ -79,17 +85,24 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from ..checkpoint import save_checkpoint
     from ..pipeline import PruneSettings, run_prune
 
-    model, meta = _load_model(a.checkpoint, a.model)  # a bad checkpoint fails before any data is fetched
+    if a.rounds is not None and a.rounds < 1:
+        raise ValueError(f"--rounds {a.rounds}: expected at least 1 prune -> retrain round")
+    _check_output(a.output, a.checkpoint)
+    _check_output(a.scan_plot, a.checkpoint, what="--scan-plot")
+    sparsity = _parse_layer_values(a.sparsity, "sparsity") if a.sparsity else None
+    quality = _parse_layer_values(a.quality, "quality") if a.quality else None
+    # a bad checkpoint fails before any data is fetched
+    model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
     train, test = _data(a)
     settings = PruneSettings(
-        sparsity=_parse_layer_values(a.sparsity, "sparsity") if a.sparsity else None,
-        quality=_parse_layer_values(a.quality, "quality") if a.quality else None,
+        sparsity=sparsity,
+        quality=quality,
         target=a.target,
-        rounds=a.rounds or 3,
+        rounds=3 if a.rounds is None else a.rounds,
         schedule=a.schedule,
     )
     result = run_prune(model, train, test, settings, _train_cfg(a, _arch(model), retrain=True),
-                       progress=not a.quiet)
+                       progress=_progress(a))
     if a.scan_plot and result["scan"]:
         from ..report import plot_sensitivity
 
@@ -99,7 +112,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
                                 "kept_pct": result["kept_pct"], "test_error_pct": result["test_error_pct"]}]
     print_table(rows, [("layer", "layer", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".2f"),
                        ("paper_kept_pct", "paper %", ""), ("test_error_pct", "test error %", ".2f")])
-    print(f"kept {result['kept_pct']:.2f}% of weights ({100 / max(result['kept_pct'], 1e-9):.1f}x fewer); "
+    fewer = f"{100 / result['kept_pct']:.1f}x fewer" if result["kept_pct"] > 0 else "every weight pruned"
+    print(f"kept {result['kept_pct']:.2f}% of weights ({fewer}); "
           f"test error {result['error_before_pct']:.2f}% -> {result['test_error_pct']:.2f}% -> {a.output}")
     return 0
 
@@ -109,8 +123,9 @@ def cmd_prune(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- evaluate
 def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a checkpoint (.safetensors) or a compressed file (.dz)")
-    p.add_argument("--model", default=None, help="architecture when the file names none")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--model", default=None, help="architecture to load into (default: the one the file names)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the sentence")
+    _read_args(p)
     _common(p)
 
 
@@ -125,11 +140,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         head = f.read(8)
     out: dict = {"file": str(path), "bytes": path.stat().st_size}
     if _is_dz(head):
+        from ..errors import CheckpointError
+        from ..fileinfo import read_dz
         from ..serialize import load as dz_load
 
-        model = dz_load(path, model=None if a.model is None else _fresh(a.model))
+        if a.model is None and not read_dz(path, max_bytes=a.max_bytes).architecture:
+            raise CheckpointError(f"{path}: holds a plain state_dict and names no architecture; give --model NAME")
+        model = dz_load(path, model=None if a.model is None else _fresh(a.model), trust_code=a.trust_code,
+                        max_bytes=a.max_bytes)
     else:
-        model, _ = _load_model(str(path), a.model)
+        model, _ = _load_model(str(path), a.model, a.trust_code)
     test = load_mnist("test", a.data_dir, quiet=a.quiet)
     res = evaluate(model, test)
     params = _effective_params(model)

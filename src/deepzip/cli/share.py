@@ -8,7 +8,18 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+from ._common import (
+    _check_output,
+    _common,
+    _data,
+    _load_model,
+    _progress,
+    _train_args,
+    _train_cfg,
+    args,
+    command,
+    print_table,
+)
 
 __all__ = ["cmd_share", "parse_bits"]
 
@@ -44,6 +55,8 @@ def _cfg_share(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write per-layer weight histograms with the centroids marked (PNG) into DIR")
+    p.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="let a checkpoint that names its architecture as package.module:factory import it")
     _train_args(p)
     _common(p)
 
@@ -60,7 +73,8 @@ def cmd_share(a: argparse.Namespace) -> int:
     from ._common import _arch
 
     bits = parse_bits(a.bits)
-    model, meta = _load_model(a.checkpoint, a.model)
+    _check_output(a.output, a.checkpoint)
+    model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
     resolve_bits(model, bits)  # bad bits or layer names fail here, before the data loads
     train, test = _data(a)
     arch = _arch(model)
@@ -69,7 +83,7 @@ def cmd_share(a: argparse.Namespace) -> int:
     was_pruned = {n: get_mask(m) is not None for n, m in layers.items()}
     t0 = time.time()
     before = evaluate(model, test)
-    share_weights_(model, bits, init=a.init, method=a.method, seed=a.seed, progress=not a.quiet)
+    share_weights_(model, bits, init=a.init, method=a.method, seed=a.seed, progress=_progress(a))
     shared = evaluate(model, test)
     cfg = _train_cfg(a, arch, finetune=True)
     log: list[dict] = []

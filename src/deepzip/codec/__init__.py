@@ -33,6 +33,7 @@ from . import huffman, sparse
 from ._tensor import (
     EncodedTensor,
     decode,
+    decode_kept,
     decode_parts,
     encode_codebook,
     encode_dense,
@@ -47,6 +48,7 @@ __all__ = [
     "DzFile",
     "EncodedTensor",
     "decode",
+    "decode_kept",
     "decode_parts",
     "encode_codebook",
     "encode_dense",

@@ -12,12 +12,15 @@ from ..errors import DeepzipFormatError
 from . import grouped, huffman, sparse
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DENSE_DTYPES",
     "KINDS",
     "EncodedTensor",
     "check",
     "decode",
+    "decode_kept",
     "decode_parts",
+    "decoded_nbytes",
     "encode_codebook",
     "encode_dense",
     "encode_sparse",
@@ -35,6 +38,11 @@ META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 MAX_CODEBOOK = 1 << 16
 MAX_NDIM = 64
+#: Default bound on the bytes a read file may decode to (all tensors together): 1 GiB, i.e. 256M float32 weights
+#: (VGG-16 has 138M). The header's shapes are checked against it before anything is allocated; callers raise it
+#: with ``max_bytes`` (CLI ``--max-bytes``).
+DEFAULT_MAX_BYTES = 1 << 30
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass
@@ -71,6 +79,12 @@ def _where(name: str) -> str:
     return name or "<tensor>"
 
 
+def decoded_nbytes(t: EncodedTensor) -> int:
+    """Bytes of the array :func:`decode` returns: elements x the stored dtype's size (float32 for shared kinds)."""
+    size = np.dtype(t.dtype).itemsize if t.kind == "dense" and t.dtype in DENSE_DTYPES else 4
+    return t.numel * size
+
+
 def encode_dense(array: np.ndarray, name: str = "") -> EncodedTensor:
     """Store an array as raw little-endian values (biases, norms, layers left uncompressed).
 
@@ -100,7 +114,11 @@ def _check_codebook(codebook: np.ndarray, name: str) -> np.ndarray:
         )
     if not np.issubdtype(cb.dtype, np.floating):
         raise ValueError(f"{_where(name)}: codebook dtype {cb.dtype}, expected floating point")
-    return cb.astype("<f4")
+    cb = cb.astype("<f4")
+    if not np.isfinite(cb).all():
+        first = int(np.flatnonzero(~np.isfinite(cb))[0])
+        raise ValueError(f"{_where(name)}: codebook holds NaN or inf (entry {first})")
+    return cb
 
 
 def _check_indices(indices: np.ndarray, k: int, name: str) -> np.ndarray:
@@ -198,11 +216,12 @@ def _stream(t: EncodedTensor, section: str) -> dict:
         raise _fail(t, section, str(e)) from None
 
 
-def check(t: EncodedTensor) -> dict[str, dict]:
+def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
     """Check a tensor's structure against its sections without decoding them (cheap, run on read).
 
     Every size the header or a stream header claims is checked against the bytes present, so that
-    decoding never allocates more than the file justifies.
+    decoding never allocates more than the file justifies; shapes whose dimensions (zeros aside)
+    multiply past int64 are refused, and with ``max_bytes`` so is a tensor decoding to more bytes.
 
     Returns:
         section name -> :func:`huffman.stream_info` for the Huffman-coded sections.
@@ -217,7 +236,21 @@ def check(t: EncodedTensor) -> dict[str, dict]:
         or len(t.shape) > MAX_NDIM
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t.shape)
     ):
-        raise _fail(t, None, f"shape {t.shape!r} is not a tuple of at most {MAX_NDIM} non-negative ints")
+        raise _fail(t, None, f"shape {t.shape!r} is not a tuple of at most {MAX_NDIM} non-negative ints"[:300])
+    # An empty tensor may still name a huge dimension ([0, 2**63]) that numpy and torch refuse: bound the
+    # product of the non-zero dimensions (in bytes of float64, the widest dtype) by int64.
+    span = 1
+    for d in t.shape:
+        span *= max(d, 1)
+        if span > _INT64_MAX // 8:
+            raise _fail(t, None, f"shape {list(t.shape)} is impossible: its dimensions multiply past int64"[:300])
+    if max_bytes is not None and decoded_nbytes(t) > max_bytes:
+        raise _fail(
+            t,
+            None,
+            f"shape {list(t.shape)} decodes to {decoded_nbytes(t)} bytes, more than the limit of {max_bytes} "
+            "(max_bytes; raise it if you trust the file)",
+        )
     if set(t.sections) != set(SECTIONS[t.kind]):
         raise _fail(
             t, None, f"sections {sorted(t.sections)}, expected {sorted(SECTIONS[t.kind])} for kind {t.kind}"
@@ -245,6 +278,10 @@ def check(t: EncodedTensor) -> dict[str, dict]:
         raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_CODEBOOK}")
     if len(t.sections["codebook"]) != 4 * k:
         raise _fail(t, "codebook", f"{len(t.sections['codebook'])} bytes, k={k} float32 entries need {4 * k}")
+    bad = np.flatnonzero(~np.isfinite(np.frombuffer(t.sections["codebook"], "<f4")))
+    if bad.size:
+        value = float(np.frombuffer(t.sections["codebook"], "<f4")[bad[0]])
+        raise _fail(t, "codebook", f"entry {int(bad[0])} is {value} ({bad.size} non-finite centroids)")
     info = {"indices": _stream(t, "indices")}
     idx = info["indices"]
     if t.kind == "codebook":
@@ -265,6 +302,8 @@ def check(t: EncodedTensor) -> dict[str, dict]:
     entries = gaps["count"]
     if idx["count"] != entries:
         raise _fail(t, "indices", f"count {idx['count']} != {entries} gap entries")
+    if entries > n:  # every entry sits at its own position p_j < n
+        raise _fail(t, "gaps", f"{entries} entries for {n} elements of shape {list(t.shape)}")
     if not 0 <= kept <= min(entries, n):
         raise _fail(t, None, f"kept={kept} outside 0..min({entries} entries, {n} elements)")
     # Every gap is < 2**width and the trailing zero run too, so the element count is bounded by the
@@ -307,6 +346,22 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mask = np.zeros(t.numel, bool)
     mask[pos] = True
     return cb, indices.reshape(t.shape), mask.reshape(t.shape)
+
+
+def decode_kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The kept entries of a codebook or sparse tensor without building anything of the tensor's full size.
+
+    Returns:
+        ``(codebook, positions, indices)``: float32 ``(k,)``; int64 flat positions of the kept entries, increasing
+        (None for the codebook kind: every position); their codebook indices, one per kept entry.
+
+    Raises:
+        DeepzipFormatError: malformed sections. ValueError: a dense tensor.
+    """
+    check(t)
+    if t.kind == "dense":
+        raise ValueError(f"{_where(t.name)}: dense tensors have no codebook")
+    return _kept(t)
 
 
 def _kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -359,7 +414,8 @@ def decode(t: EncodedTensor) -> np.ndarray:
 def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
     """Sizes and code statistics of one tensor, for reports and ``deepzip inspect``.
 
-    Keys: ``name, kind, shape, dtype, count`` (elements), ``kept``, ``k``, ``raw_bits_per_index``
+    Keys: ``name, kind, shape, dtype, count`` (elements), ``decoded_bytes`` (of the decoded array), ``kept``, ``k``,
+    ``raw_bits_per_index``
     (``ceil(log2 k)``), ``index_entries`` (kept + fillers), ``fillers``, ``index_bits`` (Huffman),
     ``index_bits_per_entry``, ``gap_width``, ``gap_bits``, ``gap_bits_per_entry``, ``section_bytes``
     (dict), ``bytes`` (all sections), ``bits_per_weight`` (section bits / count); with ``entropy``, also
@@ -374,6 +430,7 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
         "shape": list(t.shape),
         "dtype": t.dtype,
         "count": n,
+        "decoded_bytes": decoded_nbytes(t),
         "kept": n,
         "k": None,
         "raw_bits_per_index": None,

@@ -11,8 +11,9 @@ Layout (all integers little-endian; the binding spec with a hex dump is docs/FOR
     ..      zero padding to D = the next multiple of 8
     D   ..  sections, each at D + offset with offset a multiple of 8, zero padding between them
 
-Reading never unpickles and checks every claimed size against the bytes present before allocating; the
-header decompresses to at most min(64 MiB, 1032 x H) bytes (1032:1 is deflate's best possible ratio).
+Reading never unpickles, never imports and checks every claimed size against the bytes present before allocating;
+the header decompresses to at most min(64 MiB, 1032 x H) bytes (1032:1 is deflate's best possible ratio) holding at
+most 2**20 JSON values, and the tensors together decode to at most ``max_bytes`` (default 1 GiB).
 
 Example:
     >>> import numpy as np
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -39,14 +41,17 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from ..fileio import atomic_write
-from ._tensor import EncodedTensor, check, decode, decode_parts, tensor_stats
+from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_parts, decoded_nbytes, tensor_stats
 
-__all__ = ["ALIGN", "MAGIC", "VERSION", "DzFile", "read", "to_bytes", "write"]
+__all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
 VERSION = (1, 0)
 ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
 MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
+# JSON values in the header, at most (counted from its bytes before parsing): about 30 per tensor, so ~35k
+# tensors; Python's json spends ~100 bytes per value, so parsing stays under ~150 MB and a second.
+MAX_HEADER_ITEMS = 1 << 20
 _MAX_RATIO = 1032  # deflate never expands more than 1032:1 (258 bytes per 2-bit match)
 _PRE = struct.Struct("<8sHHIQ")  # magic, major, minor, header crc32, header length
 PREAMBLE_SIZE = _PRE.size  # 24
@@ -150,6 +155,8 @@ def to_bytes(
     text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if len(text) > MAX_HEADER_SIZE:
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
+    if _json_items(text) > MAX_HEADER_ITEMS:
+        raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or config entries)")
     return _pack(VERSION, zlib.compress(text, 9), b"".join(chunks))
 
 
@@ -250,6 +257,17 @@ class DzFile:
         return [tensor_stats(t, entropy) for t in self.tensors.values()]
 
 
+def _json_items(text: bytes) -> int:
+    """An upper bound on the JSON values in ``text``: each value but the first follows a ``,`` or opens a
+    container's contents after ``[``/``{`` (bytes inside strings are counted too, so this never undercounts)."""
+    return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
+
+
+def _nonzero(buf: bytes, start: int, end: int) -> bool:
+    """Whether ``buf[start:end]`` holds a non-zero byte (at C speed: a crafted file may have megabytes of gap)."""
+    return end > start and buf.count(0, start, end) != end - start
+
+
 def _read_bytes(src: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src)
@@ -279,13 +297,20 @@ def _inflate_header(hbytes: bytes) -> bytes:
     return text
 
 
-def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
+def read(
+    src: str | os.PathLike | bytes | bytearray | memoryview, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> DzFile:
     """Parse and verify a ``.dz`` file (path or bytes); tensors are decoded on demand.
 
     Checks, in order: preamble and magic, version, header length, header checksum, header
-    decompression (bounded: at most min(64 MiB, 1032 x the stored length)), header JSON and its types,
-    section bounds/alignment/overlap, section checksums, each tensor's sizes against its sections
-    (:func:`deepzip.codec._tensor.check`).
+    decompression (bounded: at most min(64 MiB, 1032 x the stored length)), the header's JSON value count
+    (at most :data:`MAX_HEADER_ITEMS`), header JSON and its types, section bounds/alignment/overlap,
+    zero padding, section checksums, each tensor's sizes against its sections and its decoded size against
+    ``max_bytes`` (:func:`deepzip.codec._tensor.check`). Nothing is allocated for a tensor before that.
+
+    Args:
+        src: a path or the file's bytes.
+        max_bytes: the most bytes all tensors together may decode to (default 1 GiB); None for no limit.
 
     Raises:
         DeepzipFormatError: naming the part at fault, e.g. ``"fc1.weight/indices: checksum mismatch"``.
@@ -312,10 +337,20 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     if zlib.crc32(hbytes) != hcrc:
         raise DeepzipFormatError("header: checksum mismatch")
     text = _inflate_header(hbytes)
+    if _json_items(text) > MAX_HEADER_ITEMS:
+        raise DeepzipFormatError(
+            f"header: {len(text)} bytes of JSON with up to {_json_items(text)} values, more than the "
+            f"{MAX_HEADER_ITEMS} allowed"
+        )
+    gc_on = gc.isenabled()
+    gc.disable()  # JSON makes no cycles; collections triggered by its many new containers cost 10x the parse
     try:
         header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DeepzipFormatError(f"header: invalid JSON ({exc})") from None
+    finally:
+        if gc_on:
+            gc.enable()
     if not isinstance(header, dict):
         raise DeepzipFormatError(f"header: expected a JSON object, got {type(header).__name__}")
     if _need(header, "format", str, "header") != "deepzip":
@@ -325,6 +360,8 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     _need(header, "config", dict, "header")
     _need(header, "extra", dict, "header")
     data_start = _align(PREAMBLE_SIZE + hlen)
+    if _nonzero(buf, PREAMBLE_SIZE + hlen, data_start):
+        raise DeepzipFormatError(f"header: padding bytes {PREAMBLE_SIZE + hlen}..{data_start - 1} are not zero")
     data_size = _uint(header, "data_size", "header")
     if data_start + data_size != size:
         raise DeepzipFormatError(
@@ -334,6 +371,7 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
     entries = _need(header, "tensors", list, "header")
     tensors: dict[str, EncodedTensor] = {}
     spans = []
+    total = 0
     for i, e in enumerate(entries):
         where = f"header.tensors[{i}]"
         name = _need(e, "name", str, where)
@@ -365,12 +403,25 @@ def read(src: str | os.PathLike | bytes | bytearray | memoryview) -> DzFile:
             spans.append((off, off + length, w))
             sections[sec] = data
         t = EncodedTensor(name, kind, tuple(shape), dtype, meta, sections)
-        check(t)
+        check(t, max_bytes)
+        total += decoded_nbytes(t)
+        if max_bytes is not None and total > max_bytes:
+            raise DeepzipFormatError(
+                f"{name}: the tensors up to here decode to {total} bytes, more than the limit of {max_bytes} "
+                "(max_bytes; raise it if you trust the file)"
+            )
         tensors[name] = t
     spans.sort()
+    prev_end = 0
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise DeepzipFormatError(f"{b}: overlaps {a}")
+    for start, end, w in spans:  # bytes outside every section are zero padding
+        if _nonzero(buf, data_start + prev_end, data_start + start):
+            raise DeepzipFormatError(f"data: non-zero padding before {w}")
+        prev_end = max(prev_end, end)
+    if _nonzero(buf, data_start + prev_end, size):
+        raise DeepzipFormatError("data: non-zero bytes after the last section")
     return DzFile(header, tensors, (major, minor))
 
 

@@ -284,46 +284,63 @@ def decode(
 
 
 class _Lookup:
-    """Maps the ``lmax``-bit window at a bit position to (symbol, code length); length 0 = no code."""
+    """Maps the 32-bit window at a bit position (left-aligned) to (symbol, code length); length 0 = no code.
+
+    Codes up to ``_TABLE_BITS`` long decode through one flat table indexed by the window's first bits; windows that
+    start a longer code (rare: long codes belong to rare symbols; their table entry has length 0) fall back to a
+    binary search over the code intervals, for those windows only.
+    """
 
     def __init__(self, order: np.ndarray, ls: np.ndarray, left: np.ndarray) -> None:
         self.lmax = lmax = int(ls[-1])
-        reps = np.int64(1) << (lmax - ls)
+        self.tbits = t = min(lmax, _TABLE_BITS)
+        short = ls <= t
+        reps = np.int64(1) << (t - ls[short])
         used = int(reps.sum())
-        if lmax <= _TABLE_BITS:
-            # Flat table over all windows; windows past the last code (incomplete codes) get length 0.
-            self.tsym = np.zeros(1 << lmax, np.int32)
-            self.tlen = np.zeros(1 << lmax, np.int64)
-            self.tsym[:used] = np.repeat(order, reps)
-            self.tlen[:used] = np.repeat(ls, reps)
-        else:
-            # Long codes: binary search for the code interval that holds the window.
-            self.left = np.append(left, used)
+        # Flat table over all t-bit prefixes; prefixes of longer codes, and windows past the last code, get 0.
+        self.tsym = np.zeros(1 << t, np.int32)
+        self.tlen = np.zeros(1 << t, np.uint8)
+        self.tsym[:used] = np.repeat(order[short], reps)
+        self.tlen[:used] = np.repeat(ls[short], reps)
+        if lmax > t:
+            total = int((np.int64(1) << (lmax - ls)).sum())
+            self.left = np.append(left, total)
             self.sym = np.append(order, 0).astype(np.int32)
-            self.len = np.append(ls, 0)
+            self.len = np.append(ls, 0).astype(np.uint8)
 
-    def __call__(self, w32: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # w32[i] holds bytes i..i+3 big-endian, so any 24-bit window at bit pos is inside w32[pos >> 3].
-        v = ((w32[pos >> 3] << (pos & 7)) >> (32 - self.lmax)) & ((1 << self.lmax) - 1)
-        if self.lmax <= _TABLE_BITS:
-            return self.tsym[v], self.tlen[v]
-        j = np.searchsorted(self.left, v, side="right") - 1
-        return self.sym[j], self.len[j]
+    def __call__(self, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top = win >> (32 - self.tbits)
+        sym, ln = self.tsym[top], self.tlen[top]
+        if self.lmax > self.tbits and not ln.all():
+            miss = np.flatnonzero(ln == 0)
+            if miss.size:
+                j = np.searchsorted(self.left, (win[miss] >> (32 - self.lmax)).astype(np.int64), side="right") - 1
+                sym[miss], ln[miss] = self.sym[j], self.len[j]
+        return sym, ln
 
 
 def _words(data: bytes, nbits: int, pad: int) -> np.ndarray:
-    """int64 array: the 32-bit big-endian word starting at every byte, with ``pad`` zero bytes appended."""
+    """uint32 array: the 32-bit big-endian word starting at every byte, with ``pad`` zero bytes appended."""
     b = np.frombuffer(bytes(data[: (nbits + 7) // 8]), np.uint8)
-    b = np.concatenate((b, np.zeros(pad + 3, np.uint8))).astype(np.int64)
+    b = np.concatenate((b, np.zeros(pad + 3, np.uint8))).astype(np.uint32)
     return (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
+
+
+def _windows(w32: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The 32 bits from each bit position ``pos`` on (uint32, left-aligned; bits past the word are 0).
+
+    ``pos`` is uint32, so the shift stays in 32 bits and drops the bits before ``pos``; a code of at most 24 bits at
+    bit ``pos`` always lies inside the word of its first byte, ``w32[pos >> 3]``.
+    """
+    return w32[pos >> 3] << (pos & 7)
 
 
 def _decode_jump(data: bytes, nbits: int, count: int, lookup: _Lookup) -> tuple[np.ndarray, int]:
     """Decode at every bit position, then find the chain of starts from bit 0 by pointer doubling."""
     w32 = _words(data, nbits, 1)
-    pos = np.arange(nbits + 1, dtype=np.int64)
-    sym, ln = lookup(w32, pos)  # (nbits+1,) symbol and length of a code starting at each bit
-    jump = np.minimum(pos + ln, nbits)  # bit nbits is a sink; length 0 (no code) stalls in place
+    pos = np.arange(nbits + 1, dtype=np.uint32)
+    sym, ln = lookup(_windows(w32, pos))  # (nbits+1,) symbol and length of a code starting at each bit
+    jump = np.minimum(pos.astype(np.int64) + ln, nbits)  # bit nbits is a sink; length 0 (no code) stalls in place
     jump[nbits] = nbits
     # starts[i] = jump^i(0); doubling: starts ++ jump^(2^k)[starts] gives the next 2^k starts in order.
     starts = np.zeros(1, np.int64)
@@ -337,27 +354,33 @@ def _decode_jump(data: bytes, nbits: int, count: int, lookup: _Lookup) -> tuple[
 def _decode_lockstep(
     data: bytes, nbits: int, count: int, lookup: _Lookup, offsets: np.ndarray, sync: int
 ) -> np.ndarray:
-    """Decode chunks of ``sync`` symbols, all chunks in lockstep, from recorded chunk start offsets."""
+    """Decode chunks of ``sync`` symbols, all chunks in lockstep, from recorded chunk start offsets.
+
+    One step decodes one symbol of every chunk with a handful of numpy operations on uint32 positions (the Python
+    loop runs ``sync`` times, however long the stream).
+    """
     starts = np.concatenate(([0], offsets))
     nchunks = starts.size
     if nchunks != (count + sync - 1) // sync:
         raise DeepzipFormatError(f"{nchunks - 1} sync offsets for {count} symbols at interval {sync}")
     if (nchunks > 1 and np.diff(starts).min() <= 0) or starts[-1] >= nbits:
         raise DeepzipFormatError("sync offsets are not increasing within the stream")
+    if nbits + sync * MAX_CODE_LENGTH >= 1 << 32:
+        raise DeepzipFormatError(f"stream of {nbits} bits: more than 32-bit positions can address")
     # The zero padding lets a walker on corrupt bits run past the end (by at most sync * 24 bits)
     # without an index error; the end check below then catches it.
     w32 = _words(data, nbits, sync * MAX_CODE_LENGTH // 8 + 8)
     out = np.empty((sync, nchunks), np.int32)  # (step, chunk): row j holds symbol j of every chunk
     last_len = count - (nchunks - 1) * sync
-    pos = starts.copy()
+    pos = starts.astype(np.uint32)
     for j in range(sync):
         live = nchunks if j < last_len else nchunks - 1
         if live == 0:
             break
-        p = pos[:live]
-        sym, ln = lookup(w32, p)
+        p = pos if live == nchunks else pos[:live]
+        sym, ln = lookup(_windows(w32, p))
         out[j, :live] = sym
-        pos[:live] = p + ln  # no code: length 0, the walker stalls and fails the end check
+        p += ln  # in place (a view of pos); no code: length 0, the walker stalls and fails the end check
     expect = np.append(starts[1:], nbits)
     if not np.array_equal(pos, expect):
         bad = int(np.flatnonzero(pos != expect)[0])

@@ -1,0 +1,131 @@
+"""``deepzip bench FILE.dz``: latency per layer and of the whole model, dense vs the compressed runtime, and memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from functools import partial
+
+from ._common import args, command, existing_file, print_table
+
+# Run in a fresh interpreter, so that what a load adds to the resident set is the model and nothing else.
+_RSS_CHILD = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+import deepzip, deepzip.runtime, deepzip.shrink, deepzip.share, torch.fx
+from deepzip.cli.bench import rss_bytes
+from deepzip.prune import strip
+from deepzip.runtime import SparseLinear, _SparseWeight
+import numpy as np
+path, runtime = sys.argv[1], sys.argv[2]
+# warm up what a load touches (kernels, the allocator), so the growth below is the model's
+w = torch.zeros(8, 8); w[0, 0] = 1
+SparseLinear(_SparseWeight.from_dense(w, "codebook"), None)(torch.rand(2, 8))
+torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3))
+before = rss_bytes()
+m = deepzip.load(path, runtime=None if runtime == "dense" else runtime)
+if runtime == "dense":
+    strip(m)
+after = rss_bytes()
+print(json.dumps({"rss_before": before, "rss_after": after}))
+"""
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc``), else its peak (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def loaded_rss(path: str, runtime: str) -> int:
+    """Bytes the resident set grows by when a fresh process loads ``path`` (``runtime`` "dense" or a runtime)."""
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, path, runtime], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f"{path}: measuring memory failed: {out.stderr.strip().splitlines()[-1:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(r["rss_after"] - r["rss_before"])
+
+
+def _cfg_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file")
+    p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--runtime", default="fast", choices=["fast", "small"], help="the compressed runtime's mode")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (the median counts)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-rss", action="store_true", help="skip the resident-set measurement (two fresh processes)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench", "latency per layer and in all, dense vs the compressed runtime, and the loaded model's memory")
+@args(_cfg_bench)
+def cmd_bench(a: argparse.Namespace) -> int:
+    import torch
+
+    from ..fileinfo import read_dz
+    from ..models import MODELS
+    from ..prune import strip
+    from ..runtime import layer_inputs, median_seconds, runtime_table
+    from ..serialize import load
+
+    path = existing_file(a.file)
+    try:
+        batches = [int(b) for b in a.batch.split(",")]
+    except ValueError:
+        raise ValueError(f"--batch {a.batch!r}: expected comma-separated integers, e.g. 1,64") from None
+    if not batches or min(batches) < 1 or a.repeats < 1:
+        raise ValueError(f"--batch {a.batch!r} / --repeats {a.repeats}: expected positive integers")
+    arch = read_dz(path).architecture
+    if arch not in MODELS:
+        raise ValueError(f"{path}: architecture {arch!r} has no known input shape; bench knows {', '.join(MODELS)}")
+    torch.set_num_threads(a.threads)
+    dense = strip(load(path)).eval()
+    fast = load(path, runtime=a.runtime)
+    layers = [r["layer"] for r in runtime_table(fast)]
+    rows, total = [], []
+    with torch.no_grad():
+        for b in batches:
+            x = torch.rand(b, 1, 28, 28)
+            ins = layer_inputs(dense, x)
+            dmods, fmods = dict(dense.named_modules()), dict(fast.named_modules())
+            for name in layers:
+                xi = ins[name]
+                d = median_seconds(partial(dmods[name], xi), a.repeats)
+                f = median_seconds(partial(fmods[name], xi), a.repeats)
+                rows.append({"batch": b, "layer": name, "kind": type(fmods[name]).__name__ + "/" + next(
+                    r["kind"] for r in runtime_table(fast) if r["layer"] == name), "dense_ms": 1e3 * d,
+                    "runtime_ms": 1e3 * f, "speedup": d / f})
+            d = median_seconds(partial(dense, x), a.repeats)
+            f = median_seconds(partial(fast, x), a.repeats)
+            total.append({"batch": b, "layer": "(model)", "kind": "", "dense_ms": 1e3 * d, "runtime_ms": 1e3 * f,
+                          "speedup": d / f})
+    from ..runtime import layer_bytes
+
+    mem: dict = {"dense_tensor_bytes": layer_bytes(dense), "runtime_tensor_bytes": layer_bytes(fast)}
+    if not a.no_rss:
+        mem.update(dense_rss_growth=loaded_rss(str(path), "dense"), runtime_rss_growth=loaded_rss(str(path), a.runtime))
+    out = {"file": str(path), "architecture": arch, "runtime": a.runtime, "threads": a.threads,
+           "repeats": a.repeats, "layers": rows, "model": total, "resident_memory": mem,
+           "runtime_layers": runtime_table(fast)}
+    if a.json:
+        print(json.dumps(out, default=str))
+        return 0
+    print_table(rows + total, [("batch", "batch", ""), ("layer", "layer", ""), ("kind", "runtime kind", ""),
+                               ("dense_ms", "dense ms", ".4f"), ("runtime_ms", "runtime ms", ".4f"),
+                               ("speedup", "speed-up", ".2f")])
+    print(f"\nmemory of the loaded model's tensors: dense {mem['dense_tensor_bytes']:,} B, {a.runtime} runtime "
+          f"{mem['runtime_tensor_bytes']:,} B")
+    if not a.no_rss:
+        print(f"resident set growth when a fresh process loads the file: dense {mem['dense_rss_growth'] / 2**20:.2f} "
+              f"MiB, runtime {mem['runtime_rss_growth'] / 2**20:.2f} MiB")
+    print(f"latency: medians of {a.repeats} calls, {a.threads} torch thread(s)")
+    return 0

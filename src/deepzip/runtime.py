@@ -1,0 +1,430 @@
+"""Runtime layers that execute pruned and weight-shared layers without densifying them, chosen per layer by speed.
+
+Three ways to hold a Linear or Conv2d weight while the model runs:
+
+- ``dense``: the ordinary float32 weight (what a layer that is faster dense keeps);
+- ``csr``: torch's sparse CSR tensor with int32 row pointers and column indices and float32 values (8 bytes per kept
+  weight); the product is torch's own sparse kernel (``torch.sparse.mm``), a Conv2d runs it on ``F.unfold``'s columns;
+- ``codebook``: the same CSR structure with each kept weight as a uint8 (or int16) index into the layer's codebook
+  and the columns as int16 where they fit: 3-4 bytes per kept weight instead of 8. The values are gathered from the
+  codebook at each call (one pass over the kept weights) and handed to the same kernel, so it trades a little speed
+  for memory. No kernel is written here: a kernel that reads the indices directly would need a compiled extension,
+  and torch's and scipy's sparse kernels take float values only.
+
+:func:`sparsify_` converts a model in place, timing each layer's candidates on an input of the shape it actually sees
+(medians of repeats) and keeping the fastest (``mode="fast"``) or the smallest (``mode="small"``).
+:func:`from_dz` builds such a model straight from a read ``.dz`` file: the kept positions and indices go from the
+codec into CSR arrays, and no tensor of the full weight's size is ever made for a sparse layer.
+A layer type the runtime does not support stays dense, with a warning naming it.
+
+Example:
+    >>> import torch
+    >>> from deepzip.models import get_model
+    >>> from deepzip.prune import prune_, strip
+    >>> m = strip(prune_(get_model("lenet300"), sparsity=0.9)).eval()
+    >>> x = torch.rand(4, 1, 28, 28)
+    >>> y = m(x)
+    >>> _ = sparsify_(m, torch.rand(1, 1, 28, 28), mode="small")
+    >>> type(m.fc1).__name__, bool(torch.allclose(m(x), y, atol=1e-5))
+    ('SparseLinear', True)
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import codec
+from .codec import DzFile
+
+__all__ = ["KINDS", "SparseConv2d", "SparseLinear", "from_dz", "layer_bytes", "layer_inputs", "median_seconds",
+           "runtime_table", "sparsify_"]
+
+KINDS = ("dense", "csr", "codebook")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # Sparse CSR tensors are "beta" in torch and say so once per process; we use the stable part (CSR @ dense).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _narrow(a: np.ndarray, limit: int) -> np.ndarray:
+    """``a`` as the smallest of uint8 / int16 / int32 that holds values below ``limit``."""
+    for dt, top in ((np.uint8, 1 << 8), (np.int16, 1 << 15), (np.int32, 1 << 31)):
+        if limit <= top:
+            return a.astype(dt)
+    raise ValueError(f"{limit} values do not fit int32")
+
+
+class _SparseWeight(nn.Module):
+    """A 2-D ``(rows, cols)`` weight in CSR form, as float values (``csr``) or codebook indices (``codebook``)."""
+
+    def __init__(self, shape: tuple[int, int], crow: np.ndarray, col: np.ndarray, values: np.ndarray | None,
+                 codebook: np.ndarray | None = None, indices: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.register_buffer("crow", torch.from_numpy(crow.astype(np.int32)))
+        if values is not None:
+            self.kind = "csr"
+            self.register_buffer("col", torch.from_numpy(col.astype(np.int32)))
+            self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(values, np.float32)))
+        else:
+            assert codebook is not None and indices is not None
+            self.kind = "codebook"
+            self.register_buffer("col", torch.from_numpy(_narrow(col, self.shape[1])))
+            self.register_buffer("indices", torch.from_numpy(_narrow(indices, codebook.size)))
+            self.register_buffer("codebook", torch.from_numpy(codebook.astype(np.float32)))
+        self._csr: torch.Tensor | None = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as a torch sparse CSR tensor (for ``codebook``: built for this call)."""
+        if self.kind == "csr":
+            if self._csr is None:  # shares the buffers' memory
+                self._csr = _csr(self.crow, self.col, self.values, self.shape)
+            return self._csr
+        values = self.codebook.index_select(0, self.indices.to(torch.int32))  # (nnz,) gathered per call
+        col = self.col if self.col.dtype == torch.int32 else self.col.to(torch.int32)
+        return _csr(self.crow, col, values, self.shape)
+
+    def dense(self) -> torch.Tensor:
+        return self.matrix().to_dense()
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, shape={self.shape}, nnz={self.nnz}"
+
+    @classmethod
+    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, kind: str,
+                       codebook: np.ndarray, indices: np.ndarray) -> _SparseWeight:
+        """From flat kept positions (increasing) and their codebook indices; O(kept) memory."""
+        rows = positions // shape[1]
+        crow = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(np.int32)  # (rows + 1,)
+        col = (positions - rows * shape[1]).astype(np.int32)
+        if kind == "csr":
+            return cls(shape, crow, col, codebook.astype(np.float32)[indices])
+        return cls(shape, crow, col, None, codebook, indices)
+
+    @classmethod
+    def from_dense(cls, w: torch.Tensor, kind: str) -> _SparseWeight:
+        """From a dense 2-D weight (``codebook``: its distinct non-zero values become the codebook)."""
+        a = w.detach().cpu().float().numpy()
+        pos = np.flatnonzero(a)
+        vals = a.reshape(-1)[pos]
+        if kind == "csr":
+            return cls.from_positions(a.shape, pos, "csr", vals, np.arange(vals.size))
+        cb, idx = np.unique(vals, return_inverse=True)
+        return cls.from_positions(a.shape, pos, "codebook", cb, idx)
+
+
+class SparseLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` as a :class:`_SparseWeight` (torch's CSR @ dense kernel).
+
+    ``in_index`` (optional) selects the input features first, as :class:`deepzip.shrink.GatheredLinear` does.
+    """
+
+    def __init__(self, weight: _SparseWeight, bias: torch.Tensor | None,
+                 in_index: torch.Tensor | None = None, original_in_features: int | None = None) -> None:
+        super().__init__()
+        self.sparse = weight
+        self.original_in_features = original_in_features
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("in_index", in_index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_index is not None:
+            x = x.index_select(-1, self.in_index)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (B, in)
+        y = torch.sparse.mm(self.sparse.matrix(), x2.t()).t()  # (out, in) @ (in, B) -> (B, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+
+class SparseConv2d(nn.Module):
+    """A Conv2d (groups 1, zero padding) as the sparse ``(out, in * kh * kw)`` weight times ``F.unfold``'s columns."""
+
+    def __init__(self, conv: nn.Conv2d, weight: _SparseWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.sparse = weight
+        self.out_channels, self.in_channels = conv.out_channels, conv.in_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C*kh*kw, L)
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C*kh*kw, B*L)
+        y = torch.sparse.mm(self.sparse.matrix(), flat)  # (O, B*L)
+        y = y.reshape(self.out_channels, b, ho * wo).transpose(0, 1)  # (B, O, L)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.reshape(b, self.out_channels, ho, wo)
+
+
+def _supported_conv(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str))
+
+
+def _build(m: Any, kind: str, weight: _SparseWeight | None = None) -> nn.Module:
+    """``m`` (a Linear/Conv2d or one of ours) as a layer of ``kind``."""
+    if isinstance(m, SparseLinear | SparseConv2d):
+        if kind == m.sparse.kind:
+            return m
+        dense_w = m.sparse.dense()
+    else:
+        dense_w = m.weight.detach()
+    bias = m.bias.detach() if m.bias is not None else None
+    in_index = getattr(m, "in_index", None)
+    conv = isinstance(m, nn.Conv2d | SparseConv2d)
+    if kind == "dense":
+        if conv:
+            out: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                       m.dilation, bias=bias is not None, device="meta")
+            dense_w = dense_w.reshape(m.out_channels, m.in_channels, *m.kernel_size)
+        elif in_index is not None:
+            from .shrink import GatheredLinear
+
+            out = GatheredLinear(in_index, dense_w.shape[0], bias is not None, m.original_in_features)
+        else:
+            out = nn.Linear(dense_w.shape[1], dense_w.shape[0], bias is not None, device="meta")
+        out.weight = nn.Parameter(dense_w.clone(), requires_grad=False)
+        if bias is not None:
+            out.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        return out
+    if weight is None:
+        weight = _SparseWeight.from_dense(dense_w.reshape(dense_w.shape[0], -1), kind)
+    if conv:
+        return SparseConv2d(m, weight, bias)  # type: ignore[arg-type]
+    return SparseLinear(weight, bias, in_index, getattr(m, "original_in_features", None))
+
+
+def _predicted_bytes(m: nn.Module, kind: str) -> int:
+    """Bytes ``m``'s weight would take as ``kind``, from its shape and counts (nothing is built)."""
+    if isinstance(m, SparseLinear | SparseConv2d):
+        (rows, cols), nnz = m.sparse.shape, m.sparse.nnz
+        k = (m.sparse.codebook.numel() if m.sparse.kind == "codebook"
+             else int(torch.unique(m.sparse.values).numel()))
+    else:
+        w = m.weight.detach()
+        rows, cols = w.shape[0], w[0].numel()
+        nz = w[w != 0]
+        nnz, k = int(nz.numel()), int(torch.unique(nz).numel())
+    if kind == "dense":
+        return 4 * rows * cols
+    if kind == "csr":
+        return 4 * (rows + 1) + 8 * nnz
+    width = lambda n: 1 if n <= 1 << 8 else 2 if n <= 1 << 15 else 4  # noqa: E731 - _narrow's choice
+    return 4 * (rows + 1) + nnz * (width(cols) + width(k)) + 4 * k
+
+
+def layer_bytes(m: nn.Module) -> int:
+    """Bytes of a layer's parameters and buffers (what it holds in memory while it runs)."""
+    ts = list(m.parameters()) + [b for b in m.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()  # warm-up: first-call allocations, lazily built CSR tensors
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def layer_inputs(model: nn.Module, example_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The input each submodule sees on ``example_input``, by dotted name (empty when there is none)."""
+    if example_input is None:
+        return {}
+    shapes: dict[str, torch.Tensor] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: Any) -> None:
+            shapes.setdefault(name, inp[0].detach())
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _unsupported(name: str, m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    if isinstance(m, nn.Linear | SparseLinear | SparseConv2d) or _supported_conv(m):
+        return False
+    return isinstance(w, torch.Tensor) and w.dim() >= 2 and bool((w == 0).any())
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mode: str = "fast",
+              batch: int = 1, kinds: Sequence[str] = KINDS, repeats: int = 7,
+              report: list[dict] | None = None) -> nn.Module:
+    """Run each Linear / Conv2d layer in the fastest (or smallest) of ``kinds``, in place; returns ``model``.
+
+    Args:
+        model: a model with plain weights (parametrizations baked in, e.g. by :func:`deepzip.prune.strip`) or with
+            runtime layers already.
+        example_input: one input; the layers are timed on the shapes it produces, with the batch size set to
+            ``batch`` (default: an MNIST image for the registry's models). Without one, Linear layers are timed
+            on ``(batch, in_features)`` and Conv2d layers stay as they are (their spatial size is unknown).
+        mode: ``"fast"`` (the lowest median latency) or ``"small"`` (the fewest bytes, from the counts: only the
+            chosen form is built, so a sparse layer is never made dense on the way).
+        batch: the batch size to choose for (sparse layers win at batch 1 and often lose at large batches).
+        kinds: candidates, from :data:`KINDS`.
+        repeats: timed calls per candidate (the median counts).
+        report: if given, one row per layer is appended: ``layer``, ``kind``, ``bytes``, ``ms`` (per candidate).
+
+    Returns:
+        ``model``, in eval mode.
+
+    Raises:
+        ValueError: an unknown mode or kind.
+    """
+    if mode not in ("fast", "small"):
+        raise ValueError(f"mode={mode!r}, expected 'fast' or 'small'")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds={list(kinds)}, expected a non-empty subset of {KINDS}")
+    from .shrink import default_example_input
+
+    model.eval()
+    if example_input is None:
+        example_input = default_example_input(model)
+    if example_input is not None:
+        example_input = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    shapes = {k: tuple(v.shape) for k, v in layer_inputs(model, example_input).items()}
+    for name, m in list(model.named_modules()):
+        if not name:
+            continue
+        if _unsupported(name, m):
+            warnings.warn(f"{name}: {type(m).__name__} is not supported by the sparse runtime; it stays dense",
+                          stacklevel=2)
+            continue
+        if not isinstance(m, nn.Linear | SparseLinear | SparseConv2d) and not _supported_conv(m):
+            continue
+        conv = isinstance(m, nn.Conv2d | SparseConv2d)
+        shape = shapes.get(name)
+        if shape is None and not conv:
+            width = getattr(m, "original_in_features", None) if hasattr(m, "in_index") else None
+            shape = (batch, int(width or m.in_features))
+        if shape is None:
+            if report is not None:
+                report.append({"layer": name, "kind": getattr(getattr(m, "sparse", None), "kind", "dense"),
+                               "bytes": layer_bytes(m), "ms": {}, "note": "not timed: input shape unknown"})
+            continue
+        if mode == "small":  # sizes follow from the counts: build only the smallest candidate, time nothing
+            size = {k: _predicted_bytes(m, k) for k in kinds}
+            best = min(kinds, key=lambda k: size[k])
+            new = _build(m, best)
+            if new is not m:
+                _set_module(model, name, new)
+            if report is not None:
+                report.append({"layer": name, "kind": best, "bytes": layer_bytes(new), "ms": {}})
+            continue
+        x = torch.rand(shape)
+        cands = {kind: _build(m, kind) for kind in kinds}
+        ms: dict[str, float] = {}
+        with torch.no_grad():
+            for kind, c in cands.items():
+                ms[kind] = 1e3 * median_seconds(functools.partial(c, x), repeats)
+        size = {k: layer_bytes(c) for k, c in cands.items()}
+        best = min(cands, key=lambda k: ms[k])
+        if cands[best] is not m:
+            _set_module(model, name, cands[best])
+        if report is not None:
+            report.append({"layer": name, "kind": best, "bytes": size[best], "ms": ms})
+        del cands  # the losers (a dense copy of a big layer, say) go now, not after the next layer's are built
+    return model
+
+
+def runtime_table(model: nn.Module) -> list[dict]:
+    """Per Linear / Conv2d / runtime layer: ``layer``, ``kind``, ``shape``, ``kept`` (non-zeros), ``bytes``."""
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, SparseLinear | SparseConv2d):
+            rows.append({"layer": name, "kind": m.sparse.kind, "shape": list(m.sparse.shape), "kept": m.sparse.nnz,
+                         "bytes": layer_bytes(m)})
+        elif isinstance(m, nn.Linear | nn.Conv2d):
+            rows.append({"layer": name, "kind": "dense", "shape": list(m.weight.shape),
+                         "kept": int((m.weight != 0).sum()), "bytes": layer_bytes(m)})
+    return rows
+
+
+def from_dz(f: DzFile, model: nn.Module, *, mode: str = "fast", example_input: torch.Tensor | None = None,
+            batch: int = 1, where: str = "") -> nn.Module:
+    """Build ``model``'s layers straight from a read ``.dz`` file into runtime layers; returns ``model``.
+
+    ``model`` may live on the ``meta`` device (no memory): every tensor is replaced by one from the file. Sparse and
+    codebook tensors of Linear / Conv2d weights go from the codec's kept positions and indices into CSR arrays
+    without a full-size intermediate; then :func:`sparsify_` picks each layer's kind by ``mode``.
+
+    Raises:
+        DeepzipFormatError: a malformed tensor. ValueError: the file does not fit the model.
+    """
+    modules = dict(model.named_modules())
+    own = dict(model.state_dict())
+    missing, unexpected = sorted(set(own) - set(f.tensors)), sorted(set(f.tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, enc in f.tensors.items():
+        if tuple(enc.shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
+    plain: dict[str, torch.Tensor] = {}
+    sparse_layers: dict[str, _SparseWeight] = {}
+    kind0 = "codebook" if mode == "small" else "csr"
+    for key, enc in f.tensors.items():
+        lname = key[:-7] if key.endswith(".weight") else None
+        layer = modules.get(lname) if lname is not None else None
+        if (enc.kind == "sparse" and layer is not None
+                and (isinstance(layer, nn.Linear) or _supported_conv(layer))):
+            cb, pos, sym = codec.decode_kept(enc)
+            assert pos is not None
+            rows = enc.shape[0]
+            sparse_layers[lname] = _SparseWeight.from_positions((rows, enc.numel // rows), pos, kind0, cb, sym)
+        else:
+            plain[key] = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
+    for lname, sw in sparse_layers.items():
+        layer = modules[lname]
+        bkey = f"{lname}.bias"
+        bias = plain.pop(bkey) if bkey in plain else None
+        _set_module(model, lname, SparseConv2d(layer, sw, bias) if isinstance(layer, nn.Conv2d)  # type: ignore
+                    else SparseLinear(sw, bias))
+    model.load_state_dict(plain, strict=False, assign=True)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta:
+            raise ValueError(f"{where}{name}: not set from the file")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return sparsify_(model, example_input, mode=mode, batch=batch)

@@ -1,0 +1,421 @@
+"""Issue 10: loading is safe against hostile files, and the bad-input defects a probe found stay fixed.
+
+The hostile files are made by tests/hostile.py on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import hostile
+
+from deepzip import cli, codec, fileio
+from deepzip.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from deepzip.codec import container
+from deepzip.errors import CheckpointError, DeepzipFormatError, UntrustedCodeError
+from deepzip.models import get_model
+from deepzip.serialize import load, load_state_dict, save
+
+# ------------------------------------------------------------------------------------------------ 1. no code
+
+
+@pytest.fixture
+def evil_module(tmp_path, monkeypatch):
+    """An importable module ``evil_i10`` whose import writes a marker file (a visible side effect)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_i10.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from deepzip.models import LeNet300\n"
+        "def make():\n    return LeNet300()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_i10", raising=False)
+    return marker
+
+
+@pytest.mark.parametrize("name", ["os:abort", "sys:exit", "builtins:input", "faulthandler:_sigsegv"])
+def test_a_file_naming_code_imports_nothing(name):
+    blob = hostile.named_architecture(name)
+    with pytest.raises(UntrustedCodeError, match=r"names code to import .*trust_code=True \(CLI: --trust-code\)"):
+        load(blob)
+    # the model given by the caller always works, whatever the file names
+    f = codec.read(blob)
+    assert f.architecture == name
+
+
+def test_import_side_effects_need_trust_code(evil_module, tmp_path):
+    m = get_model("lenet300")
+    path = tmp_path / "m.dz"
+    save(m, path, architecture="evil_i10:make")
+    with pytest.raises(UntrustedCodeError, match=r"m.dz: model 'evil_i10:make' names code"):
+        load(path)
+    assert not evil_module.exists() and "evil_i10" not in sys.modules
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(load(path, model=get_model("lenet300"))(x), m(x))  # model=... needs no trust
+    assert not evil_module.exists()
+    assert torch.equal(load(path, trust_code=True)(x), m(x))
+    assert evil_module.read_text() == "ran"
+
+
+def test_checkpoint_naming_code_needs_trust_code(evil_module, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(get_model("lenet300"), path, arch="evil_i10:make")
+    with pytest.raises(UntrustedCodeError, match="--trust-code"):
+        load_checkpoint(path)
+    assert not evil_module.exists()
+    load_checkpoint(path, get_model("lenet300"))
+    assert not evil_module.exists()
+    model, _ = load_checkpoint(path, trust_code=True)
+    assert evil_module.exists() and model.fc1.weight.shape == (300, 784)
+
+
+def test_cli_evaluate_refuses_code_without_trust_code(tmp_path, capsys, evil_module):
+    path = tmp_path / "m.dz"
+    save(get_model("lenet300"), path, architecture="evil_i10:make")
+    assert cli.main(["evaluate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-code" in err and len(err.strip().splitlines()) == 1
+    assert not evil_module.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 2. bombs
+
+
+def test_sparse_bomb_is_refused_before_allocating():
+    blob = hostile.sparse_bomb(1 << 28)  # 67 KB that decode to 1 GiB of zeros
+    assert len(blob) < 70_000
+    tracemalloc.start()
+    with pytest.raises(DeepzipFormatError, match=r"bomb.weight: shape \[268435456\] decodes to 1073741824 bytes, "
+                                                 r"more than the limit of 67108864"):
+        codec.read(blob, max_bytes=64 << 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000
+    # 16 GiB claimed by an 80 KB-ish file: refused at the default limit
+    with pytest.raises(DeepzipFormatError, match=r"decodes to 17179869184 bytes, more than the limit of 1073741824"):
+        codec.read(hostile.sparse_bomb(1 << 32))
+
+
+def test_decoding_memory_is_bounded_by_max_bytes():
+    """What passes the limit decodes within a small multiple of it (here 16 MiB of zeros from 1 KB)."""
+    blob = hostile.sparse_bomb(1 << 22)
+    f = codec.read(blob, max_bytes=16 << 20)
+    tracemalloc.start()
+    f.decode("bomb.weight")
+    f.decode_parts("bomb.weight")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.3 * (16 << 20)
+    tracemalloc.start()
+    sd = load_state_dict(blob, max_bytes=16 << 20)  # no copy of the decoded arrays
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.1 * (16 << 20) and sd["bomb.weight"].shape == (1 << 22,)
+    for t in hostile.model_like_tensors().values():  # every kind decodes to a fresh, writable array
+        assert codec.decode(t).flags.writeable
+
+
+def test_total_of_all_tensors_is_bounded():
+    t = {f"t{i}": codec.encode_dense(np.zeros(1000, np.float32)) for i in range(3)}
+    blob = codec.to_bytes(t)
+    codec.read(blob, max_bytes=12000)
+    with pytest.raises(DeepzipFormatError, match=r"t2: the tensors up to here decode to 12000 bytes, more than "
+                                                 r"the limit of 11999"):
+        codec.read(blob, max_bytes=11999)
+    assert codec.read(hostile.sparse_bomb(1 << 32), max_bytes=None).tensors  # no limit when asked
+
+
+def test_header_bomb_is_refused_before_parsing():
+    blob = hostile.header_bomb(3_000_000)  # 9 MB of JSON from 9 KB
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    with pytest.raises(DeepzipFormatError, match=r"header: 9000\d+ bytes of JSON with up to \d+ values, more than "
+                                                 r"the 1048576 allowed"):
+        codec.read(blob)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 2.0 and peak < 40_000_000  # the JSON text, never the 3M lists
+
+
+def test_cli_max_bytes_on_every_reading_command(tmp_path, capsys):
+    path = tmp_path / "bomb.dz"
+    path.write_bytes(hostile.sparse_bomb(1 << 24))  # 64 MiB decoded
+    for argv in (["inspect", str(path)], ["decompress", str(path), "-o", str(tmp_path / "o.safetensors")],
+                 ["report", str(path), "--out", str(tmp_path / "rep")], ["evaluate", str(path), "--model", "lenet5"]):
+        assert cli.main([*argv, "--max-bytes", "32M"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "decodes to 67108864 bytes, more than the limit of 33554432" in err, argv
+    assert not (tmp_path / "o.safetensors").exists()
+    assert cli.main(["inspect", str(path), "--max-bytes", "64M", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["params_total"] == 1 << 24
+
+
+# ------------------------------------------------------------------------------------------------ 3. shapes
+
+
+@pytest.mark.parametrize("shape", [(0, 2**63), (0, 2**62, 2**62), (3, 0, 2**70), (2**40, 0, 2**40)])
+def test_impossible_shapes_fail_at_read(shape):
+    with pytest.raises(DeepzipFormatError, match=r"e: shape \[.*\] is impossible: its dimensions multiply past"):
+        codec.read(hostile.huge_shape(shape))
+
+
+def test_large_empty_shape_that_numpy_accepts_still_loads():
+    f = codec.read(hostile.huge_shape((0, 1 << 20)))
+    assert f.decode("e").shape == (0, 1 << 20)
+
+
+# ------------------------------------------------------------------------------------------------ 4-5. bad input
+
+
+def test_decompress_refuses_to_overwrite_its_input(tmp_path, capsys):
+    path = tmp_path / "a.dz"
+    save(get_model("lenet300"), path)
+    before = path.read_bytes()
+    assert cli.main(["decompress", str(path), "-o", str(path)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_evaluate_plain_state_dict_dz_is_one_line(tmp_path, capsys):
+    path = tmp_path / "sd.dz"
+    save(get_model("lenet300").state_dict(), path)
+    assert cli.main(["evaluate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names no architecture; give --model NAME" in err and str(path) in err and "\n" not in err
+
+
+@pytest.mark.parametrize("cfg, match", [({"version": "x"}, "config.version is 'x', expected an integer"),
+                                        ({"sparsity": "lots"}, "config.sparsity: 'lots'"),
+                                        ([1, 2], "expected a JSON object")])
+def test_compress_bad_config_types_are_one_line(tmp_path, capsys, cfg, match):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    assert cli.main(["compress", "--config", str(path), "-o", str(tmp_path / "x.dz"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err and "Traceback" not in err
+
+
+def test_nan_centroids_name_file_and_tensor(tmp_path, capsys):
+    path = tmp_path / "nan.dz"
+    path.write_bytes(hostile.nan_codebook())
+    with pytest.raises(DeepzipFormatError, match=r"nan.dz: w/codebook: entry 0 is nan"):
+        load_state_dict(path)
+    out = tmp_path / "o.safetensors"
+    assert cli.main(["decompress", str(path), "-o", str(out)]) == 2
+    assert "w/codebook: entry 0 is nan" in capsys.readouterr().err
+    assert not out.exists()  # no NaNs written
+    with pytest.raises(ValueError, match="NaN or inf"):
+        codec.encode_codebook(np.array([0.0, np.inf]), np.zeros(3, np.int64))
+
+
+# ------------------------------------------------------------------------------------------------ 6. prune args
+
+
+def test_prune_rounds_zero_and_duplicate_layers_are_refused(tmp_path, capsys):
+    ck = tmp_path / "c.safetensors"
+    assert cli.main(["prune", str(ck), "-o", str(tmp_path / "p.safetensors"), "--rounds", "0"]) == 2
+    assert "--rounds 0: expected at least 1" in capsys.readouterr().err
+    assert cli.main(["prune", str(ck), "-o", str(tmp_path / "p.safetensors"), "--sparsity", "fc1=0.5,fc1=0.9"]) == 2
+    assert "layer fc1 is given twice" in capsys.readouterr().err
+
+
+def test_prune_sparsity_one_prints_no_absurd_ratio(tmp_path, capsys, monkeypatch):
+    import deepzip.cli.model as cm
+    import deepzip.pipeline as rc
+    from deepzip import data
+
+    ck = tmp_path / "c.safetensors"
+    save_checkpoint(get_model("lenet300"), ck)
+    monkeypatch.setattr(cm, "_data", lambda a: (data.synthetic_mnist(8), data.synthetic_mnist(8)))
+    result = {"layers": [{"layer": "fc1", "weights": 10, "kept_pct": 0.0}], "kept_pct": 0.0,
+              "test_error_pct": 90.0, "error_before_pct": 10.0}
+    monkeypatch.setattr(rc, "run_prune", lambda *a, **k: result)
+    assert cli.main(["prune", str(ck), "-o", str(tmp_path / "p.safetensors"), "--sparsity", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "every weight pruned" in out and "x fewer" not in out
+
+
+# ------------------------------------------------------------------------------------------------ 7-8. outputs
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    t0 = time.perf_counter()
+    for argv in (["compress", "-o", str(afile / "x.dz"), "-q"],
+                 ["compress", "-o", str(tmp_path), "-q"],
+                 ["compress", "-o", str(tmp_path / "ok.dz"), "--json", str(afile / "s.json"), "-q"],
+                 ["train", "-o", str(afile / "m.safetensors"), "-q"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert time.perf_counter() - t0 < 10  # no training, no data fetch
+    assert not (tmp_path / "ok.dz").exists()
+
+
+def test_missing_output_folders_are_created_by_every_command(tmp_path):
+    src = tmp_path / "a.dz"
+    save(get_model("lenet300"), src, architecture="lenet300")
+    out = tmp_path / "new" / "dir" / "a.safetensors"
+    assert cli.main(["decompress", str(src), "-o", str(out)]) == 0 and out.exists()
+    from deepzip.cli._common import _check_output
+
+    _check_output(str(tmp_path / "x" / "y" / "z.dz"))
+    assert (tmp_path / "x" / "y").is_dir()
+
+
+def test_write_errors_name_the_users_path_not_the_temp_file(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(OSError) as e1:
+        codec.write(afile / "x.dz", {"b": codec.encode_dense(np.zeros(2, np.float32))})
+    with pytest.raises(OSError) as e2:
+        atomic_write(afile / "y.safetensors", lambda tmp: Path(tmp).write_text("x"))
+    for e, name in ((e1, "x.dz"), (e2, "y.safetensors")):
+        assert name in str(e.value) and ".tmp" not in str(e.value)
+
+    def fail(tmp):
+        raise PermissionError(13, "Permission denied", tmp)
+
+    with pytest.raises(PermissionError) as e3:
+        atomic_write(tmp_path / "z.safetensors", fail)
+    assert "z.safetensors" in str(e3.value) and ".tmp" not in str(e3.value)
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_stale_temp_files_are_cleaned(tmp_path):
+    target = tmp_path / "m.dz"
+    old = tmp_path / ".m.dz.abcd1234.tmp"
+    young = tmp_path / ".m.dz.efgh5678.tmp"
+    other = tmp_path / ".n.dz.abcd1234.tmp"
+    for p in (old, young, other):
+        p.write_bytes(b"x" * 100)
+    past = time.time() - 2 * fileio.STALE_TEMP_SECONDS
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    codec.write(target, {"b": codec.encode_dense(np.zeros(2, np.float32))})
+    assert not old.exists() and young.exists() and other.exists()  # only this target's, only old ones
+    os.utime(young, (past, past))
+    save_checkpoint(get_model("lenet300"), tmp_path / "m.dz")  # atomic_write cleans too
+    assert not young.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 9. padding
+
+
+def test_non_zero_padding_is_refused():
+    after_header, between = hostile.flipped_padding()
+    with pytest.raises(DeepzipFormatError, match=r"header: padding bytes \d+\.\.\d+ are not zero"):
+        codec.read(after_header)
+    with pytest.raises(DeepzipFormatError, match=r"data: non-zero padding before"):
+        codec.read(between)
+    blob = hostile.small_file()
+    with pytest.raises(DeepzipFormatError, match=r"data: header says"):  # a byte appended: trailing data
+        codec.read(blob + b"\0")
+
+
+def test_any_minor_version_is_read_as_the_format_says():
+    _, text, data = container._split(hostile.small_file())
+    f = codec.read(container._join((1, 7), text, data))
+    assert f.version == (1, 7)
+    with pytest.raises(DeepzipFormatError, match=r"version: file format 2.0 is newer"):
+        codec.read(container._join((2, 0), text, data))
+
+
+# ------------------------------------------------------------------------------------------------ 11. progress
+
+
+def test_library_calls_are_silent_by_default(capfd):
+    from deepzip.lowrank import decompose_
+    from deepzip.prune import prune_
+    from deepzip.share import share_weights_
+    from deepzip.train import TrainConfig
+
+    m = prune_(get_model("mlp30"), sparsity=0.5)
+    share_weights_(m, 3)
+    decompose_(get_model("mlp30"), include_linear=True)
+    assert TrainConfig().progress is False
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_cli_bars_only_on_a_terminal(monkeypatch):
+    import argparse
+
+    from deepzip.cli._common import _progress
+
+    a = argparse.Namespace(quiet=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert _progress(a) is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert _progress(a) is True and _progress(argparse.Namespace(quiet=True)) is False
+
+
+# ------------------------------------------------------------------------------------------------ 12. round trips
+
+
+def test_decompress_keeps_the_architecture_for_evaluate(tmp_path):
+    src = tmp_path / "a.dz"
+    m = get_model("lenet5")
+    save(m, src)
+    out = tmp_path / "a.safetensors"
+    assert cli.main(["decompress", str(src), "-o", str(out)]) == 0
+    loaded, meta = load_checkpoint(out)  # no --model needed
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), m(x)) and meta["source"] == "a.dz"
+
+
+def test_dz_or_pickle_where_safetensors_is_expected_hints(tmp_path):
+    dz = tmp_path / "m.dz"
+    save(get_model("lenet300"), dz)
+    with pytest.raises(CheckpointError, match=r"is a compressed .dz file.*deepzip decompress"):
+        load_checkpoint(dz)
+    pt = tmp_path / "m.pt"
+    torch.save(get_model("lenet300").state_dict(), pt)
+    with pytest.raises(CheckpointError, match=r"torch.save \(pickle\) file, which deepzip never loads"):
+        load_checkpoint(pt)
+
+
+# ------------------------------------------------------------------------------------------------ 13. texts
+
+
+def test_help_texts_and_inspect_ratio_per_dtype(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--epochs", "--lr", "--seed"):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(opt))
+        assert len(line.split()) > 2, line  # option, metavar, and words of help
+    path = tmp_path / "i.dz"
+    codec.write(path, {"n": codec.encode_dense(np.arange(10, dtype=np.int64))})
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["layers"][0]
+    assert row["ratio"] == 1.0  # stored as it is: 80 bytes for 80 bytes, not "0.5x vs float32"
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path) -> None:
+    """The length prefix of a safetensors file can begin with any byte; 0x80 once sent one to the pickle refusal."""
+    from safetensors.torch import save_file
+
+    from deepzip.checkpoint import read_checkpoint
+
+    for pad in range(0, 400):
+        path = tmp_path / "m.safetensors"
+        save_file({"w": torch.zeros(2)}, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.skip("no padding gave a 0x80 first byte")
+    tensors, _ = read_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.zeros(2))

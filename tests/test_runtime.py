@@ -1,0 +1,129 @@
+"""Runtime layers: sparse / codebook execution gives the dense model's outputs; loading never densifies."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deepzip
+from deepzip.models import get_model
+from deepzip.prune import prune_, strip
+from deepzip.runtime import KINDS, SparseConv2d, SparseLinear, runtime_table, sparsify_
+from deepzip.share import share_weights_
+
+
+def _compressed(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    m = prune_(get_model(name), sparsity=0.8)
+    return share_weights_(m, 4, progress=False).eval()
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_gives_the_dense_outputs(name: str, kind: str) -> None:
+    m = strip(_compressed(name))
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        ref = m(x)
+        sparsify_(m, kinds=[kind], repeats=1)
+        out = m(x)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
+    kinds = {r["kind"] for r in runtime_table(m)}
+    assert kinds == {kind}
+    if kind == "codebook":  # 4-bit codebooks: uint8 indices, int16 columns
+        layer = m.fc1 if name == "lenet300" else m.conv2
+        assert layer.sparse.indices.dtype == torch.uint8 and layer.sparse.col.dtype == torch.int16
+
+
+def test_load_runtimes_from_a_file(tmp_path) -> None:
+    m = _compressed("lenet5")
+    path = tmp_path / "m.dz"
+    deepzip.save(m, path)
+    x = torch.rand(7, 1, 28, 28)
+    with torch.no_grad():
+        ref = deepzip.load(path)(x)
+        for runtime in ("fast", "small", "shrunk"):
+            r = deepzip.load(path, runtime=runtime)
+            assert torch.allclose(r(x), ref, atol=1e-5, rtol=0), runtime
+    small = deepzip.load(path, runtime="small")
+    assert isinstance(small.conv2, SparseConv2d) and isinstance(small.fc1, SparseLinear)
+    dense_bytes = 4 * 431_080  # 20% kept at 4 bits: ~3 bytes (uint8 index, int16 column) per kept weight
+    assert sum(r["bytes"] for r in runtime_table(small)) < 0.2 * dense_bytes
+    with pytest.raises(ValueError, match="runtime="):
+        deepzip.load(path, runtime="turbo")
+
+
+def test_loading_sparse_layers_never_builds_a_dense_weight(tmp_path, monkeypatch) -> None:
+    m = _compressed("lenet300")
+    path = tmp_path / "m.dz"
+    deepzip.save(m, path)
+    from deepzip import codec
+
+    calls = []
+    real = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda t: calls.append(t.name) or real(t))
+    from deepzip.codec import container
+
+    monkeypatch.setattr(container, "decode", lambda t: calls.append(t.name) or real(t))
+    r = deepzip.load(path, runtime="small")
+    assert not [c for c in calls if c.endswith(".weight")], calls  # only the biases were decoded densely
+    assert isinstance(r.fc1, SparseLinear) and r.fc1.sparse.nnz == int((strip(m).fc1.weight != 0).sum())
+
+
+class _WithConv1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv1d(2, 4, 3)
+        self.fc = nn.Linear(4 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c(x).flatten(1))
+
+
+def test_unsupported_layer_stays_dense_with_a_warning() -> None:
+    m = _WithConv1d().eval()
+    with torch.no_grad():
+        m.c.weight[:, 0] = 0
+        m.fc.weight[:, ::2] = 0
+    x = torch.rand(3, 2, 8)
+    ref = m(x)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        sparsify_(m, x[:1], kinds=["csr"], repeats=1)
+    assert any("c: Conv1d is not supported" in str(x.message) for x in w)
+    assert isinstance(m.c, nn.Conv1d) and isinstance(m.fc, SparseLinear)
+    assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
+
+
+def test_fast_mode_keeps_the_faster_kind() -> None:
+    m = strip(_compressed("lenet300"))
+    rows: list[dict] = []
+    sparsify_(m, repeats=3, report=rows)
+    for r in rows:
+        assert r["kind"] == min(r["ms"], key=r["ms"].get)
+    assert np.isfinite([v for r in rows for v in r["ms"].values()]).all()
+
+
+def test_cli_bench_json_and_bad_input(tmp_path, capsys) -> None:
+    import json
+
+    from deepzip import cli
+
+    path = tmp_path / "m.dz"
+    deepzip.save(_compressed("lenet300"), path)
+    assert cli.main(["bench", str(path), "--batch", "1,4", "--repeats", "2", "--runtime", "small", "--no-rss",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {(r["batch"], r["layer"]) for r in out["layers"]} == {(b, f"fc{i}") for b in (1, 4) for i in (1, 2, 3)}
+    assert all(r["dense_ms"] > 0 and r["runtime_ms"] > 0 for r in out["layers"] + out["model"])
+    assert out["resident_memory"]["runtime_tensor_bytes"] < out["resident_memory"]["dense_tensor_bytes"]
+    assert cli.main(["bench", str(path), "--batch", "x"]) == 2
+    assert cli.main(["bench", str(tmp_path / "missing.dz")]) == 2
+    (tmp_path / "bad.dz").write_bytes(b"not a dz file")
+    assert cli.main(["bench", str(tmp_path / "bad.dz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(e.startswith("deepzip bench: error:") for e in err)
