@@ -86,7 +86,9 @@ def trained(model: str, *, quiet: bool = True) -> Path:
     path = RUNS / f"{model}-{recipe_tag(model)}.safetensors"
     if not path.exists():
         RUNS.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "deepzip.cli", "train", "--model", model, "-o", str(path)]
+        threads = os.environ.get("OMP_NUM_THREADS")
+        cmd = [sys.executable, "-m", "deepzip.cli", "train", "--model", model, "-o", str(path),
+               *(["--threads", threads] if threads else [])]
         _run(cmd + (["-q"] if quiet else []))
     return path
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, RUNS, md_table, trained, write_results
@@ -39,7 +42,11 @@ def main() -> None:
     ap.add_argument("--config", action="append", default=[], help="MODEL=JSON overrides, e.g. lenet300='{...}'")
     ap.add_argument("--fresh", default="", help="comma-separated models whose stage checkpoints in runs/ to ignore")
     ap.add_argument("--tag", default="", help="suffix of the results name (e.g. _distill)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1, as `deepzip compress`: the same file at any machine load)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the `deepzip train` subprocess trains with as many too
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.config)}
     train, test = load_mnist("train", quiet=True), load_mnist("test", quiet=True)
     rows, layer_rows, summaries = [], [], {}

@@ -44,7 +44,13 @@ def small_file(architecture: str | None = None) -> bytes:
 def model_like_tensors() -> dict[str, EncodedTensor]:
     """One tensor of every kind and dense dtype, 0-d and empty ones too."""
     rng = np.random.default_rng(1)
-    t = {f"d_{dt}": codec.encode_dense(rng.normal(size=(3, 2)).astype(dt)) for dt in codec._tensor.DENSE_DTYPES}
+    t = {f"d_{dt}": codec.encode_dense(rng.normal(size=(3, 2)).astype(dt)) for dt in codec._tensor.DENSE_DTYPES
+         if dt != "bfloat16"}
+    bf16 = (rng.normal(size=(3, 2)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    t["d_bfloat16"] = codec.encode_dense(bf16, dtype="bfloat16")
+    w = rng.normal(size=(40, 30)).astype(np.float32)
+    t["planes"] = codec.encode_planes(w, block=500)
+    t["planes_masked"] = codec.encode_planes(w, mask=np.abs(w) > 1.0, block=300)
     t["zero_d"] = codec.encode_dense(np.float32(2.5))
     t["empty"] = codec.encode_dense(np.zeros((0, 3), np.float16))
     t["cb"] = codec.encode_codebook(np.array([-1.0, 1.0]), rng.integers(0, 2, (4, 4)))

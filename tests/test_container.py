@@ -56,7 +56,7 @@ def test_round_trip_every_kind_bit_exact():
         ]
         tensors[f"t{i}"] = enc(arg) if kind == "dense" else enc(*arg)
     f = codec.read(codec.to_bytes(tensors, config={"a": [1, 2]}, architecture="x", extra={"e": None}))
-    assert f.version == container.VERSION and f.config == {"a": [1, 2]} and f.architecture == "x"
+    assert f.version == (1, 0) and f.config == {"a": [1, 2]} and f.architecture == "x"
     for i, (kind, arg) in enumerate(cases):
         got = f.decode(f"t{i}")
         if kind == "dense":

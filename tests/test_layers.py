@@ -14,11 +14,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepzip"
 
 # Bottom to top. A module may import from its own layer or any layer below it, never above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("errors, file I/O", {"errors", "fileio", "papers"}),
+    ("errors, file I/O", {"errors", "fileio", "papers", "_user"}),
     ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
     ("foundation", {"data", "models", "train"}),
     ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "posttrain"}),
-    ("bridges", {"checkpoint", "serialize"}),
+    ("bridges", {"checkpoint", "serialize", "checkpoints_io"}),
     ("recipes", {"recipes"}),
     ("pipeline", {"pipeline"}),
     ("report", {"report"}),

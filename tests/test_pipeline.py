@@ -129,3 +129,9 @@ def test_compress_with_your_own_training_loop(trained):
               progress=False)
     assert stages == ["prune", "prune", "share"]
     assert len(torch.unique(m.fc1.weight)) <= 9  # 8 centroids + the pruned zeros
+
+
+@pytest.mark.parametrize("text, field", [('{"version": "x"}', "config.version"), ('{"bits_choices": 5}', "config")])
+def test_wrong_types_in_a_config_are_value_errors_for_api_callers(text, field):
+    with pytest.raises(ValueError, match=field):
+        PipelineConfig.from_json(text)

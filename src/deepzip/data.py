@@ -260,3 +260,55 @@ def synthetic_mnist(n: int = 512, *, seed: int = 0, classes: int = 10) -> Datase
     x = protos[y] * 0.8 + 0.2 * torch.rand(n, 1, 28, 28, generator=g) * (protos[y] > 0).float()
     x[:, :, 6:22, 6:22] += 0.1 * torch.rand(n, 1, 16, 16, generator=g)
     return Dataset(x.clamp_(0, 1), y)
+
+
+def _as_dataset(obj: object, where: str) -> Dataset:
+    """A :class:`Dataset` from what a user's data function returned for one split.
+
+    Accepted: a Dataset; a pair of tensors ``(inputs, labels)``; or an iterable (a DataLoader, a list) of
+    ``(input, label)`` pairs, either single examples (0-d labels) or batches (1-d labels).
+    """
+    if isinstance(obj, Dataset):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        x, y = obj
+        if x.shape[:1] != y.shape[:1] or y.dim() != 1:
+            raise DataError(f"{where}: inputs {tuple(x.shape)} and labels {tuple(y.shape)}: expected N inputs and "
+                            f"N integer labels")
+        return Dataset(x, y.long())
+    try:
+        items = list(obj)  # type: ignore[call-overload]
+    except TypeError:
+        raise DataError(f"{where}: a {type(obj).__name__}, expected a Dataset, (inputs, labels) tensors or an "
+                        f"iterable of (input, label) pairs") from None
+    if not items:
+        raise DataError(f"{where}: no examples")
+    first = items[0]
+    if isinstance(first, torch.Tensor) or not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise DataError(f"{where}: yields {type(first).__name__} items (inputs only?); training and evaluation need "
+                        f"(input, label) pairs")
+    xs, ys = zip(*items)
+    try:
+        ys_t = [torch.as_tensor(y) for y in ys]
+        if ys_t[0].dim() == 0:  # single examples
+            return Dataset(torch.stack([torch.as_tensor(x) for x in xs]), torch.stack(ys_t).long())
+        return Dataset(torch.cat([torch.as_tensor(x) for x in xs]), torch.cat(ys_t).long())
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DataError(f"{where}: examples do not stack into one tensor ({str(e).splitlines()[0]})") from None
+
+
+def load_user_data(spec: str) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` from a user's function named ``"module:function"`` or ``"path/file.py:function"``.
+
+    The function takes no arguments and returns ``(train, test)``, each a Dataset, ``(inputs, labels)`` tensors or
+    an iterable of ``(input, label)`` pairs (examples or batches); they are gathered into memory.
+
+    Raises:
+        ValueError: the function cannot be imported or needs arguments. DataError: it returns something else.
+    """
+    from ._user import resolve
+
+    out = resolve(spec, "data")()
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise DataError(f"data {spec!r}: returned a {type(out).__name__}, expected (train, test)")
+    return _as_dataset(out[0], f"data {spec!r} train"), _as_dataset(out[1], f"data {spec!r} test")

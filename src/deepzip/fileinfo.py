@@ -35,6 +35,9 @@ def read_dz(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEF
         raise DeepzipFormatError(f"{os.fspath(path)}: {exc}") from None
 
 
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Per-layer sizes computed from a ``.dz`` file's actual bytes (the paper's Tables 2 and 3, for our file).
 
@@ -52,8 +55,9 @@ def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None =
     paper = PAPER.get(arch, {})
     for st in f.stats():
         count = st["count"]
-        total += count
-        nonzero += st["kept"]
+        if not st["name"].endswith(_BUFFERS):  # parameters only: BatchNorm running statistics are not weights
+            total += count
+            nonzero += st["kept"]
         row = {"tensor": st["name"], "kind": st["kind"], "weights": count,
                "kept_pct": 100.0 * st["kept"] / count if count else 0.0, "bytes": st["bytes"],
                "ratio": st["decoded_bytes"] / st["bytes"] if st["bytes"] else None, "k": st["k"],
@@ -62,6 +66,10 @@ def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None =
                "index_entropy": st.get("index_entropy_bits"), "gap_entropy": st.get("gap_entropy_bits")}
         if st["kind"] == "dense":
             before_huffman += st["bytes"]
+        elif st["kind"] == "planes":  # the raw kept values (and a packed mask) before the planes' Huffman codes
+            masked = "mask" in st["section_bytes"]
+            itemsize = codec._planes.storage_dtype(st["dtype"]).itemsize
+            before_huffman += st["kept"] * itemsize + (-(-count // 8) if masked else 0)
         else:
             entries = st["index_entries"] or 0
             fixed_bits = entries * (st["raw_bits_per_index"] + (st["gap_width"] or 0))

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -89,7 +88,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def get_model(name: str, seed: int | None = 0, *, trust_code: bool = False) -> nn.Module:
-    """Build a fresh model by registered name (:data:`MODELS`), or ``"package.module:factory"`` with ``trust_code``.
+    """Build a fresh model by registered name (:data:`MODELS`), or ``"package.module:factory"`` or
+    ``"path/to/file.py:factory"`` (no PYTHONPATH needed) with ``trust_code``.
 
     ``seed`` fixes the initial weights (without touching the global random state), so a training run with the same
     seeds gives the same model; ``None`` draws them from the global generator. ``trust_code`` allows importing the
@@ -122,12 +122,9 @@ def get_model(name: str, seed: int | None = 0, *, trust_code: bool = False) -> n
             f"yourself (deepzip.load(path, model=MyNet()), CLI: --model); registered models: {', '.join(MODELS)}"
         )
     elif ":" in name:
-        mod_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"model {name!r}: cannot import factory ({exc})") from None
-        model = factory()
+        from ._user import resolve
+
+        model = resolve(name, "model")()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: factory returned {type(model).__name__}, not an nn.Module")
     else:

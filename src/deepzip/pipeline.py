@@ -120,9 +120,17 @@ class PipelineConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config.{unknown[0]}: unknown field; known: {', '.join(sorted(known))}")
-        if d.get("version", CONFIG_VERSION) > CONFIG_VERSION:
-            raise ValueError(f"config.version: {d['version']} is newer than this deepzip ({CONFIG_VERSION})")
-        return cls(**d)
+        version = d.get("version", CONFIG_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"config.version: {version!r}, expected an integer")
+        if version > CONFIG_VERSION:
+            raise ValueError(f"config.version: {version} is newer than this deepzip ({CONFIG_VERSION})")
+        try:
+            config = cls(**d)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: {exc}") from None
+        config.validate()  # wrong types and ranges name the field here, not as a TypeError later
+        return config
 
     @classmethod
     def from_json(cls, text: str) -> PipelineConfig:
@@ -162,9 +170,9 @@ class PipelineConfig:
                 raise bad(name, v, "a positive number")
         if self.init not in ("linear", "density", "random"):
             raise bad("init", self.init, "'linear', 'density' or 'random'")
-        if not self.bits_choices or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16
-                                        for b in self.bits_choices):
-            raise bad("bits_choices", list(self.bits_choices), "integers in 1..16")
+        if not isinstance(self.bits_choices, (tuple, list)) or not self.bits_choices or any(
+                isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16 for b in self.bits_choices):
+            raise bad("bits_choices", self.bits_choices, "a list of integers in 1..16")
         layers = prunable_layers(model) if model is not None else None
         if self.sparsity is not None:
             if not isinstance(self.sparsity, dict):

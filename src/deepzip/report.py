@@ -179,7 +179,8 @@ def write_report(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
     try:
         plot_size_stages(stages, out / "sizes.png", title=f"{name}: size after each stage")
         lines += ["## Size after each stage\n", "![sizes](sizes.png)\n"]
-        weights = [(n, st) for n, st in ((s["name"], s) for s in f.stats(entropy=False)) if st["kind"] != "dense"]
+        weights = [(n, st) for n, st in ((s["name"], s) for s in f.stats(entropy=False))
+                   if st["kind"] in ("codebook", "sparse")]
         plt = _plt()
         if weights:
             fig, ax = plt.subplots(figsize=(6, 3))

@@ -5,9 +5,10 @@ What each tensor becomes:
 - a weight-shared layer (:class:`deepzip.share.SharedWeight`): its codebook and indices, as ``codebook`` kind, or
   ``sparse`` kind (gaps + indices of the kept weights) when it was also pruned;
 - a pruned, unshared layer (:class:`deepzip.prune.Mask`): ``sparse`` kind whose codebook is the layer's distinct
-  kept values (lossless), or dense when it has more than 2**16 of them;
-- any other floating tensor with few distinct values (a stripped shared model, say) gets the same lossless
-  codebook treatment automatically when that is smaller; everything else is stored ``dense`` as it is.
+  kept values (lossless), or, with more than 2**16 of them, ``planes`` of the kept values behind the mask;
+- every other tensor, of any dtype (bfloat16 included), takes the smallest exact encoding
+  (:func:`deepzip.codec.encode_lossless`: raw, Huffman-coded byte planes, planes behind a zero mask, or a codebook);
+- a tensor sharing storage with an earlier one (tied weights) is stored once and tied again on load.
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
 again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
@@ -40,6 +41,7 @@ from torch.nn.utils import parametrize
 
 from . import codec, share
 from .checkpoint import LAYER_KINDS, layer_kind
+from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 from .codec import DzFile, EncodedTensor
 from .codec.container import DEFAULT_MAX_BYTES
 from .errors import CheckpointError, DeepzipError, DeepzipFormatError, UntrustedCodeError
@@ -69,25 +71,35 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
 
 
 def _encode_plain(name: str, t: torch.Tensor) -> EncodedTensor:
-    arr = t.detach().cpu().contiguous().numpy()
-    dense = codec.encode_dense(arr, name=name)
-    if arr.dtype != np.float32 or arr.ndim < 2 or arr.size < 64:
-        return dense
-    zeros = arr == 0
-    candidates = [dense]
-    if zeros.mean() > 0.05:
-        enc = _lossless(name, arr, ~zeros)
-        if enc is not None:
-            candidates.append(enc)
-    if np.unique(arr[: min(arr.size, 1 << 20)]).size <= 4096:  # cheap look before a full unique
-        enc = _lossless(name, arr, None)
-        if enc is not None:
-            candidates.append(enc)
-    return min(candidates, key=lambda e: e.nbytes)
+    """The smallest exact encoding of any tensor (any dtype deepzip stores; see codec.encode_lossless).
+
+    A pruned weight can be -0.0 (a negative weight times a zero mask): it is stored as a pruned zero, +0.0.
+    """
+    arr, dtype = tensor_to_numpy(t, name)
+    return codec.encode_lossless(arr, name=name, dtype=dtype, signed_zeros=False)  # value-exact, as torch.equal
 
 
-def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[str, EncodedTensor], dict[str, str]]:
-    """Encode every tensor of a model (or a plain state_dict). Returns (encoded tensors, layer kinds by weight name)."""
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _decoded(f: DzFile, key: str) -> torch.Tensor:
+    """Tensor ``key`` (or the one it is tied to) in the dtype it was saved in (bfloat16 included)."""
+    extra = f.extra if isinstance(f.extra, dict) else {}
+    target = extra.get("aliases", {}).get(key, key)
+    dtype = extra.get("dtypes", {}).get(target, f.tensors[target].dtype)
+    return numpy_to_tensor(_as_dtype(f.decode(target), dtype), dtype)
+
+
+def encode_model(
+    model: nn.Module | Mapping[str, torch.Tensor], aliases: dict[str, str] | None = None
+) -> tuple[dict[str, EncodedTensor], dict[str, str]]:
+    """Encode every tensor of a model (or a plain state_dict). Returns (encoded tensors, layer kinds by weight name).
+
+    Tensors sharing storage with an earlier one are not encoded again: they are put in ``aliases`` (name -> the
+    name stored) when given, and dropped otherwise.
+    """
+    aliases = {} if aliases is None else aliases
     tensors: dict[str, EncodedTensor] = {}
     kinds: dict[str, str] = {}
     if isinstance(model, nn.Module):
@@ -109,14 +121,25 @@ def encode_model(model: nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[st
                 w = module.weight.detach().cpu().float().numpy()
                 mask = mask_t.cpu().numpy()
                 enc = _lossless(key, w, mask)
-                tensors[key] = enc if enc is not None else codec.encode_dense(w, name=key)
+                if enc is None:  # too many distinct values for a codebook: the kept values' planes behind the mask
+                    enc = min(codec.encode_planes(w, name=key, mask=mask), codec.encode_dense(w, name=key),
+                              key=lambda e: e.nbytes)
+                tensors[key] = enc
                 kinds[key] = "masked"
         state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     else:
         state = dict(model)
+    aliases.clear()
+    seen: dict[tuple, str] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{key}: not a tensor ({type(value).__name__})")
+        skey = _storage_key(value) if value.numel() else None
+        if skey is not None and skey in seen:  # tied weights (an embedding shared with an output head): store once
+            aliases[key] = seen[skey]
+            continue
+        if skey is not None:
+            seen[skey] = key
         tensors[key] = _encode_plain(key, value)
         kinds[key] = "plain"
     return tensors, kinds
@@ -137,10 +160,20 @@ def save(
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module  # save what is trained, not the wrapper
-    tensors, kinds = encode_model(model)
+    aliases: dict[str, str] = {}
+    tensors, kinds = encode_model(model, aliases)
     arch = architecture or (model_name(model) if isinstance(model, nn.Module) else None)
+    dtypes = {k: d for k, v in _state_dtypes(model).items() if k in tensors and tensors[k].dtype != (d := v)}
+    more = {"aliases": aliases, "tied": sorted(aliases)} if aliases else {}
+    if dtypes:
+        more["dtypes"] = dtypes
     return codec.write(path, tensors, config=config or {}, architecture=arch,
-                       extra={**(extra or {}), "layers": kinds})
+                       extra={**(extra or {}), "layers": kinds, **more})
+
+
+def _state_dtypes(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, str]:
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return {k: TORCH_DTYPES.get(v.dtype, "") for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 
@@ -151,16 +184,36 @@ def _layer_kinds(f: DzFile) -> dict[str, str]:
     return kinds
 
 
+def _names(f: DzFile) -> list[str]:
+    """Every tensor name of the saved state_dict: those stored plus those tied to them."""
+    aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
+    if not isinstance(aliases, dict) or any(not isinstance(v, str) or v not in f.tensors for v in aliases.values()):
+        raise DeepzipFormatError("header: extra.aliases must map names to stored tensors")
+    return list(f.tensors) + [k for k in aliases if k not in f.tensors]
+
+
 def load_state_dict(
     path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES
 ) -> dict[str, torch.Tensor]:
     """Decode every tensor of a ``.dz`` file into a plain state_dict (pruned and shared weights baked in).
 
-    ``max_bytes`` bounds what the tensors may decode to (see :func:`deepzip.codec.read`).
+    Tensors in their saved dtype (bfloat16 too); tied tensors come back as one tensor under both names; a file made
+    from a checkpoint gives the checkpoint's names. ``max_bytes`` bounds what the tensors may decode to (see
+    :func:`deepzip.codec.read`).
     """
     f = read_dz(path, max_bytes=max_bytes)
-    # decode returns fresh, writable arrays: no copy, so decoding peaks at the decoded size (not twice it)
-    return {name: torch.from_numpy(f.decode(name)) for name in f.tensors}
+    if isinstance(f.extra, dict) and "checkpoint" in f.extra and not isinstance(path, (bytes, bytearray)):
+        from .checkpoints_io import state_dict_from
+
+        return state_dict_from(codec.DzReader(path, max_bytes=max_bytes))
+    out: dict[str, torch.Tensor] = {}
+    tied = set(f.extra.get("tied", [])) if isinstance(f.extra, dict) else set()
+    aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
+    for name in _names(f):
+        target = aliases.get(name, name)
+        # decode returns fresh, writable arrays, which go to torch without a copy (peak = the decoded size)
+        out[name] = out[target] if name in tied and target in out else _decoded(f, name)
+    return out
 
 
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
@@ -172,12 +225,15 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
         if key.endswith(".weight") and key[:-7] in modules and parametrize.is_parametrized(modules[key[:-7]], "weight"):
             remove_parametrization_(modules[key[:-7]], leave_parametrized=True)
     own = {k: v for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(own) - set(f.tensors)), sorted(set(f.tensors) - set(own))
+    names = _names(f)
+    missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
     if missing or unexpected:
         msg = f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         raise CheckpointError(msg[:500])
     plain: dict[str, torch.Tensor] = {}
-    for key, enc in f.tensors.items():
+    aliases = f.extra.get("aliases", {})
+    for key in names:
+        enc = f.tensors[aliases.get(key, key)]
         if tuple(enc.shape) != tuple(own[key].shape):
             raise CheckpointError(
                 f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
@@ -187,13 +243,13 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
             centroids, indices, mask = f.decode_parts(key)
             share.set_codebook_(module, centroids, indices, mask)
         elif kind == "masked" and module is not None:
-            w = torch.from_numpy(f.decode(key)).to(own[key].dtype)
+            w = _decoded(f, key).to(own[key].dtype)
             with torch.no_grad():
                 module.weight.copy_(w)
-            parametrize.register_parametrization(module, "weight", Mask(w != 0 if enc.kind == "dense" else
-                                                                        torch.from_numpy(f.decode_parts(key)[2])))
+            parametrize.register_parametrization(module, "weight", Mask(
+                w != 0 if enc.kind in ("dense", "planes") else torch.from_numpy(f.decode_parts(key)[2])))
         else:
-            plain[key] = torch.from_numpy(f.decode(key)).to(own[key].dtype)
+            plain[key] = _decoded(f, key).to(own[key].dtype)
     model.load_state_dict(plain, strict=False)
     return model
 
@@ -207,7 +263,8 @@ def load(
     runtime: str | None = None,
 ) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
-    architecture the file names. For the tensors alone (any file), use :func:`load_state_dict`.
+    architecture the file names; for a Hugging Face folder's ``.dz``, the transformers model its config.json
+    names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file), use :func:`load_state_dict`.
 
     Args:
         path: the file (or its bytes).
@@ -231,6 +288,11 @@ def load(
         raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
     f = read_dz(path, max_bytes=max_bytes)
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
+    if model is None and isinstance(f.extra, dict) and isinstance(f.extra.get("checkpoint"), dict) \
+            and f.extra["checkpoint"].get("kind") == "hf" and not isinstance(path, (bytes, bytearray)):
+        from .checkpoints_io import hf_model  # a Hugging Face folder's .dz: the model its config.json names
+
+        return hf_model(path, max_bytes=max_bytes)
     if model is None:
         arch = f.architecture
         if not arch:

@@ -131,6 +131,7 @@ def fit(
         desc: progress-bar label.
     """
     cfg = cfg or TrainConfig()
+    check_fits(model, data)
     set_seed(cfg.seed)
     if augment is None:
         augment = jitter_augment(cfg.jitter)
@@ -184,6 +185,34 @@ def fit(
 
 
 @torch.no_grad()
+def check_fits(model: nn.Module, data: Dataset) -> None:
+    """Run two examples through ``model`` (eval mode) and check it gives one logit row per example, with a column
+    for every label in ``data``.
+
+    Raises:
+        DataError: one line with the input shape and what went wrong (a model built for other inputs).
+    """
+    from .errors import DataError
+
+    x, y = data.x[:2], data.y
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"the model does not fit the data: inputs of shape {tuple(x.shape[1:])} give "
+                        f"'{msg[:200]}'") from None
+    finally:
+        model.train(was_training)
+    classes = int(y.max()) + 1 if y.numel() else 0
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] < classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"the model does not fit the data: {x.shape[0]} inputs of shape {tuple(x.shape[1:])} give "
+                        f"output {shape}, expected ({x.shape[0]}, >= {classes}) logits for labels 0..{classes - 1}")
+
+
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in eval mode, batched. Returns (N, classes)."""
     was_training = model.training
@@ -199,6 +228,7 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 2000) -> EvalRes
     """Top-1 error (percent), error count and mean cross-entropy of ``model`` on ``data``."""
     if len(data) == 0:
         raise ValueError("evaluate: empty data set")
+    check_fits(model, data)
     logits = predict(model, data.x, batch_size)
     errors = int((logits.argmax(1) != data.y).sum())
     loss = float(F.cross_entropy(logits, data.y))

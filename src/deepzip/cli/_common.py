@@ -34,6 +34,9 @@ def args(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
 
 def _common(p: argparse.ArgumentParser, threads: str = "all cores") -> None:
     p.add_argument("--data-dir", default=None, help="MNIST folder (default $DEEPZIP_DATA or ~/.cache/deepzip/mnist)")
+    p.add_argument("--data", default=None, metavar="MODULE:FUNCTION",
+                   help="your data instead of MNIST: a function (module:function or path/file.py:function) returning "
+                        "(train, test), each (inputs, labels) tensors or an iterable of (input, label) pairs")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (they are drawn only when stderr is a terminal anyway)")
     p.add_argument("--seed", type=int, default=0, help="random seed of initial weights, data order and k-means "
@@ -119,8 +122,10 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None
 
 
 def _data(a: argparse.Namespace):
-    from ..data import load_mnist
+    from ..data import load_mnist, load_user_data
 
+    if getattr(a, "data", None):
+        return load_user_data(a.data)
     return load_mnist("train", a.data_dir, quiet=a.quiet), load_mnist("test", a.data_dir, quiet=a.quiet)
 
 

@@ -17,6 +17,7 @@ from ._common import (
     existing_file,
     print_table,
 )
+from .checkpoints import add_source_args, compress_source, decompress_source, is_checkpoint_dz
 
 LAYER_COLUMNS = [
     ("tensor", "tensor", ""), ("weights", "weights", "d"), ("kept_pct", "kept %", ".1f"), ("k", "k", ""),
@@ -59,6 +60,7 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
                         "PATH (--json PATH)")
     p.add_argument("--trust-code", dest="trust_code", action="store_true",
                    help="allow a --config file or --checkpoint that names a package.module:factory model")
+    add_source_args(p)
     _common(p, threads=f"{COMPRESS_THREADS}, so that the same command writes the same file on any machine load and "
                        "core count; another N gives a file reproducible for that N")
 
@@ -68,6 +70,9 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     import shutil
     import sys
+
+    if a.source:  # a checkpoint file or folder given: compress it as it is (see cli/checkpoints.py)
+        return compress_source(a)
 
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..models import get_model
@@ -188,24 +193,29 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 def _cfg_decompress(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a .dz file")
     p.add_argument("-o", "--output", required=True,
-                   help="a .safetensors checkpoint of the plain state_dict (keeps the architecture the file names)")
+                   help="a .safetensors checkpoint of the plain state_dict (keeps the architecture the file names); "
+                        "for a .dz made from a checkpoint, that checkpoint again (a file, or a new folder for a "
+                        "Hugging Face folder)")
     _read_args(p, trust=False)
 
 
 @command("decompress", "turn a .dz file back into a plain safetensors state_dict")
 @args(_cfg_decompress)
 def cmd_decompress(a: argparse.Namespace) -> int:
-    import torch
     from safetensors.torch import save_file
 
     from ..checkpoint import FORMAT, VERSION
     from ..fileinfo import read_dz
     from ..fileio import atomic_write
+    from ..serialize import _decoded, _names
 
     path = existing_file(a.file)
     _check_output(a.output, a.file)
+    if is_checkpoint_dz(path):  # made from a checkpoint file or folder: give that back (see cli/checkpoints.py)
+        return decompress_source(path, a.output, max_bytes=a.max_bytes)
     f = read_dz(path, max_bytes=a.max_bytes)
-    sd = {name: torch.from_numpy(f.decode(name)).contiguous() for name in f.tensors}
+    # every name of the saved state_dict in its saved dtype (bfloat16 too); a tied tensor under each of its names
+    sd = {name: _decoded(f, name).contiguous() for name in _names(f)}
     # a deepzip checkpoint with no compact layers: plain tensors, plus the architecture for `deepzip evaluate`
     metadata = {"format": FORMAT, "version": str(VERSION), "arch": f.architecture or "", "layers": "{}",
                 "meta": json.dumps({"source": path.name})}

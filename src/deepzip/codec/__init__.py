@@ -9,6 +9,10 @@ together with a JSON header; the byte-level spec is docs/FORMAT.md.
   of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
 * ``encode_grouped(codebooks, indices, rows_per_group, outlier_pos, outlier_val)``: one float16 codebook per
   group of rows, Huffman-coded indices, exact float32 outliers (post-training compression).
+* ``encode_planes(array, mask=None)`` (format 1.1): lossless byte planes, each raw or Huffman-coded, of all
+  values or of the kept ones behind a packed mask; any dtype incl. ``"bfloat16"`` (as uint16 bit patterns).
+* ``encode_lossless(array)``: the smallest exact one of dense, planes, masked planes, codebook/sparse.
+* ``DzWriter(path)`` / ``DzReader(path)``: the same files written and read one tensor at a time.
 * ``decode(t)`` -> dense array; ``decode_parts(t)`` -> ``(codebook, indices, mask)``.
 * ``write(path, tensors, config=..., architecture=..., extra=...)`` -> bytes written (atomic);
   ``to_bytes(...)`` -> bytes; ``read(path_or_bytes)`` -> :class:`DzFile` with ``.header``, ``.tensors``,
@@ -37,15 +41,20 @@ from ._tensor import (
     decode_parts,
     encode_codebook,
     encode_dense,
+    encode_planes,
     encode_sparse,
     tensor_stats,
 )
+from .choose import encode_lossless
 from .container import DzFile, read, to_bytes, write
 from .grouped import encode_grouped
+from .stream import DzReader, DzWriter
 
 __all__ = [
     "DeepzipFormatError",
     "DzFile",
+    "DzReader",
+    "DzWriter",
     "EncodedTensor",
     "decode",
     "decode_kept",
@@ -53,6 +62,8 @@ __all__ = [
     "encode_codebook",
     "encode_dense",
     "encode_grouped",
+    "encode_lossless",
+    "encode_planes",
     "encode_sparse",
     "huffman",
     "read",

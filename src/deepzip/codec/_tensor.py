@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepzipFormatError
-from . import grouped, huffman, sparse
+from . import _planes, grouped, huffman, sparse
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -23,19 +23,22 @@ __all__ = [
     "decoded_nbytes",
     "encode_codebook",
     "encode_dense",
+    "encode_planes",
     "encode_sparse",
     "tensor_stats",
 ]
 
-KINDS = ("dense", "codebook", "sparse", "grouped")
-SECTIONS = {
+KINDS = ("dense", "codebook", "sparse", "planes", "grouped")
+SECTIONS: dict[str, tuple[str, ...]] = {
     "dense": ("data",),
     "codebook": ("codebook", "indices"),
     "sparse": ("codebook", "indices", "gaps"),
     "grouped": grouped.SECTIONS,  # per-row-group codebooks + outliers (codec/grouped.py)
 }
-META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"), "grouped": grouped.META_KEYS}
-DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"),
+             "planes": ("block", "kept", "masked", "mask_coded"), "grouped": grouped.META_KEYS}
+# "bfloat16" (format 1.1) has no numpy dtype: its arrays are uint16 bit patterns (see _planes.storage_dtype).
+DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "bfloat16")
 MAX_CODEBOOK = 1 << 16
 MAX_NDIM = 64
 #: Default bound on the bytes a read file may decode to (all tensors together): 1 GiB, i.e. 256M float32 weights
@@ -81,16 +84,18 @@ def _where(name: str) -> str:
 
 def decoded_nbytes(t: EncodedTensor) -> int:
     """Bytes of the array :func:`decode` returns: elements x the stored dtype's size (float32 for shared kinds)."""
-    size = np.dtype(t.dtype).itemsize if t.kind == "dense" and t.dtype in DENSE_DTYPES else 4
+    plain = t.kind in ("dense", "planes") and t.dtype in _planes.PLANE_DTYPES
+    size = _planes.storage_dtype(t.dtype).itemsize if plain else 4
     return t.numel * size
 
 
-def encode_dense(array: np.ndarray, name: str = "") -> EncodedTensor:
+def encode_dense(array: np.ndarray, name: str = "", dtype: str | None = None) -> EncodedTensor:
     """Store an array as raw little-endian values (biases, norms, layers left uncompressed).
 
     Args:
         array: any shape including 0-d and empty; dtype one of :data:`DENSE_DTYPES`.
         name: the tensor's name.
+        dtype: the dtype to record, default ``array.dtype``; ``"bfloat16"`` for uint16 bit patterns.
 
     Raises:
         ValueError: unsupported dtype.
@@ -100,10 +105,46 @@ def encode_dense(array: np.ndarray, name: str = "") -> EncodedTensor:
         1.5
     """
     a = np.asarray(array)
-    if a.dtype.name not in DENSE_DTYPES:
-        raise ValueError(f"{_where(name)}: dtype {a.dtype.name} not storable, expected one of {DENSE_DTYPES}")
+    dtype = dtype or a.dtype.name
+    if dtype not in DENSE_DTYPES:
+        raise ValueError(f"{_where(name)}: dtype {dtype} not storable, expected one of {DENSE_DTYPES}")
+    if dtype != a.dtype.name and not (dtype == "bfloat16" and a.dtype.itemsize == 2):
+        raise ValueError(f"{_where(name)}: array of dtype {a.dtype} does not hold {dtype}")
     data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
-    return EncodedTensor(name, "dense", tuple(a.shape), a.dtype.name, {}, {"data": data})
+    return EncodedTensor(name, "dense", tuple(a.shape), dtype, {}, {"data": data})
+
+
+def encode_planes(
+    array: np.ndarray, name: str = "", dtype: str | None = None, mask: np.ndarray | None = None,
+    block: int = _planes.BLOCK,
+) -> EncodedTensor:
+    """Store an array losslessly as byte planes, each raw or Huffman-coded (format 1.1; see ``_planes``).
+
+    Args:
+        array: any shape; for ``dtype="bfloat16"`` the uint16 bit patterns.
+        name: the tensor's name.
+        dtype: the dtype to record, default ``array.dtype``.
+        mask: optional bools of the array's shape: store only the values where True (the rest decode to 0).
+        block: elements per independently coded block.
+
+    Raises:
+        ValueError: unsupported dtype, mask of another shape.
+
+    Example:
+        >>> w = np.zeros((64, 64), np.float32); w[::3] = np.arange(64) / 64
+        >>> t = encode_planes(w, mask=w != 0)
+        >>> bool(np.array_equal(decode(t), w)), t.nbytes < w.nbytes // 4
+        (True, True)
+    """
+    a = np.asarray(array)
+    dtype = dtype or a.dtype.name
+    if mask is not None and np.shape(mask) != a.shape:
+        raise ValueError(f"{_where(name)}: mask shape {np.shape(mask)} != array shape {a.shape}")
+    try:
+        meta, sections = _planes.encode_planes(a, dtype, mask, block)
+    except ValueError as e:
+        raise ValueError(f"{_where(name)}: {e}") from None
+    return EncodedTensor(name, "planes", tuple(a.shape), dtype, meta, sections)
 
 
 def _check_codebook(codebook: np.ndarray, name: str) -> np.ndarray:
@@ -251,6 +292,8 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
             f"shape {list(t.shape)} decodes to {decoded_nbytes(t)} bytes, more than the limit of {max_bytes} "
             "(max_bytes; raise it if you trust the file)",
         )
+    if t.kind == "planes":
+        return _check_planes(t)
     if set(t.sections) != set(SECTIONS[t.kind]):
         raise _fail(
             t, None, f"sections {sorted(t.sections)}, expected {sorted(SECTIONS[t.kind])} for kind {t.kind}"
@@ -263,7 +306,7 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
     if t.kind == "dense":
         if t.dtype not in DENSE_DTYPES:
             raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {DENSE_DTYPES}")
-        want = n * np.dtype(t.dtype).itemsize
+        want = n * _planes.storage_dtype(t.dtype).itemsize
         if len(t.sections["data"]) != want:
             raise _fail(
                 t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}"
@@ -318,6 +361,50 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
     return info
 
 
+def _check_planes(t: EncodedTensor) -> dict[str, dict]:
+    meta = t.meta if isinstance(t.meta, dict) else {}
+    for key in META_KEYS["planes"]:
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise _fail(t, None, f"meta.{key} is {v!r}, expected an int")
+    if t.dtype not in _planes.PLANE_DTYPES:
+        raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {_planes.PLANE_DTYPES}")
+    n, kept, block = t.numel, meta["kept"], meta["block"]
+    if not 1 <= block <= _planes.MAX_BLOCK:
+        raise _fail(t, None, f"meta.block={block}, expected 1..{_planes.MAX_BLOCK}")
+    if meta["masked"] not in (0, 1) or meta["mask_coded"] not in (0, 1) or meta["mask_coded"] > meta["masked"]:
+        raise _fail(t, None, f"meta.masked={meta['masked']}, mask_coded={meta['mask_coded']}, expected 0/1")
+    if not 0 <= kept <= n or (not meta["masked"] and kept != n):
+        raise _fail(t, None, f"meta.kept={kept} for {n} elements (masked={meta['masked']})")
+    coded = meta.get("coded")
+    size = _planes.storage_dtype(t.dtype).itemsize
+    blocks = -(-kept // block)
+    if (not isinstance(coded, list) or len(coded) != blocks
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << size for c in coded)):
+        raise _fail(t, None, f"meta.coded must list {blocks} plane bitmasks below {1 << size}")
+    want = _planes.section_names(meta, t.dtype)
+    if set(t.sections) != set(want):
+        raise _fail(t, None, f"sections {sorted(t.sections)[:6]}..., expected {want[:6]}... for kind planes")
+    # Size bounds before anything is allocated: a raw plane holds exactly its count, a coded one at most
+    # 8 symbols per byte (every symbol costs at least one bit), so the file bounds the elements.
+    if meta["masked"]:
+        need = (n + 7) // 8
+        got = len(t.sections["mask"])
+        if (not meta["mask_coded"] and got != need) or (meta["mask_coded"] and need > 8 * got):
+            raise _fail(t, "mask", f"{got} bytes cannot hold the {need}-byte mask of {n} elements")
+    for j in range(blocks):
+        count = min(block, kept - j * block)
+        lengths = [len(t.sections[f"b{j}p{i}"]) for i in range(size)]
+        for i, got in enumerate(lengths):
+            if (not coded[j] >> i & 1 and got != count) or (coded[j] >> i & 1 and got != 1 and count > 8 * got):
+                raise _fail(t, f"b{j}p{i}", f"{got} bytes cannot hold {count} plane bytes")
+        # A one-byte coded section is a constant plane; without a mask (whose bytes bound the count) at least one
+        # plane per block must be more, so that the element count stays bounded by the bytes present.
+        if count > 1 and not meta["masked"] and all(coded[j] >> i & 1 and n == 1 for i, n in enumerate(lengths)):
+            raise _fail(t, f"b{j}p0", f"every plane of block {j} is constant: {count} elements from {size} bytes")
+    return {}
+
+
 def _decode_stream(t: EncodedTensor, section: str) -> np.ndarray:
     try:
         return huffman.unpack_stream(t.sections[section])
@@ -336,7 +423,7 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind in ("dense", "grouped"):
+    if t.kind in ("dense", "planes", "grouped"):
         raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     cb, pos, sym = _kept(t)
     if t.kind == "codebook":
@@ -396,11 +483,10 @@ def decode(t: EncodedTensor) -> np.ndarray:
     """
     check(t)
     if t.kind == "dense":
-        return (
-            np.frombuffer(t.sections["data"], np.dtype(t.dtype).newbyteorder("<"))
-            .astype(t.dtype)
-            .reshape(t.shape)
-        )
+        sd = _planes.storage_dtype(t.dtype)
+        return np.frombuffer(t.sections["data"], sd).astype(sd.newbyteorder("=")).reshape(t.shape)
+    if t.kind == "planes":
+        return _planes.decode_planes(t.meta, t.sections, t.shape, t.dtype, _where(t.name))
     if t.kind == "grouped":
         return grouped.decode_grouped(t)
     cb, pos, sym = _kept(t)
@@ -447,7 +533,9 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
     }
     if entropy:
         s["index_entropy_bits"] = s["gap_entropy_bits"] = None
-    if t.kind == "dense":
+    if t.kind in ("dense", "planes"):
+        if t.kind == "planes":
+            s["kept"] = t.meta["kept"]
         return s
     if t.kind == "grouped":
         idx = info["indices"]

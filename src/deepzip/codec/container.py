@@ -46,7 +46,7 @@ from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_par
 __all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: the planes kind and the bfloat16 dtype
 ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
 MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
 # JSON values in the header, at most (counted from its bytes before parsing): about 30 per tensor, so ~35k
@@ -157,7 +157,13 @@ def to_bytes(
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
     if _json_items(text) > MAX_HEADER_ITEMS:
         raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or config entries)")
-    return _pack(VERSION, zlib.compress(text, 9), b"".join(chunks))
+    return _pack(needed_version(items), zlib.compress(text, 9), b"".join(chunks))
+
+
+def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
+    """The oldest format that holds ``tensors``: 1.1 for the planes kind or bfloat16, else 1.0 (older readers
+    keep reading what they can)."""
+    return VERSION if any(t.kind == "planes" or t.dtype == "bfloat16" for t in tensors) else (1, 0)
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes) -> bytes:
@@ -318,7 +324,54 @@ def read(
     """
     buf = _read_bytes(src)
     size = len(buf)
-    if size < PREAMBLE_SIZE:
+    header, version, data_start, tables = parse_header(buf, size, max_bytes=max_bytes)
+    tensors: dict[str, EncodedTensor] = {}
+    spans = []
+    for d in tables:
+        sections = {}
+        for sec, (off, length, crc) in d.sections.items():
+            data = buf[data_start + off : data_start + off + length]
+            if zlib.crc32(data) != crc:
+                raise DeepzipFormatError(f"{d.name}/{sec}: checksum mismatch")
+            spans.append((off, off + length, f"{d.name}/{sec}"))
+            sections[sec] = data
+        t = EncodedTensor(d.name, d.kind, d.shape, d.dtype, d.meta, sections)
+        check(t, max_bytes)
+        tensors[d.name] = t
+    spans.sort()
+    prev_end = 0
+    for start, end, w in spans:  # bytes outside every section are zero padding
+        if _nonzero(buf, data_start + prev_end, data_start + start):
+            raise DeepzipFormatError(f"data: non-zero padding before {w}")
+        prev_end = max(prev_end, end)
+    if _nonzero(buf, data_start + prev_end, size):
+        raise DeepzipFormatError("data: non-zero bytes after the last section")
+    return DzFile(header, tensors, version)
+
+
+@dataclass
+class SectionTable:
+    """One tensor's header entry, sections not yet read: ``sections`` maps name -> (offset, length, crc32)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    meta: dict[str, Any]
+    sections: dict[str, tuple[int, int, int]]
+
+
+def parse_header(
+    buf: bytes, size: int, *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, Any], tuple[int, int], int, list[SectionTable]]:
+    """Check the preamble, header and section table of a file of ``size`` bytes whose first bytes are ``buf``.
+
+    ``buf`` must hold at least the preamble, the stored header and its padding (the whole file will do). Section
+    bounds, alignment and overlap are checked against ``size``, and the tensors' decoded sizes against
+    ``max_bytes``; section checksums and contents are not (:func:`read` and :class:`deepzip.codec.DzReader` read
+    the sections). Returns ``(header, version, data_start, tables)``.
+    """
+    if size < PREAMBLE_SIZE or len(buf) < PREAMBLE_SIZE:
         raise DeepzipFormatError(
             f"preamble: file is {size} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble"
         )
@@ -360,7 +413,7 @@ def read(
     _need(header, "config", dict, "header")
     _need(header, "extra", dict, "header")
     data_start = _align(PREAMBLE_SIZE + hlen)
-    if _nonzero(buf, PREAMBLE_SIZE + hlen, data_start):
+    if _nonzero(buf, PREAMBLE_SIZE + hlen, min(data_start, len(buf))):
         raise DeepzipFormatError(f"header: padding bytes {PREAMBLE_SIZE + hlen}..{data_start - 1} are not zero")
     data_size = _uint(header, "data_size", "header")
     if data_start + data_size != size:
@@ -369,14 +422,16 @@ def read(
             f"{max(0, size - data_start)} (truncated or trailing bytes)"
         )
     entries = _need(header, "tensors", list, "header")
-    tensors: dict[str, EncodedTensor] = {}
+    tables: list[SectionTable] = []
+    names: set[str] = set()
     spans = []
     total = 0
     for i, e in enumerate(entries):
         where = f"header.tensors[{i}]"
         name = _need(e, "name", str, where)
-        if not name or name in tensors:
+        if not name or name in names:
             raise DeepzipFormatError(f"{where}.name: {name!r} is empty or duplicate")
+        names.add(name)
         where = name
         kind = _need(e, "kind", str, where)
         shape = _need(e, "shape", list, where)
@@ -397,32 +452,28 @@ def read(
                 raise DeepzipFormatError(
                     f"{w}: section ends at byte {data_start + off + length} but the file has {size} (truncated?)"
                 )
-            data = buf[data_start + off : data_start + off + length]
-            if zlib.crc32(data) != crc:
-                raise DeepzipFormatError(f"{w}: checksum mismatch")
             spans.append((off, off + length, w))
-            sections[sec] = data
-        t = EncodedTensor(name, kind, tuple(shape), dtype, meta, sections)
-        check(t, max_bytes)
-        total += decoded_nbytes(t)
+            sections[sec] = (off, length, crc)
+        table = SectionTable(name, kind, tuple(shape), dtype, meta, sections)
+        # each tensor's own checks (check()) run when its sections are read; its decoded size and the total are
+        # bounded here, before anything is read or allocated
+        nbytes = max(0, decoded_nbytes(EncodedTensor(name, kind, tuple(shape), dtype, {}, {})))
+        if max_bytes is not None and nbytes > max_bytes:
+            raise DeepzipFormatError(
+                f"{name}: shape {list(shape)} decodes to {nbytes} bytes, more than the limit of {max_bytes} "
+                "(max_bytes; raise it if you trust the file)"[:400])
+        total += nbytes
         if max_bytes is not None and total > max_bytes:
             raise DeepzipFormatError(
                 f"{name}: the tensors up to here decode to {total} bytes, more than the limit of {max_bytes} "
                 "(max_bytes; raise it if you trust the file)"
             )
-        tensors[name] = t
+        tables.append(table)
     spans.sort()
-    prev_end = 0
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise DeepzipFormatError(f"{b}: overlaps {a}")
-    for start, end, w in spans:  # bytes outside every section are zero padding
-        if _nonzero(buf, data_start + prev_end, data_start + start):
-            raise DeepzipFormatError(f"data: non-zero padding before {w}")
-        prev_end = max(prev_end, end)
-    if _nonzero(buf, data_start + prev_end, size):
-        raise DeepzipFormatError("data: non-zero bytes after the last section")
-    return DzFile(header, tensors, (major, minor))
+    return header, (major, minor), data_start, tables
 
 
 def _split(blob: bytes) -> tuple[tuple[int, int], bytes, bytes]:

@@ -1,0 +1,635 @@
+"""Foreign checkpoints in and out: safetensors files, PyTorch state_dict files and Hugging Face model folders.
+
+``compress_checkpoint(src, "m.dz")`` reads a checkpoint tensor by tensor and writes a ``.dz`` file;
+``decompress_checkpoint("m.dz", out)`` gives back the same kind of thing:
+
+- a ``.safetensors`` file (any producer) -> the same file, byte for byte (its header is kept in the ``.dz``);
+- a state_dict file (``.bin``/``.pt``/``.pth``, read with ``torch.load(weights_only=True)``, so a file whose
+  unpickling needs code is refused) -> a state_dict file, tensors that shared storage sharing it again;
+- a Hugging Face folder (``config.json`` plus safetensors or ``.bin`` weights, one file or shards with an index) ->
+  the same folder, every other file (config, tokenizer, sentence-transformers modules) copied.
+
+Every tensor is stored exactly (bfloat16, float16/32/64, integers, bool), taking the smallest of its lossless
+encodings (:func:`deepzip.codec.encode_lossless`: raw, byte planes with Huffman coding, pruned-only values behind
+a mask, or a codebook); tensors with identical contents (tied embeddings, say) are stored once. With
+``share_bits`` the weight matrices are weight-shared instead (k-means, lossy): the ``.dz`` holds codebooks, and the
+decompressed checkpoint holds the shared weights in the original dtype.
+
+Only one tensor (plus its encoding) is in memory at a time when compressing, and one tensor when decompressing
+to safetensors; a state_dict file is written with ``torch.save``, which needs all its tensors at once.
+
+Example:
+    >>> import os, tempfile, torch
+    >>> from safetensors.torch import save_file, load_file
+    >>> d = tempfile.mkdtemp()
+    >>> save_file({"w": torch.randn(64, 64).bfloat16(), "b": torch.zeros(64)}, os.path.join(d, "m.safetensors"))
+    >>> info = compress_checkpoint(os.path.join(d, "m.safetensors"), os.path.join(d, "m.dz"))
+    >>> out = decompress_checkpoint(os.path.join(d, "m.dz"), os.path.join(d, "back.safetensors"))
+    >>> open(out, "rb").read() == open(os.path.join(d, "m.safetensors"), "rb").read()
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import codec
+from .codec import DzReader, DzWriter, EncodedTensor
+from .codec._tensor import DEFAULT_MAX_BYTES
+from .errors import CheckpointError
+from .fileio import atomic_write
+
+__all__ = [
+    "SourceCheckpoint",
+    "compress_checkpoint",
+    "decompress_checkpoint",
+    "hf_model",
+    "numpy_to_tensor",
+    "open_source",
+    "tensor_to_numpy",
+]
+
+# safetensors dtype codes deepzip stores; the others (F8_*, C64, U16/32/64, ...) are refused by name.
+ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+TORCH_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+                torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.int16: "int16",
+                torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
+_FROM_NAME = {v: k for k, v in TORCH_DTYPES.items()}
+_MAX_ST_HEADER = 100 << 20  # safetensors' own bound on the header JSON
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+MAX_AUX_BYTES = 32 << 20  # other files of a folder (tokenizer, config) ride in the .dz header, xz-compressed
+
+
+# ---------------------------------------------------------------------------------------------------- tensors
+def tensor_to_numpy(t: torch.Tensor, where: str = "") -> tuple[np.ndarray, str]:
+    """``(array, dtype name)`` of a CPU tensor, sharing memory where possible; bfloat16 as uint16 bit patterns.
+
+    Raises:
+        CheckpointError: a dtype deepzip does not store (complex, float8, ...), naming ``where``.
+    """
+    name = TORCH_DTYPES.get(t.dtype)
+    if name is None:
+        raise CheckpointError(f"{where}: dtype {str(t.dtype).replace('torch.', '')} is not supported "
+                              f"(deepzip stores {', '.join(sorted(set(TORCH_DTYPES.values())))})")
+    t = t.detach().cpu().contiguous()
+    if name == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16), name
+    return t.numpy(), name
+
+
+def numpy_to_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """The tensor of ``dtype`` holding ``a`` (bit patterns for bfloat16; values cast exactly otherwise)."""
+    a = np.array(a, copy=not a.flags.c_contiguous or not a.flags.writeable)  # keeps 0-d arrays 0-d
+    if dtype == "bfloat16":
+        if a.dtype == np.uint16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(a).to(_FROM_NAME[dtype])
+
+
+def _as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A decoded array in the storage dtype of ``dtype`` (a codebook decodes to float32: cast back, exactly)."""
+    if dtype == "bfloat16":
+        if a.dtype == np.uint16:
+            return a
+        return (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return a if a.dtype == np.dtype(dtype) else a.astype(dtype)
+
+
+def _raw(a: np.ndarray) -> np.ndarray:
+    """The bytes of an array as a flat uint8 array (no copy when contiguous), for hashing and writing."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- safetensors
+def read_safetensors_header(path: Path) -> tuple[str, dict[str, Any], int]:
+    """``(header JSON text, parsed header, byte where the data starts)`` of a safetensors file, bounds checked."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: {size} bytes, not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_ST_HEADER, size - 8):
+            raise CheckpointError(f"{path}: header length {n} exceeds the file ({size} bytes); not safetensors")
+        raw = f.read(n)
+    try:
+        text = raw.decode("utf-8")
+        header = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: header is not JSON ({e}); not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object")
+    start = 8 + n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError(f"{path}: {name}: malformed header entry")
+        if info["dtype"] not in ST_DTYPES:
+            raise CheckpointError(f"{path}: {name}: dtype {info['dtype']} is not supported "
+                                  f"(deepzip stores {', '.join(ST_DTYPES)})")
+        try:
+            begin, end = info["data_offsets"]
+            shape = [int(d) for d in info["shape"]]
+            need = int(np.prod(shape, dtype=np.int64)) * codec._planes.storage_dtype(ST_DTYPES[info["dtype"]]).itemsize
+            ok = isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and start + end <= size
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: {name}: malformed shape or data offsets") from None
+        if not ok or end - begin != need:
+            raise CheckpointError(f"{path}: {name}: data offsets {begin}..{end} do not fit shape {info['shape']} "
+                                  f"{info['dtype']} in a {size}-byte file (truncated?)")
+    return text, header, start
+
+
+def _st_entries(header: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Tensor entries in data order."""
+    return sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"])
+
+
+def _iter_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
+    _, header, start = read_safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, info in _st_entries(header):
+            dtype = ST_DTYPES[info["dtype"]]
+            b, e = info["data_offsets"]
+            buf = np.empty(e - b, np.uint8)
+            f.seek(start + b)
+            if f.readinto(memoryview(buf)) != e - b:
+                raise CheckpointError(f"{path}: {name}: truncated")
+            arr = buf.view(codec._planes.storage_dtype(dtype)).reshape(info["shape"])
+            yield name, arr, dtype, None
+
+
+# ---------------------------------------------------------------------------------------------------- state_dict
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+    import zipfile
+
+    kw: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
+    try:
+        try:
+            obj = torch.load(path, mmap=zipfile.is_zipfile(path), **kw)  # mmap: tensors stay on disk until read
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, **kw)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "").split(" was not")[0]
+        raise CheckpointError(
+            f"{path}: needs code to unpickle, refused (deepzip loads state_dicts with weights_only=True: {first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict (name -> tensor)")
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: {k!r} holds a {type(v).__name__}, expected a tensor; "
+                                  f"save model.state_dict() alone")
+    return obj
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _iter_state_dict(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
+    sd = _torch_load(path)
+    for name, t in sd.items():
+        arr, dtype = tensor_to_numpy(t, f"{path}: {name}")
+        yield name, arr, dtype, _storage_key(t) if t.numel() else None
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+@dataclass
+class SourceCheckpoint:
+    """A checkpoint found at a path.
+
+    Attributes:
+        kind: ``"safetensors"`` (one file), ``"state_dict"`` (one torch file) or ``"hf"`` (a folder).
+        root: the file, or the folder.
+        weights: weight files relative to the folder (the file's own name for single files).
+        aux: every other file of a folder, relative paths.
+    """
+
+    kind: str
+    root: Path
+    weights: list[str]
+    aux: list[str] = field(default_factory=list)
+
+    def path(self, rel: str) -> Path:
+        return self.root if self.kind != "hf" else self.root / rel
+
+
+def _file_format(name: str) -> str:
+    return "safetensors" if name.endswith(".safetensors") else "torch"
+
+
+def open_source(path: str | os.PathLike[str]) -> SourceCheckpoint:
+    """Recognise a checkpoint: a safetensors file, a state_dict file, or a Hugging Face folder.
+
+    Raises:
+        CheckpointError: no such path; a folder without config.json or without weights; a shard named by the
+            index but missing.
+    """
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(8)
+        if p.suffix == ".safetensors" or (len(head) == 8 and head[:1] != b"P" and p.suffix not in WEIGHT_SUFFIXES):
+            return SourceCheckpoint("safetensors", p, [p.name])
+        return SourceCheckpoint("state_dict", p, [p.name])
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: no such file or folder")
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{p}: folder has no config.json (a Hugging Face model folder needs one)")
+    files = sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file() and ".git" not in f.parts)
+    weights: list[str] = []
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (p / index).is_file():
+            try:
+                wmap = json.loads((p / index).read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{p / index}: not a shard index ({e})") from None
+            for shard in sorted(set(wmap.values())):
+                if not (p / shard).is_file():
+                    some = next(k for k, v in wmap.items() if v == shard)
+                    raise CheckpointError(f"{p / shard}: shard missing (named by {index} for {some} and others)")
+            weights = sorted(set(wmap.values()))
+            break
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    if not weights:
+        top = [f for f in safetensors if "/" not in f] or [f for f in files if "/" not in f and f.endswith(".bin")
+                                                            and f.startswith("pytorch_model")]
+        weights = top
+    # Weight files in sub-folders (a sentence-transformers Dense module, say) are compressed too.
+    weights = sorted(set(weights) | {f for f in safetensors if "/" in f})
+    if not weights:
+        raise CheckpointError(f"{p}: folder has no weights (*.safetensors or pytorch_model*.bin)")
+    aux = [f for f in files if f not in weights]
+    return SourceCheckpoint("hf", p, weights, aux)
+
+
+def _iter_file(src: SourceCheckpoint, rel: str) -> Iterator[tuple[str, np.ndarray, str, Any]]:
+    path = src.path(rel)
+    return _iter_safetensors(path) if _file_format(rel) == "safetensors" else _iter_state_dict(path)
+
+
+# ---------------------------------------------------------------------------------------------------- compress
+def _share(arr: np.ndarray, dtype: str, bits: int, name: str) -> EncodedTensor:
+    """k-means weight sharing of one matrix: a codebook whose centroids are exact in ``dtype``."""
+    from ._kmeans import assign, kmeans1d
+
+    f = (arr.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else arr
+    values = f.reshape(-1)
+    centroids, _ = kmeans1d(values, 1 << bits)
+    exact = _as_dtype(centroids.astype(np.float32), dtype)  # round to what the checkpoint can hold
+    cb = (exact.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else exact.astype(np.float32)
+    cb = np.unique(cb)
+    labels = assign(values, cb.astype(np.float64))
+    return codec.encode_codebook(cb, labels.reshape(arr.shape), name=name)
+
+
+def _shareable(arr: np.ndarray, dtype: str, min_size: int) -> bool:
+    return dtype in ("float32", "float16", "bfloat16", "float64") and arr.ndim >= 2 and arr.size >= min_size
+
+
+def compress_checkpoint(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    share_bits: int | None = None,
+    share_min_size: int = 4096,
+    block: int = codec._planes.BLOCK,
+) -> dict[str, Any]:
+    """Compress a checkpoint (see :func:`open_source`) into a ``.dz`` file, one tensor at a time.
+
+    Args:
+        src: a safetensors file, a state_dict file or a Hugging Face folder.
+        out: the ``.dz`` file to write (atomically).
+        share_bits: None for lossless; else weight-share every float matrix of at least ``share_min_size``
+            values with a ``2**share_bits``-entry codebook (lossy).
+        share_min_size: smallest matrix to share.
+        block: elements per planes block.
+
+    Returns:
+        A summary: ``bytes`` (the .dz), ``source_bytes`` (weight files), ``params``, ``tensors`` (per tensor:
+        name, dtype, shape, kind, bytes, raw bytes), ``seconds``.
+
+    Raises:
+        CheckpointError: see :func:`open_source`; an unsupported dtype or a file needing code, naming the file.
+    """
+    if share_bits is not None and not 1 <= share_bits <= 16:
+        raise ValueError(f"share_bits={share_bits}, expected 1..16")
+    t0 = time.perf_counter()
+    source = open_source(src)
+    files: list[dict[str, Any]] = []
+    aliases: dict[str, str] = {}
+    tied: list[str] = []
+    dtypes: dict[str, str] = {}
+    seen_content: dict[tuple, str] = {}
+    seen_storage: dict[tuple, str] = {}
+    rows: list[dict[str, Any]] = []
+    names: set[str] = set()
+    params = 0
+    writer = DzWriter(out, config={"share_bits": share_bits}, architecture=None)
+    try:
+        for rel in source.weights:
+            path = source.path(rel)
+            entry: dict[str, Any] = {"path": rel, "format": _file_format(rel), "tensors": []}
+            if entry["format"] == "safetensors":
+                entry["header"] = read_safetensors_header(path)[0]
+            for key, arr, dtype, storage in _iter_file(source, rel):
+                name = key if key not in names else f"{rel}:{key}"
+                names.add(name)
+                entry["tensors"].append([key, name])
+                params += arr.size
+                row = {"name": name, "file": rel, "dtype": dtype, "shape": list(arr.shape),
+                       "raw_bytes": int(arr.nbytes)}
+                if storage is not None and storage in seen_storage:
+                    aliases[name], row["kind"], row["bytes"] = seen_storage[storage], "tied", 0
+                    tied.append(name)
+                    rows.append(row)
+                    continue
+                digest = (dtype, arr.shape, hashlib.sha1(_raw(arr)).digest())
+                if storage is not None:
+                    seen_storage[storage] = name
+                if arr.size and digest in seen_content:
+                    aliases[name], row["kind"], row["bytes"] = seen_content[digest], "duplicate", 0
+                    rows.append(row)
+                    continue
+                seen_content[digest] = name
+                if share_bits is not None and _shareable(arr, dtype, share_min_size):
+                    enc = _share(arr, dtype, share_bits, name)
+                else:
+                    enc = codec.encode_lossless(arr, name=name, dtype=dtype, block=block)
+                if enc.dtype != dtype:
+                    dtypes[name] = dtype
+                writer.add(enc)
+                row["kind"] = enc.kind + ("+mask" if enc.kind == "planes" and enc.meta["masked"] else "")
+                row["bytes"] = enc.nbytes
+                rows.append(row)
+                del arr, enc
+            files.append(entry)
+        aux = {}
+        for rel in source.aux:
+            data = (source.root / rel).read_bytes()
+            if len(data) > MAX_AUX_BYTES:
+                raise CheckpointError(f"{source.root / rel}: {len(data)} bytes; files other than weights are "
+                                      f"kept in the .dz header, up to {MAX_AUX_BYTES} bytes each")
+            aux[rel] = base64.b64encode(lzma.compress(data, preset=9)).decode("ascii")
+        writer.extra = {"checkpoint": {"kind": source.kind, "files": files, "aux": aux,
+                                       "name": source.root.name},
+                        "aliases": aliases, "tied": tied, "dtypes": dtypes}
+        size = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    source_bytes = sum(source.path(r).stat().st_size for r in source.weights)
+    return {"bytes": size, "source_bytes": source_bytes, "params": params, "tensors": rows,
+            "seconds": time.perf_counter() - t0, "kind": source.kind}
+
+
+# ---------------------------------------------------------------------------------------------------- decompress
+def _checkpoint_record(reader: DzReader) -> dict[str, Any]:
+    rec = reader.extra.get("checkpoint") if isinstance(reader.extra, dict) else None
+    if not isinstance(rec, dict) or rec.get("kind") not in ("safetensors", "state_dict", "hf"):
+        raise CheckpointError(f"{reader.path}: not made from a checkpoint file or folder (no extra.checkpoint)")
+    files = rec.get("files")
+    if not isinstance(files, list) or not isinstance(rec.get("aux", {}), dict):
+        raise CheckpointError(f"{reader.path}: extra.checkpoint is malformed")
+    for f in files:
+        rel = f.get("path") if isinstance(f, dict) else None
+        if not isinstance(rel, str) or not _safe_rel(rel):
+            raise CheckpointError(f"{reader.path}: extra.checkpoint names an unsafe path {rel!r}")
+    for rel in rec.get("aux", {}):
+        if not _safe_rel(rel):
+            raise CheckpointError(f"{reader.path}: extra.checkpoint names an unsafe path {rel!r}")
+    aliases = reader.extra.get("aliases", {})
+    if not isinstance(aliases, dict) or any(v not in reader.names for v in aliases.values()):
+        raise CheckpointError(f"{reader.path}: extra.aliases names tensors the file does not have")
+    for f in files:
+        for pair in f.get("tensors", []):
+            if not (isinstance(pair, list) and len(pair) == 2 and (pair[1] in reader.names or pair[1] in aliases)):
+                raise CheckpointError(f"{reader.path}: {f['path']}: tensor entry {pair!r} names no stored tensor")
+    return rec
+
+
+def _aux_bytes(reader: DzReader, rec: dict[str, Any], rel: str) -> bytes:
+    """One stored non-weight file of a folder, decompressed with a bound (never more than MAX_AUX_BYTES)."""
+    try:
+        d = lzma.LZMADecompressor()
+        data = d.decompress(base64.b64decode(rec["aux"][rel], validate=True), MAX_AUX_BYTES + 1)
+    except (ValueError, lzma.LZMAError, TypeError) as e:
+        raise CheckpointError(f"{reader.path}: extra.checkpoint.aux[{rel!r}] is damaged ({e})") from None
+    if len(data) > MAX_AUX_BYTES or not d.eof:
+        raise CheckpointError(f"{reader.path}: extra.checkpoint.aux[{rel!r}] is larger than {MAX_AUX_BYTES} bytes "
+                              f"or truncated")
+    return data
+
+
+def _safe_rel(rel: str) -> bool:
+    """A relative path that stays inside the output folder (no absolute paths, no ``..``)."""
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
+def _decoded(reader: DzReader, name: str) -> tuple[np.ndarray, str]:
+    """A tensor's array in its original dtype's storage (bfloat16 as uint16) and that dtype's name."""
+    extra = reader.extra
+    target = extra.get("aliases", {}).get(name, name)
+    arr = reader.decode(target)
+    dtype = extra.get("dtypes", {}).get(target, reader.entry(target).dtype)
+    return _as_dtype(arr, dtype), dtype
+
+
+def _write_safetensors(reader: DzReader, entry: dict[str, Any], path: Path) -> None:
+    text = entry.get("header")
+    try:
+        header = json.loads(text)  # type: ignore[arg-type]
+        entries = _st_entries(header)
+        end = 0
+        for key, info in entries:  # the data must tile [0, end) without holes, as safetensors requires
+            b, e = info["data_offsets"]
+            n = int(np.prod(info["shape"], dtype=np.int64)) * codec._planes.storage_dtype(
+                ST_DTYPES[info["dtype"]]).itemsize
+            if b != end or e - b != n:
+                raise ValueError(f"{key}: data offsets {b}..{e} for {n} bytes after byte {end}")
+            end = e
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{reader.path}: {entry.get('path')}: stored safetensors header is damaged ({e})") \
+            from None
+    raw = text.encode("utf-8")
+    by_key = dict((k, n) for k, n in entry["tensors"])
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        start = 8 + len(raw)
+        for key, info in entries:
+            if key not in by_key:
+                raise CheckpointError(f"{reader.path}: {key}: in the safetensors header but not in the file")
+            arr, dtype = _decoded(reader, by_key[key])
+            if ST_DTYPES[info["dtype"]] != dtype or list(arr.shape) != list(info["shape"]):
+                raise CheckpointError(f"{reader.path}: {key}: {dtype} {list(arr.shape)} does not match the "
+                                      f"header's {info['dtype']} {info['shape']}")
+            f.seek(start + info["data_offsets"][0])
+            f.write(_raw(arr))
+            del arr
+
+
+def _write_state_dict(reader: DzReader, entry: dict[str, Any], path: Path) -> None:
+    tied = set(reader.extra.get("tied", []))
+    aliases = reader.extra.get("aliases", {})
+    made: dict[str, torch.Tensor] = {}
+    sd: dict[str, torch.Tensor] = {}
+    for key, name in entry["tensors"]:
+        target = aliases.get(name, name)
+        if name in tied and target in made:
+            sd[key] = made[target]  # shared storage again, as torch.save found it
+            continue
+        arr, dtype = _decoded(reader, name)
+        t = numpy_to_tensor(arr, dtype)
+        made.setdefault(name, t)
+        sd[key] = t
+    torch.save(sd, path)
+
+
+def decompress_checkpoint(
+    dz: str | os.PathLike[str], out: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> Path:
+    """Write the checkpoint a ``.dz`` file was made from (:func:`compress_checkpoint`): the same kind of thing.
+
+    A folder is built beside ``out`` and renamed onto it at the end; an existing folder is never overwritten. A
+    file replaces ``out`` atomically. ``max_bytes`` bounds what the tensors may decode to (None: no limit; memory
+    holds one tensor at a time, so this guards the disk rather than memory).
+
+    Returns:
+        The path written.
+
+    Raises:
+        CheckpointError: the ``.dz`` was not made from a checkpoint, or ``out`` is an existing folder.
+        DeepzipFormatError: a damaged file.
+    """
+    reader = DzReader(dz, max_bytes=max_bytes)
+    rec = _checkpoint_record(reader)
+    out = Path(out)
+    if rec["kind"] != "hf":
+        entry = rec["files"][0]
+        if out.is_dir():
+            raise CheckpointError(f"{out}: is a folder; give a file name for the {rec['kind']} checkpoint")
+        write = _write_safetensors if entry["format"] == "safetensors" else _write_state_dict
+        atomic_write(out, lambda tmp: write(reader, entry, Path(tmp)))
+        return out
+    if out.exists():
+        raise CheckpointError(f"{out}: already exists; remove it or choose another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel in rec.get("aux", {}):
+            target = tmpdir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_aux_bytes(reader, rec, rel))
+        for entry in rec["files"]:
+            target = tmpdir / entry["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (_write_safetensors if entry["format"] == "safetensors" else _write_state_dict)(reader, entry, target)
+        os.chmod(tmpdir, 0o755)
+        os.replace(tmpdir, out)
+    finally:
+        if tmpdir.exists():
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- load
+def state_dict_from(reader: DzReader) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.dz`` made from a checkpoint, by their names in the checkpoint, tied ones tied again."""
+    rec = _checkpoint_record(reader)
+    tied = set(reader.extra.get("tied", []))
+    aliases = reader.extra.get("aliases", {})
+    sd: dict[str, torch.Tensor] = {}
+    made: dict[str, torch.Tensor] = {}
+    for entry in rec["files"]:
+        for key, name in entry["tensors"]:
+            target = aliases.get(name, name)
+            if name in tied and target in made:
+                sd[key] = made[target]
+                continue
+            arr, dtype = _decoded(reader, name)
+            made[name] = sd[key] = numpy_to_tensor(arr, dtype)
+    return sd
+
+
+def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> torch.nn.Module:
+    """The Hugging Face model a ``.dz`` of an HF folder holds, built from its config.json by ``transformers``.
+
+    The class is the config's ``architectures[0]``, looked up in the installed ``transformers`` (never code from
+    the file; ``trust_remote_code`` is never set), and must be a ``PreTrainedModel``.
+
+    Raises:
+        CheckpointError: not an HF folder's ``.dz``; transformers missing; an unknown architecture; tensors that
+            do not fit the model (naming them).
+    """
+    reader = DzReader(path, max_bytes=max_bytes)
+    rec = _checkpoint_record(reader)
+    if rec["kind"] != "hf" or "config.json" not in rec.get("aux", {}):
+        raise CheckpointError(f"{path}: not made from a Hugging Face folder with a config.json")
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{path}: rebuilding a Hugging Face model needs transformers "
+                              f"(pip install 'deepzip[hf]')") from None
+    try:
+        config = json.loads(_aux_bytes(reader, rec, "config.json"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: config.json is not JSON ({e})") from None
+    archs = config.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"{path}: config.json names architecture {archs[:1]}, not a transformers model class")
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "config.json").write_text(json.dumps(config))
+        cfg = transformers.AutoConfig.from_pretrained(d)
+    model = cls(cfg)
+    sd = state_dict_from(reader)
+    own = model.state_dict()
+    buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
+    for k in [k for k in sd if k not in own and k in buffers]:
+        del sd[k]
+    unexpected = sorted(set(sd) - set(own))
+    if unexpected:
+        raise CheckpointError(f"{path}: tensors do not fit {archs[0]}: unexpected {unexpected[:3]}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{path}: {k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} "
+                                  f"in {archs[0]}")
+    model.load_state_dict(sd, strict=False)
+    with contextlib.suppress(AttributeError):
+        model.tie_weights()
+    now = model.state_dict()
+    loaded = {now[k].data_ptr() for k in sd if k in now and now[k].numel()}
+    missing = [k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded]
+    if missing:
+        raise CheckpointError(f"{path}: {archs[0]} has tensors the file lacks: {sorted(missing)[:3]}")
+    dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
+    if len(dtype) == 1:
+        model.to(dtype.pop())
+    return model.eval()

@@ -1,0 +1,118 @@
+"""Pick the smallest lossless encoding of one array: dense, byte planes (with or without a zero mask), or a codebook.
+
+Candidates, each exact:
+
+- ``dense``: the raw values;
+- ``planes``: the values' byte planes, each raw or Huffman-coded (:mod:`deepzip.codec._planes`);
+- ``planes`` behind a mask: the nonzero values' planes plus the packed keep-mask (tried when at least 1/16 of the
+  values are zero: a pruned layer with many distinct values);
+- ``codebook`` / ``sparse``: a float32 table of the distinct (nonzero) values and Huffman-coded indices (tried when
+  a float array has at most 2**16 distinct values, all exact in float32: a stripped weight-shared layer).
+
+Sizes of the plane candidates come from histograms, so only the winner is coded.
+
+Example:
+    >>> w = np.zeros((256, 256), np.float32); w[:, ::4] = np.random.default_rng(0).standard_normal((256, 64))
+    >>> t = encode_lossless(w)
+    >>> from deepzip.codec import decode
+    >>> t.kind, t.meta["masked"], bool(np.array_equal(decode(t), w))
+    ('planes', 1, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _planes
+from ._tensor import EncodedTensor, encode_codebook, encode_dense, encode_planes, encode_sparse
+
+__all__ = ["encode_lossless"]
+
+_MAX_CODEBOOK = 1 << 16
+_FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
+
+
+def _codebook(
+    a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool
+) -> EncodedTensor | None:
+    """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one."""
+    if dtype not in ("float32", "float16", "bfloat16", "float64") or a.size == 0:
+        return None
+    f = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
+    flat = f.reshape(-1)
+    head = flat[: 1 << 20] if mask is None else flat[: 1 << 20][mask.reshape(-1)[: 1 << 20]]
+    if np.unique(head).size > _FEW:
+        return None
+    kept = flat if mask is None else flat[mask.reshape(-1)]
+    if kept.size == 0:
+        return None
+    if not signed_zeros:
+        kept = kept + kept.dtype.type(0)  # -0.0 + 0.0 = +0.0: one zero
+    u = _planes._UINT[kept.itemsize]
+    bits, inverse = np.unique(kept.view(u), return_inverse=True)  # by bit pattern: -0.0 and NaNs stay exact
+    values = bits.view(kept.dtype)
+    if bits.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
+        return None
+    if not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
+        return None
+    if mask is None:
+        return encode_codebook(values, inverse.reshape(a.shape), name=name)
+    indices = np.zeros(a.shape, np.int64)
+    indices[mask] = inverse
+    return encode_sparse(values, indices, mask, name=name)
+
+
+def encode_lossless(
+    array: np.ndarray, name: str = "", dtype: str | None = None, block: int = _planes.BLOCK,
+    signed_zeros: bool = True,
+) -> EncodedTensor:
+    """The smallest exact encoding of ``array`` among dense, planes, masked planes and codebook/sparse.
+
+    Args:
+        array: any shape; for ``dtype="bfloat16"`` its uint16 bit patterns.
+        name: the tensor's name.
+        dtype: the dtype to record (default ``array.dtype``), one of ``_planes.PLANE_DTYPES``.
+        block: elements per planes block.
+        signed_zeros: keep -0.0 apart from +0.0 (bit-exact, the default); False stores -0.0 as a pruned zero,
+            so the decoded tensor is equal in value (``torch.equal``) but its -0.0 become +0.0.
+
+    Returns:
+        The winning :class:`EncodedTensor`. A codebook or sparse winner decodes to float32 holding exactly the
+        original values (the caller casts back to ``dtype``, e.g. bfloat16, without loss).
+
+    Raises:
+        ValueError: unsupported dtype.
+    """
+    a = np.asarray(array)
+    dtype = dtype or a.dtype.name
+    if a.size < 64:
+        return encode_dense(a, name=name, dtype=dtype)
+    if dtype not in _planes.PLANE_DTYPES:
+        raise ValueError(f"{name or '<tensor>'}: dtype {dtype} not storable, expected one of {_planes.PLANE_DTYPES}")
+    best: tuple[int, str, np.ndarray | None] = (a.nbytes, "dense", None)
+    size = _planes.planes_size(a, dtype, None, block)
+    if size < best[0]:
+        best = (size, "planes", None)
+    # Count zeros a block at a time (rotated bits: 0 is +0.0 or integer 0, 1 is -0.0), so no full-size copy is
+    # made unless a mask is worth trying.
+    floats = dtype in ("float32", "float16", "bfloat16", "float64")
+    flat = a.reshape(-1)
+
+    def is_zero(x: np.ndarray) -> np.ndarray:
+        bits = _planes._bits(x, dtype)
+        return bits <= 1 if floats and not signed_zeros else bits == 0
+
+    nzero = sum(int(is_zero(flat[s : s + block]).sum()) for s in range(0, flat.size, block))
+    mask = None
+    if nzero * 16 >= a.size:
+        mask = ~is_zero(flat).reshape(a.shape)
+        size = _planes.planes_size(a, dtype, mask, block)
+        if size < best[0]:
+            best = (size, "masked", mask)
+    winner = (encode_dense(a, name=name, dtype=dtype) if best[1] == "dense"
+              else encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block))
+    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None, signed_zeros)
+    if cb is not None and cb.nbytes < winner.nbytes:
+        return cb
+    return winner
+

@@ -1,0 +1,74 @@
+"""The CLI beyond MNIST: a user's model file and data function, with one-line errors when they do not fit."""
+
+from __future__ import annotations
+
+import textwrap
+
+import torch
+
+from deepzip.data import load_user_data
+from deepzip.models import get_model
+
+USER = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    def make():
+        return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    def needs_args(width):
+        return nn.Linear(8, width)
+
+    def data():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(300, 8, generator=g)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+        loader = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 200, 50)]  # batches, as a DataLoader yields
+        return loader, (x[200:], y[200:])
+
+    def narrow_data():
+        return (torch.randn(20, 5), torch.zeros(20).long()), (torch.randn(10, 5), torch.zeros(10).long())
+''')
+
+
+def run_here(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in this process (faster than a subprocess): exit code, stdout, stderr."""
+    from deepzip import cli
+
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_model_file_and_data_function_without_pythonpath(tmp_path, capsys):
+    (tmp_path / "user.py").write_text(USER)
+    m = get_model(f"{tmp_path}/user.py:make", trust_code=True)
+    train, test = load_user_data(f"{tmp_path}/user.py:data")
+    assert len(train) == 200 and len(test) == 100 and m(train.x[:4]).shape == (4, 3)
+    rc, out, err = run_here(capsys, "train", "--model", f"{tmp_path}/user.py:make", "--data",
+                            f"{tmp_path}/user.py:data", "--epochs", "2", "-q", "-o", str(tmp_path / "m.safetensors"))
+    assert rc == 0, err
+    assert "test error" in out and (tmp_path / "m.safetensors").exists()
+
+
+def test_factory_with_arguments_and_model_not_fitting_data_are_one_line(tmp_path, capsys):
+    (tmp_path / "user.py").write_text(USER)
+    rc, _, err = run_here(capsys, "train", "--model", f"{tmp_path}/user.py:needs_args", "--data",
+                          f"{tmp_path}/user.py:data", "-o", str(tmp_path / "x.safetensors"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "needs_args() needs arguments (width)" in err
+    rc, _, err = run_here(capsys, "train", "--model", f"{tmp_path}/user.py:make", "--data",
+                          f"{tmp_path}/user.py:narrow_data", "-o", str(tmp_path / "x.safetensors"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "does not fit the data: inputs of shape (5,)" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_ratio_counts_parameters_not_batchnorm_statistics(tmp_path):
+    from deepzip.report import file_report
+    from deepzip.serialize import save
+
+    (tmp_path / "user.py").write_text(USER)
+    m = get_model(f"{tmp_path}/user.py:make", trust_code=True)
+    save(m, tmp_path / "m.dz")
+    params = sum(p.numel() for p in m.parameters())
+    assert file_report(tmp_path / "m.dz")["params_total"] == params < sum(v.numel() for v in m.state_dict().values())
+    assert torch.is_tensor(m.state_dict()["1.running_mean"])
