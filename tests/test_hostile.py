@@ -337,14 +337,14 @@ def test_any_minor_version_is_read_as_the_format_says():
 
 
 def test_library_calls_are_silent_by_default(capfd):
-    from deepzip.lowrank import decompose_
+    from deepzip.lowrank import convs_and_linears, decompose_
     from deepzip.prune import prune_
     from deepzip.share import share_weights_
     from deepzip.train import TrainConfig
 
     m = prune_(get_model("mlp30"), sparsity=0.5)
     share_weights_(m, 3)
-    decompose_(get_model("mlp30"), include_linear=True)
+    decompose_(get_model("mlp30"), filter_fn=convs_and_linears)
     assert TrainConfig().progress is False
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""

@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepzip.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.errors import LowRankError
 from deepzip.lowrank import (
     TTLinear,
+    convs_and_linears,
     decompose_,
     energy_rank,
     evbmf,
@@ -142,9 +144,17 @@ def test_hosvd_factors_span_the_leading_singular_vectors() -> None:
     torch.testing.assert_close(core, torch.einsum("oihw,or,is->rshw", w, u_out, u_in))
 
 
-def test_ranks_above_the_dimensions_are_clamped() -> None:
+def test_explicit_ranks_above_the_dimensions_are_refused_and_low_level_ones_clamped() -> None:
     m = tiny()
-    rows = _rows(decompose_(m, ranks={"conv1": (100, 100), "fc2": 99}, skip_larger=False, progress=False))
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(LowRankError, match="conv1: R_out=100 exceeds the layer's 12 output channels"):
+        decompose_(m, ranks={"conv1": (100, 2)}, progress=False)
+    with pytest.raises(LowRankError, match="conv1: R_in=4 exceeds the layer's 3 input channels"):
+        decompose_(m, ranks={"conv1": (12, 4)}, progress=False)
+    with pytest.raises(LowRankError, match=r"fc2: rank=99 exceeds min\(out, in\)=5 of the \(5, 40\) weight"):
+        decompose_(m, ranks={"fc2": 99}, progress=False)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()) and isinstance(m.conv1, nn.Conv2d)
+    rows = _rows(decompose_(m, ranks={"conv1": (12, 3), "fc2": 5}, skip_larger=False, progress=False))
     assert [r["ranks"] for r in rows] == [(12, 3), 5]
     core, u_in, u_out = tucker2(torch.randn(4, 2, 1, 1), (9, 9))
     assert tuple(core.shape) == (4, 2, 1, 1) and u_in.shape == (2, 2) and u_out.shape == (4, 4)
@@ -202,7 +212,8 @@ def test_vbmf_method_finds_the_multilinear_ranks_of_a_noisy_kernel() -> None:
 def test_energy_method_uses_each_unfolding_and_full_energy_is_exact() -> None:
     m = get_model("lenet5")
     ref = copy.deepcopy(m)
-    rows = _rows(decompose_(m, "energy", energy=0.8, include_linear=True, skip_larger=False, progress=False))
+    rows = _rows(decompose_(m, "energy", energy=0.8, filter_fn=convs_and_linears, skip_larger=False,
+                            progress=False))
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc1", "fc2"]
     w = ref.conv2.weight
     assert rows[1]["ranks"] == (energy_rank(w.reshape(50, -1), 0.8), energy_rank(w.transpose(0, 1).reshape(20, -1),
@@ -210,7 +221,7 @@ def test_energy_method_uses_each_unfolding_and_full_energy_is_exact() -> None:
     assert rows[2]["ranks"] == energy_rank(ref.fc1.weight, 0.8)
 
     full = copy.deepcopy(ref)
-    decompose_(full, "energy", energy=1.0, include_linear=True, skip_larger=False, progress=False)
+    decompose_(full, "energy", energy=1.0, filter_fn=convs_and_linears, skip_larger=False, progress=False)
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(full(x), ref(x), atol=1e-4, rtol=0)
 
@@ -222,10 +233,12 @@ def test_layers_not_smaller_are_skipped_and_left_alone() -> None:
     assert [r["skipped"] is not None for r in rows] == [True, True]
     assert m.fc2 is fc2 and isinstance(m.conv1, nn.Conv2d)
     assert all(r["params_after"] == r["params_before"] and r["rel_error"] == 0.0 for r in rows)
-    # default selection: convs only unless include_linear
+    # default selection: convs only; filter_fn(module, fqn) picks others
     assert [r["layer"] for r in _rows(decompose_(tiny(), progress=False))] == ["conv1", "conv2"]
-    assert [r["layer"] for r in _rows(decompose_(tiny(), include_linear=True, progress=False))] == [
+    assert [r["layer"] for r in _rows(decompose_(tiny(), filter_fn=convs_and_linears, progress=False))] == [
         "conv1", "conv2", "fc1", "fc2"]
+    assert [r["layer"] for r in _rows(decompose_(tiny(), filter_fn=lambda m, fqn: fqn.startswith("fc"),
+                                                 progress=False))] == ["fc1", "fc2"]
     assert [r["layer"] for r in _rows(decompose_(tiny(), layers=["fc1.weight"], progress=False))] == ["fc1"]
 
 

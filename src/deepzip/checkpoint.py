@@ -34,8 +34,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import share
-from .errors import CheckpointError, UntrustedCodeError
+from .errors import CheckpointError, LowRankError, UntrustedCodeError
 from .fileio import atomic_write
+from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -171,6 +172,9 @@ def save_checkpoint(
         "layers": json.dumps(layers),
         "meta": json.dumps(meta or {}),
     }
+    spec = lowrank_spec(model)
+    if spec:  # factored layers: load_checkpoint rebuilds them on the base architecture
+        metadata["lowrank"] = json.dumps(spec)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -219,12 +223,15 @@ def _refuse_other_formats(p: Path) -> None:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False,
+    rebuild: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or a fresh model of the architecture it names); returns (model, meta).
 
     A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given. An architecture named
     ``"package.module:factory"`` is imported and built only with ``trust_code=True`` (that runs the module's code).
+    Factored layers the checkpoint records (``lowrank`` metadata) are rebuilt on a fresh model; a given ``model``
+    must already have them unless ``rebuild=True`` (then its dense layers are replaced as the record says).
 
     Raises:
         CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
@@ -237,6 +244,7 @@ def load_checkpoint(
         version = int(metadata.get("version", VERSION))
         layers = json.loads(metadata.get("layers", "{}"))
         meta = json.loads(metadata.get("meta", "{}"))
+        spec = json.loads(metadata.get("lowrank", "[]"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from None
     if version > VERSION:
@@ -252,6 +260,14 @@ def load_checkpoint(
         except UntrustedCodeError as exc:
             raise UntrustedCodeError(f"{path}: {exc}") from None
         except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        given = False
+    else:
+        given = True
+    if spec:
+        try:
+            rebuild_(model, spec, swap=rebuild or not given)
+        except LowRankError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
     modules = dict(model.named_modules())
     for name, info in layers.items():

@@ -6,7 +6,7 @@ the built-in exception it used to be (``ValueError`` / ``RuntimeError``), so exi
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "UntrustedCodeError"]
+__all__ = ["CheckpointError", "DataError", "DeepzipError", "DeepzipFormatError", "LowRankError", "UntrustedCodeError"]
 
 
 class DeepzipError(Exception):
@@ -26,6 +26,11 @@ class CheckpointError(DeepzipError, ValueError):
 
 class DataError(DeepzipError, RuntimeError):
     """A data set could not be obtained or is not what it claims to be."""
+
+
+class LowRankError(DeepzipError, ValueError):
+    """Bad low-rank settings or structure: ranks that do not fit a layer, TT modes whose product is not the layer's
+    size, a decomposed file loaded into a plain model. The message names the layer and both numbers."""
 
 
 class UntrustedCodeError(DeepzipError, ValueError):

@@ -21,6 +21,11 @@ reported as skipped (unless ``skip_larger=False``).
 The decomposition is computed in float64 and is exact at full ranks; it is meant to be followed by fine-tuning
 (:func:`deepzip.train.fit`), as in Kim et al., where accuracy drops at first and recovers within about an epoch.
 
+Two steps: :func:`choose_ranks` (which layers, which ranks, what it costs) then :func:`factorize_` (the module swap);
+:func:`decompose_` does both. Factored layers are :class:`Tucker2Conv`, :class:`SVDLinear` and :class:`TTLinear`
+modules, so :func:`lowrank_spec` reads the structure off any model and :func:`rebuild_` puts it back on the base
+architecture: :func:`deepzip.save` stores the spec in the ``.dz`` header and :func:`deepzip.load` rebuilds it.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -37,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,15 +51,27 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from .errors import LowRankError
 from .prune import resolve_layer
 
 __all__ = [
     "METHODS",
+    "SPEC_KINDS",
+    "LowRankError",
+    "SVDLinear",
     "TTLinear",
+    "Tucker2Conv",
+    "choose_ranks",
+    "convs_and_linears",
+    "convs_only",
+    "count_macs",
     "decompose_",
     "energy_rank",
     "evbmf",
+    "factorize_",
+    "lowrank_spec",
     "lowrank_table",
+    "rebuild_",
     "svd_factors",
     "tt_linear_",
     "tucker2",
@@ -66,6 +83,8 @@ METHODS: tuple[str, ...] = ("vbmf", "energy")
 ConvRanks = tuple[int, int]
 LayerRanks = Mapping[str, "int | tuple[int, int]"]
 TTSpec = tuple[Sequence[int], Sequence[int], int]
+#: ``filter_fn(module, fqn) -> bool``: which layers a transform touches (torchao's convention).
+FilterFn = Callable[[nn.Module, str], bool]
 
 
 # ---------------------------------------------------------------------------------------------------- rank selection
@@ -73,7 +92,7 @@ def _singular_values(matrix: torch.Tensor | np.ndarray) -> tuple[np.ndarray, int
     """Singular values (descending, L of them) and the sides L <= M of a 2-D tensor or array."""
     a = matrix.detach().double().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix, float)
     if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"expected a non-empty 2-D matrix, got shape {tuple(a.shape)}")
+        raise LowRankError(f"expected a non-empty 2-D matrix, got shape {tuple(a.shape)}")
     L, M = sorted(a.shape)
     return np.linalg.svd(a, compute_uv=False), L, M
 
@@ -186,14 +205,14 @@ def evbmf(matrix: torch.Tensor | np.ndarray, sigma2: float | None = None) -> int
         lower = min(max(lower, upper * 1e-12), upper)  # an exactly low-rank matrix has no noise floor
         sigma2 = _minimize_log_scalar(lambda v: _evb_objective(v, s2, L, M, xubar), lower, upper)
     elif not sigma2 > 0:
-        raise ValueError(f"sigma2={sigma2!r}, expected a positive noise variance")
+        raise LowRankError(f"sigma2={sigma2!r}, expected a positive noise variance")
     threshold = math.sqrt(M * sigma2 * (1.0 + tauubar) * (1.0 + alpha / tauubar))
     return int(np.sum(s > threshold))
 
 
 def _check_energy(energy: Any) -> float:
     if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy={energy!r}, expected a fraction in (0, 1]")
+        raise LowRankError(f"energy={energy!r}, expected a fraction in (0, 1]")
     return float(energy)
 
 
@@ -241,10 +260,10 @@ def tucker2(
         True
     """
     if weight.dim() != 4:
-        raise ValueError(f"tucker2: weight of shape {tuple(weight.shape)}, expected (O, I, kh, kw)")
+        raise LowRankError(f"tucker2: weight of shape {tuple(weight.shape)}, expected (O, I, kh, kw)")
     r_out, r_in = _check_conv_ranks("tucker2", ranks)
     if isinstance(hooi_iters, bool) or not isinstance(hooi_iters, int) or hooi_iters < 0:
-        raise ValueError(f"hooi_iters={hooi_iters!r}, expected an integer >= 0")
+        raise LowRankError(f"hooi_iters={hooi_iters!r}, expected an integer >= 0")
     n_out, n_in = weight.shape[:2]
     r_out, r_in = min(r_out, n_out), min(r_in, n_in)
     w = weight.detach().double()  # (O, I, kh, kw)
@@ -276,7 +295,7 @@ def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
         ((5, 7), (5, 5), True)
     """
     if weight.dim() != 2:
-        raise ValueError(f"svd_factors: weight of shape {tuple(weight.shape)}, expected (O, I)")
+        raise LowRankError(f"svd_factors: weight of shape {tuple(weight.shape)}, expected (O, I)")
     _check_rank("svd_factors", rank)
     u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
     r = min(rank, s.numel())
@@ -290,32 +309,76 @@ def _rel_error(w: torch.Tensor, approx: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- layers
-def _tucker2_conv(conv: nn.Conv2d, core: torch.Tensor, u_in: torch.Tensor, u_out: torch.Tensor) -> nn.Sequential:
-    r_out, r_in = core.shape[:2]
-    kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
-    first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False, **kw)
-    middle = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore
-                       dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False, **kw)
-    last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None, **kw)
+class Tucker2Conv(nn.Sequential):
+    """A conv layer as its Tucker-2 triple: 1x1 conv (I -> R_in), kh x kw core conv (R_in -> R_out), 1x1 conv
+    (R_out -> O, with the bias). A :class:`nn.Sequential` (state_dict keys ``0.weight``, ``1.weight``, ``2.weight``,
+    ``2.bias``) whose type tells :func:`lowrank_spec` what it is, so a saved model can be rebuilt.
+
+    Example:
+        >>> t = Tucker2Conv.like(nn.Conv2d(8, 16, 3, padding=1), (4, 2))
+        >>> t.ranks, tuple(t(torch.zeros(1, 8, 5, 5)).shape)
+        ((4, 2), (1, 16, 5, 5))
+    """
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d, ranks: ConvRanks) -> Tucker2Conv:
+        """An uninitialized triple with ``conv``'s geometry, device and dtype and ranks ``(R_out, R_in)``."""
+        r_out, r_in = ranks
+        kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
+        first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False, **kw)  # type: ignore[arg-type]
+        middle = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore
+                           dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False, **kw)
+        last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None, **kw)  # type: ignore[arg-type]
+        return cls(first, middle, last).train(conv.training)
+
+    @property
+    def ranks(self) -> ConvRanks:
+        """``(R_out, R_in)``."""
+        return self[1].out_channels, self[1].in_channels  # type: ignore[return-value]
+
+
+class SVDLinear(nn.Sequential):
+    """A linear layer as two: ``Linear(I, r, bias=False)`` then ``Linear(r, O)`` (keys ``0.weight``, ``1.weight``,
+    ``1.bias``); its type tells :func:`lowrank_spec` what it is.
+
+    Example:
+        >>> s = SVDLinear.like(nn.Linear(10, 6), 3)
+        >>> s.rank, tuple(s(torch.zeros(2, 10)).shape)
+        (3, (2, 6))
+    """
+
+    @classmethod
+    def like(cls, linear: nn.Linear, rank: int) -> SVDLinear:
+        """An uninitialized pair with ``linear``'s sizes, device and dtype and inner size ``rank``."""
+        kw = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        first = nn.Linear(linear.in_features, rank, bias=False, **kw)  # type: ignore[arg-type]
+        second = nn.Linear(rank, linear.out_features, bias=linear.bias is not None, **kw)  # type: ignore[arg-type]
+        return cls(first, second).train(linear.training)
+
+    @property
+    def rank(self) -> int:
+        return self[0].out_features  # type: ignore[return-value]
+
+
+def _tucker2_conv(conv: nn.Conv2d, core: torch.Tensor, u_in: torch.Tensor, u_out: torch.Tensor) -> Tucker2Conv:
+    new = Tucker2Conv.like(conv, (core.shape[0], core.shape[1]))
     with torch.no_grad():
-        first.weight.copy_(u_in.t()[:, :, None, None])  # (R_in, I, 1, 1)
-        middle.weight.copy_(core)  # (R_out, R_in, kh, kw)
-        last.weight.copy_(u_out[:, :, None, None])  # (O, R_out, 1, 1)
+        new[0].weight.copy_(u_in.t()[:, :, None, None])  # (R_in, I, 1, 1)
+        new[1].weight.copy_(core)  # (R_out, R_in, kh, kw)
+        new[2].weight.copy_(u_out[:, :, None, None])  # (O, R_out, 1, 1)
         if conv.bias is not None:
-            last.bias.copy_(conv.bias)  # type: ignore[union-attr]
-    return nn.Sequential(first, middle, last).train(conv.training)
+            new[2].bias.copy_(conv.bias)
+    return new
 
 
-def _svd_linear(linear: nn.Linear, first_w: torch.Tensor, second_w: torch.Tensor) -> nn.Sequential:
-    kw = dict(device=linear.weight.device, dtype=linear.weight.dtype)
-    first = nn.Linear(linear.in_features, first_w.shape[0], bias=False, **kw)  # type: ignore[arg-type]
-    second = nn.Linear(first_w.shape[0], linear.out_features, bias=linear.bias is not None, **kw)  # type: ignore
+def _svd_linear(linear: nn.Linear, first_w: torch.Tensor, second_w: torch.Tensor) -> SVDLinear:
+    new = SVDLinear.like(linear, first_w.shape[0])
     with torch.no_grad():
-        first.weight.copy_(first_w)  # (r, I)
-        second.weight.copy_(second_w)  # (O, r)
+        new[0].weight.copy_(first_w)  # (r, I)
+        new[1].weight.copy_(second_w)  # (O, r)
         if linear.bias is not None:
-            second.bias.copy_(linear.bias)  # type: ignore[union-attr]
-    return nn.Sequential(first, second).train(linear.training)
+            new[1].bias.copy_(linear.bias)
+    return new
 
 
 def _n_params(module: nn.Module) -> int:
@@ -329,27 +392,47 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _check_rank(where: str, r: Any) -> int:
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
-        raise ValueError(f"{where}: rank={r!r}, expected an integer >= 1")
+        raise LowRankError(f"{where}: rank={r!r}, expected an integer >= 1")
     return int(r)
 
 
 def _check_conv_ranks(where: str, ranks: Any) -> ConvRanks:
     if not isinstance(ranks, (tuple, list)) or len(ranks) != 2 or any(
             isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in ranks):
-        raise ValueError(f"{where}: ranks={ranks!r}, expected (R_out, R_in), two integers >= 1")
+        raise LowRankError(f"{where}: ranks={ranks!r}, expected (R_out, R_in), two integers >= 1")
     return int(ranks[0]), int(ranks[1])
 
 
+def _check_fits(name: str, module: nn.Module, r: int | ConvRanks) -> None:
+    """Explicit ranks must fit the layer: never silently clamped, the message names the layer and both numbers."""
+    if isinstance(module, nn.Conv2d):
+        for what, value, dim in (("R_out", r[0], module.out_channels), ("R_in", r[1], module.in_channels)):  # type: ignore
+            if value > dim:
+                side = "output" if what == "R_out" else "input"
+                raise LowRankError(f"{name}: {what}={value} exceeds the layer's {dim} {side} channels")
+    else:
+        limit = min(module.weight.shape)
+        if r > limit:  # type: ignore[operator]
+            raise LowRankError(f"{name}: rank={r} exceeds min(out, in)={limit} of the {tuple(module.weight.shape)} "
+                               "weight")
+
+
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {name: m for name, m in model.named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))
+            and not isinstance(_parent(model, name), (Tucker2Conv, SVDLinear))}
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module | None:
+    parent = name.rpartition(".")[0]
+    return model.get_submodule(parent) if parent else None
 
 
 def _check_plain(name: str, module: nn.Module) -> None:
     if parametrize.is_parametrized(module, "weight"):
-        raise ValueError(f"{name}.weight: pruned or weight-shared (parametrized); decompose before pruning/sharing "
-                         "or strip() the model first")
+        raise LowRankError(f"{name}.weight: pruned or weight-shared (parametrized); decompose before "
+                           "pruning/sharing or strip() the model first")
     if not torch.is_floating_point(module.weight):
-        raise ValueError(f"{name}.weight: dtype {module.weight.dtype} is not floating point")
+        raise LowRankError(f"{name}.weight: dtype {module.weight.dtype} is not floating point")
 
 
 _TABLE_ATTR = "deepzip_lowrank"
@@ -374,67 +457,65 @@ def lowrank_table(model: nn.Module) -> list[dict]:
     return [dict(r) for r in getattr(model, _TABLE_ATTR, None) or []]
 
 
-def decompose_(
+def convs_only(module: nn.Module, fqn: str) -> bool:
+    """The default ``filter_fn`` of :func:`decompose_`: every ``nn.Conv2d`` (Tucker-2 is where the speed is)."""
+    return isinstance(module, nn.Conv2d)
+
+
+def convs_and_linears(module: nn.Module, fqn: str) -> bool:
+    """A ``filter_fn`` selecting every ``nn.Conv2d`` and ``nn.Linear``."""
+    return isinstance(module, (nn.Conv2d, nn.Linear))
+
+
+def choose_ranks(
     model: nn.Module,
     method: str = "vbmf",
     *,
     energy: float = 0.9,
     ranks: LayerRanks | None = None,
+    filter_fn: FilterFn | None = None,
     layers: Iterable[str] | None = None,
-    include_linear: bool = False,
-    hooi_iters: int = 5,
     skip_larger: bool = True,
-    progress: bool = False,
-) -> nn.Module:
-    """Replace conv layers by Tucker-2 triples and (optionally) linear layers by SVD pairs, in place.
+) -> list[dict]:
+    """Rank choice, the first half of :func:`decompose_`: which layers, at which ranks, and what that would cost.
 
     Which layers: the dotted names in ``layers`` plus those named in ``ranks``; when neither is given, every
-    ``nn.Conv2d`` (and every ``nn.Linear`` with ``include_linear=True``). Only when ``layers`` is None does
-    ``include_linear`` matter; a dict of ``ranks`` alone leaves the layers it does not name alone (as ``prune_``'s
-    per-layer dicts do). Names may carry a ``.weight`` suffix.
+    ``nn.Conv2d`` / ``nn.Linear`` ``module`` with ``filter_fn(module, fqn)`` true (default :func:`convs_only`).
+    A dict of ``ranks`` alone leaves the layers it does not name alone (as ``prune_``'s per-layer dicts do). Names
+    may carry a ``.weight`` suffix.
 
-    Ranks: explicit ``ranks[name]`` -- ``(R_out, R_in)`` for a conv, an int for a linear layer -- else by ``method``
-    on each unfolding of the kernel (the weight itself for a linear layer): ``"vbmf"`` (analytical empirical VBMF,
-    :func:`evbmf`, as Kim et al.) or ``"energy"`` (:func:`energy_rank` keeping ``energy`` of the squared singular
-    values). Ranks are clamped to [1, dim].
+    Ranks: explicit ``ranks[name]`` -- ``(R_out, R_in)`` for a conv, an int for a linear layer, each at most the
+    layer's dimension -- else by ``method`` on each unfolding of the kernel (the weight itself for a linear layer):
+    ``"vbmf"`` (analytical empirical VBMF, :func:`evbmf`, as Kim et al.) or ``"energy"`` (:func:`energy_rank`
+    keeping ``energy`` of the squared singular values); those are clamped to [1, dim].
 
     Args:
-        model: the model; modified in place.
+        model: the model (not modified).
         method: ``"vbmf"`` or ``"energy"``, for the layers without explicit ranks.
         energy: fraction in (0, 1] for ``method="energy"``.
         ranks: explicit per-layer ranks, by dotted name.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` (torchao's convention), used when ``layers`` and ``ranks``
+            are both None.
         layers: dotted names of the layers to decompose (``nn.Conv2d`` or ``nn.Linear``).
-        include_linear: with ``layers=None`` and no ``ranks``, also decompose every ``nn.Linear``.
-        hooi_iters: HOOI refinement sweeps of each Tucker-2 decomposition (see :func:`tucker2`).
-        skip_larger: leave a layer dense, reported as skipped, when its factorization would not have fewer
-            parameters than the layer.
-        progress: show a progress bar over the layers.
+        skip_larger: mark a layer as skipped when its factorization would not have fewer parameters.
 
     Returns:
-        ``model``. One row per selected layer is appended to :func:`lowrank_table`: ``layer``, ``kind``
-        (``"tucker2"`` or ``"svd"``), ``shape`` (of the original weight), ``method`` (``"vbmf"``, ``"energy"`` or
-        ``"explicit"``), ``ranks`` (``(R_out, R_in)`` or ``r``, after clamping: pass
-        ``{row["layer"]: row["ranks"]}`` as ``ranks=`` to rebuild the same structure), ``params_before`` /
-        ``params_after`` (weights and biases of the layer), ``rel_error`` (``||W - W_hat|| / ||W||``, Frobenius;
-        0.0 when skipped) and ``skipped`` (None, or the reason).
+        One row per selected layer, as :func:`lowrank_table`'s (``rel_error`` still 0.0): pass them to
+        :func:`factorize_`.
 
     Raises:
-        ValueError: an unknown layer name or one that is not Conv2d/Linear, a grouped conv, a pruned or shared
-            layer, ranks < 1 or of the wrong form, an unknown method, energy outside (0, 1], negative hooi_iters;
-            the message names the layer or field. Nothing is changed when it raises.
+        LowRankError: an unknown layer name or one that is not Conv2d/Linear, a grouped conv, a pruned or shared
+            layer, ranks < 1, of the wrong form or larger than the layer, an unknown method, energy outside
+            (0, 1]; the message names the layer or field.
 
     Example:
-        >>> from torch import nn
         >>> m = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32 * 4, 64))
-        >>> rows = lowrank_table(decompose_(m, ranks={"0": (4, 4), "2": 8}, progress=False))
-        >>> [(r["layer"], r["kind"], r["ranks"], r["params_before"], r["params_after"]) for r in rows]
-        [('0', 'tucker2', (4, 4), 4640, 368), ('2', 'svd', 8, 8256, 1600)]
+        >>> [(r["layer"], r["ranks"], r["params_after"]) for r in choose_ranks(m, ranks={"0": (4, 4), "2": 8})]
+        [('0', (4, 4), 368), ('2', 8, 1600)]
     """
     if method not in METHODS:
-        raise ValueError(f"method={method!r}, expected one of {', '.join(METHODS)}")
+        raise LowRankError(f"method={method!r}, expected one of {', '.join(METHODS)}")
     energy = _check_energy(energy)
-    if isinstance(hooi_iters, bool) or not isinstance(hooi_iters, int) or hooi_iters < 0:
-        raise ValueError(f"hooi_iters={hooi_iters!r}, expected an integer >= 0")
     cands = _candidates(model)
 
     def known(key: str, what: str) -> str:
@@ -447,66 +528,152 @@ def decompose_(
             explicit[name] = _check_conv_ranks(name, given)
         else:
             explicit[name] = _check_rank(name, given)
+        _check_fits(name, cands[name], explicit[name])
     if layers is not None:
         if isinstance(layers, str):
-            raise ValueError(f"layers={layers!r}: expected a list of layer names, not one string")
+            raise LowRankError(f"layers={layers!r}: expected a list of layer names, not one string")
         names = [known(k, "layers") for k in layers]
     elif ranks is not None:
         names = []
     else:
-        names = [n for n, m in cands.items() if isinstance(m, nn.Conv2d) or include_linear]
+        keep = filter_fn or convs_only
+        names = [n for n, m in cands.items() if keep(m, n)]
     names = list(dict.fromkeys([*names, *explicit]))  # in order, without repeats
+    rows = []
     for name in names:
         module = cands[name]
         if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(f"{name}: Conv2d with groups={module.groups}; Tucker-2 needs groups=1")
+            raise LowRankError(f"{name}: Conv2d with groups={module.groups}; Tucker-2 needs groups=1")
         _check_plain(name, module)
-
-    rows = []
-    for name in tqdm(names, desc="decompose", disable=not progress, leave=False):
-        module = cands[name]
         w = module.weight.detach()
-        chosen = "explicit" if name in explicit else method
         before = _n_params(module)
         bias = 0 if module.bias is None else module.bias.numel()
-        new: nn.Module
+        r: Any
         if isinstance(module, nn.Conv2d):
             n_out, n_in, kh, kw = w.shape
             if name in explicit:
-                r_out, r_in = explicit[name]
+                r = explicit[name]
             else:
                 pick = evbmf if method == "vbmf" else (lambda a: energy_rank(a, energy))
-                r_out, r_in = pick(_unfold(w, 0)), pick(_unfold(w, 1))
-            r: Any = (min(max(r_out, 1), n_out), min(max(r_in, 1), n_in))
+                r = (min(max(pick(_unfold(w, 0)), 1), n_out), min(max(pick(_unfold(w, 1)), 1), n_in))
             kind, after = "tucker2", n_in * r[1] + r[0] * r[1] * kh * kw + r[0] * n_out + bias
         else:
             n_out, n_in = w.shape
             if name in explicit:
                 r = explicit[name]
             else:
-                r = evbmf(w) if method == "vbmf" else energy_rank(w, energy)
-            r = min(max(r, 1), n_out, n_in)
+                r = min(max(evbmf(w) if method == "vbmf" else energy_rank(w, energy), 1), n_out, n_in)
             kind, after = "svd", r * (n_out + n_in) + bias
-        row = {"layer": name, "kind": kind, "shape": list(w.shape), "method": chosen, "ranks": r,
+        row = {"layer": name, "kind": kind, "shape": list(w.shape),
+               "method": "explicit" if name in explicit else method, "ranks": r,
                "params_before": before, "params_after": after, "rel_error": 0.0, "skipped": None}
         if skip_larger and after >= before:
             row.update(params_after=before, skipped=f"factorization has {after} params, the layer {before}")
-            rows.append(row)
+        rows.append(row)
+    return rows
+
+
+def factorize_(model: nn.Module, plan: Sequence[Mapping[str, Any]], *, hooi_iters: int = 5,
+               progress: bool = False) -> nn.Module:
+    """The module swap, the second half of :func:`decompose_`: replace each planned layer by its factors, in place.
+
+    Args:
+        model: the model; modified in place.
+        plan: rows as :func:`choose_ranks` returns (``layer``, ``kind`` ``"tucker2"``/``"svd"``, ``ranks``;
+            rows with ``skipped`` set are recorded but not applied).
+        hooi_iters: HOOI refinement sweeps of each Tucker-2 decomposition (see :func:`tucker2`).
+        progress: show a progress bar over the layers.
+
+    Returns:
+        ``model``; the rows, with ``rel_error`` (``||W - W_hat|| / ||W||``) filled in, are appended to
+        :func:`lowrank_table`.
+
+    Raises:
+        LowRankError: a row naming a layer that is not there or not of its kind, ranks too large, negative
+            ``hooi_iters``. Nothing is changed when it raises.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(20, 20))
+        >>> _ = factorize_(m, [{"layer": "0", "kind": "svd", "ranks": 20}], progress=False)
+        >>> type(m[0]).__name__, lowrank_table(m)[0]["rel_error"] < 1e-6
+        ('SVDLinear', True)
+    """
+    if isinstance(hooi_iters, bool) or not isinstance(hooi_iters, int) or hooi_iters < 0:
+        raise LowRankError(f"hooi_iters={hooi_iters!r}, expected an integer >= 0")
+    cands = _candidates(model)
+    for row in plan:
+        name, kind = row.get("layer"), row.get("kind")
+        want = {"tucker2": nn.Conv2d, "svd": nn.Linear}.get(kind)  # type: ignore[arg-type]
+        if want is None:
+            raise LowRankError(f"{name}: kind={kind!r}, expected 'tucker2' or 'svd'")
+        module = cands.get(name)  # type: ignore[arg-type]
+        if not isinstance(module, want):
+            raise LowRankError(f"{name}: not a {want.__name__} of the model (a {type(module).__name__})")
+        if not row.get("skipped"):
+            r = _check_conv_ranks(name, row["ranks"]) if kind == "tucker2" else _check_rank(name, row["ranks"])
+            _check_fits(name, module, r)  # type: ignore[arg-type]
+            _check_plain(name, module)  # type: ignore[arg-type]
+    rows = []
+    for row in tqdm(plan, desc="decompose", disable=not progress, leave=False):
+        row = dict(row)
+        rows.append(row)
+        if row.get("skipped"):
             continue
-        if kind == "tucker2":
-            core, u_in, u_out = tucker2(w, r, hooi_iters)
+        name = row["layer"]
+        module = cands[name]
+        w = module.weight.detach()
+        new: nn.Module
+        if row["kind"] == "tucker2":
+            core, u_in, u_out = tucker2(w, tuple(row["ranks"]), hooi_iters)  # type: ignore[arg-type]
             approx = torch.einsum("rshw,or,is->oihw", core.double(), u_out.double(), u_in.double())
             new = _tucker2_conv(module, core, u_in, u_out)  # type: ignore[arg-type]
         else:
-            first, second = svd_factors(w, r)
+            first, second = svd_factors(w, int(row["ranks"]))
             approx = second.double() @ first.double()
             new = _svd_linear(module, first, second)  # type: ignore[arg-type]
         row["rel_error"] = _rel_error(w, approx)
         _set_module(model, name, new)
-        rows.append(row)
     _record(model, rows)
     return model
 
+
+def decompose_(
+    model: nn.Module,
+    method: str = "vbmf",
+    *,
+    energy: float = 0.9,
+    ranks: LayerRanks | None = None,
+    filter_fn: FilterFn | None = None,
+    layers: Iterable[str] | None = None,
+    hooi_iters: int = 5,
+    skip_larger: bool = True,
+    progress: bool = False,
+) -> nn.Module:
+    """Replace conv layers by Tucker-2 triples and linear layers by SVD pairs, in place:
+    :func:`choose_ranks` then :func:`factorize_` (see both for the arguments).
+
+    Returns:
+        ``model``. One row per selected layer is appended to :func:`lowrank_table`: ``layer``, ``kind``
+        (``"tucker2"`` or ``"svd"``), ``shape`` (of the original weight), ``method`` (``"vbmf"``, ``"energy"`` or
+        ``"explicit"``), ``ranks`` (``(R_out, R_in)`` or ``r``: pass ``{row["layer"]: row["ranks"]}`` as
+        ``ranks=`` to rebuild the same structure), ``params_before`` / ``params_after`` (weights and biases of the
+        layer), ``rel_error`` (``||W - W_hat|| / ||W||``, Frobenius; 0.0 when skipped) and ``skipped`` (None, or
+        the reason).
+
+    Raises:
+        LowRankError: as :func:`choose_ranks` and :func:`factorize_`; nothing is changed when it raises.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32 * 4, 64))
+        >>> rows = lowrank_table(decompose_(m, ranks={"0": (4, 4), "2": 8}, progress=False))
+        >>> [(r["layer"], r["kind"], r["ranks"], r["params_before"], r["params_after"]) for r in rows]
+        [('0', 'tucker2', (4, 4), 4640, 368), ('2', 'svd', 8, 8256, 1600)]
+    """
+    if isinstance(hooi_iters, bool) or not isinstance(hooi_iters, int) or hooi_iters < 0:
+        raise LowRankError(f"hooi_iters={hooi_iters!r}, expected an integer >= 0")
+    plan = choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=filter_fn, layers=layers,
+                        skip_larger=skip_larger)
+    return factorize_(model, plan, hooi_iters=hooi_iters, progress=progress)
 
 # ---------------------------------------------------------------------------------------------------- tensor train
 def _check_modes(where: str, in_modes: Sequence[int], out_modes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
@@ -514,10 +681,10 @@ def _check_modes(where: str, in_modes: Sequence[int], out_modes: Sequence[int]) 
     for what, modes in (("in_modes", in_modes), ("out_modes", out_modes)):
         if not isinstance(modes, (tuple, list)) or not modes or any(
                 isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in modes):
-            raise ValueError(f"{where}: {what}={modes!r}, expected a non-empty list of integers >= 1")
+            raise LowRankError(f"{where}: {what}={modes!r}, expected a non-empty list of integers >= 1")
         mods.append(tuple(int(m) for m in modes))
     if len(mods[0]) != len(mods[1]):
-        raise ValueError(f"{where}: in_modes={in_modes!r} and out_modes={out_modes!r} differ in length")
+        raise LowRankError(f"{where}: in_modes={in_modes!r} and out_modes={out_modes!r} differ in length")
     return tuple(mods)
 
 
@@ -547,7 +714,7 @@ class TTLinear(nn.Module):
         self.in_modes, self.out_modes = _check_modes("TTLinear", in_modes, out_modes)
         d = len(self.in_modes)
         if not isinstance(ranks, (tuple, list)) or len(ranks) != d - 1:
-            raise ValueError(f"TTLinear: ranks={ranks!r}, expected {d - 1} inner ranks for {d} modes")
+            raise LowRankError(f"TTLinear: ranks={ranks!r}, expected {d - 1} inner ranks for {d} modes")
         self.ranks: tuple[int, ...] = (1, *(_check_rank("TTLinear", r) for r in ranks), 1)
         self.in_features, self.out_features = math.prod(self.in_modes), math.prod(self.out_modes)
         self.cores = nn.ParameterList(
@@ -614,7 +781,7 @@ class TTLinear(nn.Module):
         """
         in_modes, out_modes = _check_modes("from_linear", in_modes, out_modes)
         if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
-            raise ValueError(f"from_linear: modes {in_modes} x {out_modes} give a {math.prod(in_modes)} x "
+            raise LowRankError(f"from_linear: modes {in_modes} x {out_modes} give a {math.prod(in_modes)} x "
                              f"{math.prod(out_modes)} layer, the Linear is {linear.in_features} x "
                              f"{linear.out_features}")
         max_rank = _check_rank("from_linear max_rank", max_rank)
@@ -679,10 +846,10 @@ def tt_linear_(
         name = resolve_layer(key, linears, "tt_linear_", "Linear")
         module = linears[name]
         if not isinstance(spec, (tuple, list)) or len(spec) != 3:
-            raise ValueError(f"{name}: spec={spec!r}, expected (in_modes, out_modes, max_rank)")
+            raise LowRankError(f"{name}: spec={spec!r}, expected (in_modes, out_modes, max_rank)")
         in_modes, out_modes = _check_modes(name, spec[0], spec[1])
         if math.prod(in_modes) != module.in_features or math.prod(out_modes) != module.out_features:
-            raise ValueError(f"{name}: modes {in_modes} x {out_modes} give {math.prod(in_modes)} x "
+            raise LowRankError(f"{name}: modes {in_modes} x {out_modes} give {math.prod(in_modes)} x "
                              f"{math.prod(out_modes)}, the layer is {module.in_features} x {module.out_features}")
         _check_rank(f"{name} max_rank", spec[2])
         _check_plain(name, module)
@@ -704,3 +871,212 @@ def tt_linear_(
         rows.append(row)
     _record(model, rows)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------- the record
+#: The kinds of factored layer a model's :func:`lowrank_spec` (and a ``.dz`` header's ``extra.lowrank``) may name.
+SPEC_KINDS: tuple[str, ...] = ("tucker2", "svd", "tt")
+
+
+def lowrank_spec(model: nn.Module) -> list[dict]:
+    """What :func:`rebuild_` needs to turn the base architecture into ``model``'s factored one, read off its modules.
+
+    One entry per :class:`Tucker2Conv`, :class:`SVDLinear` and :class:`TTLinear`, in module order:
+    ``{"layer", "kind", "shape", "ranks"}`` with ``shape`` the dense layer's weight shape, ``ranks``
+    ``[R_out, R_in]`` (tucker2), ``[r]`` (svd) or the full TT ranks ``[1, r_1, ..., 1]`` (tt, which also has
+    ``in_modes`` and ``out_modes``). Plain JSON: :func:`deepzip.save` stores it in the header.
+
+    Example:
+        >>> m = decompose_(nn.Sequential(nn.Conv2d(8, 16, 3)), ranks={"0": (4, 2)}, progress=False)
+        >>> lowrank_spec(m)
+        [{'layer': '0', 'kind': 'tucker2', 'shape': [16, 8, 3, 3], 'ranks': [4, 2]}]
+    """
+    out: list[dict] = []
+    for name, m in model.named_modules():
+        if isinstance(m, Tucker2Conv):
+            first, middle, last = m[0], m[1], m[2]
+            kh, kw = middle.kernel_size  # type: ignore[misc]
+            out.append({"layer": name, "kind": "tucker2",
+                        "shape": [last.out_channels, first.in_channels, kh, kw],
+                        "ranks": list(m.ranks)})
+        elif isinstance(m, SVDLinear):
+            out.append({"layer": name, "kind": "svd", "shape": [m[1].out_features, m[0].in_features],
+                        "ranks": [m.rank]})
+        elif isinstance(m, TTLinear):
+            out.append({"layer": name, "kind": "tt", "shape": [m.out_features, m.in_features],
+                        "ranks": list(m.ranks), "in_modes": list(m.in_modes), "out_modes": list(m.out_modes)})
+    return out
+
+
+def _ints(where: str, what: str, v: Any, n: int | None = None) -> list[int]:
+    if not isinstance(v, list) or (n is not None and len(v) != n) or any(
+            isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v):
+        count = f"{n} " if n is not None else ""
+        raise LowRankError(f"{where}: {what}={v!r}, expected a list of {count}integers >= 1")
+    return v
+
+
+def _describe(m: nn.Module) -> str:
+    if isinstance(m, Tucker2Conv):
+        return f"a Tucker-2 triple with ranks {m.ranks}"
+    if isinstance(m, SVDLinear):
+        return f"an SVD pair with rank {m.rank}"
+    if isinstance(m, TTLinear):
+        return f"a TTLinear with ranks {m.ranks}, modes {m.in_modes} x {m.out_modes}"
+    w = getattr(m, "weight", None)
+    shape = f" {tuple(w.shape)}" if isinstance(w, torch.Tensor) else ""
+    return f"a plain {type(m).__name__}{shape}"
+
+
+def _spec_module(where: str, entry: Any) -> tuple[str, str, list[int], list[int], dict]:
+    """Validate one record entry (it may come from a file): (layer, kind, shape, ranks, tt modes)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("layer"), str) or not entry["layer"]:
+        raise LowRankError(f"{where}: expected an object with a layer name, got {entry!r}"[:200])
+    name, kind = entry["layer"], entry.get("kind")
+    where = f"{where} ({name})"
+    if kind not in SPEC_KINDS:
+        raise LowRankError(f"{where}: kind={kind!r}, expected one of {', '.join(SPEC_KINDS)}")
+    shape = _ints(where, "shape", entry.get("shape"), 4 if kind == "tucker2" else 2)
+    modes: dict = {}
+    if kind == "tt":
+        for key in ("in_modes", "out_modes"):
+            modes[key] = _ints(where, key, entry.get(key))
+        d = len(modes["in_modes"])
+        if len(modes["out_modes"]) != d:
+            raise LowRankError(f"{where}: {d} in_modes but {len(modes['out_modes'])} out_modes")
+        ranks = _ints(where, "ranks", entry.get("ranks"), d + 1)
+        if ranks[0] != 1 or ranks[-1] != 1:
+            raise LowRankError(f"{where}: TT ranks {ranks} must start and end with 1")
+        if math.prod(modes["in_modes"]) != shape[1] or math.prod(modes["out_modes"]) != shape[0]:
+            raise LowRankError(f"{where}: modes {modes['in_modes']} x {modes['out_modes']} give "
+                               f"{math.prod(modes['in_modes'])} x {math.prod(modes['out_modes'])} features, the "
+                               f"layer is {shape[1]} x {shape[0]}")
+    else:
+        ranks = _ints(where, "ranks", entry.get("ranks"), 2 if kind == "tucker2" else 1)
+    return name, kind, shape, ranks, modes
+
+
+def _matches(m: nn.Module, kind: str, ranks: list[int], modes: dict) -> bool:
+    if kind == "tucker2":
+        return isinstance(m, Tucker2Conv) and list(m.ranks) == ranks
+    if kind == "svd":
+        return isinstance(m, SVDLinear) and [m.rank] == ranks
+    return (isinstance(m, TTLinear) and list(m.ranks) == ranks and list(m.in_modes) == modes["in_modes"]
+            and list(m.out_modes) == modes["out_modes"])
+
+
+_KIND_NAMES = {"tucker2": "a Tucker-2 triple with ranks {r}", "svd": "an SVD pair with rank {r}",
+               "tt": "a TTLinear with ranks {r}"}
+
+
+def rebuild_(model: nn.Module, spec: Sequence[Mapping[str, Any]], *, swap: bool = True) -> nn.Module:
+    """Give ``model`` (the base architecture) the factored layers ``spec`` describes, in place, uninitialized.
+
+    The weights are whatever the new layers' constructors give: load a state_dict (or a ``.dz`` file) afterwards.
+    Layers that already are what the entry says are left alone, so rebuilding twice is harmless.
+
+    Args:
+        model: the model; modified in place.
+        spec: entries as :func:`lowrank_spec` returns (e.g. from a file's header).
+        swap: False: only check that the model already has this structure, replace nothing.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        LowRankError: a malformed entry, a layer the model lacks, a dense layer of another shape than the entry's,
+            ranks larger than the layer, TT modes whose product is not the layer's size, a layer already factored
+            differently, or (``swap=False``) a plain layer where the spec has a factored one; the message names
+            the layer and both numbers. Nothing is changed when it raises.
+
+    Example:
+        >>> m = decompose_(nn.Sequential(nn.Conv2d(8, 16, 3)), ranks={"0": (4, 2)}, progress=False)
+        >>> fresh = rebuild_(nn.Sequential(nn.Conv2d(8, 16, 3)), lowrank_spec(m))
+        >>> _ = fresh.load_state_dict(m.state_dict())  # strict: same structure
+        >>> x = torch.randn(1, 8, 5, 5); bool(torch.equal(fresh(x), m(x)))
+        True
+    """
+    if not isinstance(spec, (list, tuple)):
+        raise LowRankError(f"low-rank spec: expected a list of layer entries, got {type(spec).__name__}")
+    mods = dict(model.named_modules())
+    todo: list[tuple[str, nn.Module]] = []
+    for i, entry in enumerate(spec):
+        name, kind, shape, ranks, modes = _spec_module(f"lowrank[{i}]", entry)
+        have = mods.get(name)
+        shown = _KIND_NAMES[kind].format(r=tuple(ranks) if kind != "svd" else ranks[0])
+        if have is None:
+            raise LowRankError(f"{name}: the spec has {shown}, the model has no layer {name!r}")
+        if _matches(have, kind, ranks, modes):
+            continue
+        if isinstance(have, (Tucker2Conv, SVDLinear, TTLinear)):
+            raise LowRankError(f"{name}: the spec has {shown}, the model has {_describe(have)}")
+        dense = nn.Conv2d if kind == "tucker2" else nn.Linear
+        if not isinstance(have, dense):
+            raise LowRankError(f"{name}: the spec has {shown} in place of a {dense.__name__}, the model has "
+                               f"{_describe(have)}")
+        if list(have.weight.shape) != shape:
+            raise LowRankError(f"{name}: the spec's dense weight is {tuple(shape)}, the model's "
+                               f"{tuple(have.weight.shape)}")
+        if not swap:
+            raise LowRankError(f"{name}: the file holds {shown}, the model has {_describe(have)} "
+                               f"({_n_params(have):,} params); load without a model to rebuild the factored "
+                               "architecture")
+        new: nn.Module
+        if kind == "tucker2":
+            if isinstance(have, nn.Conv2d) and have.groups != 1:
+                raise LowRankError(f"{name}: Conv2d with groups={have.groups}; Tucker-2 needs groups=1")
+            _check_fits(name, have, (ranks[0], ranks[1]))
+            new = Tucker2Conv.like(have, (ranks[0], ranks[1]))  # type: ignore[arg-type]
+        elif kind == "svd":
+            _check_fits(name, have, ranks[0])
+            new = SVDLinear.like(have, ranks[0])  # type: ignore[arg-type]
+        else:
+            w = have.weight
+            new = TTLinear(modes["in_modes"], modes["out_modes"], ranks[1:-1], bias=have.bias is not None,
+                           device=w.device, dtype=w.dtype).train(have.training)
+        todo.append((name, new))
+    for name, new in todo:
+        _set_module(model, name, new)
+    return model
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of one forward pass of ``x``, per Conv2d / Linear / TTLinear module, by dotted name.
+
+    Only these layers are counted (activations, pooling and additions are cheap beside them). A layer's total is
+    the sum over the names under it: ``sum(v for k, v in macs.items() if k == "conv2" or k.startswith("conv2."))``.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+        >>> count_macs(m, torch.zeros(1, 1, 5, 5))
+        {'0': 324, '2': 72}
+    """
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str) -> Any:
+        def run(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            if isinstance(m, nn.Conv2d):
+                n = out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+            elif isinstance(m, nn.Linear):
+                n = out.numel() * m.in_features
+            else:  # TTLinear: core k costs B * N * M * r_{k-1} * n_k * r_k (see forward)
+                b = inp[0].numel() // m.in_features
+                n, N, M = 0, 1, m.in_features
+                for core in m.cores:
+                    r0, mk, nk, r1 = core.shape
+                    n += b * N * M * r0 * nk * r1
+                    N, M = N * nk, M // mk
+            macs[name] = macs.get(name, 0) + int(n)
+        return run
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, TTLinear)):
+            hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

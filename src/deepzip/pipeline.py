@@ -24,6 +24,7 @@ Example (your own loop):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +39,9 @@ from torch import nn
 from . import codec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
+from .errors import CheckpointError, LowRankError
 from .fileinfo import file_report
+from .lowrank import choose_ranks, convs_and_linears, convs_only, factorize_, lowrank_spec, lowrank_table, rebuild_
 from .models import model_name
 from .prune import (
     SCAN_SPARSITIES,
@@ -60,7 +63,9 @@ from .train import TrainConfig, evaluate, fit, jitter_augment
 __all__ = ["STAGES", "PipelineConfig", "PruneSettings", "StageStore", "compress_", "file_report", "run_pipeline",
            "run_prune"]
 
-STAGES = ("prune", "share", "encode")
+STAGES = ("decompose", "prune", "share", "encode")
+#: ``PipelineConfig.decompose`` values: which layers the decompose stage factors.
+DECOMPOSE = ("tucker2", "svd", "tucker2+svd")
 CONFIG_VERSION = 1
 #: Part of every stage key: bump it when a change to deepzip makes a stage produce something else from the same
 #: config and model (2: sparsity allocation stops exactly at the target), so old stage checkpoints are not resumed.
@@ -79,6 +84,10 @@ class PipelineConfig:
 
     version: int = CONFIG_VERSION
     model: str = "lenet300"
+    # low-rank decomposition before pruning (None: no such stage); prune -> share -> Huffman then act on the factors
+    decompose: str | None = None  # "tucker2" (convs), "svd" (linear layers) or "tucker2+svd"
+    decompose_ranks: str | dict[str, Any] = "vbmf"  # "vbmf", "energy=0.9", or {layer: r or [R_out, R_in]}
+    decompose_epochs: int | None = None  # fine-tuning after it; None: the model's retraining recipe
     # pruning
     sparsity: dict[str, float] | None = None  # per layer; None: sensitivity scan split of target_sparsity
     target_sparsity: float = 0.93
@@ -159,6 +168,9 @@ class PipelineConfig:
                 raise bad(name, v, f"an integer >= {minimum}")
 
         frac("target_sparsity", self.target_sparsity)
+        self._validate_decompose(model)
+        if self.decompose is not None:
+            model = None  # layer names below refer to the factored model: checked once it exists
         frac("alpha", self.alpha)
         pos_int("prune_rounds", self.prune_rounds, False)
         pos_int("retrain_epochs", self.retrain_epochs, minimum=0)
@@ -197,11 +209,50 @@ class PipelineConfig:
             if model is not None:
                 resolve_bits(model, self.bits)
 
+    def decompose_settings(self) -> tuple[str, float, dict[str, Any] | None]:
+        """``decompose_ranks`` as (method, energy, explicit ranks or None) for :func:`deepzip.lowrank.choose_ranks`.
+
+        Example:
+            >>> PipelineConfig(decompose="tucker2", decompose_ranks="energy=0.8").decompose_settings()
+            ('energy', 0.8, None)
+        """
+        r = self.decompose_ranks
+        if isinstance(r, dict):
+            return "vbmf", 0.9, {k: tuple(v) if isinstance(v, list) else v for k, v in r.items()}
+        if r == "vbmf":
+            return "vbmf", 0.9, None
+        try:
+            if isinstance(r, str) and r.startswith("energy="):
+                return "energy", float(r[7:]), None
+        except ValueError:
+            pass
+        raise ValueError(f"config.decompose_ranks: {r!r}, expected 'vbmf', 'energy=F' or a map of layer ranks")
+
+    def _validate_decompose(self, model: nn.Module | None) -> None:
+        if self.decompose is None:
+            return
+        if self.decompose not in DECOMPOSE:
+            raise ValueError(f"config.decompose: {self.decompose!r}, expected null or one of {', '.join(DECOMPOSE)}")
+        v = self.decompose_epochs
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"config.decompose_epochs: {v!r}, expected an integer >= 0")
+        method, energy, ranks = self.decompose_settings()
+        if model is not None:  # names, kinds and sizes of explicit ranks, energy range: without computing factors
+            try:
+                choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=lambda m, fqn: False)
+            except ValueError as exc:  # LowRankError, or an unknown layer name
+                raise LowRankError(f"config.decompose_ranks: {exc}") from None
+
     def stage_key(self, stage: str, source: str) -> str:
         """A hash of the fields that decide ``stage``'s output (and of the input model), for resuming."""
         d = self.to_dict()
+        if self.decompose is None:  # keys of configs without the stage stay what they were before it existed
+            d = {k: v for k, v in d.items() if not k.startswith("decompose")}
         share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs", "finetune_lr")
-        if stage == "prune":
+        if stage == "decompose":
+            keep = ("version", "model", "seed", "jitter", "distill", "temperature", "alpha", "retrain_lr")
+            d = {k: v for k, v in d.items() if k.startswith("decompose") or k in keep}
+        elif stage == "prune":
             d = {k: v for k, v in d.items() if k not in share_fields}
         d["_source"] = source
         d["_revision"] = STAGE_REVISION
@@ -243,7 +294,10 @@ class StageStore:
         path = self.path(stage)
         if not path.exists():
             return None
-        loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)))
+        try:  # rebuild=True: a stage after decomposition holds factored layers the fresh model may not have yet
+            loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)), rebuild=True)
+        except CheckpointError:
+            return None  # another structure: from another config, so not ours to resume
         if meta.get("stage_key") != self.config.stage_key(stage, self.source):
             return None
         # The checkpoint rebuilds masks/codebooks as parametrizations on a fresh model; make `model` that model,
@@ -272,15 +326,45 @@ def compress_(
     ``error_fn(model) -> float`` (lower is better; a loss works better than an error rate) for the scans. Then
     ``deepzip.save(model, path)``.
 
+    With ``config.decompose`` set, a decompose stage comes first: the layers it names are replaced by their
+    low-rank factors (:func:`deepzip.lowrank.choose_ranks` then :func:`deepzip.lowrank.factorize_`) and
+    ``retrain(model, "decompose")`` fine-tunes them; pruning, sharing and Huffman coding then act on the factors, and
+    :func:`deepzip.save` records the structure so ``deepzip.load(path)`` rebuilds it.
+
     Optional: ``stages`` checkpoints each finished stage and resumes from it; ``measure(model, point)`` adds figures
-    (e.g. a test error) to a stage's record at ``"prune"`` (pruned and retrained), ``"shared"`` (before
-    fine-tuning) and ``"share"`` (fine-tuned); ``info`` receives each stage's record (``info["prune"]``,
-    ``info["share"]``: the settings chosen, the figures measured, ``seconds``, and the pruned model's encoded
-    ``bytes``).
+    (e.g. a test error) to a stage's record at ``"decomposed"`` (before its fine-tuning), ``"decompose"``,
+    ``"prune"`` (pruned and retrained), ``"shared"`` (before fine-tuning) and ``"share"`` (fine-tuned); ``info``
+    receives each stage's record (``info["decompose"]``, ``info["prune"]``, ``info["share"]``: the settings chosen,
+    the figures measured, ``seconds``, and the pruned model's encoded ``bytes``).
     """
     config.validate(model)
     info = {} if info is None else info
     measure = measure or (lambda m, point: {})
+
+    # ---- decompose (optional) and fine-tune
+    if config.decompose is not None:
+        t0 = time.time()
+        done = stages.resume_("decompose", model) if stages is not None else None
+        if done is not None:
+            log(f"decompose: resumed from {stages.path('decompose')}")  # type: ignore[union-attr]
+            dec_info = done
+        else:
+            method, energy, ranks = config.decompose_settings()
+            keep = {"tucker2": convs_only, "svd": lambda m, fqn: isinstance(m, nn.Linear),
+                    "tucker2+svd": convs_and_linears}[config.decompose]
+            plan = choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=keep)
+            n = len(lowrank_table(model))
+            factorize_(model, plan, progress=progress)
+            rows = lowrank_table(model)[n:]
+            decomposed = measure(model, "decomposed")
+            retrain(model, "decompose")
+            dec_info = {"layers": [{**r, "ranks": list(r["ranks"]) if isinstance(r["ranks"], tuple) else r["ranks"]}
+                                   for r in rows], "spec": lowrank_spec(model), **decomposed,
+                        **measure(model, "decompose"), "seconds": time.time() - t0}
+            if stages is not None:
+                stages.save("decompose", model, dec_info)
+        info["decompose"] = dec_info
+        dataclasses.replace(config, decompose=None).validate(model)  # per-layer sparsity / bits name the factors
 
     # ---- prune
     t0 = time.time()
@@ -404,7 +488,10 @@ def run_pipeline(
     rounds: list[dict] = []
 
     def retrain(m: nn.Module, stage: str) -> None:
-        if stage == "prune":
+        if stage == "decompose":  # the retraining recipe (distilled from the original model with config.distill)
+            cfg = _retrain_cfg(config, arch, config.decompose_epochs, progress, config.seed + 200)
+            fit(m, train, cfg, loss_fn=loss_fn, augment=augment, desc="fine-tune after decomposition")
+        elif stage == "prune":
             r = len(rounds) + 1
             cfg = _retrain_cfg(config, arch, config.retrain_epochs, progress, config.seed + r)
             fit(m, train, cfg, loss_fn=loss_fn, augment=augment,
@@ -418,6 +505,8 @@ def run_pipeline(
         error = evaluate(m, test).error_pct
         if point == "prune":
             return {"rounds": rounds, "test_error_pct": error}
+        if point in ("decomposed", "decompose"):
+            return {"test_error_before_finetune_pct" if point == "decomposed" else "test_error_pct": error}
         return {"test_error_before_finetune_pct" if point == "shared" else "test_error_pct": error}
 
     def val_loss(m: nn.Module) -> float:  # the scans' measure: smoother than a 0/1 error on 5,000 images
@@ -451,6 +540,7 @@ def run_pipeline(
         "error_pruned_pct": prune_info["test_error_pct"], "error_shared_pct": share_info["test_error_pct"],
         "error_in_memory_pct": evaluate(model, test).error_pct,
         "sparsity": prune_info["sparsity"], "bits": share_info["bits"],
+        "decompose": info.get("decompose"), "lowrank": lowrank_spec(model),
         "stage_bytes": {"dense_32bit": 4 * total, "pruned": pruned_bytes,
                         "pruned_shared_fixed_width": report["bytes_before_huffman"], "huffman_file": nbytes},
         "layers": report["layers"], "seconds": timings, "config": config.to_dict(),
@@ -569,7 +659,7 @@ def _fresh_like(model: nn.Module) -> nn.Module:
     name = model_name(model)
     if name:
         try:
-            return get_model(name)
+            return rebuild_(get_model(name), lowrank_spec(model))  # with the same factored layers, if any
         except ValueError:
             pass
     from .prune import strip

@@ -44,8 +44,9 @@ from .checkpoint import LAYER_KINDS, layer_kind
 from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 from .codec import DzFile, EncodedTensor
 from .codec.container import DEFAULT_MAX_BYTES
-from .errors import CheckpointError, DeepzipError, DeepzipFormatError, UntrustedCodeError
+from .errors import CheckpointError, DeepzipError, DeepzipFormatError, LowRankError, UntrustedCodeError
 from .fileinfo import read_dz
+from .lowrank import lowrank_spec, rebuild_
 from .models import get_model, model_name
 from .prune import Mask, get_mask, remove_parametrization_
 
@@ -156,7 +157,9 @@ def save(
     """Write ``model`` (or a state_dict) to a ``.dz`` file, atomically; returns the bytes written.
 
     A pruned and/or weight-shared model is stored in its compact form automatically. ``config`` (the recipe that
-    made the model) and ``architecture`` (default: the name the model was built under) go into the header.
+    made the model) and ``architecture`` (default: the name the model was built under) go into the header, and so
+    does the model's low-rank structure (:func:`deepzip.lowrank.lowrank_spec`, as ``extra.lowrank``) when it has
+    factored layers, so :func:`load` can rebuild it from the base architecture.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module  # save what is trained, not the wrapper
@@ -164,9 +167,12 @@ def save(
     tensors, kinds = encode_model(model, aliases)
     arch = architecture or (model_name(model) if isinstance(model, nn.Module) else None)
     dtypes = {k: d for k, v in _state_dtypes(model).items() if k in tensors and tensors[k].dtype != (d := v)}
-    more = {"aliases": aliases, "tied": sorted(aliases)} if aliases else {}
+    more: dict[str, object] = {"aliases": aliases, "tied": sorted(aliases)} if aliases else {}
     if dtypes:
         more["dtypes"] = dtypes
+    spec = lowrank_spec(model) if isinstance(model, nn.Module) else []
+    if spec:  # which layers are factored, and how: load() rebuilds that structure on the base architecture
+        more["lowrank"] = spec
     return codec.write(path, tensors, config=config or {}, architecture=arch,
                        extra={**(extra or {}), "layers": kinds, **more})
 
@@ -254,6 +260,14 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
+def lowrank_of(f: DzFile) -> list[dict]:
+    """The file's low-rank structure record (``extra.lowrank``; empty for a file without factored layers)."""
+    spec = f.extra.get("lowrank", []) if isinstance(f.extra, dict) else []
+    if not isinstance(spec, list):
+        raise DeepzipFormatError("header: extra.lowrank is not a list of layer entries")
+    return spec
+
+
 def load(
     path: str | os.PathLike[str] | bytes,
     model: nn.Module | None = None,
@@ -263,8 +277,10 @@ def load(
     runtime: str | None = None,
 ) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
-    architecture the file names; for a Hugging Face folder's ``.dz``, the transformers model its config.json
-    names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file), use :func:`load_state_dict`.
+    architecture the file names, given the factored layers the header records (``extra.lowrank``, rebuilt by
+    :func:`deepzip.lowrank.rebuild_`); for a Hugging Face folder's ``.dz``, the transformers model its config.json
+    names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file; factored tensors as stored),
+    use :func:`load_state_dict`.
 
     Args:
         path: the file (or its bytes).
@@ -283,6 +299,8 @@ def load(
         UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
         CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
         DeepzipError: the file names no architecture and no ``model`` was given.
+        LowRankError: the file holds factored layers that ``model`` does not have (e.g. a plain model), or a bad
+            low-rank record; the message names the layer and both structures.
     """
     if runtime not in (None, "fast", "small", "shrunk"):
         raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
@@ -293,6 +311,8 @@ def load(
         from .checkpoints_io import hf_model  # a Hugging Face folder's .dz: the model its config.json names
 
         return hf_model(path, max_bytes=max_bytes)
+    spec = lowrank_of(f)
+    given = model is not None
     if model is None:
         arch = f.architecture
         if not arch:
@@ -307,6 +327,11 @@ def load(
             raise UntrustedCodeError(f"{where}{exc}") from None
         except ValueError as exc:
             raise CheckpointError(f"{where}{exc}; pass the model explicitly") from None
+    if spec:  # the factored layers the header records, on the base architecture
+        try:
+            rebuild_(model, spec, swap=not given)
+        except LowRankError as exc:
+            raise LowRankError(f"{where}{exc}") from None
     if runtime in ("fast", "small"):
         from .runtime import from_dz
 

@@ -1,0 +1,87 @@
+"""``deepzip decompose``: the per-layer table and JSON agree with the file written, the file loads by itself, and
+bad ranks / modes / files give one line naming the layer and a non-zero exit, writing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepzip import cli
+from deepzip.checkpoint import save_checkpoint
+from deepzip.cli.lowrank import parse_rank, tt_modes
+from deepzip.lowrank import Tucker2Conv, lowrank_spec
+from deepzip.models import get_model
+from deepzip.serialize import load
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "lenet5.safetensors"
+    save_checkpoint(get_model("lenet5"), path)
+    return path
+
+
+def test_tucker2_explicit_ranks_table_json_and_file(ckpt, tmp_path, capsys) -> None:
+    out = tmp_path / "d.dz"
+    assert cli.main(["decompose", str(ckpt), "-o", str(out), "-q", "--rank", "conv2=8x6", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["layers"]
+    assert (row["layer"], row["kind"], row["ranks"]) == ("conv2", "tucker2", "8x6")
+    assert row["params_before"] == 25050 and row["params_after"] == 20 * 6 + 8 * 6 * 25 + 8 * 50 + 50
+    assert row["macs_before"] == 8 * 8 * 50 * 20 * 25
+    assert row["macs_after"] == 12 * 12 * 6 * 20 + 8 * 8 * 8 * 6 * 25 + 8 * 8 * 50 * 8
+    assert doc["total"]["macs_before"] - doc["total"]["macs_after"] == row["macs_before"] - row["macs_after"]
+    m = load(out)  # the file alone
+    assert isinstance(m.conv2, Tucker2Conv) and lowrank_spec(m)[0]["ranks"] == [8, 6]
+    assert doc["bytes"] == out.stat().st_size
+    assert cli.main(["decompose", str(ckpt), "-o", str(tmp_path / "e.dz"), "-q", "--rank", "conv2=4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["ranks"] == "4x4"  # one number: R_out = R_in
+
+
+def test_svd_energy_and_tt_print_a_table(ckpt, tmp_path, capsys) -> None:
+    assert cli.main(["decompose", str(ckpt), "-o", str(tmp_path / "s.dz"), "-q", "--method", "svd",
+                     "--rank", "energy=0.5", "--layers", "fc1"]) == 0
+    text = capsys.readouterr().out
+    assert "fc1" in text and "svd" in text and "fc2" not in text.split("params ")[0]
+    assert cli.main(["decompose", str(ckpt), "-o", str(tmp_path / "t.safetensors"), "-q", "--method", "tt",
+                     "--rank", "fc1=4", "--modes", "fc1=8x10x10:5x10x10"]) == 0
+    assert "1x4x4x1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "pattern"), [
+    (["--rank", "conv2=60x4"], "conv2: R_out=60 exceeds the layer's 50 output channels"),
+    (["--rank", "conv2=0x4"], r"conv2: ranks=\(0, 4\)"),
+    (["--rank", "conv2=-3"], r"conv2: ranks=\(-3, -3\)"),
+    (["--method", "svd", "--rank", "fc1=600"], r"fc1: rank=600 exceeds min\(out, in\)=500"),
+    (["--method", "svd", "--rank", "conv2=4"], "conv2: a Conv2d, not a Linear"),
+    (["--method", "tt", "--rank", "fc1=4", "--modes", "fc1=8x10x10:5x10x11"],
+     r"fc1: modes \(8, 10, 10\) x \(5, 10, 11\) give 800 x 550, the layer is 800 x 500"),
+    (["--method", "tt"], "TT ranks are not chosen by VBMF"),
+    (["--rank", "energy=2"], "energy=2.0"),
+    (["--rank", "fc1"], "expected vbmf, energy=F"),
+    (["--rank", "conv9=4x4"], "conv9: unknown layer"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(ckpt, tmp_path, capsys, argv, pattern) -> None:
+    out = tmp_path / "x.dz"
+    assert cli.main(["decompose", str(ckpt), "-o", str(out), "-q", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deepzip decompose: error:")
+    assert __import__("re").search(pattern, err), err
+    assert not out.exists()
+
+
+def test_missing_file_and_overwriting_the_input(ckpt, tmp_path, capsys) -> None:
+    assert cli.main(["decompose", str(tmp_path / "none.dz"), "-o", str(tmp_path / "o.dz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["decompose", str(ckpt), "-o", str(ckpt), "-q"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_parsers() -> None:
+    assert parse_rank("vbmf") == ("vbmf", 0.9, None)
+    assert parse_rank("fc1=3,conv2=4X5") == ("vbmf", 0.9, {"fc1": 3, "conv2": (4, 5)})
+    for n, d in [(784, 4), (1024, 3), (97, 2), (1, 3)]:
+        modes = tt_modes(n, d)
+        assert len(modes) == d and torch.tensor(modes).prod().item() == n
