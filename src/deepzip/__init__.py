@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
     "load": "serialize", "save": "serialize",
     "share_weights_": "share",
+    "PostTrainConfig": "posttrain", "compress_to_bound_": "posttrain", "save_posttrained": "posttrain",
     "shrink_": "shrink",
     "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .g2p_data import load_g2p
     from .lowrank import TTLinear, decompose_, tt_linear_
     from .models import get_model
+    from .posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
     from .prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
     from .runtime import sparsify_
     from .seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
@@ -74,6 +76,7 @@ __all__ = [
     "DeepzipError",
     "DeepzipFormatError",
     "InputError",
+    "PostTrainConfig",
     "Seq2Seq",
     "Seq2SeqConfig",
     "TTLinear",
@@ -81,6 +84,7 @@ __all__ = [
     "UntrustedCodeError",
     "__version__",
     "beam_search",
+    "compress_to_bound_",
     "decompose_",
     "distill_seq2seq",
     "evaluate",
@@ -96,6 +100,7 @@ __all__ = [
     "prune_",
     "save",
     "save_checkpoint",
+    "save_posttrained",
     "sensitivity_scan",
     "share_weights_",
     "shrink_",

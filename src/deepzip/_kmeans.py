@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["assign", "init_centroids", "kmeans1d", "linear_quantize"]
+__all__ = ["assign", "init_centroids", "kmeans1d", "linear_quantize", "weighted_kmeans_rows"]
 
 _INITS = ("linear", "density", "random")
 _LUT_CELLS = 1 << 16  # cells of the label lookup table
@@ -601,3 +601,87 @@ def linear_quantize(values: NDArray[Any], bits: int) -> tuple[NDArray[np.floatin
     levels = np.unique(np.linspace(lo, hi, 1 << bits))
     lab = _assign_sorted(v, levels, _label_dtype(1 << bits))
     return levels, lab.reshape(shape)
+
+
+def weighted_kmeans_rows(
+    values: NDArray[Any],
+    weights: NDArray[Any],
+    k: int,
+    max_iter: int = 20,
+    fit_cap: int | None = 8192,
+    seed: int = 0,
+) -> tuple[NDArray[np.float64], NDArray[Any]]:
+    """Weighted 1-D k-means on every row of a matrix at once: one codebook per row (SqueezeLLM-style).
+
+    Minimises ``sum_j weights[g, j] * (values[g, j] - c[g, label[g, j]])**2`` for each row ``g`` by weighted Lloyd
+    steps. All rows are solved together: each row's values are shifted by ``g * span`` (span wider than any row's
+    range) so that one ``searchsorted`` over the concatenated midpoints labels every value, and ``bincount``
+    sums the weights per (row, cluster). Centroids start at the row's weighted quantiles ``(i + 1/2) / k``.
+    A cluster that ends up with no weight keeps its centroid. With ``fit_cap``, rows longer than that are fitted on
+    a seeded random subset of ``fit_cap`` columns (the same for every row) and then every value is labelled.
+
+    Args:
+        values: (G, n) finite reals.
+        weights: (G, n) non-negative importances (e.g. diagonal Fisher); a row of zeros counts as uniform.
+        k: centroids per row, >= 1.
+        max_iter: Lloyd steps at most (stops early when no label changes).
+        fit_cap: columns used to fit, or None for all.
+        seed: seed of the column subset.
+
+    Returns:
+        ``(centroids (G, k) float64 sorted per row, labels (G, n))`` with ``labels[g, j]`` the nearest centroid of
+        row g (ties to the lower one); dtype uint8 for k <= 256, else uint16/int32.
+
+    Raises:
+        ValueError: shapes differ, empty or non-finite input, negative weights, bad k.
+
+    Example:
+        >>> c, lab = weighted_kmeans_rows(np.array([[0.0, 0.1, 5.0, 9.0]]), np.array([[1.0, 1.0, 0.0, 1.0]]), 2)
+        >>> c.round(2).tolist(), lab.tolist()
+        ([[0.05, 9.0]], [[0, 0, 1, 1]])
+    """
+    k = _check_k(k)
+    x = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if x.ndim != 2 or x.shape != w.shape or x.size == 0:
+        raise ValueError(f"values {x.shape} and weights {w.shape}: expected the same non-empty (G, n) shape")
+    if not (np.isfinite(x).all() and np.isfinite(w).all()) or (w < 0).any():
+        raise ValueError("values and weights must be finite, weights >= 0")
+    g, n = x.shape
+    w = np.where(w.sum(axis=1, keepdims=True) > 0, w, 1.0)
+    w = w + 1e-12 * w.max(axis=1, keepdims=True)  # every value counts a little: no all-zero clusters by accident
+    fx, fw = x, w
+    if fit_cap is not None and n > fit_cap:
+        cols = np.sort(np.random.default_rng(seed).choice(n, fit_cap, replace=False))
+        fx, fw = x[:, cols], w[:, cols]
+    m = fx.shape[1]
+    # init: weighted quantiles per row
+    order = np.argsort(fx, axis=1, kind="stable")
+    sx = np.take_along_axis(fx, order, axis=1)  # (G, m)
+    cw = np.cumsum(np.take_along_axis(fw, order, axis=1), axis=1)  # (G, m)
+    targets = (np.arange(k) + 0.5) / k * cw[:, -1:]  # (G, k)
+    at = np.minimum(np.array([np.searchsorted(cw[i], targets[i]) for i in range(g)]), m - 1)
+    c = np.take_along_axis(sx, at, axis=1)  # (G, k)
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    span = float((hi - lo).max()) * 2 + 1.0
+    shift = (np.arange(g) * span - lo)[:, None]  # (G, 1): row g lives in [g*span, g*span + range]
+    rowk = (np.arange(g) * k)[:, None]
+
+    def labels_of(v: NDArray[np.float64], cent: NDArray[np.float64]) -> NDArray[np.int64]:
+        mid = ((cent[:, :-1] + cent[:, 1:]) * 0.5 + shift).reshape(-1)  # (G*(k-1),) increasing
+        flat = np.searchsorted(mid, (v + shift).reshape(-1), side="left").reshape(v.shape)
+        return flat - (np.arange(g) * (k - 1))[:, None]
+
+    prev = None
+    for _ in range(max_iter):
+        c = np.sort(c, axis=1)
+        lab = labels_of(fx, c)
+        if prev is not None and np.array_equal(lab, prev):
+            break
+        prev = lab
+        key = (rowk + lab).reshape(-1)
+        sw = np.bincount(key, weights=fw.reshape(-1), minlength=g * k).reshape(g, k)
+        swx = np.bincount(key, weights=(fw * fx).reshape(-1), minlength=g * k).reshape(g, k)
+        c = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), c)
+    c = np.sort(c, axis=1)
+    return c, labels_of(x, c).astype(_label_dtype(k))

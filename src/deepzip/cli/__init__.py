@@ -1,8 +1,9 @@
 """The ``deepzip`` command: parse -> API -> report. Every failure is a one-line message and a non-zero exit.
 
 Subcommands: train, prune, evaluate (:mod:`.model`), share (:mod:`.share`), distill (:mod:`.distill`),
-compress, inspect, decompress, report (:mod:`.dz`), bench (:mod:`.bench`), decompose (:mod:`.lowrank`). Each
-command module is imported explicitly, so a broken one fails loudly instead of silently losing its commands.
+compress, inspect, decompress, report (:mod:`.dz`), bench (:mod:`.bench`), decompose (:mod:`.lowrank`),
+ptq (:mod:`.posttrain`). Each command module is imported explicitly, so a broken one fails loudly instead of
+silently losing its commands.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, distill, dz, g2p, lowrank, model, share  # noqa: F401  (each registers its subcommands)
+from . import bench, distill, dz, g2p, lowrank, model, posttrain, share  # noqa: F401  (each registers its subcommands)
 from ._common import _COMMANDS, print_table
 
 __all__ = ["build_parser", "main", "print_table"]

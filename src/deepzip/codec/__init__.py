@@ -7,6 +7,8 @@ together with a JSON header; the byte-level spec is docs/FORMAT.md.
 * ``encode_codebook(codebook, indices)``: float32 codebook + Huffman-coded index per element.
 * ``encode_sparse(codebook, indices, mask, gap_width=None)``: float32 codebook + Huffman-coded indices
   of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
+* ``encode_grouped(codebooks, indices, rows_per_group, outlier_pos, outlier_val)``: one float16 codebook per
+  group of rows, Huffman-coded indices, exact float32 outliers (post-training compression).
 * ``encode_planes(array, mask=None)`` (format 1.1): lossless byte planes, each raw or Huffman-coded, of all
   values or of the kept ones behind a packed mask; any dtype incl. ``"bfloat16"`` (as uint16 bit patterns).
 * ``encode_lossless(array)``: the smallest exact one of dense, planes, masked planes, codebook/sparse.
@@ -45,6 +47,7 @@ from ._tensor import (
 )
 from .choose import encode_lossless
 from .container import DzFile, read, to_bytes, write
+from .grouped import encode_grouped
 from .stream import DzReader, DzWriter
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "decode_parts",
     "encode_codebook",
     "encode_dense",
+    "encode_grouped",
     "encode_lossless",
     "encode_planes",
     "encode_sparse",

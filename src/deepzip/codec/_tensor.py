@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepzipFormatError
-from . import _planes, huffman, sparse
+from . import _planes, grouped, huffman, sparse
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -28,14 +28,15 @@ __all__ = [
     "tensor_stats",
 ]
 
-KINDS = ("dense", "codebook", "sparse", "planes")
+KINDS = ("dense", "codebook", "sparse", "planes", "grouped")
 SECTIONS: dict[str, tuple[str, ...]] = {
     "dense": ("data",),
     "codebook": ("codebook", "indices"),
     "sparse": ("codebook", "indices", "gaps"),
+    "grouped": grouped.SECTIONS,  # per-row-group codebooks + outliers (codec/grouped.py)
 }
 META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"),
-             "planes": ("block", "kept", "masked", "mask_coded")}
+             "planes": ("block", "kept", "masked", "mask_coded"), "grouped": grouped.META_KEYS}
 # "bfloat16" (format 1.1) has no numpy dtype: its arrays are uint16 bit patterns (see _planes.storage_dtype).
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "bfloat16")
 MAX_CODEBOOK = 1 << 16
@@ -311,6 +312,8 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
                 t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}"
             )
         return {}
+    if t.kind == "grouped":
+        return grouped.check_grouped(t)
     if t.dtype != "float32":
         raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
     k = t.meta["k"]
@@ -420,8 +423,8 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind in ("dense", "planes"):
-        raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no codebook")
+    if t.kind in ("dense", "planes", "grouped"):
+        raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     cb, pos, sym = _kept(t)
     if t.kind == "codebook":
         return cb, sym.astype(np.int32).reshape(t.shape), np.ones(t.shape, bool)
@@ -484,6 +487,8 @@ def decode(t: EncodedTensor) -> np.ndarray:
         return np.frombuffer(t.sections["data"], sd).astype(sd.newbyteorder("=")).reshape(t.shape)
     if t.kind == "planes":
         return _planes.decode_planes(t.meta, t.sections, t.shape, t.dtype, _where(t.name))
+    if t.kind == "grouped":
+        return grouped.decode_grouped(t)
     cb, pos, sym = _kept(t)
     if pos is None:
         return cb[sym].reshape(t.shape)
@@ -531,6 +536,15 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
     if t.kind in ("dense", "planes"):
         if t.kind == "planes":
             s["kept"] = t.meta["kept"]
+        return s
+    if t.kind == "grouped":
+        idx = info["indices"]
+        s.update(k=t.meta["k"], raw_bits_per_index=math.ceil(math.log2(max(t.meta["k"], 2))),
+                 index_entries=idx["count"], index_bits=idx["nbits"], fillers=0,
+                 index_bits_per_entry=idx["nbits"] / idx["count"] if idx["count"] else None)
+        if entropy:
+            sym = _decode_stream(t, "indices")
+            s["index_entropy_bits"] = huffman.entropy_bits(np.bincount(sym)) if sym.size else 0.0
         return s
     k = t.meta["k"]
     idx = info["indices"]

@@ -41,12 +41,12 @@ from .container import (
     MAX_HEADER_ITEMS,
     MAX_HEADER_SIZE,
     PREAMBLE_SIZE,
-    VERSION,
     SectionTable,
     _align,
     _json,
     _json_items,
     _producer,
+    needed_version,
     parse_header,
 )
 
@@ -98,8 +98,7 @@ class DzWriter:
         self._names.add(t.name)
         self._entries.append({"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype,
                               "meta": dict(t.meta), "sections": secs})
-        if t.kind == "planes" or t.dtype == "bfloat16":
-            self._version = VERSION
+        self._version = max(self._version, needed_version([t]))
 
     def close(self) -> int:
         """Write the file (atomically) and return its size in bytes."""

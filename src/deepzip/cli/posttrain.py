@@ -1,0 +1,142 @@
+"""CLI: ``deepzip ptq`` -- post-training compression of a pretrained model under a quality bound (no labels)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import args, command, existing_file
+
+
+def _cfg_ptq(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a deepzip checkpoint (.safetensors from deepzip train)")
+    src.add_argument("--sentence-transformer", metavar="DIR", help="a sentence-transformers model folder")
+    p.add_argument("--model", default=None, help="architecture of --checkpoint when it names none (e.g. lenet300)")
+    p.add_argument("--calibration", required=True,
+                   help="inputs: a text file of sentences (one per line) for a sentence-transformer; a .npy array "
+                        "(first axis = samples) for a checkpoint; or module:function returning batches")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="allowed 1 - mean cosine of the outputs against the original on the calibration inputs")
+    p.add_argument("--distill-seconds", type=float, default=0.0,
+                   help="then fine-tune to the original's outputs for this many CPU seconds (distillation, no labels)")
+    p.add_argument("--distill-data", default=None, help="unlabeled inputs for distillation (default: calibration)")
+    p.add_argument("--relax", type=float, default=1.0,
+                   help="with distillation: allocate for RELAX * max-drop, then distil back (default 1)")
+    p.add_argument("--batch", type=int, default=32, help="calibration batch size")
+    p.add_argument("-o", "--output", required=True, help="the .dz file to write")
+    p.add_argument("--json", default=None, help="also write the per-tensor choices as JSON here")
+    p.add_argument("--progress", action="store_true", help="progress bars while sensitivities are measured")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _callable_batches(spec: str) -> list[Any]:
+    import importlib
+
+    from ..posttrain import BoundError
+
+    mod, _, fn = spec.partition(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise BoundError(f"--calibration {spec}: cannot import it ({e})") from None
+    return list(f())
+
+
+def _sentences(path: Path) -> list[str]:
+    return [s.strip() for s in path.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
+
+
+@command("ptq", "post-training compression to a quality bound: sensitivities, per-tensor bits, codebooks, .dz")
+@args(_cfg_ptq)
+def cmd_ptq(a: argparse.Namespace) -> int:
+    import copy
+
+    import numpy as np
+    import torch
+
+    from ..posttrain import BoundError, PostTrainConfig, compress_to_bound_, distill_, save_posttrained
+
+    cfg = PostTrainConfig(max_drop=a.max_drop)  # a bad bound fails before anything is loaded
+    if a.relax < 1:
+        raise BoundError(f"--relax {a.relax}: expected >= 1")
+    if a.batch < 1:
+        raise BoundError(f"--batch {a.batch}: expected >= 1")
+    out = Path(a.output)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: is a directory")
+    forward: Any = None
+    arch = None
+
+    def load_inputs(spec: str) -> list[Any]:
+        if ":" in spec and not Path(spec).exists():
+            return _callable_batches(spec)
+        path = existing_file(spec)
+        if a.sentence_transformer:
+            sents = _sentences(path)
+            if not sents:
+                raise BoundError(f"{path}: no sentences (the calibration set is empty)")
+            tok = model.tokenizer
+            return [dict(tok(sents[i:i + a.batch], padding=True, truncation=True, max_length=256,
+                             return_tensors="pt")) for i in range(0, len(sents), a.batch)]
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise BoundError(f"{path}: not a .npy array ({e})") from None
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise BoundError(f"{path}: no samples (the calibration set is empty)")
+        t = torch.from_numpy(np.ascontiguousarray(x)).float()
+        return [t[i:i + a.batch] for i in range(0, len(t), a.batch)]
+
+    if a.sentence_transformer:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        folder = Path(a.sentence_transformer)
+        if not (folder / "modules.json").is_file():
+            raise FileNotFoundError(f"{folder}: not a sentence-transformers folder (no modules.json)")
+        from sentence_transformers import SentenceTransformer
+
+        model: Any = SentenceTransformer(str(folder), device="cpu").eval()
+
+        def forward(m: Any, batch: Any) -> Any:
+            return m(dict(batch))["sentence_embedding"]
+    else:
+        from ..checkpoint import load_checkpoint
+        from ..models import get_model, model_name
+
+        model, _ = load_checkpoint(existing_file(a.checkpoint), get_model(a.model) if a.model else None)
+        model.eval()
+        arch = model_name(model)
+    cal = load_inputs(a.calibration)
+    teacher = copy.deepcopy(model) if a.distill_seconds > 0 else None
+    t0 = time.time()
+    res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=cfg.max_drop * (a.relax if teacher else 1.0)),
+                             forward=forward, progress=a.progress, log=print)
+    if teacher is not None:
+        dis = load_inputs(a.distill_data) if a.distill_data else cal
+        losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress)
+        from ..posttrain import _outputs, agreement
+
+        fwd = forward or (lambda m, b: m(b))
+        with torch.no_grad():
+            res.drop = float(1 - agreement(_outputs(model, cal, fwd), _outputs(teacher, cal, fwd)).mean())
+        print(f"distillation: {len(losses)} steps, calibration drop now {res.drop:.4g}")
+        if res.drop > cfg.max_drop:
+            raise BoundError(f"max_drop={cfg.max_drop:g} not met after distillation: best reached {res.drop:.4g} "
+                             f"at {res.predicted_bytes / 1e6:.2f} MB of weights; use a smaller --relax or more "
+                             "--distill-seconds")
+    nbytes = save_posttrained(model, res, out, architecture=arch,
+                              config={"posttrain": {"max_drop": a.max_drop, "drop": res.drop}})
+    total = sum(v.numel() for v in model.state_dict().values() if torch.is_floating_point(v))
+    print(f"wrote {out}: {nbytes:,} bytes, {4 * total / nbytes:.2f}x smaller than fp32; calibration drop "
+          f"{res.drop:.4g} (mean cosine {1 - res.drop:.5f}) in {time.time() - t0:.0f} s")
+    if a.json:
+        from ..fileio import atomic_write
+
+        doc = json.dumps({"bytes": nbytes, "drop": res.drop, "tensors": res.table()}, indent=1)
+        atomic_write(a.json, lambda tmp: Path(tmp).write_text(doc))
+    return 0

@@ -1,0 +1,221 @@
+"""The ``grouped`` tensor kind: one float16 codebook per group of rows, Huffman-coded indices, and an
+exact side list of outlier weights (post-training compression, :mod:`deepzip.posttrain`).
+
+A tensor of shape ``(R, ...)`` is viewed as ``R`` rows of ``C = numel / R`` values. Rows
+``g*rows_per_group .. (g+1)*rows_per_group - 1`` share codebook ``g`` of ``k`` float16 centroids, so there are
+``G = ceil(R / rows_per_group)`` codebooks; ``rows_per_group = R`` is one codebook for the whole tensor.
+Every element has an index in ``0..k-1`` (one Huffman stream over all of them, row-major). ``outliers``
+elements are then overwritten by exact float32 values: their flat positions, as increasing positions
+delta-coded (first delta = first position) in LEB128 varint bytes, Huffman-coded as bytes.
+
+Sections:
+
+- ``codebooks``: ``G * k`` float16, little-endian, codebook by codebook;
+- ``indices``: Huffman stream, alphabet ``k``, ``numel`` symbols;
+- ``outlier_pos``: Huffman stream, alphabet 256, the varint bytes of the position deltas;
+- ``outlier_val``: ``outliers`` float32, little-endian, in position order.
+
+Meta: ``k``, ``rows_per_group``, ``outliers``. The decoded dtype is float32.
+
+Example:
+    >>> import numpy as np
+    >>> cb = np.array([[-1.0, 1.0], [0.0, 2.0]])
+    >>> t = encode_grouped(cb, np.array([[0, 1], [1, 1]]), 1, np.array([3]), np.array([7.5]))
+    >>> decode_grouped(t).tolist()
+    [[-1.0, 1.0], [2.0, 7.5]]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DeepzipFormatError
+from . import huffman
+
+if TYPE_CHECKING:
+    from ._tensor import EncodedTensor
+
+__all__ = [
+    "META_KEYS",
+    "SECTIONS",
+    "check_grouped",
+    "decode_grouped",
+    "encode_grouped",
+    "varint_decode",
+    "varint_encode",
+]
+
+SECTIONS = ("codebooks", "indices", "outlier_pos", "outlier_val")
+META_KEYS = ("k", "rows_per_group", "outliers")
+MAX_K = 1 << 16
+
+
+def varint_encode(values: np.ndarray) -> np.ndarray:
+    """LEB128 bytes (7 bits per byte, high bit = more follows) of non-negative integers < 2**63, as uint8.
+
+    Example:
+        >>> varint_encode(np.array([1, 300])).tolist()
+        [1, 172, 2]
+    """
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    if v.size == 0:
+        return np.zeros(0, np.uint8)
+    nbytes = np.ones(v.size, np.int64)
+    for j in range(1, 10):
+        nbytes += v >= np.uint64(1) << np.uint64(7 * j)
+    starts = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+    out = np.zeros(int(nbytes.sum()), np.uint8)
+    for j in range(int(nbytes.max())):
+        sel = nbytes > j
+        byte = (v[sel] >> np.uint64(7 * j)) & np.uint64(127)
+        more = (nbytes[sel] > j + 1).astype(np.uint8) << 7
+        out[starts[sel] + j] = byte.astype(np.uint8) | more
+    return out
+
+
+def varint_decode(data: np.ndarray) -> np.ndarray:
+    """The integers of LEB128 bytes (inverse of :func:`varint_encode`); raises ValueError on a cut-off value.
+
+    Example:
+        >>> varint_decode(np.array([1, 172, 2], np.uint8)).tolist()
+        [1, 300]
+    """
+    b = np.asarray(data, dtype=np.uint8).reshape(-1)
+    if b.size == 0:
+        return np.zeros(0, np.int64)
+    ends = b < 128
+    if not ends[-1]:
+        raise ValueError("varint stream ends inside a value")
+    group = np.concatenate([[0], np.cumsum(ends)[:-1]])  # value number of every byte
+    starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+    shift = np.arange(b.size) - starts[group]
+    if shift.max() > 8:
+        raise ValueError("varint value longer than 9 bytes")
+    parts = (b & 127).astype(np.uint64) << (7 * shift).astype(np.uint64)
+    return np.add.reduceat(parts, starts).astype(np.int64)
+
+
+def encode_grouped(
+    codebooks: np.ndarray,
+    indices: np.ndarray,
+    rows_per_group: int,
+    outlier_pos: np.ndarray | None = None,
+    outlier_val: np.ndarray | None = None,
+    name: str = "",
+) -> EncodedTensor:
+    """Store a tensor as per-group float16 codebooks, Huffman-coded indices and exact outliers.
+
+    Args:
+        codebooks: ``(G, k)`` floats (stored as float16), ``G = ceil(R / rows_per_group)``.
+        indices: integers in ``0..k-1``, the tensor's shape (first dimension R = rows).
+        rows_per_group: rows sharing one codebook, 1..R.
+        outlier_pos: flat positions (distinct) whose value is ``outlier_val`` instead of the codebook's.
+        outlier_val: float32 values of the outliers, same length.
+        name: the tensor's name.
+
+    Raises:
+        ValueError: shapes that do not fit, indices out of range, bad positions.
+    """
+    from ._tensor import EncodedTensor
+
+    where = name or "<tensor>"
+    idx = np.asarray(indices)
+    cb = np.asarray(codebooks)
+    if idx.ndim < 1 or idx.size == 0:
+        raise ValueError(f"{where}: grouped tensors need at least one row, got shape {idx.shape}")
+    rows = idx.shape[0]
+    if not 1 <= rows_per_group <= rows:
+        raise ValueError(f"{where}: rows_per_group={rows_per_group}, expected 1..{rows}")
+    groups = -(-rows // rows_per_group)
+    if cb.ndim != 2 or cb.shape[0] != groups or not 1 <= cb.shape[1] <= MAX_K:
+        raise ValueError(f"{where}: codebooks of shape {cb.shape}, expected ({groups}, k) with 1 <= k <= {MAX_K}")
+    k = cb.shape[1]
+    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= k:
+        raise ValueError(f"{where}: indices must be integers in 0..{k - 1}")
+    pos = np.zeros(0, np.int64) if outlier_pos is None else np.asarray(outlier_pos, np.int64).reshape(-1)
+    val = np.zeros(0, np.float32) if outlier_val is None else np.asarray(outlier_val, np.float32).reshape(-1)
+    if pos.size != val.size:
+        raise ValueError(f"{where}: {pos.size} outlier positions but {val.size} values")
+    order = np.argsort(pos, kind="stable")
+    pos, val = pos[order], val[order]
+    if pos.size and (pos[0] < 0 or pos[-1] >= idx.size or (np.diff(pos) == 0).any()):
+        raise ValueError(f"{where}: outlier positions must be distinct and within 0..{idx.size - 1}")
+    deltas = np.diff(pos, prepend=0) if pos.size else pos
+    sections = {
+        "codebooks": np.ascontiguousarray(cb, "<f2").tobytes(),
+        "indices": huffman.pack_stream(idx.reshape(-1).astype(np.int64), alphabet=k),
+        "outlier_pos": huffman.pack_stream(varint_encode(deltas).astype(np.int64)),
+        "outlier_val": np.ascontiguousarray(val, "<f4").tobytes(),
+    }
+    meta = {"k": k, "rows_per_group": int(rows_per_group), "outliers": int(pos.size)}
+    return EncodedTensor(name, "grouped", tuple(idx.shape), "float32", meta, sections)
+
+
+def _fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError:
+    return DeepzipFormatError(f"{t.name or '<tensor>'}{'/' + section if section else ''}: {msg}")
+
+
+def check_grouped(t: EncodedTensor) -> dict[str, dict]:
+    """Check a grouped tensor's sizes against its sections without decoding (see ``_tensor.check``)."""
+    n = math.prod(t.shape)
+    if t.dtype != "float32":
+        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind grouped")
+    if len(t.shape) < 1 or n == 0:
+        raise _fail(t, None, f"shape {list(t.shape)}: a grouped tensor has at least one element")
+    k, rpg, nout = t.meta["k"], t.meta["rows_per_group"], t.meta["outliers"]
+    rows = t.shape[0]
+    if not 1 <= k <= MAX_K:
+        raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_K}")
+    if not 1 <= rpg <= rows:
+        raise _fail(t, None, f"rows_per_group={rpg}, expected 1..{rows}")
+    if not 0 <= nout <= n:
+        raise _fail(t, None, f"outliers={nout}, expected 0..{n}")
+    groups = -(-rows // rpg)
+    if len(t.sections["codebooks"]) != 2 * groups * k:
+        raise _fail(t, "codebooks", f"{len(t.sections['codebooks'])} bytes, {groups} x {k} float16 need "
+                                    f"{2 * groups * k}")
+    if len(t.sections["outlier_val"]) != 4 * nout:
+        raise _fail(t, "outlier_val", f"{len(t.sections['outlier_val'])} bytes, {nout} float32 need {4 * nout}")
+    info = {}
+    for sec, alphabet in (("indices", k), ("outlier_pos", 256)):
+        try:
+            info[sec] = huffman.stream_info(t.sections[sec])
+        except DeepzipFormatError as e:
+            raise _fail(t, sec, str(e)) from None
+        if info[sec]["alphabet"] > alphabet:
+            raise _fail(t, sec, f"alphabet {info[sec]['alphabet']} exceeds {alphabet}")
+    if info["indices"]["count"] != n:
+        raise _fail(t, "indices", f"count {info['indices']['count']} != {n} elements of shape {list(t.shape)}")
+    if not nout <= info["outlier_pos"]["count"] <= 10 * nout:
+        raise _fail(t, "outlier_pos", f"{info['outlier_pos']['count']} varint bytes for {nout} outliers")
+    return info
+
+
+def decode_grouped(t: EncodedTensor) -> np.ndarray:
+    """The dense float32 array of a grouped tensor.
+
+    Raises:
+        DeepzipFormatError: malformed sections, naming the tensor and section.
+    """
+    check_grouped(t)
+    k, rpg, nout = t.meta["k"], t.meta["rows_per_group"], t.meta["outliers"]
+    rows = t.shape[0]
+    cb = np.frombuffer(t.sections["codebooks"], "<f2").astype(np.float32).reshape(-1, k)  # (G, k)
+    try:
+        idx = huffman.unpack_stream(t.sections["indices"]).astype(np.int64).reshape(rows, -1)  # (R, C)
+        deltas = varint_decode(huffman.unpack_stream(t.sections["outlier_pos"]))
+    except (DeepzipFormatError, ValueError) as e:
+        raise _fail(t, "indices/outlier_pos", str(e)) from None
+    if idx.size and idx.max() >= k:
+        raise _fail(t, "indices", f"index {idx.max()} outside the codebook of {k}")
+    group = np.arange(rows) // rpg  # (R,)
+    out = np.take_along_axis(cb[group], idx, axis=1).reshape(-1)  # (R*C,)
+    pos = np.cumsum(deltas)
+    if pos.size != nout or (pos.size and (pos[-1] >= out.size or (np.diff(pos) <= 0).any())):
+        raise _fail(t, "outlier_pos", f"{pos.size} positions (header says {nout}) not increasing inside "
+                                      f"{out.size} elements")
+    out[pos] = np.frombuffer(t.sections["outlier_val"], "<f4")
+    return out.reshape(t.shape)

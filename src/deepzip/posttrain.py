@@ -1,0 +1,716 @@
+"""Post-training compression of a pretrained model under a quality bound, without labels or training data.
+
+The user states how much output agreement may be lost (``max_drop``: ``1 - mean cosine`` between the compressed
+and the original model's outputs on calibration inputs); this module picks, per weight tensor, how it is stored:
+
+1. **Sensitivity weights.** The diagonal of the Gauss-Newton matrix of the output-agreement loss at the original
+   weights, ``F = E_x diag(J^T J)`` with ``J`` the Jacobian of the (L2-normalised) output with respect to the
+   weights, estimated with Rademacher probes: ``g = grad <v, u(x)>``, ``F += g**2`` (``E[g**2] = diag(J^T J)``).
+   For unit outputs ``1 - cos(u, u0) = |u - u0|**2 / 2``, so ``drop ~= sum F * dw**2 / (2 N)``: the squared
+   gradients of the output-agreement loss play the part the task-loss Fisher plays in SqueezeLLM
+   (Kim et al. 2023, arXiv 2306.07629). Rows of an embedding never seen in calibration get the mean of the
+   seen rows (else they would look free to destroy, and evaluation text uses other tokens).
+2. **Candidates per tensor.** Fisher-weighted k-means (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits,
+   with one codebook per tensor or per group of rows, with or without an exact side list of the largest-magnitude
+   weights (outliers), plus float16 as a near-lossless top option. Each candidate's bytes (Huffman index entropy +
+   float16 codebooks + outliers) and weighted error ``E = sum F (w - q)**2`` are computed; only the lower convex
+   hull in (bytes, E) is kept, so per-row codebooks or outliers survive exactly where they pay for themselves.
+3. **Per-layer sensitivities, measured once.** For every tensor one candidate is applied alone and the real drop
+   on the calibration inputs is measured: ``alpha = drop / E`` turns the proxy into that layer's predicted drop.
+4. **Budget split.** Steps down each tensor's hull, all tensors together, are taken greedily by predicted drop
+   per byte saved until the predicted total reaches a budget; the budget is then searched (a few full
+   measurements) for the smallest model whose *measured* drop is within ``max_drop``.
+5. **Distillation from the original** (:func:`distill_`): centroids, float16 tensors, biases and norms are
+   fine-tuned to match the original model's outputs on unlabeled inputs (``1 - cos`` loss), then stored again.
+
+Without data (:func:`compress_weights_only`), each tensor gets the cheapest candidate whose weight SQNR reaches a
+floor: weaker, since it cannot tell which layers the outputs depend on.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+    >>> batches = [torch.randn(64, 32) for _ in range(2)]
+    >>> res = compress_to_bound_(model, batches, PostTrainConfig(max_drop=0.01, min_numel=64))
+    >>> res.drop <= 0.01, sorted(res.choices)
+    (True, ['0.weight', '2.weight'])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from . import _kmeans, codec
+from .errors import DeepzipError
+
+__all__ = [
+    "BoundError",
+    "Candidate",
+    "PostTrainConfig",
+    "PostTrainResult",
+    "agreement",
+    "compress_to_bound_",
+    "compress_weights_only",
+    "distill_",
+    "fisher_diagonal",
+    "make_candidates",
+    "save_posttrained",
+    "target_tensors",
+]
+
+Forward = Callable[[nn.Module, Any], torch.Tensor]
+
+
+class BoundError(DeepzipError, ValueError):
+    """The quality bound cannot be met, or the calibration data cannot be used."""
+
+
+@dataclass(frozen=True)
+class PostTrainConfig:
+    """What :func:`compress_to_bound_` may choose from.
+
+    Attributes:
+        max_drop: allowed ``1 - mean cosine`` of outputs against the original, on the calibration inputs.
+        bits: index bit widths tried per tensor.
+        group_rows: rows sharing one codebook; 0 = one codebook for the whole tensor (1 = per-row codebooks).
+        row_bits_max: per-group codebooks (group_rows > 0) are tried only up to this many bits.
+        outlier_fracs: fractions of each tensor's largest-magnitude weights kept exactly.
+        weighting: ``"fisher"`` (k-means weighted by the sensitivity) or ``"none"`` (plain k-means).
+        per_layer: False: one setting (bits, groups, outliers) for every tensor (an ablation).
+        fp16: offer float16 storage as the top option of every tensor.
+        min_numel: tensors with fewer elements are left as they are.
+        probes: Rademacher probes per calibration batch for the sensitivity.
+        kmeans_iter: Lloyd steps at most.
+        seed: seed of the probes and k-means subsets.
+    """
+
+    max_drop: float = 0.01
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    group_rows: tuple[int, ...] = (0, 32)
+    row_bits_max: int = 3
+    outlier_fracs: tuple[float, ...] = (0.0, 0.003)
+    weighting: str = "fisher"
+    per_layer: bool = True
+    fp16: bool = True
+    min_numel: int = 1024
+    probes: int = 1
+    kmeans_iter: int = 15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_drop < 1:
+            raise BoundError(f"max_drop={self.max_drop}, expected a number in (0, 1)")
+        if not self.bits or any(not 1 <= b <= 8 for b in self.bits):
+            raise ValueError(f"bits={self.bits}, expected widths in 1..8")
+        if self.weighting not in ("fisher", "none"):
+            raise ValueError(f"weighting={self.weighting!r}, expected 'fisher' or 'none'")
+
+
+@dataclass
+class Candidate:
+    """One way to store one tensor: per-group codebooks + indices + exact outliers, or float16 (``bits == 0``).
+
+    ``nbytes`` is the predicted stored size (index entropy, float16 codebooks, outliers); ``error`` the
+    sensitivity-weighted squared error ``sum F (w - q)**2``.
+    """
+
+    bits: int
+    rows_per_group: int
+    outlier_frac: float
+    weighted: bool
+    nbytes: float
+    error: float
+    codebooks: np.ndarray | None = None  # (G, k) float16
+    labels: np.ndarray | None = None  # (R, C) uint8/uint16
+    outlier_pos: np.ndarray | None = None  # (n_out,) int64 flat positions
+    outlier_val: np.ndarray | None = None  # (n_out,) float32
+    fp16: np.ndarray | None = None  # the tensor in float16 (bits == 0)
+
+    @property
+    def label(self) -> str:
+        if self.bits == 0:
+            return "fp16"
+        g = "tensor" if self.rows_per_group == 0 else f"rows/{self.rows_per_group}"
+        out = f"+{self.outlier_frac:.1%} outliers" if self.outlier_frac else ""
+        return f"{self.bits}b {g}{out}{'' if self.weighted else ' unweighted'}"
+
+    def weight(self, shape: Sequence[int]) -> np.ndarray:
+        """The dense float32 tensor this candidate stores."""
+        if self.bits == 0:
+            assert self.fp16 is not None
+            return self.fp16.astype(np.float32).reshape(shape)
+        assert self.codebooks is not None and self.labels is not None
+        rows = self.labels.shape[0]
+        rpg = self.rows_per_group or rows
+        cb = self.codebooks.astype(np.float32)
+        out = np.take_along_axis(cb[np.arange(rows) // rpg], self.labels.astype(np.int64), axis=1).reshape(-1)
+        if self.outlier_pos is not None and self.outlier_pos.size:
+            out[self.outlier_pos] = self.outlier_val
+        return out.reshape(shape)
+
+    def encode(self, name: str, shape: Sequence[int]) -> codec.EncodedTensor:
+        """The tensor as stored in a ``.dz`` file (``grouped`` kind, or dense float16)."""
+        if self.bits == 0:
+            assert self.fp16 is not None
+            return codec.encode_dense(self.fp16.reshape(shape), name=name)
+        assert self.codebooks is not None and self.labels is not None
+        rows = self.labels.shape[0]
+        return codec.encode_grouped(self.codebooks, self.labels.reshape(shape), self.rows_per_group or rows,
+                                    self.outlier_pos, self.outlier_val, name=name)
+
+
+@dataclass
+class PostTrainResult:
+    """What :func:`compress_to_bound_` chose and measured.
+
+    Attributes:
+        choices: tensor name (``"fc1.weight"``) -> the chosen :class:`Candidate`.
+        drop: measured ``1 - mean cosine`` on the calibration inputs with every choice applied.
+        predicted_bytes: sum of the chosen candidates' predicted bytes (the file adds the other tensors).
+        sensitivity: tensor name -> measured drop per unit of weighted error (alpha).
+        hulls: tensor name -> the candidates kept (lower convex hull), cheapest last.
+        seconds: wall time of each phase.
+    """
+
+    choices: dict[str, Candidate]
+    drop: float
+    predicted_bytes: float
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    hulls: dict[str, list[Candidate]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Per tensor: name, choice, predicted bytes, weighted error."""
+        return [{"tensor": n, "choice": c.label, "bytes": int(c.nbytes), "error": c.error}
+                for n, c in self.choices.items()]
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _batches(calibration: Iterable[Any] | Callable[[], Iterable[Any]]) -> list[Any]:
+    data = calibration() if callable(calibration) else calibration
+    out = list(data)
+    if not out:
+        raise BoundError("the calibration set is empty: give at least one batch of inputs")
+    return out
+
+
+def _default_forward(model: nn.Module, batch: Any) -> torch.Tensor:
+    return model(batch)
+
+
+def _outputs(model: nn.Module, batches: list[Any], forward: Forward, grad: bool = False) -> list[torch.Tensor]:
+    outs = []
+    with torch.set_grad_enabled(grad):
+        for i, b in enumerate(batches):
+            try:
+                y = forward(model, b)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                shape = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+                raise BoundError(f"calibration batch {i} (input {shape}) does not fit the model: {first}") from None
+            if not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] == 0:
+                raise BoundError(f"calibration batch {i}: the model's output is not a non-empty tensor")
+            outs.append(y.reshape(y.shape[0], -1).double())  # float64: drops of 1e-9 stay visible
+    return outs
+
+
+def agreement(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample cosine between outputs and reference outputs, all batches concatenated: (N,)."""
+    return torch.cat([nn.functional.cosine_similarity(o, r, dim=1, eps=1e-12) for o, r in zip(outputs, reference)])
+
+
+def target_tensors(model: nn.Module, min_numel: int = 1024) -> dict[str, nn.Module]:
+    """The modules whose ``weight`` post-training compression stores: Linear, Embedding and Conv layers (any module
+    with a floating weight of >= 2 dims), with at least ``min_numel`` weights, keyed by ``"name.weight"``."""
+    out = {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if (isinstance(w, torch.Tensor) and w.ndim >= 2 and torch.is_floating_point(w) and w.numel() >= min_numel
+                and not parametrize.is_parametrized(m)):
+            out[f"{name}.weight"] = m
+    return out
+
+
+def fisher_diagonal(model: nn.Module, batches: list[Any], forward: Forward, modules: dict[str, nn.Module],
+                    probes: int = 1, seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+    """Diagonal Gauss-Newton sensitivity of the normalised outputs for each module's weight, per sample.
+
+    ``F = sum_x sum_probes (d <v, u(x)> / dw)**2 / N`` with ``u`` the L2-normalised output and ``v`` Rademacher
+    (shapes: each weight's own). Embedding rows with zero sensitivity (tokens not in the calibration set) get the
+    mean of the other rows.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params = {n: m.weight for n, m in modules.items()}
+    req = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    count = 0
+    try:
+        for b in tqdm(batches, desc="sensitivity", disable=not progress, leave=False):
+            for _ in range(probes):
+                y = _outputs(model, [b], forward, grad=True)[0]
+                u = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (N, D)
+                v = torch.randint(0, 2, u.shape, generator=gen).to(u.dtype) * 2 - 1
+                grads = torch.autograd.grad((u * v).sum(), list(params.values()), allow_unused=True)
+                for (n, _p), g in zip(params.items(), grads):
+                    if g is not None:
+                        acc[n] += g.double() ** 2
+            count += y.shape[0]
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(req[n])
+    out = {}
+    for n, a in acc.items():
+        f = (a / (count * probes)).cpu().numpy()
+        if isinstance(modules[n], nn.Embedding):
+            seen = f.sum(axis=1) > 0
+            if seen.any() and not seen.all():
+                f[~seen] = f[seen].mean(axis=0)
+        out[n] = f
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- candidates
+def _entropy_bytes(labels: np.ndarray, k: int) -> float:
+    cnt = np.bincount(labels.reshape(-1).astype(np.int64), minlength=k).astype(np.float64)
+    p = cnt[cnt > 0] / labels.size
+    return float(-(cnt[cnt > 0] * np.log2(p)).sum() / 8 + 8 + 1.5 * k)  # + stream head and code lengths
+
+
+def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, weighted: bool,
+               cfg: PostTrainConfig) -> Candidate:
+    rows = w.shape[0]
+    x = w.reshape(rows, -1).astype(np.float64)  # (R, C)
+    fw = f.reshape(rows, -1)
+    n = x.size
+    pos = np.zeros(0, np.int64)
+    kw = fw if weighted else np.ones_like(fw)
+    if frac > 0:
+        dev = np.abs(x - x.mean()).reshape(-1)
+        n_out = max(1, round(frac * n))
+        pos = np.sort(np.argpartition(dev, n - n_out)[n - n_out:])
+        kw = kw.copy().reshape(-1)
+        kw[pos] = 0.0  # outliers are stored exactly: they do not pull the centroids
+        kw = kw.reshape(rows, -1)
+    g = rpg or rows
+    pad = (-rows) % g
+    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+    wp = np.concatenate([kw, np.zeros((pad, kw.shape[1]))]) if pad else kw
+    groups = xp.shape[0] // g
+    k = 1 << bits
+    c, lab = _kmeans.weighted_kmeans_rows(xp.reshape(groups, -1), wp.reshape(groups, -1), k,
+                                          max_iter=cfg.kmeans_iter, fit_cap=65536 if groups == 1 else 8192,
+                                          seed=cfg.seed)
+    c16 = c.astype(np.float16)
+    labels = lab.reshape(xp.shape)[:rows]  # (R, C)
+    cand = Candidate(bits, rpg, frac, weighted, 0.0, 0.0, c16, labels,
+                     pos, w.reshape(-1)[pos].astype(np.float32))
+    q = cand.weight(w.shape).astype(np.float64)
+    cand.error = float((f * (w - q) ** 2).sum())
+    out_bytes = 4 * pos.size + codec.grouped.varint_encode(np.diff(pos, prepend=0)).size if pos.size else 0
+    cand.nbytes = _entropy_bytes(labels, k) + 2 * c16.size + out_bytes
+    return cand
+
+
+def _hull(cands: list[Candidate]) -> list[Candidate]:
+    """The lower convex hull of (bytes, error), from the most accurate (largest) to the cheapest."""
+    pts = sorted(cands, key=lambda c: (c.nbytes, c.error))
+    front: list[Candidate] = []
+    for c in pts:  # Pareto: keep a candidate only if it beats every cheaper one on error
+        if not front or c.error < front[-1].error:
+            front.append(c)
+    hull: list[Candidate] = []
+    for c in front:  # convexity: predicted drop per byte must grow as we go cheaper
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (b.error - a.error) * (c.nbytes - a.nbytes) >= (c.error - a.error) * (b.nbytes - a.nbytes):
+                hull.pop()
+            else:
+                break
+        hull.append(c)
+    return hull[::-1]
+
+
+def _allowed(c: Candidate, cfg: PostTrainConfig) -> bool:
+    """Whether ``cfg`` offers candidate ``c`` (to reuse one candidate set across configurations)."""
+    if c.bits == 0:
+        return cfg.fp16
+    return (c.bits in cfg.bits and c.rows_per_group in cfg.group_rows and c.outlier_frac in cfg.outlier_fracs
+            and c.weighted == (cfg.weighting == "fisher"))
+
+
+def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray],
+                    configs: Sequence[PostTrainConfig], progress: bool = False) -> dict[str, list[Candidate]]:
+    """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them)."""
+    out: dict[str, list[Candidate]] = {}
+    for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
+        w = modules[n].weight.detach().cpu().float().numpy()
+        seen: dict[tuple, Candidate] = {}
+        for cfg in configs:
+            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen)):
+                seen[(c.bits, c.rows_per_group, c.outlier_frac, c.weighted if c.bits else False)] = c
+        out[n] = list(seen.values())
+    return out
+
+
+def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
+                skip: set[tuple] | None = None) -> list[Candidate]:
+    skip = skip or set()
+    out = []
+    if cfg.fp16 and (0, 0, 0.0, False) not in skip:
+        w16 = w.astype(np.float16)
+        out.append(Candidate(0, 0, 0.0, False, 2.0 * w.size, float((f * (w - w16.astype(np.float32)) ** 2).sum()),
+                             fp16=w16))
+    weighted = cfg.weighting == "fisher"
+    for b in cfg.bits:
+        for rpg in cfg.group_rows:
+            if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0]):
+                continue
+            for frac in cfg.outlier_fracs:
+                if (b, rpg, frac, weighted) not in skip:
+                    out.append(_candidate(w, f, b, rpg, frac, weighted, cfg))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- allocation
+def _set_weights_(modules: dict[str, nn.Module], weights: dict[str, np.ndarray | torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, w in weights.items():
+            p = modules[n].weight
+            p.copy_(torch.as_tensor(w, dtype=p.dtype))
+
+
+def _greedy(hulls: dict[str, list[Candidate]], alpha: dict[str, float], budget: float) -> dict[str, int]:
+    """Index into each hull: steps cheapest-drop-per-byte first while the predicted total drop stays <= budget."""
+    steps = []
+    for n, h in hulls.items():
+        for i in range(1, len(h)):
+            dd = alpha[n] * (h[i].error - h[i - 1].error)
+            db = h[i - 1].nbytes - h[i].nbytes
+            steps.append((dd / max(db, 1e-9), n, i, dd))
+    steps.sort(key=lambda s: (s[0], s[1], s[2]))
+    pick = {n: 0 for n in hulls}
+    total = sum(alpha[n] * h[0].error for n, h in hulls.items())
+    for _, n, i, dd in steps:
+        if pick[n] != i - 1:  # hull steps of one tensor come in order (convex): a skipped one blocks the rest
+            continue
+        if total + dd > budget:
+            continue
+        total += dd
+        pick[n] = i
+    return pick
+
+
+def compress_to_bound_(
+    model: nn.Module,
+    calibration: Iterable[Any] | Callable[[], Iterable[Any]],
+    config: PostTrainConfig | None = None,
+    *,
+    forward: Forward | None = None,
+    modules: dict[str, nn.Module] | None = None,
+    fisher: dict[str, np.ndarray] | None = None,
+    candidates: dict[str, list[Candidate]] | None = None,
+    sensitivity: dict[str, float] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> PostTrainResult:
+    """Store every large weight tensor as cheaply as the quality bound allows; changes ``model``'s weights in place.
+
+    Args:
+        model: the pretrained model (eval mode is set during measurements and restored).
+        calibration: batches of inputs (a list, an iterable, or a callable returning one); ``forward(model, batch)``
+            must give the outputs, first dimension = samples.
+        config: the options (:class:`PostTrainConfig`; default: ``max_drop=0.01``).
+        forward: ``forward(model, batch) -> Tensor``; default ``model(batch)``.
+        modules: the tensors to compress (default :func:`target_tensors`).
+        fisher: precomputed :func:`fisher_diagonal` (reused across ablations).
+        candidates: precomputed :func:`make_candidates` (reused across ablations; those ``config`` offers are used).
+        sensitivity: per-tensor drop per unit of weighted error from an earlier result (``result.sensitivity``),
+            to skip measuring them again.
+        progress: progress bars while sensitivities are measured.
+        log: called with one line per phase.
+
+    Returns:
+        :class:`PostTrainResult`; the model's weights are the chosen stored values.
+
+    Raises:
+        BoundError: an empty calibration set, inputs the model cannot take, or a bound that even the most
+            accurate choice for every tensor misses (the message gives the best reachable drop and size).
+    """
+    cfg = config or PostTrainConfig()
+    fwd = forward or _default_forward
+    say = log or (lambda s: None)
+    batches = _batches(calibration)
+    mods = modules if modules is not None else target_tensors(model, cfg.min_numel)
+    if not mods:
+        raise BoundError(f"no weight tensor of >= {cfg.min_numel} elements to compress")
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    secs: dict[str, float] = {}
+    try:
+        ref = _outputs(model, batches, fwd)
+        orig = {n: m.weight.detach().cpu().float().numpy().copy() for n, m in mods.items()}
+        if fisher is None:
+            fisher = fisher_diagonal(model, batches, fwd, mods, cfg.probes, cfg.seed, progress)
+        secs["sensitivity"] = time.perf_counter() - t0
+
+        def drop_now() -> float:
+            return float(1 - agreement(_outputs(model, batches, fwd), ref).mean())
+
+        hulls: dict[str, list[Candidate]] = {}
+        for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
+            if candidates is not None:
+                mine = [c for c in candidates[n] if _allowed(c, cfg)]
+            else:
+                mine = _candidates(n, orig[n], fisher[n], cfg)
+            if not mine:
+                raise BoundError(f"{n}: no storage option left by the configuration")
+            hulls[n] = _hull(mine)
+        secs["candidates"] = time.perf_counter() - t0 - secs["sensitivity"]
+        if not cfg.per_layer:
+            return _uniform(model, mods, hulls, orig, cfg, drop_now, secs, say)
+        # per-layer sensitivity: the candidate nearest 3 bits per weight applied alone, measured for real
+        alpha: dict[str, float] = dict(sensitivity or {})
+        for n in tqdm([n for n in mods if n not in alpha], desc="layer sensitivity", disable=not progress,
+                      leave=False):
+            h = hulls[n]
+            probe = min(h[1:] or h, key=lambda c: abs(c.nbytes * 8 / orig[n].size - 3.0))
+            _set_weights_(mods, {n: probe.weight(orig[n].shape)})
+            d = max(drop_now(), 0.0)
+            _set_weights_(mods, {n: orig[n]})
+            alpha[n] = d / probe.error if probe.error > 0 else 0.0
+        secs["layer_sensitivity"] = time.perf_counter() - t0 - secs["sensitivity"] - secs["candidates"]
+        say(f"sensitivities of {len(mods)} tensors measured in {time.perf_counter() - t0:.0f} s")
+
+        def apply(pick: dict[str, int]) -> float:
+            _set_weights_(mods, {n: hulls[n][i].weight(orig[n].shape) for n, i in pick.items()})
+            return drop_now()
+
+        best = {n: 0 for n in hulls}
+        d0 = apply(best)
+        if d0 > cfg.max_drop:
+            _set_weights_(mods, orig)
+            size = sum(h[0].nbytes for h in hulls.values())
+            raise BoundError(f"max_drop={cfg.max_drop:g} cannot be met: the most accurate choice for every tensor "
+                             f"({size / 1e6:.2f} MB) already loses {d0:.4g} (mean cosine {1 - d0:.5f})")
+        # search the predicted budget for the cheapest choice whose measured drop stays within the bound
+        lo, lo_pick, lo_drop = 0.0, best, d0
+        hi = None
+        budget = cfg.max_drop
+        for _ in range(9):
+            pick = _greedy(hulls, alpha, budget)
+            d = apply(pick)
+            say(f"budget {budget:.4g}: measured drop {d:.4g}, "
+                f"{sum(hulls[n][i].nbytes for n, i in pick.items()) / 1e6:.3f} MB")
+            if d <= cfg.max_drop:
+                lo, lo_pick, lo_drop = budget, pick, d
+            else:
+                hi = budget
+            budget = budget * 2 if hi is None else (lo + hi) / 2
+            if hi is not None and hi - lo < 0.05 * hi:
+                break
+        apply(lo_pick)
+        secs["allocation"] = time.perf_counter() - t0 - sum(secs.values())
+        choices = {n: hulls[n][i] for n, i in lo_pick.items()}
+        return PostTrainResult(choices, lo_drop, sum(c.nbytes for c in choices.values()), alpha, hulls, secs)
+    finally:
+        model.train(was_training)
+
+
+def _uniform(model: nn.Module, mods: dict[str, nn.Module], hulls: dict[str, list[Candidate]],
+             orig: dict[str, np.ndarray], cfg: PostTrainConfig, drop_now: Callable[[], float],
+             secs: dict[str, float], say: Callable[[str], None]) -> PostTrainResult:
+    """One setting for every tensor (ablation of per-layer budgets): the cheapest setting within the bound."""
+    settings = sorted({(c.bits, c.rows_per_group, c.outlier_frac) for h in hulls.values() for c in h},
+                      key=lambda s: (s[0] == 0, s[0], -s[1] if s[1] else 0, s[2]))
+    best = None
+    for s in settings:
+        pick = {}
+        for n, h in hulls.items():
+            # the setting's candidate when it is on the hull, else the tensor's closest more accurate one
+            same = [c for c in h if (c.bits, c.rows_per_group, c.outlier_frac) == s]
+            richer = [c for c in h if c.bits == 0 or c.bits >= s[0]]
+            pick[n] = same[0] if same else min(richer or h, key=lambda c: c.nbytes)
+        _set_weights_(mods, {n: c.weight(orig[n].shape) for n, c in pick.items()})
+        d = drop_now()
+        size = sum(c.nbytes for c in pick.values())
+        say(f"uniform {s}: drop {d:.4g}, {size / 1e6:.3f} MB")
+        if d <= cfg.max_drop and (best is None or size < best[1]):
+            best = (pick, size, d)
+    if best is None:
+        _set_weights_(mods, orig)
+        raise BoundError(f"max_drop={cfg.max_drop:g} cannot be met with one setting for every tensor")
+    _set_weights_(mods, {n: c.weight(orig[n].shape) for n, c in best[0].items()})
+    return PostTrainResult(best[0], best[2], best[1], {}, hulls, secs)
+
+
+def compress_weights_only(model: nn.Module, min_sqnr_db: float = 30.0, config: PostTrainConfig | None = None,
+                          modules: dict[str, nn.Module] | None = None) -> PostTrainResult:
+    """The no-data fallback: per tensor, the cheapest candidate with weight SQNR >= ``min_sqnr_db`` (unweighted).
+
+    Weaker than :func:`compress_to_bound_`: weight error says nothing about which layers the outputs need.
+    ``drop`` in the result is NaN (nothing measured).
+    """
+    cfg = config or PostTrainConfig(weighting="none")
+    mods = modules if modules is not None else target_tensors(model, cfg.min_numel)
+    choices = {}
+    for n, m in mods.items():
+        w = m.weight.detach().cpu().float().numpy()
+        cands = _candidates(n, w, np.ones_like(w), cfg)
+        power = float((w.astype(np.float64) ** 2).sum())
+        ok = [c for c in cands if c.error == 0 or 10 * math.log10(power / c.error) >= min_sqnr_db]
+        choices[n] = min(ok or cands, key=lambda c: (c.nbytes if ok else c.error))
+        _set_weights_(mods, {n: choices[n].weight(w.shape)})
+    return PostTrainResult(choices, float("nan"), sum(c.nbytes for c in choices.values()))
+
+
+# ---------------------------------------------------------------------------------------------------- distillation
+class _Codebook(nn.Module):
+    """Parametrization ``weight = codebooks.flatten()[flat] `` with exact outliers written over it (fine-tuning)."""
+
+    def __init__(self, cand: Candidate, shape: Sequence[int]) -> None:
+        super().__init__()
+        assert cand.codebooks is not None and cand.labels is not None
+        rows = cand.labels.shape[0]
+        k = cand.codebooks.shape[1]
+        rpg = cand.rows_per_group or rows
+        flat = (np.arange(rows) // rpg)[:, None] * k + cand.labels.astype(np.int64)  # (R, C)
+        self.codebooks = nn.Parameter(torch.from_numpy(cand.codebooks.astype(np.float32)))
+        self.register_buffer("flat", torch.from_numpy(flat.reshape(-1)))
+        self.register_buffer("pos", torch.from_numpy(np.asarray(cand.outlier_pos, np.int64)))
+        self.register_buffer("val", torch.from_numpy(np.asarray(cand.outlier_val, np.float32)))
+        self.shape = tuple(shape)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        w = self.codebooks.reshape(-1)[self.flat]  # (numel,)
+        if self.pos.numel():
+            w = w.index_put((self.pos,), self.val)
+        return w.reshape(self.shape)
+
+
+def distill_(
+    model: nn.Module,
+    teacher: nn.Module,
+    result: PostTrainResult,
+    batches: Sequence[Any],
+    *,
+    forward: Forward | None = None,
+    seconds: float = 300.0,
+    lr: float = 1e-4,
+    modules: dict[str, nn.Module] | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Fine-tune the compressed ``model`` to match ``teacher`` (the original) on unlabeled inputs; in place.
+
+    The codebooks (one centroid set per group), the float16 tensors, and every parameter not compressed (biases,
+    norms) are trained with Adam on ``1 - cos(student, teacher)`` of the outputs; indices and outliers stay.
+    Afterwards codebooks and float16 tensors are rounded to float16 again and written back into ``result``.
+
+    Args:
+        model: the model :func:`compress_to_bound_` compressed.
+        teacher: the original model (not changed).
+        result: the result whose choices are fine-tuned (updated in place).
+        batches: unlabeled input batches, cycled until ``seconds`` run out.
+        forward: as for :func:`compress_to_bound_`.
+        seconds: budget in CPU seconds of this process (``time.process_time``).
+        lr: Adam learning rate.
+        modules: the compressed modules (default: found from ``result`` names).
+        progress: show a progress bar over the steps.
+
+    Returns:
+        The loss of every step.
+    """
+    if not batches:
+        raise BoundError("the distillation set is empty: give at least one batch of inputs")
+    fwd = forward or _default_forward
+    named = dict(model.named_modules())
+    mods = modules if modules is not None else {n: named[n[: -len(".weight")]] for n in result.choices}
+    with torch.no_grad():
+        teacher.eval()
+        targets = [y.reshape(y.shape[0], -1).float() for y in (fwd(teacher, b) for b in batches)]
+    params: list[nn.Parameter] = []
+    for n, m in mods.items():
+        c = result.choices[n]
+        if c.bits == 0:
+            m.weight.requires_grad_(True)
+            params.append(m.weight)
+        else:
+            parametrize.register_parametrization(m, "weight", _Codebook(c, m.weight.shape), unsafe=True)
+            p = m.parametrizations["weight"]  # type: ignore[index,union-attr]
+            p.original.requires_grad_(False)
+            params.append(p[0].codebooks)
+    taken = {id(q) for q in params} | {
+        id(m.parametrizations["weight"].original) for m in mods.values()  # type: ignore[index,union-attr]
+        if parametrize.is_parametrized(m)}
+    others = [p for p in model.parameters() if id(p) not in taken]  # biases, norms, small tensors
+    for p in others:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params + others, lr=lr)
+    losses: list[float] = []
+    model.train(False)  # no dropout: match the teacher's deterministic outputs
+    end = time.process_time() + seconds  # CPU seconds of this process: the budget does not shrink under load
+    bar = tqdm(desc="distill", disable=not progress, leave=False)
+    step = 0
+    try:
+        while time.process_time() < end:
+            i = step % len(batches)
+            y = fwd(model, batches[i])
+            y = y.reshape(y.shape[0], -1)
+            loss = (1 - nn.functional.cosine_similarity(y, targets[i], dim=1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        with torch.no_grad():
+            for n, m in mods.items():
+                c = result.choices[n]
+                if c.bits == 0:
+                    c.fp16 = m.weight.detach().cpu().numpy().astype(np.float16)
+                    m.weight.copy_(torch.from_numpy(c.fp16.astype(np.float32)))
+                else:
+                    cb = m.parametrizations["weight"][0].codebooks  # type: ignore[index,union-attr]
+                    c.codebooks = cb.detach().cpu().numpy().astype(np.float16)
+                    parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+                    m.weight.copy_(torch.from_numpy(c.weight(m.weight.shape)))
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------- file
+def save_posttrained(model: nn.Module, result: PostTrainResult, path: Any, *, architecture: str | None = None,
+                     config: dict | None = None) -> int:
+    """Write the compressed model to a ``.dz`` file (atomically); returns the bytes written.
+
+    Compressed tensors are stored as ``grouped`` (codebooks per row group + outliers) or float16 ``dense``; every
+    other tensor as float32 ``dense``. All layers are ``plain`` for :func:`deepzip.load`, which decodes them to
+    float32 weights (``deepzip.load(path, model=...)`` for a model deepzip does not name).
+    """
+    tensors: dict[str, codec.EncodedTensor] = {}
+    state = model.state_dict()
+    for key, value in state.items():
+        if key in result.choices:
+            tensors[key] = result.choices[key].encode(key, tuple(value.shape))
+        else:
+            arr = value.detach().cpu().contiguous().numpy()
+            tensors[key] = codec.encode_dense(arr, name=key)
+    missing = set(result.choices) - set(state)
+    if missing:
+        raise BoundError(f"tensors {sorted(missing)[:3]} of the result are not in the model's state_dict")
+    return codec.write(path, tensors, config=config or {}, architecture=architecture,
+                       extra={"layers": {k: "plain" for k in tensors}})

@@ -1,0 +1,238 @@
+"""Post-training compression under a quality bound (deepzip.posttrain), the grouped codec kind and `deepzip ptq`."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepzip import codec
+from deepzip._kmeans import weighted_kmeans_rows
+from deepzip.cli import main
+from deepzip.codec.grouped import varint_decode, varint_encode
+from deepzip.errors import DeepzipFormatError
+from deepzip.posttrain import (
+    BoundError,
+    PostTrainConfig,
+    agreement,
+    compress_to_bound_,
+    compress_weights_only,
+    distill_,
+    fisher_diagonal,
+    save_posttrained,
+    target_tensors,
+)
+from deepzip.serialize import load
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 16))
+
+
+def _batches(n: int = 2, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(64, 32, generator=g) for _ in range(n)]
+
+
+def _drop(a: nn.Module, b: nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float(1 - agreement([a(x) for x in batches], [b(x) for x in batches]).mean())
+
+
+# ---------------------------------------------------------------------------------------------------- codec
+def test_varint_round_trip_and_cutoff() -> None:
+    v = np.array([0, 1, 127, 128, 300, 2**31, 2**40 + 5])
+    assert varint_decode(varint_encode(v)).tolist() == v.tolist()
+    with pytest.raises(ValueError, match="ends inside"):
+        varint_decode(np.array([200], np.uint8))
+
+
+@pytest.mark.parametrize("rpg", [1, 3, 10])
+def test_grouped_round_trip_bit_exact(rpg: int) -> None:
+    rng = np.random.default_rng(rpg)
+    idx = rng.integers(0, 16, (10, 3, 4))
+    groups = -(-10 // rpg)
+    cb = rng.normal(size=(groups, 16)).astype(np.float16)
+    pos = np.sort(rng.choice(120, 7, replace=False))
+    val = rng.normal(size=7).astype(np.float32)
+    f = codec.read(codec.to_bytes({"w": codec.encode_grouped(cb, idx, rpg, pos, val)}))
+    ref = cb.astype(np.float32)[np.arange(10) // rpg][np.arange(10)[:, None], idx.reshape(10, -1)].reshape(-1)
+    ref[pos] = val
+    out = f.decode("w")
+    assert out.dtype == np.float32 and out.shape == (10, 3, 4)
+    assert np.array_equal(out.reshape(-1), ref)
+
+
+def test_grouped_rejects_corrupt_sections() -> None:
+    t = codec.encode_grouped(np.zeros((2, 4)), np.zeros((4, 5), np.int64), 2, np.array([3]), np.array([1.0]))
+    bad = copy.deepcopy(t)
+    bad.sections["codebooks"] = bad.sections["codebooks"][:-2]
+    with pytest.raises(DeepzipFormatError, match="codebooks"):
+        codec.decode(bad)
+    bad = copy.deepcopy(t)
+    bad.meta["outliers"] = 2
+    with pytest.raises(DeepzipFormatError, match="outlier"):
+        codec.decode(bad)
+    with pytest.raises(ValueError, match="rows_per_group"):
+        codec.encode_grouped(np.zeros((1, 4)), np.zeros((4, 5), np.int64), 5)
+
+
+# ---------------------------------------------------------------------------------------------------- k-means
+def test_weighted_kmeans_rows_matches_brute_force_and_weights_matter() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 200))
+    w = rng.random((3, 200)) ** 4
+    c, lab = weighted_kmeans_rows(x, w, 4, max_iter=100)
+    # labels are the nearest centroid of each row; each centroid is its cluster's weighted mean (a fixed point)
+    near = np.abs(x[:, :, None] - c[:, None, :]).argmin(axis=2)
+    assert np.array_equal(lab, near)
+    for g in range(3):
+        for j in range(4):
+            sel = lab[g] == j
+            if w[g, sel].sum() > 0:
+                assert c[g, j] == pytest.approx((w[g, sel] * x[g, sel]).sum() / w[g, sel].sum(), rel=1e-6)
+    # weighting lowers the weighted error against plain k-means
+    cu, lu = weighted_kmeans_rows(x, np.ones_like(x), 4, max_iter=100)
+    err_w = (w * (x - np.take_along_axis(c, lab.astype(int), 1)) ** 2).sum()
+    err_u = (w * (x - np.take_along_axis(cu, lu.astype(int), 1)) ** 2).sum()
+    assert err_w < err_u
+
+
+# ---------------------------------------------------------------------------------------------------- technique
+def test_fisher_is_zero_for_a_weight_the_output_ignores() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    m = Two()
+    f = fisher_diagonal(m, [torch.randn(16, 8)], lambda mod, b: mod(b), target_tensors(m, 1))
+    assert f["used.weight"].sum() > 0 and f["unused.weight"].sum() == 0
+
+
+def test_bound_holds_file_round_trips_and_is_smaller(tmp_path) -> None:
+    model, orig = _mlp(), _mlp()
+    cal = _batches()
+    res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=0.01, min_numel=256))
+    assert 0 <= res.drop <= 0.01
+    assert res.drop == pytest.approx(_drop(model, orig, cal), abs=1e-6)
+    assert any(c.bits for c in res.choices.values())  # something was quantised, not all float16
+    path = tmp_path / "m.dz"
+    n = save_posttrained(model, res, path)
+    assert n < 4 * sum(p.numel() for p in orig.parameters()) / 2.5
+    loaded = load(path, model=_mlp(5))
+    x = torch.randn(8, 32)
+    assert torch.equal(loaded(x), model(x))  # the file holds exactly the chosen weights
+    # a looser bound is never larger
+    m2 = _mlp()
+    res2 = compress_to_bound_(m2, cal, PostTrainConfig(max_drop=0.05, min_numel=256))
+    assert res2.drop <= 0.05 and res2.predicted_bytes <= res.predicted_bytes
+
+
+def test_distillation_recovers_agreement() -> None:
+    model, teacher = _mlp(), _mlp()
+    cal = _batches()
+    res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=0.05, min_numel=256))
+    before = _drop(model, teacher, cal)
+    losses = distill_(model, teacher, res, _batches(4, seed=7), seconds=3.0, lr=1e-3)
+    after = _drop(model, teacher, cal)
+    assert len(losses) > 5 and after < before
+    # the stored choices follow the fine-tuned codebooks: the file decodes to the model's weights
+    w = res.choices["0.weight"].weight((128, 32))
+    assert np.array_equal(w, model[0].weight.detach().numpy())
+
+
+def test_weight_only_fallback_meets_its_sqnr() -> None:
+    m = _mlp()
+    w0 = {n: mm.weight.detach().clone() for n, mm in target_tensors(m, 256).items()}
+    res = compress_weights_only(m, min_sqnr_db=25.0, config=PostTrainConfig(weighting="none", min_numel=256))
+    params = dict(m.named_parameters())
+    for n, w in w0.items():
+        q = params[n].detach()
+        sqnr = 10 * torch.log10(w.pow(2).sum() / (w - q).pow(2).sum())
+        assert float(sqnr) >= 25.0, n
+    assert np.isnan(res.drop)
+
+
+def test_bad_inputs_one_clear_error() -> None:
+    with pytest.raises(BoundError, match="empty"):
+        compress_to_bound_(_mlp(), [], PostTrainConfig(min_numel=256))
+    with pytest.raises(BoundError, match="does not fit the model"):
+        compress_to_bound_(_mlp(), [torch.randn(4, 31)], PostTrainConfig(min_numel=256))
+    with pytest.raises(BoundError, match=r"cannot be met.*already loses"):
+        compress_to_bound_(_mlp(), _batches(), PostTrainConfig(max_drop=1e-9, min_numel=256, fp16=False, bits=(2,)))
+    with pytest.raises(BoundError, match="max_drop"):
+        PostTrainConfig(max_drop=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def lenet_ckpt(tmp_path):
+    from deepzip.checkpoint import save_checkpoint
+    from deepzip.models import get_model
+
+    path = tmp_path / "l.safetensors"
+    save_checkpoint(get_model("lenet300"), path)
+    x = np.random.default_rng(0).random((64, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "cal.npy", x)
+    return path
+
+
+def test_cli_ptq_writes_a_loadable_file(tmp_path, lenet_ckpt, capsys) -> None:
+    out = tmp_path / "o.dz"
+    rc = main(["ptq", "--checkpoint", str(lenet_ckpt), "--calibration", str(tmp_path / "cal.npy"),
+               "--max-drop", "0.02", "-o", str(out)])
+    assert rc == 0 and out.is_file()
+    m = load(out)
+    assert m(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert "smaller than fp32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty", "shape", "bound"])
+def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) -> None:
+    cal = tmp_path / "cal.npy"
+    extra = []
+    if case == "empty":
+        np.save(cal, np.zeros((0, 1, 28, 28), np.float32))
+    elif case == "shape":
+        np.save(cal, np.zeros((8, 3, 5), np.float32))
+    else:
+        extra = ["--max-drop", "1e-12"]
+    out = tmp_path / "o.dz"
+    rc = main(["ptq", "--checkpoint", str(lenet_ckpt), "--calibration", str(cal), "-o", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not out.exists()
+    assert len(err.splitlines()) == 1 and err.startswith("deepzip ptq: error:")
+    assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met"}[case] in err
+
+
+def test_one_setting_for_all_tensors_is_within_the_bound_and_not_smaller() -> None:
+    cal = _batches()
+    cfg = PostTrainConfig(max_drop=0.02, min_numel=256)
+    per_layer = compress_to_bound_(_mlp(), cal, cfg)
+    m = _mlp()
+    uniform = compress_to_bound_(m, cal, PostTrainConfig(max_drop=0.02, min_numel=256, per_layer=False))
+    assert uniform.drop <= 0.02 and uniform.drop == pytest.approx(_drop(m, _mlp(), cal), abs=1e-6)
+    assert len({(c.bits, c.rows_per_group, c.outlier_frac) for c in uniform.choices.values()}) >= 1
+    assert per_layer.predicted_bytes <= uniform.predicted_bytes * 1.05
+
+
+def test_a_file_with_a_grouped_tensor_says_format_1_2(tmp_path) -> None:
+    """Older (1.0 / 1.1) readers would fail on the kind: the minor version says which reader a file needs, in the
+    one-shot writer and the streaming one alike."""
+    import numpy as np
+
+    from deepzip import codec
+
+    enc = codec.encode_grouped(np.array([[-1.0, 1.0], [0.0, 2.0]]), np.array([[0, 1, 1], [1, 0, 1]]), 1, name="w")
+    assert codec.read(codec.to_bytes({"w": enc})).version == (1, 2)
+    with codec.DzWriter(tmp_path / "s.dz") as w:
+        w.add(enc)
+    assert codec.read(tmp_path / "s.dz").version == (1, 2)
