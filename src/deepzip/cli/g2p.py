@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from ._common import args, command, print_table
+from ._common import _progress, args, command, print_table
 
 
 def _g2p_common(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def _cfg(a: argparse.Namespace, base):
     for k, v in kw.items():
         if v <= 0:
             raise ValueError(f"--{k.replace('_', '-')} {v}: expected a positive number")
-    return dataclasses.replace(base, device=a.device, progress=not a.quiet, seed=a.seed, **kw)
+    return dataclasses.replace(base, device=a.device, progress=_progress(a), seed=a.seed, **kw)
 
 
 def _data(a: argparse.Namespace):
@@ -148,7 +148,7 @@ def cmd_g2p_distill(a: argparse.Namespace) -> int:
         from ..seqdistill import teacher_targets
 
         beam_out = teacher_targets(teacher, words, beam=a.beam, cache=a.targets_cache, device=a.device,
-                                   progress=not a.quiet)
+                                   progress=_progress(a))
         distill_seq2seq(student, teacher, words, beam_out, cfg, mode=a.mode, seq_targets=beam_out)
     else:
         distill_seq2seq(student, teacher, src, tgt, cfg, mode=a.mode)
@@ -197,7 +197,7 @@ def cmd_g2p_compress(a: argparse.Namespace) -> int:
     train, dev, _ = _data(a)
     if a.mode in ("seq", "both"):
         src = [encode_word(w) for w in train.words]
-        tgt = teacher_targets(teacher, src, cache=a.targets_cache, device=a.device, progress=not a.quiet)
+        tgt = teacher_targets(teacher, src, cache=a.targets_cache, device=a.device, progress=_progress(a))
     else:
         src, tgt = _pairs(train)
     n_params = sum(p.numel() for p in model.parameters())

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import _common, _is_dz, args, command, print_table
+from ._common import _common, _is_dz, _progress, args, command, print_table
 
 DECOMPOSE_COLUMNS = [
     ("layer", "layer", ""), ("kind", "kind", ""), ("ranks", "ranks", ""), ("params_before", "params", "d"),
@@ -169,7 +169,7 @@ def cmd_decompose(a: argparse.Namespace) -> int:
         unknown = sorted(set(modes) - set(spec))
         if unknown:
             raise LowRankError(f"--modes {unknown[0]}: no --rank given for that layer")
-        tt_linear_(model, spec, skip_larger=not a.keep_larger, progress=not a.quiet)
+        tt_linear_(model, spec, skip_larger=not a.keep_larger, progress=_progress(a))
     else:
         from ..lowrank import convs_only
 
@@ -187,7 +187,7 @@ def cmd_decompose(a: argparse.Namespace) -> int:
                                        f"{a.method} factors {want.__name__} layers")
         decompose_(model, method, energy=energy, ranks=ranks, layers=layers,
                    filter_fn=convs_only if a.method == "tucker2" else linears,
-                   skip_larger=not a.keep_larger, progress=not a.quiet)
+                   skip_larger=not a.keep_larger, progress=_progress(a))
     rows = lowrank_table(model)[n_before:]
     after = count_macs(model, x)
     for r in rows:
