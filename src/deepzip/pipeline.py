@@ -343,12 +343,7 @@ def compress_(
 
     # ---- decompose (optional) and fine-tune
     if config.decompose is not None:
-        t0 = time.time()
-        done = stages.resume_("decompose", model) if stages is not None else None
-        if done is not None:
-            log(f"decompose: resumed from {stages.path('decompose')}")  # type: ignore[union-attr]
-            dec_info = done
-        else:
+        def decompose() -> dict[str, Any]:
             method, energy, ranks = config.decompose_settings()
             keep = {"tucker2": convs_only, "svd": lambda m, fqn: isinstance(m, nn.Linear),
                     "tucker2+svd": convs_and_linears}[config.decompose]
@@ -358,21 +353,15 @@ def compress_(
             rows = lowrank_table(model)[n:]
             decomposed = measure(model, "decomposed")
             retrain(model, "decompose")
-            dec_info = {"layers": [{**r, "ranks": list(r["ranks"]) if isinstance(r["ranks"], tuple) else r["ranks"]}
-                                   for r in rows], "spec": lowrank_spec(model), **decomposed,
-                        **measure(model, "decompose"), "seconds": time.time() - t0}
-            if stages is not None:
-                stages.save("decompose", model, dec_info)
-        info["decompose"] = dec_info
+            return {"layers": [{**r, "ranks": list(r["ranks"]) if isinstance(r["ranks"], tuple) else r["ranks"]}
+                               for r in rows], "spec": lowrank_spec(model), **decomposed,
+                    **measure(model, "decompose")}
+
+        info["decompose"] = _stage("decompose", model, stages, log, decompose)
         dataclasses.replace(config, decompose=None).validate(model)  # per-layer sparsity / bits name the factors
 
     # ---- prune
-    t0 = time.time()
-    done = stages.resume_("prune", model) if stages is not None else None
-    if done is not None:
-        log(f"prune: resumed from {stages.path('prune')}")  # type: ignore[union-attr]
-        prune_info = done
-    else:
+    def prune() -> dict[str, Any]:
         sparsity = config.sparsity
         if sparsity is None:
             if error_fn is None:
@@ -380,18 +369,13 @@ def compress_(
             sparsity = _scan_sparsity(model, config, error_fn, progress)
         iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
                          progress=progress)
-        prune_info = {"sparsity": sparsity, **measure(model, "prune"), "seconds": time.time() - t0}
-        if stages is not None:
-            stages.save("prune", model, prune_info)
+        return {"sparsity": sparsity, **measure(model, "prune")}
+
+    prune_info = _stage("prune", model, stages, log, prune)
     info["prune"] = {**prune_info, "bytes": len(codec.to_bytes(encode_model(model)[0]))}
 
     # ---- share and fine-tune
-    t0 = time.time()
-    done = stages.resume_("share", model) if stages is not None else None
-    if done is not None:
-        log(f"share: resumed from {stages.path('share')}")  # type: ignore[union-attr]
-        share_info = done
-    else:
+    def share() -> dict[str, Any]:
         bits = config.bits
         if bits is None:
             if error_fn is None:
@@ -401,12 +385,26 @@ def compress_(
         share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
         shared = measure(model, "shared")
         retrain(model, "share")
-        share_info = {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
-                      **shared, **measure(model, "share"), "seconds": time.time() - t0}
-        if stages is not None:
-            stages.save("share", model, share_info)
-    info["share"] = share_info
+        return {"bits": requested, "centroids": {r["layer"]: r["centroids"] for r in sharing_table(model)},
+                **shared, **measure(model, "share")}
+
+    info["share"] = _stage("share", model, stages, log, share)
     return model
+
+
+def _stage(name: str, model: nn.Module, stages: StageStore | None, log: Callable[[str], None],
+           run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One resumable stage: resume ``name`` from ``stages`` when its checkpoint matches, else ``run()`` it (timed)
+    and checkpoint the model with its record; returns the record."""
+    done = stages.resume_(name, model) if stages is not None else None
+    if done is not None:
+        log(f"{name}: resumed from {stages.path(name)}")  # type: ignore[union-attr]
+        return done
+    t0 = time.time()
+    record = {**run(), "seconds": time.time() - t0}
+    if stages is not None:
+        stages.save(name, model, record)
+    return record
 
 
 def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],

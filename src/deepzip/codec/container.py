@@ -222,19 +222,10 @@ def _uint(obj: dict, key: str, where: str, limit: int = 1 << 63) -> int:
     return v
 
 
-@dataclass
-class DzFile:
-    """A parsed ``.dz`` file: every section bounds- and checksum-checked, nothing decoded yet.
-
-    Attributes:
-        header: the JSON header as a dict.
-        tensors: name -> :class:`EncodedTensor`, in file order.
-        version: ``(major, minor)`` of the file.
-    """
+class HeaderView:
+    """What every open ``.dz`` file offers from its JSON header (``self.header``): config, architecture, extra."""
 
     header: dict[str, Any]
-    tensors: dict[str, EncodedTensor]
-    version: tuple[int, int]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -247,6 +238,21 @@ class DzFile:
     @property
     def extra(self) -> dict[str, Any]:
         return self.header["extra"]
+
+
+@dataclass
+class DzFile(HeaderView):
+    """A parsed ``.dz`` file: every section bounds- and checksum-checked, nothing decoded yet.
+
+    Attributes:
+        header: the JSON header as a dict.
+        tensors: name -> :class:`EncodedTensor`, in file order.
+        version: ``(major, minor)`` of the file.
+    """
+
+    header: dict[str, Any]
+    tensors: dict[str, EncodedTensor]
+    version: tuple[int, int]
 
     def _get(self, name: str) -> EncodedTensor:
         if name not in self.tensors:

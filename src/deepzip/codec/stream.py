@@ -41,6 +41,7 @@ from .container import (
     MAX_HEADER_ITEMS,
     MAX_HEADER_SIZE,
     PREAMBLE_SIZE,
+    HeaderView,
     SectionTable,
     _align,
     _json,
@@ -150,7 +151,7 @@ class DzWriter:
             self.abort()
 
 
-class DzReader:
+class DzReader(HeaderView):
     """A ``.dz`` file opened for reading tensor by tensor (header checked now, sections when asked for).
 
     ``max_bytes`` bounds what all tensors together may decode to (as :func:`deepzip.codec.read`; None: no limit).
@@ -172,18 +173,6 @@ class DzReader:
         self.header, self.version, self._start, tables = parse_header(head, size, max_bytes=max_bytes)
         self._tables: dict[str, SectionTable] = {t.name: t for t in tables}
         self.names = list(self._tables)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.header["config"]
-
-    @property
-    def architecture(self) -> str | None:
-        return self.header["architecture"]
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return self.header["extra"]
 
     def entry(self, name: str) -> SectionTable:
         """What the header says of tensor ``name`` (kind, shape, dtype, meta), nothing read."""
