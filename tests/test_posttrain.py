@@ -236,3 +236,87 @@ def test_a_file_with_a_grouped_tensor_says_format_1_2(tmp_path) -> None:
     with codec.DzWriter(tmp_path / "s.dz") as w:
         w.add(enc)
     assert codec.read(tmp_path / "s.dz").version == (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- session 4
+def _gptq_reference(w: np.ndarray, h: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """GPTQ written out plainly (no blocks, no column reordering): round column j, then spread its error."""
+    from deepzip.posttrain import _nearest
+
+    c = w.shape[1]
+    hinv = np.linalg.cholesky(np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(c))).T
+    wq = w.astype(np.float64).copy()
+    lab = np.zeros(w.shape, np.int64)
+    for j in range(c):
+        lab[:, j] = _nearest(cb, wq[:, j])
+        e = (wq[:, j] - cb[lab[:, j]]) / hinv[j, j]
+        wq[:, j:] -= np.outer(e, hinv[j, j:])
+    return lab
+
+
+def test_gptq_round_matches_the_plain_algorithm_and_beats_nearest_rounding() -> None:
+    from deepzip.posttrain import _nearest, gptq_round
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 24)) + 0.1 * rng.normal(size=(400, 24))  # correlated
+    h = x.T @ x / len(x)
+    w = rng.normal(size=(10, 24))
+    cb = np.linspace(-2, 2, 5)
+    order = np.argsort(-np.diag(h), kind="stable")  # act-order: columns of most input energy first
+    ref = _gptq_reference(w[:, order], h[np.ix_(order, order)], cb)[:, np.argsort(order)]
+    for block in (1, 5, 128):  # lazy block updates change nothing
+        assert np.array_equal(gptq_round(w, h, cb, block=block), ref)
+    near = _nearest(cb, w)
+    out_err = lambda lab: float((((w - cb[lab]) @ h) * (w - cb[lab])).sum())  # noqa: E731
+    assert out_err(ref) < 0.5 * out_err(near)
+    # a diagonal Gram matrix has nothing to compensate through: GPTQ is nearest rounding
+    assert np.array_equal(gptq_round(w, np.diag(rng.uniform(1, 2, 24)), cb), near)
+    # kept weights are rounded to themselves and pass no error on
+    keep = np.zeros_like(w, bool)
+    keep[:, :] = True
+    assert np.array_equal(gptq_round(w, h, cb, keep), near)
+
+
+def test_grid_candidate_error_is_bounded_and_file_size_is_predicted(tmp_path) -> None:
+    from deepzip.posttrain import _candidate
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_t(3, size=(64, 96)) * 0.05).astype(np.float32)  # heavy tails
+    cfg = PostTrainConfig()
+    for r in (2.0, 8.0):
+        c = _candidate(w, np.ones_like(w), 0, 0, 0.0, False, cfg, grid=r)
+        assert c is not None and c.grid == r
+        step = float(w.astype(np.float64).std()) / r
+        err = np.abs(c.weight(w.shape) - w).max()
+        assert err <= step / 2 * 1.01 + 1e-3 * np.abs(w).max()  # half a step (+ float16 rounding of levels)
+        enc = c.encode("t", w.shape)
+        assert np.array_equal(codec.decode(enc), c.weight(w.shape))
+        size = sum(len(v) for v in enc.sections.values())
+        assert abs(size - c.nbytes) < 0.03 * size + 64  # entropy estimate vs real Huffman stream
+
+
+def test_split_and_per_sample_fisher_match_the_exact_gauss_newton_diagonal() -> None:
+    from deepzip.posttrain import _split
+
+    x = torch.randn(5, 3)
+    assert [t.shape for t in _split(x)] == [(1, 3)] * 5
+    d = _split({"a": torch.zeros(2, 4), "b": torch.ones(2)})
+    assert len(d) == 2 and d[1]["a"].shape == (1, 4)
+    assert len(_split({"a": torch.zeros(2), "b": torch.zeros(3)})) == 1  # samples cannot be told apart: kept whole
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    xs = torch.randn(6, 4)
+    mods = target_tensors(m, 1)
+    # exact: sum over samples and output units of (d u_k / d w)**2, u = normalised output
+    exact = {n: torch.zeros_like(mm.weight) for n, mm in mods.items()}
+    for i in range(len(xs)):
+        y = m(xs[i:i + 1])
+        u = y / y.norm()
+        for k in range(3):
+            gs = torch.autograd.grad(u[0, k], [mm.weight for mm in mods.values()], retain_graph=True)
+            for n, g in zip(mods, gs):
+                exact[n] += g**2 / len(xs)
+    est = fisher_diagonal(m, [xs], lambda mod, b: mod(b), mods, probes=300)
+    for n in mods:
+        rel = np.abs(est[n] - exact[n].numpy()).sum() / exact[n].numpy().sum()
+        assert rel < 0.15, (n, rel)

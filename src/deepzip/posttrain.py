@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -90,7 +91,13 @@ class PostTrainConfig:
         per_layer: False: one setting (bits, groups, outliers) for every tensor (an ablation).
         fp16: offer float16 storage as the top option of every tensor.
         min_numel: tensors with fewer elements are left as they are.
-        probes: Rademacher probes per calibration batch for the sensitivity.
+        grids: uniform-grid candidates (entropy-coded scalar quantization): a zero-centred grid of step
+            ``std(w) / r`` for each ``r`` here; the used levels are the codebook, Huffman codes the indices, so
+            the error of every weight, outliers included, is at most half a step.
+        gptq: error-compensated rounding (GPTQ, Frantar et al. 2022, arXiv 2210.17323) of Linear layers for each
+            per-tensor codebook or grid: the columns are rounded one at a time and the rounding error is pushed
+            onto the columns not yet rounded through the Gram matrix of the layer's calibration inputs.
+        probes: Rademacher probes per calibration sample for the sensitivity.
         kmeans_iter: Lloyd steps at most.
         seed: seed of the probes and k-means subsets.
     """
@@ -100,6 +107,8 @@ class PostTrainConfig:
     group_rows: tuple[int, ...] = (0, 32)
     row_bits_max: int = 3
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
+    grids: tuple[float, ...] = ()
+    gptq: bool = False
     weighting: str = "fisher"
     per_layer: bool = True
     fp16: bool = True
@@ -113,6 +122,8 @@ class PostTrainConfig:
             raise BoundError(f"max_drop={self.max_drop}, expected a number in (0, 1)")
         if not self.bits or any(not 1 <= b <= 8 for b in self.bits):
             raise ValueError(f"bits={self.bits}, expected widths in 1..8")
+        if any(not 0 < r <= 256 for r in self.grids):
+            raise ValueError(f"grids={self.grids}, expected std/step ratios in (0, 256]")
         if self.weighting not in ("fisher", "none"):
             raise ValueError(f"weighting={self.weighting!r}, expected 'fisher' or 'none'")
 
@@ -136,6 +147,14 @@ class Candidate:
     outlier_pos: np.ndarray | None = None  # (n_out,) int64 flat positions
     outlier_val: np.ndarray | None = None  # (n_out,) float32
     fp16: np.ndarray | None = None  # the tensor in float16 (bits == 0)
+    grid: float = 0.0  # > 0: uniform grid of step std/grid (bits = ceil(log2(levels used)))
+    gptq: bool = False  # rounded with error compensation through the input Gram matrix
+
+    @property
+    def setting(self) -> tuple[int, int, float, float, bool]:
+        """What a configuration chooses: (bits, rows_per_group, outlier_frac, grid, gptq); bits=0: float16."""
+        return (0, 0, 0.0, 0.0, False) if self.bits == 0 else (
+            0 if self.grid else self.bits, self.rows_per_group, self.outlier_frac, self.grid, self.gptq)
 
     @property
     def label(self) -> str:
@@ -143,7 +162,9 @@ class Candidate:
             return "fp16"
         g = "tensor" if self.rows_per_group == 0 else f"rows/{self.rows_per_group}"
         out = f"+{self.outlier_frac:.1%} outliers" if self.outlier_frac else ""
-        return f"{self.bits}b {g}{out}{'' if self.weighted else ' unweighted'}"
+        levels = self.codebooks.shape[1] if self.codebooks is not None else 0
+        q = f"grid std/{self.grid:g} ({levels} levels)" if self.grid else f"{self.bits}b"
+        return f"{q} {g}{out}{'' if self.weighted else ' unweighted'}{' gptq' if self.gptq else ''}"
 
     def weight(self, shape: Sequence[int]) -> np.ndarray:
         """The dense float32 tensor this candidate stores."""
@@ -242,14 +263,36 @@ def target_tensors(model: nn.Module, min_numel: int = 1024) -> dict[str, nn.Modu
     return out
 
 
+def _split(batch: Any) -> list[Any]:
+    """One batch as batches of one sample each: a tensor, or a dict / list / tuple of tensors sharing the first
+    dimension; anything else stays one batch."""
+    if isinstance(batch, torch.Tensor) and batch.ndim >= 1:
+        return [batch[i:i + 1] for i in range(batch.shape[0])]
+    if isinstance(batch, dict) and batch and all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in batch.values()):
+        sizes = {v.shape[0] for v in batch.values()}
+        if len(sizes) == 1:
+            return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(sizes.pop())]
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in batch):
+        sizes = {v.shape[0] for v in batch}
+        if len(sizes) == 1:
+            return [type(batch)(v[i:i + 1] for v in batch) for i in range(sizes.pop())]
+    return [batch]
+
+
 def fisher_diagonal(model: nn.Module, batches: list[Any], forward: Forward, modules: dict[str, nn.Module],
-                    probes: int = 1, seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+                    probes: int = 1, seed: int = 0, progress: bool = False,
+                    per_sample: bool = True) -> dict[str, np.ndarray]:
     """Diagonal Gauss-Newton sensitivity of the normalised outputs for each module's weight, per sample.
 
     ``F = sum_x sum_probes (d <v, u(x)> / dw)**2 / N`` with ``u`` the L2-normalised output and ``v`` Rademacher
-    (shapes: each weight's own). Embedding rows with zero sensitivity (tokens not in the calibration set) get the
-    mean of the other rows.
+    (shapes: each weight's own). With ``per_sample`` every sample gets its own backward pass (batches are split,
+    see :func:`_split`): one probe over a whole batch is unbiased too, but its square mixes the samples' gradients
+    (cross terms of mean zero), so it is much noisier -- on MiniLM the split-half correlation of the log-Fisher of
+    a Linear layer is ~0.92 per sample against ~0.6 per batch of 32. Embedding rows with zero sensitivity (tokens
+    not in the calibration set) get the mean of the other rows.
     """
+    if per_sample:
+        batches = [one for b in batches for one in _split(b)]
     gen = torch.Generator().manual_seed(seed)
     params = {n: m.weight for n, m in modules.items()}
     req = {n: p.requires_grad for n, p in params.items()}
@@ -282,6 +325,95 @@ def fisher_diagonal(model: nn.Module, batches: list[Any], forward: Forward, modu
     return out
 
 
+def input_grams(model: nn.Module, batches: list[Any], forward: Forward,
+                modules: dict[str, nn.Module]) -> dict[str, np.ndarray]:
+    """Mean Gram matrix ``H = X^T X / n`` of the inputs of each Linear module on the calibration batches.
+
+    ``X`` is (n, in_features): every input row the layer sees (all tokens of all samples). ``H`` is what the
+    output error ``|dW x|**2`` of a weight change ``dW`` averages to: ``sum_i dW_i H dW_i^T`` (GPTQ's objective).
+
+    Returns:
+        name -> (in_features, in_features) float64, for the Linear modules of ``modules`` only.
+    """
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()  # (n, in)
+            grams[name] = grams.get(name, 0) + x.T @ x  # type: ignore[assignment,operator]
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    for n, m in modules.items():
+        if isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_pre_hook(hook(n)))
+    try:
+        _outputs(model, batches, forward)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (g / counts[n]).cpu().numpy() for n, g in grams.items()}
+
+
+def _nearest(cb: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the nearest value of the sorted codebook ``cb`` (k,) for every value of ``x``."""
+    if cb.size == 1:
+        return np.zeros(x.shape, np.int64)
+    return np.searchsorted((cb[1:] + cb[:-1]) / 2, x).astype(np.int64)
+
+
+def gptq_round(w: np.ndarray, gram: np.ndarray, codebook: np.ndarray, keep: np.ndarray | None = None,
+               damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """Error-compensated rounding of a Linear weight onto one codebook (GPTQ with a non-uniform grid).
+
+    Columns are rounded in order of decreasing input energy (``diag(H)``, "act-order"); after each column the
+    rounding error, scaled by the inverse-Hessian Cholesky factor, is subtracted from the columns not yet rounded,
+    which minimises ``sum_i dW_i H dW_i^T`` greedily (Frantar et al. 2022).
+
+    Args:
+        w: (R, C) weights of a Linear layer (out, in).
+        gram: (C, C) input Gram matrix (:func:`input_grams`).
+        codebook: (k,) sorted values every weight is rounded to.
+        keep: (R, C) bool, weights stored exactly (outliers): rounded to themselves.
+        damp: added to the diagonal, as a fraction of its mean (keeps the inverse stable).
+        block: columns per lazy update.
+
+    Returns:
+        (R, C) int64 labels into ``codebook``.
+    """
+    r, c = w.shape
+    h = np.array(gram, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(c)] += damp * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable")
+    inv_order = np.argsort(order)
+    hp = h[np.ix_(order, order)]
+    hinv = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: hinv.T @ hinv = inverse of hp
+    wq = np.array(w, dtype=np.float64)[:, order]  # (R, C) being rounded
+    wq[:, dead[order]] = 0.0
+    kp = None if keep is None else keep[:, order]
+    labels = np.zeros((r, c), np.int64)
+    cb = np.asarray(codebook, np.float64)
+    for i1 in range(0, c, block):
+        i2 = min(i1 + block, c)
+        err = np.zeros((r, i2 - i1))
+        for j in range(i1, i2):
+            col = wq[:, j]
+            lab = _nearest(cb, col)
+            q = cb[lab]
+            if kp is not None:
+                q = np.where(kp[:, j], col, q)
+            labels[:, j] = lab
+            e = (col - q) / hinv[j, j]
+            wq[:, j:i2] -= np.outer(e, hinv[j, j:i2])
+            err[:, j - i1] = e
+        wq[:, i2:] -= err @ hinv[i1:i2, i2:]
+    return labels[:, inv_order]
+
+
 # ---------------------------------------------------------------------------------------------------- candidates
 def _entropy_bytes(labels: np.ndarray, k: int) -> float:
     cnt = np.bincount(labels.reshape(-1).astype(np.int64), minlength=k).astype(np.float64)
@@ -289,8 +421,27 @@ def _entropy_bytes(labels: np.ndarray, k: int) -> float:
     return float(-(cnt[cnt > 0] * np.log2(p)).sum() / 8 + 8 + 1.5 * k)  # + stream head and code lengths
 
 
+def _proxy_error(w: np.ndarray, q: np.ndarray, f: np.ndarray, gram: np.ndarray | None) -> float:
+    """Predicted output damage of storing ``q`` for ``w`` (up to the per-tensor factor alpha).
+
+    Without a Gram matrix: ``sum F (w - q)**2`` (diagonal Fisher). With one (Linear layers): the Kronecker-factored
+    form ``sum_i s_i dW_i H dW_i^T`` with per-output-row sensitivity ``s_i = sum_j F_ij / trace(H)``, which keeps the
+    cross terms between input features that error-compensated rounding exploits (the diagonal cannot see them).
+    """
+    d = (np.asarray(w, np.float64) - q).reshape(w.shape[0], -1)
+    if gram is None:
+        return float((f.reshape(d.shape) * d**2).sum())
+    s = f.reshape(d.shape).sum(axis=1) / max(float(np.trace(gram)), 1e-300)  # (R,)
+    return float((((d @ gram) * d).sum(axis=1) * s).sum())
+
+
 def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, weighted: bool,
-               cfg: PostTrainConfig) -> Candidate:
+               cfg: PostTrainConfig, grid: float = 0.0, gram: np.ndarray | None = None,
+               gptq: bool = False) -> Candidate | None:
+    """One candidate: k-means (``bits``) or a uniform grid (``grid`` > 0), optionally GPTQ-rounded (needs ``gram``).
+
+    Returns None for a grid that would need more than the codec's 65536 levels.
+    """
     rows = w.shape[0]
     x = w.reshape(rows, -1).astype(np.float64)  # (R, C)
     fw = f.reshape(rows, -1)
@@ -304,21 +455,45 @@ def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, w
         kw = kw.copy().reshape(-1)
         kw[pos] = 0.0  # outliers are stored exactly: they do not pull the centroids
         kw = kw.reshape(rows, -1)
-    g = rpg or rows
-    pad = (-rows) % g
-    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
-    wp = np.concatenate([kw, np.zeros((pad, kw.shape[1]))]) if pad else kw
-    groups = xp.shape[0] // g
-    k = 1 << bits
-    c, lab = _kmeans.weighted_kmeans_rows(xp.reshape(groups, -1), wp.reshape(groups, -1), k,
-                                          max_iter=cfg.kmeans_iter, fit_cap=65536 if groups == 1 else 8192,
-                                          seed=cfg.seed)
-    c16 = c.astype(np.float16)
-    labels = lab.reshape(xp.shape)[:rows]  # (R, C)
+    keep = None
+    if pos.size:
+        keep = np.zeros(n, bool)
+        keep[pos] = True
+        keep = keep.reshape(rows, -1)
+    if grid > 0:
+        # zero-centred uniform grid; the levels actually used form the codebook (Huffman codes the indices)
+        rest = x if keep is None else x[~keep]
+        step = float(rest.std()) / grid or 1.0
+        lo, hi = math.floor(float(rest.min()) / step), math.ceil(float(rest.max()) / step)
+        if hi - lo + 1 > codec.grouped.MAX_K:
+            return None
+        levels = (step * np.arange(lo, hi + 1)).astype(np.float16).astype(np.float64)  # (L,) sorted
+        raw = gptq_round(x, gram, levels, keep) if gptq and gram is not None else _nearest(levels, x)
+        used, inv = np.unique(raw, return_inverse=True)
+        c16 = levels[used].astype(np.float16)[None, :]  # (1, k)
+        labels = inv.reshape(rows, -1)
+        k = c16.shape[1]
+        bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1
+        rpg, weighted = 0, False
+    else:
+        g = rpg or rows
+        pad = (-rows) % g
+        xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+        wp = np.concatenate([kw, np.zeros((pad, kw.shape[1]))]) if pad else kw
+        groups = xp.shape[0] // g
+        k = 1 << bits
+        c, lab = _kmeans.weighted_kmeans_rows(xp.reshape(groups, -1), wp.reshape(groups, -1), k,
+                                              max_iter=cfg.kmeans_iter, fit_cap=65536 if groups == 1 else 8192,
+                                              seed=cfg.seed)
+        c16 = c.astype(np.float16)
+        labels = lab.reshape(xp.shape)[:rows]  # (R, C)
+        if gptq and gram is not None and groups == 1:
+            labels = gptq_round(x, gram, c16[0].astype(np.float64), keep)
+    labels = labels.astype(np.uint8 if k <= 256 else np.uint16)
     cand = Candidate(bits, rpg, frac, weighted, 0.0, 0.0, c16, labels,
-                     pos, w.reshape(-1)[pos].astype(np.float32))
+                     pos, w.reshape(-1)[pos].astype(np.float32), grid=grid, gptq=gptq and gram is not None)
     q = cand.weight(w.shape).astype(np.float64)
-    cand.error = float((f * (w - q) ** 2).sum())
+    cand.error = _proxy_error(w, q, f, gram)
     out_bytes = 4 * pos.size + codec.grouped.varint_encode(np.diff(pos, prepend=0)).size if pos.size else 0
     cand.nbytes = _entropy_bytes(labels, k) + 2 * c16.size + out_bytes
     return cand
@@ -343,44 +518,69 @@ def _hull(cands: list[Candidate]) -> list[Candidate]:
     return hull[::-1]
 
 
-def _allowed(c: Candidate, cfg: PostTrainConfig) -> bool:
-    """Whether ``cfg`` offers candidate ``c`` (to reuse one candidate set across configurations)."""
+def _allowed(c: Candidate, cfg: PostTrainConfig, gptq_able: bool = True) -> bool:
+    """Whether ``cfg`` offers candidate ``c`` (to reuse one candidate set across configurations); ``gptq_able``:
+    the tensor has GPTQ candidates (a Linear layer with a Gram matrix)."""
     if c.bits == 0:
         return cfg.fp16
+    if c.gptq != (cfg.gptq and gptq_able):
+        return False
+    if c.grid:
+        return c.grid in cfg.grids and c.outlier_frac in cfg.outlier_fracs
     return (c.bits in cfg.bits and c.rows_per_group in cfg.group_rows and c.outlier_frac in cfg.outlier_fracs
             and c.weighted == (cfg.weighting == "fisher"))
 
 
+def _key(c: Candidate) -> tuple:
+    return (*c.setting, c.weighted if c.bits and not c.grid else False)
+
+
 def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray],
-                    configs: Sequence[PostTrainConfig], progress: bool = False) -> dict[str, list[Candidate]]:
-    """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them)."""
+                    configs: Sequence[PostTrainConfig], progress: bool = False,
+                    grams: dict[str, np.ndarray] | None = None) -> dict[str, list[Candidate]]:
+    """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them).
+
+    With ``grams`` (:func:`input_grams`), Linear layers' errors use the Kronecker-factored proxy (see
+    :func:`_proxy_error`) and configurations with ``gptq`` get GPTQ-rounded candidates.
+    """
     out: dict[str, list[Candidate]] = {}
     for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
         w = modules[n].weight.detach().cpu().float().numpy()
         seen: dict[tuple, Candidate] = {}
         for cfg in configs:
-            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen)):
-                seen[(c.bits, c.rows_per_group, c.outlier_frac, c.weighted if c.bits else False)] = c
+            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen), gram=(grams or {}).get(n)):
+                seen[_key(c)] = c
         out[n] = list(seen.values())
     return out
 
 
 def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
-                skip: set[tuple] | None = None) -> list[Candidate]:
+                skip: set[tuple] | None = None, gram: np.ndarray | None = None) -> list[Candidate]:
     skip = skip or set()
-    out = []
-    if cfg.fp16 and (0, 0, 0.0, False) not in skip:
+    out: list[Candidate] = []
+    if cfg.fp16 and (0, 0, 0.0, 0.0, False, False) not in skip:
         w16 = w.astype(np.float16)
-        out.append(Candidate(0, 0, 0.0, False, 2.0 * w.size, float((f * (w - w16.astype(np.float32)) ** 2).sum()),
+        out.append(Candidate(0, 0, 0.0, False, 2.0 * w.size, _proxy_error(w, w16.astype(np.float64), f, gram),
                              fp16=w16))
     weighted = cfg.weighting == "fisher"
+    gptq = cfg.gptq and gram is not None
+    if cfg.gptq and gram is None:  # layers GPTQ cannot round (embeddings, convs) get the plain candidates
+        cfg = dataclasses.replace(cfg, gptq=False)
     for b in cfg.bits:
         for rpg in cfg.group_rows:
-            if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0]):
+            if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0] or gptq):
                 continue
             for frac in cfg.outlier_fracs:
-                if (b, rpg, frac, weighted) not in skip:
-                    out.append(_candidate(w, f, b, rpg, frac, weighted, cfg))
+                if (b, rpg, frac, 0.0, gptq, weighted) not in skip:
+                    c = _candidate(w, f, b, rpg, frac, weighted, cfg, gram=gram, gptq=gptq)
+                    if c is not None:
+                        out.append(c)
+    for r in cfg.grids:
+        for frac in cfg.outlier_fracs:
+            if (0, 0, frac, r, gptq, False) not in skip:
+                c = _candidate(w, f, 0, 0, frac, False, cfg, grid=r, gram=gram, gptq=gptq)
+                if c is not None:
+                    out.append(c)
     return out
 
 
@@ -423,6 +623,7 @@ def compress_to_bound_(
     fisher: dict[str, np.ndarray] | None = None,
     candidates: dict[str, list[Candidate]] | None = None,
     sensitivity: dict[str, float] | None = None,
+    grams: dict[str, np.ndarray] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PostTrainResult:
@@ -439,6 +640,7 @@ def compress_to_bound_(
         candidates: precomputed :func:`make_candidates` (reused across ablations; those ``config`` offers are used).
         sensitivity: per-tensor drop per unit of weighted error from an earlier result (``result.sensitivity``),
             to skip measuring them again.
+        grams: precomputed :func:`input_grams` (computed when ``config.gptq`` and no candidates are given).
         progress: progress bars while sensitivities are measured.
         log: called with one line per phase.
 
@@ -465,6 +667,8 @@ def compress_to_bound_(
         orig = {n: m.weight.detach().cpu().float().numpy().copy() for n, m in mods.items()}
         if fisher is None:
             fisher = fisher_diagonal(model, batches, fwd, mods, cfg.probes, cfg.seed, progress)
+        if grams is None and cfg.gptq and candidates is None:
+            grams = input_grams(model, batches, fwd, mods)
         secs["sensitivity"] = time.perf_counter() - t0
 
         def drop_now() -> float:
@@ -473,9 +677,10 @@ def compress_to_bound_(
         hulls: dict[str, list[Candidate]] = {}
         for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
             if candidates is not None:
-                mine = [c for c in candidates[n] if _allowed(c, cfg)]
+                able = any(c.gptq for c in candidates[n])
+                mine = [c for c in candidates[n] if _allowed(c, cfg, able)]
             else:
-                mine = _candidates(n, orig[n], fisher[n], cfg)
+                mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n))
             if not mine:
                 raise BoundError(f"{n}: no storage option left by the configuration")
             hulls[n] = _hull(mine)
@@ -534,15 +739,15 @@ def _uniform(model: nn.Module, mods: dict[str, nn.Module], hulls: dict[str, list
              orig: dict[str, np.ndarray], cfg: PostTrainConfig, drop_now: Callable[[], float],
              secs: dict[str, float], say: Callable[[str], None]) -> PostTrainResult:
     """One setting for every tensor (ablation of per-layer budgets): the cheapest setting within the bound."""
-    settings = sorted({(c.bits, c.rows_per_group, c.outlier_frac) for h in hulls.values() for c in h},
-                      key=lambda s: (s[0] == 0, s[0], -s[1] if s[1] else 0, s[2]))
+    settings = sorted({c.setting for h in hulls.values() for c in h},
+                      key=lambda s: (s[0] == 0 and not s[3], s[3], s[0], -s[1] if s[1] else 0, s[2]))
     best = None
     for s in settings:
         pick = {}
         for n, h in hulls.items():
             # the setting's candidate when it is on the hull, else the tensor's closest more accurate one
-            same = [c for c in h if (c.bits, c.rows_per_group, c.outlier_frac) == s]
-            richer = [c for c in h if c.bits == 0 or c.bits >= s[0]]
+            same = [c for c in h if c.setting == s]
+            richer = [c for c in h if c.bits == 0 or (c.grid >= s[3] if s[3] else c.bits >= s[0] and not c.grid)]
             pick[n] = same[0] if same else min(richer or h, key=lambda c: c.nbytes)
         _set_weights_(mods, {n: c.weight(orig[n].shape) for n, c in pick.items()})
         d = drop_now()
