@@ -320,3 +320,22 @@ def test_split_and_per_sample_fisher_match_the_exact_gauss_newton_diagonal() -> 
     for n in mods:
         rel = np.abs(est[n] - exact[n].numpy()).sum() / exact[n].numpy().sum()
         assert rel < 0.15, (n, rel)
+
+
+def test_quantisation_aware_distillation_moves_indices_and_the_file_follows(tmp_path) -> None:
+    model, teacher = _mlp(), _mlp()
+    cal = _batches()
+    cfg = PostTrainConfig(max_drop=0.2, min_numel=256, bits=(2,), group_rows=(0,), outlier_fracs=(0.0,),
+                          grids=(1.0, 2.0), gptq=True)
+    res = compress_to_bound_(model, cal, cfg)
+    assert all(c.gptq and c.codebooks.shape[0] == 1 for c in res.choices.values() if c.bits)
+    labels0 = {n: c.labels.copy() for n, c in res.choices.items() if c.bits}
+    dis = _batches(4, seed=7)
+    before = _drop(model, teacher, dis)
+    distill_(model, teacher, res, dis, seconds=3.0, lr=1e-3, latent_lr=1e-3)
+    assert _drop(model, teacher, dis) < 0.7 * before  # fits the distillation inputs (held-out: see the benchmark)
+    assert any((res.choices[n].labels != lab).any() for n, lab in labels0.items())  # indices moved
+    path = tmp_path / "q.dz"
+    save_posttrained(model, res, path)
+    x = torch.randn(8, 32)
+    assert torch.equal(load(path, model=_mlp(5))(x), model(x))

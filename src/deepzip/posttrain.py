@@ -164,7 +164,8 @@ class Candidate:
         out = f"+{self.outlier_frac:.1%} outliers" if self.outlier_frac else ""
         levels = self.codebooks.shape[1] if self.codebooks is not None else 0
         q = f"grid std/{self.grid:g} ({levels} levels)" if self.grid else f"{self.bits}b"
-        return f"{q} {g}{out}{'' if self.weighted else ' unweighted'}{' gptq' if self.gptq else ''}"
+        w = "" if self.weighted or self.grid else " unweighted"
+        return f"{q} {g}{out}{w}{' gptq' if self.gptq else ''}"
 
     def weight(self, shape: Sequence[int]) -> np.ndarray:
         """The dense float32 tensor this candidate stores."""
@@ -416,9 +417,16 @@ def gptq_round(w: np.ndarray, gram: np.ndarray, codebook: np.ndarray, keep: np.n
 
 # ---------------------------------------------------------------------------------------------------- candidates
 def _entropy_bytes(labels: np.ndarray, k: int) -> float:
-    cnt = np.bincount(labels.reshape(-1).astype(np.int64), minlength=k).astype(np.float64)
-    p = cnt[cnt > 0] / labels.size
-    return float(-(cnt[cnt > 0] * np.log2(p)).sum() / 8 + 8 + 1.5 * k)  # + stream head and code lengths
+    """Exact size of the Huffman index stream the codec writes (code lengths, sync table and bits): at low rates
+    a Huffman code costs more than the entropy (at least one bit per symbol)."""
+    return float(codec.huffman.stream_size(np.bincount(labels.reshape(-1).astype(np.int64), minlength=k)))
+
+
+def _outlier_bytes(pos: np.ndarray | None) -> float:
+    """Bytes of the exact side list: float32 values + varint position deltas (about; Huffman shrinks these)."""
+    if pos is None or not pos.size:
+        return 0.0
+    return float(4 * pos.size + codec.grouped.varint_encode(np.diff(pos, prepend=0)).size)
 
 
 def _proxy_error(w: np.ndarray, q: np.ndarray, f: np.ndarray, gram: np.ndarray | None) -> float:
@@ -494,8 +502,7 @@ def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, w
                      pos, w.reshape(-1)[pos].astype(np.float32), grid=grid, gptq=gptq and gram is not None)
     q = cand.weight(w.shape).astype(np.float64)
     cand.error = _proxy_error(w, q, f, gram)
-    out_bytes = 4 * pos.size + codec.grouped.varint_encode(np.diff(pos, prepend=0)).size if pos.size else 0
-    cand.nbytes = _entropy_bytes(labels, k) + 2 * c16.size + out_bytes
+    cand.nbytes = _entropy_bytes(labels, k) + 2 * c16.size + _outlier_bytes(pos)
     return cand
 
 
@@ -806,6 +813,37 @@ class _Codebook(nn.Module):
         return w.reshape(self.shape)
 
 
+class _Rounded(nn.Module):
+    """Parametrization for quantisation-aware distillation of a one-codebook tensor: a float ``latent`` copy of the
+    weights is rounded to the nearest codebook value in the forward pass, with the straight-through gradient
+    (``w = codebook[nearest(latent)] + latent - stop_grad(latent)``), so the indices themselves can change; the
+    codebook values get their gradient through the gather. Outliers stay exact."""
+
+    def __init__(self, cand: Candidate, shape: Sequence[int]) -> None:
+        super().__init__()
+        assert cand.codebooks is not None and cand.codebooks.shape[0] == 1
+        self.codebooks = nn.Parameter(torch.from_numpy(cand.codebooks.astype(np.float32)))  # (1, k)
+        self.latent = nn.Parameter(torch.from_numpy(cand.weight(shape).astype(np.float32).reshape(-1)))
+        self.register_buffer("pos", torch.from_numpy(np.asarray(cand.outlier_pos, np.int64)))
+        self.register_buffer("val", torch.from_numpy(np.asarray(cand.outlier_val, np.float32)))
+        self.shape = tuple(shape)
+
+    def indices(self) -> torch.Tensor:
+        """(numel,) index of the codebook value nearest each latent weight."""
+        with torch.no_grad():
+            cb = self.codebooks.reshape(-1)
+            s, perm = cb.sort()
+            if s.numel() == 1:
+                return torch.zeros(self.latent.shape, dtype=torch.long)
+            return perm[torch.searchsorted((s[1:] + s[:-1]) / 2, self.latent.detach())]
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        w = self.codebooks.reshape(-1)[self.indices()] + self.latent - self.latent.detach()
+        if self.pos.numel():
+            w = w.index_put((self.pos,), self.val)
+        return w.reshape(self.shape)
+
+
 def distill_(
     model: nn.Module,
     teacher: nn.Module,
@@ -815,6 +853,7 @@ def distill_(
     forward: Forward | None = None,
     seconds: float = 300.0,
     lr: float = 1e-4,
+    latent_lr: float = 0.0,
     modules: dict[str, nn.Module] | None = None,
     progress: bool = False,
 ) -> list[float]:
@@ -832,6 +871,9 @@ def distill_(
         forward: as for :func:`compress_to_bound_`.
         seconds: budget in CPU seconds of this process (``time.process_time``).
         lr: Adam learning rate.
+        latent_lr: > 0: also move the weights between codebook values (quantisation-aware training with the
+            straight-through estimator, Adam at this rate on a float copy of each one-codebook tensor); the indices
+            change, so the stored size is computed again afterwards. 0: indices stay.
         modules: the compressed modules (default: found from ``result`` names).
         progress: show a progress bar over the steps.
 
@@ -847,23 +889,33 @@ def distill_(
         teacher.eval()
         targets = [y.reshape(y.shape[0], -1).float() for y in (fwd(teacher, b) for b in batches)]
     params: list[nn.Parameter] = []
+    latents: list[nn.Parameter] = []
     for n, m in mods.items():
         c = result.choices[n]
         if c.bits == 0:
             m.weight.requires_grad_(True)
             params.append(m.weight)
+        elif latent_lr > 0 and c.codebooks is not None and c.codebooks.shape[0] == 1:
+            parametrize.register_parametrization(m, "weight", _Rounded(c, m.weight.shape), unsafe=True)
+            p = m.parametrizations["weight"]  # type: ignore[index,union-attr]
+            p.original.requires_grad_(False)
+            params.append(p[0].codebooks)
+            latents.append(p[0].latent)
         else:
             parametrize.register_parametrization(m, "weight", _Codebook(c, m.weight.shape), unsafe=True)
             p = m.parametrizations["weight"]  # type: ignore[index,union-attr]
             p.original.requires_grad_(False)
             params.append(p[0].codebooks)
-    taken = {id(q) for q in params} | {
+    taken = {id(q) for q in params + latents} | {
         id(m.parametrizations["weight"].original) for m in mods.values()  # type: ignore[index,union-attr]
         if parametrize.is_parametrized(m)}
     others = [p for p in model.parameters() if id(p) not in taken]  # biases, norms, small tensors
     for p in others:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params + others, lr=lr)
+    groups: list[dict[str, Any]] = [{"params": params + others, "lr": lr}]
+    if latents:
+        groups.append({"params": latents, "lr": latent_lr})
+    opt = torch.optim.Adam(groups)
     losses: list[float] = []
     model.train(False)  # no dropout: match the teacher's deterministic outputs
     end = time.process_time() + seconds  # CPU seconds of this process: the budget does not shrink under load
@@ -890,8 +942,13 @@ def distill_(
                     c.fp16 = m.weight.detach().cpu().numpy().astype(np.float16)
                     m.weight.copy_(torch.from_numpy(c.fp16.astype(np.float32)))
                 else:
-                    cb = m.parametrizations["weight"][0].codebooks  # type: ignore[index,union-attr]
-                    c.codebooks = cb.detach().cpu().numpy().astype(np.float16)
+                    par = m.parametrizations["weight"][0]  # type: ignore[index,union-attr]
+                    c.codebooks = par.codebooks.detach().cpu().numpy().astype(np.float16)
+                    if isinstance(par, _Rounded):
+                        k = c.codebooks.shape[1]
+                        labels = par.indices().cpu().numpy().reshape(c.labels.shape)  # type: ignore[union-attr]
+                        c.labels = labels.astype(np.uint8 if k <= 256 else np.uint16)
+                        c.nbytes = _entropy_bytes(c.labels, k) + 2 * c.codebooks.size + _outlier_bytes(c.outlier_pos)
                     parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
                     m.weight.copy_(torch.from_numpy(c.weight(m.weight.shape)))
     return losses
