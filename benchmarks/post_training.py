@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -49,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 FP32 = 4
+GRIDS = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)  # std / step of the uniform grids
 T0 = time.time()
 
 
@@ -85,8 +87,9 @@ def stdlib_sentences() -> list[str]:
 def splits(quick: bool) -> dict[str, list[str]]:
     s = stdlib_sentences()
     random.Random(0).shuffle(s)
-    n_cal, n_dis, n_ev = (32, 64, 64) if quick else (64, 1024, 300)
-    return {"calibration": s[:n_cal], "distill": s[n_cal:n_cal + n_dis], "eval": s[n_cal + n_dis:n_cal + n_dis + n_ev],
+    n_cal, n_dis, n_ev, n_gram = (32, 64, 64, 64) if quick else (64, 1024, 300, 448)
+    a, b, c = n_cal, n_cal + n_dis, n_cal + n_dis + n_ev
+    return {"calibration": s[:a], "distill": s[a:b], "eval": s[b:c], "calibration_gram_extra": s[c:c + n_gram],
             "available": len(s)}  # type: ignore[dict-item]
 
 
@@ -173,11 +176,11 @@ def uniform_rows(model: nn.Module, ev: list, ref: torch.Tensor, tmp: Path, bits_
 
 def bound_row(label: str, model: nn.Module, cal: list, ev: list, ref: torch.Tensor, tmp: Path, cfg: PostTrainConfig,
               fisher: dict | None, log: list[str], cands: dict | None = None, alpha: dict | None = None,
-              ) -> tuple[dict, nn.Module, posttrain.PostTrainResult]:
+              grams: dict | None = None) -> tuple[dict, nn.Module, posttrain.PostTrainResult]:
     m = copy.deepcopy(model)
     c0 = time.process_time()
     res = posttrain.compress_to_bound_(m, cal, cfg, forward=st_forward, fisher=fisher, candidates=cands,
-                                       sensitivity=alpha,
+                                       sensitivity=alpha, grams=grams,
                                        log=lambda s: (log.append(f"{label}: {s}"), say(f"{label}: {s}")))
     cpu = time.process_time() - c0
     path = tmp / "bound.dz"
@@ -189,8 +192,8 @@ def bound_row(label: str, model: nn.Module, cal: list, ev: list, ref: torch.Tens
     q = quality(ref, embed(loaded, ev))
     kinds: dict[str, int] = {}
     for c in res.choices.values():
-        key = "fp16" if c.bits == 0 else f"{c.bits}b" + ("/rows" if c.rows_per_group else "") + (
-            "+out" if c.outlier_frac else "")
+        key = "fp16" if c.bits == 0 else (f"grid/{c.grid:g}" if c.grid else f"{c.bits}b") + (
+            "/rows" if c.rows_per_group else "") + ("+out" if c.outlier_frac else "") + ("+gptq" if c.gptq else "")
         kinds[key] = kinds.get(key, 0) + 1
     return ({"variant": label, "bytes": nbytes, **q, "calib_drop": res.drop, "cpu_s": round(cpu, 1),
              "choices": " ".join(f"{k}:{v}" for k, v in sorted(kinds.items()))}, loaded, res)
@@ -213,47 +216,70 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     if not args.quick:
         rows += uniform_rows(model, ev, ref, tmp, (4, 6))
         say("uniform rows done")
-    # sensitivities once, shared by every bound row (each row's cpu_s excludes them)
+    # sensitivities and input Gram matrices once, shared by every bound row (each row's cpu_s excludes them)
     mods = big_weights(model)
     c0 = time.process_time()
-    fisher = posttrain.fisher_diagonal(model, cal, st_forward, mods, probes=2)
+    fisher = posttrain.fisher_diagonal(model, cal, st_forward, mods, probes=2)  # per sample (batches split)
     fisher_cpu = time.process_time() - c0
     say("fisher done")
-    log.append(f"fisher diagonal: {fisher_cpu:.1f} s CPU")
+    log.append(f"fisher diagonal (per-sample probes): {fisher_cpu:.1f} s CPU")
+    c0 = time.process_time()
+    grams = posttrain.input_grams(model, cal + text_batches(model, sents["calibration_gram_extra"]), st_forward, mods)
+    gram_cpu = time.process_time() - c0
+    say(f"grams done ({gram_cpu:.0f} s CPU)")
     d = args.max_drop
-    base = PostTrainConfig(max_drop=d, probes=2)
+    grids = GRIDS
+    old: dict = dict(grids=(), gptq=False)  # the k-means candidates of session 3
+    gridded: dict = dict(bits=(2,), group_rows=(0,), outlier_fracs=(0.0,), grids=grids, weighting="none")
     variants = [
-        ("bound, Fisher + groups + outliers (full)", base),
         ("bound, plain k-means per tensor", PostTrainConfig(max_drop=d, weighting="none", group_rows=(0,),
-                                                            outlier_fracs=(0.0,))),
+                                                            outlier_fracs=(0.0,), **old)),
         ("bound, Fisher-weighted k-means per tensor", PostTrainConfig(max_drop=d, group_rows=(0,),
-                                                                      outlier_fracs=(0.0,))),
-        ("bound, Fisher + per-row/group codebooks", PostTrainConfig(max_drop=d, outlier_fracs=(0.0,))),
-        ("bound, Fisher + outliers", PostTrainConfig(max_drop=d, group_rows=(0,))),
-        ("full, one setting for every tensor (no per-layer bits)", PostTrainConfig(max_drop=d, per_layer=False)),
+                                                                      outlier_fracs=(0.0,), **old)),
+        ("bound, Fisher + per-row/group codebooks", PostTrainConfig(max_drop=d, outlier_fracs=(0.0,), **old)),
+        ("bound, Fisher + outliers", PostTrainConfig(max_drop=d, group_rows=(0,), **old)),
+        ("bound, Fisher + groups + outliers (session-3 full)", PostTrainConfig(max_drop=d, **old)),
+        ("bound, uniform grid + Huffman (entropy-coded), no GPTQ", PostTrainConfig(max_drop=d, **gridded)),
+        ("bound, grid + GPTQ (full)", PostTrainConfig(max_drop=d, gptq=True, **gridded)),
+        ("grid + GPTQ, one setting for every tensor (no per-layer bits)",
+         PostTrainConfig(max_drop=d, gptq=True, per_layer=False, **gridded)),
     ]
     if args.quick:
-        variants = variants[:1]
+        variants = variants[-3:-1]
     c0 = time.process_time()
-    cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants])
+    cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants], grams=grams)
     cand_cpu = time.process_time() - c0
     say(f"candidates done ({cand_cpu:.0f} s CPU)")
-    alpha: dict | None = None  # per-layer sensitivities: measured by the first row, reused by the others
+    alphas: dict[bool, dict] = {}  # per-layer sensitivities, measured once per rounding (GPTQ or not) and reused
+    results: dict[str, posttrain.PostTrainResult] = {}
     for label, cfg in variants:
         try:
-            row, _, res = bound_row(label, model, cal, ev, ref, tmp, cfg, fisher, log, cands, alpha)
-            alpha = alpha or res.sensitivity
+            row, _, res = bound_row(label, model, cal, ev, ref, tmp, cfg, fisher, log, cands, alphas.get(cfg.gptq))
+            if cfg.per_layer:
+                alphas.setdefault(cfg.gptq, res.sensitivity)
+            results[label] = res
         except Exception as e:  # one failed row must not lose the others
+            row = {"variant": label, "note": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    # the size-vs-quality curve of the full recipe: other bounds, same candidates and sensitivities
+    full = PostTrainConfig(max_drop=d, gptq=True, **gridded)
+    for bound in ([] if args.quick else args.curve):
+        label = f"curve: grid + GPTQ at bound {bound:g}"
+        try:
+            row, _, _ = bound_row(label, model, cal, ev, ref, tmp, dataclasses.replace(full, max_drop=bound), fisher,
+                                  log, cands, alphas.get(True))
+        except Exception as e:  # keep the other rows
             row = {"variant": label, "note": f"{type(e).__name__}: {e}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
     # distillation from the original: allocate for a looser calibration bound, then fine-tune on unlabeled text
     for relax in args.relax:
-        label = f"full at bound {relax * d:g}, then distillation from the original ({args.distill_cpu:.0f} s CPU)"
+        label = (f"grid + GPTQ at bound {relax * d:g}, then distillation from the original "
+                 f"({args.distill_cpu:.0f} s CPU{', indices move' if args.latent_lr else ''})")
         try:
-            row, _student, res = bound_row(label, model, cal, ev, ref, tmp,
-                                          PostTrainConfig(max_drop=relax * d, probes=2), fisher, log, cands,
-                                          alpha)
+            row, _student, res = bound_row(label, model, cal, ev, ref, tmp, dataclasses.replace(
+                full, max_drop=relax * d), fisher, log, cands, alphas.get(True))
         except Exception as e:  # keep the other rows
             rows.append({"variant": label, "note": str(e)})
             continue
@@ -263,7 +289,8 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
 
         load(tmp / "bound.dz", model=m)
         c0 = time.process_time()
-        losses = posttrain.distill_(m, model, res, dis, forward=st_forward, seconds=args.distill_cpu, lr=args.lr)
+        losses = posttrain.distill_(m, model, res, dis, forward=st_forward, seconds=args.distill_cpu, lr=args.lr,
+                                    latent_lr=args.latent_lr)
         cpu = time.process_time() - c0
         path = tmp / "distilled.dz"
         nbytes = posttrain.save_posttrained(m, res, path)
@@ -272,7 +299,9 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         row = {"variant": label, "bytes": nbytes, **quality(ref, embed(loaded, ev)),
                "cpu_s": round(before["cpu_s"] + cpu, 1),
                "choices": before["choices"], "steps": len(losses),
-               "before_distill": f"cos {before['cos_mean']:.4f}, {fp32 / before['bytes']:.2f}x"}
+               "before_distill": f"cos {before['cos_mean']:.4f}, {fp32 / before['bytes']:.2f}x",
+               "loss_first_last": f"{sum(losses[:20]) / max(1, len(losses[:20])):.4f} -> "
+                                  f"{sum(losses[-20:]) / max(1, len(losses[-20:])):.4f}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
     for r in rows:
@@ -281,6 +310,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     info = {"params": total, "fp32_bytes": fp32, "sentences": {k: (len(v) if isinstance(v, list) else v)
                                                                 for k, v in sents.items()},
             "fisher_cpu_s": round(fisher_cpu, 1), "candidates_cpu_s": round(cand_cpu, 1),
+            "gram_cpu_s": round(gram_cpu, 1), "grids": list(GRIDS),
             "text_source": "docstrings of the Python stdlib .py files "
             f"({sysconfig.get_paths()['stdlib']}/*.py, read with ast), split into sentences, shuffled (seed 0)"}
     return rows, info
@@ -321,7 +351,8 @@ def lenet(args: argparse.Namespace, tmp: Path, log: list[str]) -> list[dict]:
                            ("bound 0.05 + distillation from the original (no labels)", 0.05, args.lenet_distill)):
         m = copy.deepcopy(model)
         c0 = time.process_time()
-        res = posttrain.compress_to_bound_(m, cal, PostTrainConfig(max_drop=d, min_numel=1000, probes=2),
+        res = posttrain.compress_to_bound_(m, cal, PostTrainConfig(max_drop=d, min_numel=1000, probes=2, grids=GRIDS,
+                                                                   gptq=True),
                                            log=lambda s, label=label: log.append(f"lenet {label}: {s}"))
         steps = 0
         if secs:
@@ -372,6 +403,8 @@ def main() -> None:
     ap.add_argument("--relax", type=float, nargs="*", default=[3.0])
     ap.add_argument("--distill-cpu", type=float, default=600.0, help="CPU seconds of distillation (MiniLM)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--latent-lr", type=float, default=0.0, help="> 0: distillation also moves the indices (STE)")
+    ap.add_argument("--curve", type=float, nargs="*", default=[0.003, 0.005, 0.02, 0.04])
     ap.add_argument("--lenet-distill", type=float, default=60.0)
     ap.add_argument("--lenet-cache", default=os.environ.get("DEEPZIP_MODELS", "/work/wt/cache_base/deepzip/models"))
     ap.add_argument("--skip-lenet", action="store_true")

@@ -10,18 +10,28 @@ and the original model's outputs on calibration inputs); this module picks, per 
    gradients of the output-agreement loss play the part the task-loss Fisher plays in SqueezeLLM
    (Kim et al. 2023, arXiv 2306.07629). Rows of an embedding never seen in calibration get the mean of the
    seen rows (else they would look free to destroy, and evaluation text uses other tokens).
-2. **Candidates per tensor.** Fisher-weighted k-means (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits,
-   with one codebook per tensor or per group of rows, with or without an exact side list of the largest-magnitude
-   weights (outliers), plus float16 as a near-lossless top option. Each candidate's bytes (Huffman index entropy +
-   float16 codebooks + outliers) and weighted error ``E = sum F (w - q)**2`` are computed; only the lower convex
-   hull in (bytes, E) is kept, so per-row codebooks or outliers survive exactly where they pay for themselves.
+2. **Candidates per tensor.** Uniform grids (zero-centred, step ``std / r``; the used levels are the codebook and
+   Huffman codes the indices: entropy-coded scalar quantisation, every weight within half a step, so large weights
+   are not sacrificed to the bulk as a k-means codebook does), and Fisher-weighted k-means
+   (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits with one codebook per tensor or per group of rows,
+   with or without an exact side list of the largest-magnitude weights (outliers); plus float16 as a near-lossless
+   top option. Linear layers are rounded onto each per-tensor codebook or grid with GPTQ (:func:`gptq_round`,
+   error compensation through the Gram matrix ``H`` of the layer's calibration inputs, :func:`input_grams`), and
+   their errors use the Kronecker-factored proxy ``sum_i s_i dW_i H dW_i^T`` (see :func:`_proxy_error`), which
+   sees the cross terms GPTQ exploits. Each candidate's bytes (exact Huffman stream + float16 codebooks +
+   outliers) and error are computed; only the lower convex hull in (bytes, error) is kept, so per-row codebooks
+   or outliers survive exactly where they pay for themselves.
+   Measured on MiniLM (benchmarks/post_training.py): the grid beats k-means by far at equal bytes (embedding
+   matrix at ~3 bits/weight: drop 0.002 vs 0.010), and Fisher-*weighted* k-means loses to plain k-means even with
+   a reliable Fisher estimate, so the grids are unweighted; the Fisher still sets the per-row sensitivity ``s``.
 3. **Per-layer sensitivities, measured once.** For every tensor one candidate is applied alone and the real drop
    on the calibration inputs is measured: ``alpha = drop / E`` turns the proxy into that layer's predicted drop.
 4. **Budget split.** Steps down each tensor's hull, all tensors together, are taken greedily by predicted drop
    per byte saved until the predicted total reaches a budget; the budget is then searched (a few full
    measurements) for the smallest model whose *measured* drop is within ``max_drop``.
 5. **Distillation from the original** (:func:`distill_`): centroids, float16 tensors, biases and norms are
-   fine-tuned to match the original model's outputs on unlabeled inputs (``1 - cos`` loss), then stored again.
+   fine-tuned to match the original model's outputs on unlabeled inputs (``1 - cos`` loss), then stored again;
+   optionally (``latent_lr``) the indices move too (straight-through rounding of a float copy).
 
 Without data (:func:`compress_weights_only`), each tensor gets the cheapest candidate whose weight SQNR reaches a
 floor: weaker, since it cannot tell which layers the outputs depend on.
@@ -65,6 +75,9 @@ __all__ = [
     "compress_weights_only",
     "distill_",
     "fisher_diagonal",
+    "gptq_factor",
+    "gptq_round",
+    "input_grams",
     "make_candidates",
     "save_posttrained",
     "target_tensors",
@@ -107,8 +120,8 @@ class PostTrainConfig:
     group_rows: tuple[int, ...] = (0, 32)
     row_bits_max: int = 3
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
-    grids: tuple[float, ...] = ()
-    gptq: bool = False
+    grids: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)
+    gptq: bool = True
     weighting: str = "fisher"
     per_layer: bool = True
     fp16: bool = True
@@ -264,36 +277,42 @@ def target_tensors(model: nn.Module, min_numel: int = 1024) -> dict[str, nn.Modu
     return out
 
 
-def _split(batch: Any) -> list[Any]:
-    """One batch as batches of one sample each: a tensor, or a dict / list / tuple of tensors sharing the first
-    dimension; anything else stays one batch."""
+def _split(batch: Any, size: int = 1) -> list[Any]:
+    """One batch as batches of ``size`` samples (the last may be smaller): a tensor, or a dict / list / tuple of
+    tensors sharing the first dimension; anything else stays one batch."""
+    def cut(n: int, take: Callable[[int, int], Any]) -> list[Any]:
+        return [take(i, min(i + size, n)) for i in range(0, n, size)]
+
     if isinstance(batch, torch.Tensor) and batch.ndim >= 1:
-        return [batch[i:i + 1] for i in range(batch.shape[0])]
+        return cut(batch.shape[0], lambda a, b: batch[a:b])
     if isinstance(batch, dict) and batch and all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in batch.values()):
         sizes = {v.shape[0] for v in batch.values()}
         if len(sizes) == 1:
-            return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(sizes.pop())]
+            return cut(sizes.pop(), lambda a, b: {k: v[a:b] for k, v in batch.items()})
     if isinstance(batch, (list, tuple)) and batch and all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in batch):
         sizes = {v.shape[0] for v in batch}
         if len(sizes) == 1:
-            return [type(batch)(v[i:i + 1] for v in batch) for i in range(sizes.pop())]
+            return cut(sizes.pop(), lambda a, b: type(batch)(v[a:b] for v in batch))
     return [batch]
 
 
 def fisher_diagonal(model: nn.Module, batches: list[Any], forward: Forward, modules: dict[str, nn.Module],
                     probes: int = 1, seed: int = 0, progress: bool = False,
-                    per_sample: bool = True) -> dict[str, np.ndarray]:
+                    per_sample: bool = True, max_passes: int = 256) -> dict[str, np.ndarray]:
     """Diagonal Gauss-Newton sensitivity of the normalised outputs for each module's weight, per sample.
 
     ``F = sum_x sum_probes (d <v, u(x)> / dw)**2 / N`` with ``u`` the L2-normalised output and ``v`` Rademacher
     (shapes: each weight's own). With ``per_sample`` every sample gets its own backward pass (batches are split,
     see :func:`_split`): one probe over a whole batch is unbiased too, but its square mixes the samples' gradients
     (cross terms of mean zero), so it is much noisier -- on MiniLM the split-half correlation of the log-Fisher of
-    a Linear layer is ~0.92 per sample against ~0.6 per batch of 32. Embedding rows with zero sensitivity (tokens
-    not in the calibration set) get the mean of the other rows.
+    a Linear layer is ~0.92 per sample against ~0.6 per batch of 32. Large calibration sets are cut into
+    sub-batches of equal size so that there are at most ``max_passes`` of them (the noise then averages out).
+    Embedding rows with zero sensitivity (tokens not in the calibration set) get the mean of the other rows.
     """
     if per_sample:
-        batches = [one for b in batches for one in _split(b)]
+        total = sum(len(_split(b)) for b in batches)
+        size = max(1, math.ceil(total / max_passes))
+        batches = [part for b in batches for part in _split(b, size)]
     gen = torch.Generator().manual_seed(seed)
     params = {n: m.weight for n, m in modules.items()}
     req = {n: p.requires_grad for n, p in params.items()}
@@ -365,8 +384,22 @@ def _nearest(cb: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.searchsorted((cb[1:] + cb[:-1]) / 2, x).astype(np.int64)
 
 
+def gptq_factor(gram: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`gptq_round` needs from a Gram matrix, computed once per layer: (column order, upper Cholesky
+    factor of the damped inverse in that order, dead-input mask)."""
+    c = gram.shape[0]
+    h = np.array(gram, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(c)] += damp * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable")
+    hp = h[np.ix_(order, order)]
+    return order, np.linalg.cholesky(np.linalg.inv(hp)).T, dead  # upper: hinv.T @ hinv = inverse of hp
+
+
 def gptq_round(w: np.ndarray, gram: np.ndarray, codebook: np.ndarray, keep: np.ndarray | None = None,
-               damp: float = 0.01, block: int = 128) -> np.ndarray:
+               damp: float = 0.01, block: int = 128,
+               factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Error-compensated rounding of a Linear weight onto one codebook (GPTQ with a non-uniform grid).
 
     Columns are rounded in order of decreasing input energy (``diag(H)``, "act-order"); after each column the
@@ -380,19 +413,14 @@ def gptq_round(w: np.ndarray, gram: np.ndarray, codebook: np.ndarray, keep: np.n
         keep: (R, C) bool, weights stored exactly (outliers): rounded to themselves.
         damp: added to the diagonal, as a fraction of its mean (keeps the inverse stable).
         block: columns per lazy update.
+        factor: :func:`gptq_factor` of ``gram`` (to share it between codebooks of one layer).
 
     Returns:
         (R, C) int64 labels into ``codebook``.
     """
     r, c = w.shape
-    h = np.array(gram, dtype=np.float64, copy=True)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices(c)] += damp * float(np.mean(np.diag(h)))
-    order = np.argsort(-np.diag(h), kind="stable")
+    order, hinv, dead = factor if factor is not None else gptq_factor(gram, damp)
     inv_order = np.argsort(order)
-    hp = h[np.ix_(order, order)]
-    hinv = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper: hinv.T @ hinv = inverse of hp
     wq = np.array(w, dtype=np.float64)[:, order]  # (R, C) being rounded
     wq[:, dead[order]] = 0.0
     kp = None if keep is None else keep[:, order]
@@ -445,7 +473,7 @@ def _proxy_error(w: np.ndarray, q: np.ndarray, f: np.ndarray, gram: np.ndarray |
 
 def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, weighted: bool,
                cfg: PostTrainConfig, grid: float = 0.0, gram: np.ndarray | None = None,
-               gptq: bool = False) -> Candidate | None:
+               gptq: bool = False, factor: tuple | None = None) -> Candidate | None:
     """One candidate: k-means (``bits``) or a uniform grid (``grid`` > 0), optionally GPTQ-rounded (needs ``gram``).
 
     Returns None for a grid that would need more than the codec's 65536 levels.
@@ -476,7 +504,7 @@ def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, w
         if hi - lo + 1 > codec.grouped.MAX_K:
             return None
         levels = (step * np.arange(lo, hi + 1)).astype(np.float16).astype(np.float64)  # (L,) sorted
-        raw = gptq_round(x, gram, levels, keep) if gptq and gram is not None else _nearest(levels, x)
+        raw = gptq_round(x, gram, levels, keep, factor=factor) if gptq and gram is not None else _nearest(levels, x)
         used, inv = np.unique(raw, return_inverse=True)
         c16 = levels[used].astype(np.float16)[None, :]  # (1, k)
         labels = inv.reshape(rows, -1)
@@ -496,7 +524,7 @@ def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, w
         c16 = c.astype(np.float16)
         labels = lab.reshape(xp.shape)[:rows]  # (R, C)
         if gptq and gram is not None and groups == 1:
-            labels = gptq_round(x, gram, c16[0].astype(np.float64), keep)
+            labels = gptq_round(x, gram, c16[0].astype(np.float64), keep, factor=factor)
     labels = labels.astype(np.uint8 if k <= 256 else np.uint16)
     cand = Candidate(bits, rpg, frac, weighted, 0.0, 0.0, c16, labels,
                      pos, w.reshape(-1)[pos].astype(np.float32), grid=grid, gptq=gptq and gram is not None)
@@ -573,19 +601,20 @@ def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
     gptq = cfg.gptq and gram is not None
     if cfg.gptq and gram is None:  # layers GPTQ cannot round (embeddings, convs) get the plain candidates
         cfg = dataclasses.replace(cfg, gptq=False)
+    factor = gptq_factor(gram) if gptq and gram is not None else None
     for b in cfg.bits:
         for rpg in cfg.group_rows:
             if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0] or gptq):
                 continue
             for frac in cfg.outlier_fracs:
                 if (b, rpg, frac, 0.0, gptq, weighted) not in skip:
-                    c = _candidate(w, f, b, rpg, frac, weighted, cfg, gram=gram, gptq=gptq)
+                    c = _candidate(w, f, b, rpg, frac, weighted, cfg, gram=gram, gptq=gptq, factor=factor)
                     if c is not None:
                         out.append(c)
     for r in cfg.grids:
         for frac in cfg.outlier_fracs:
             if (0, 0, frac, r, gptq, False) not in skip:
-                c = _candidate(w, f, 0, 0, frac, False, cfg, grid=r, gram=gram, gptq=gptq)
+                c = _candidate(w, f, 0, 0, frac, False, cfg, grid=r, gram=gram, gptq=gptq, factor=factor)
                 if c is not None:
                     out.append(c)
     return out
