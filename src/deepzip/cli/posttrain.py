@@ -26,6 +26,11 @@ def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-data", default=None, help="unlabeled inputs for distillation (default: calibration)")
     p.add_argument("--relax", type=float, default=1.0,
                    help="with distillation: allocate for RELAX * max-drop, then distil back (default 1)")
+    p.add_argument("--latent-lr", type=float, default=0.0,
+                   help="with distillation: > 0 also moves the weights between codebook values (straight-through "
+                        "rounding at this Adam rate); 0 (default) tunes codebooks, biases and norms only")
+    p.add_argument("--no-gptq", action="store_true",
+                   help="round every weight to its nearest level (no GPTQ error compensation; faster, larger)")
     p.add_argument("--batch", type=int, default=32, help="calibration batch size")
     p.add_argument("-o", "--output", required=True, help="the .dz file to write")
     p.add_argument("--json", default=None, help="also write the per-tensor choices as JSON here")
@@ -54,13 +59,16 @@ def _sentences(path: Path) -> list[str]:
 @args(_cfg_ptq)
 def cmd_ptq(a: argparse.Namespace) -> int:
     import copy
+    import dataclasses
 
     import numpy as np
     import torch
 
     from ..posttrain import BoundError, PostTrainConfig, compress_to_bound_, distill_, save_posttrained
 
-    cfg = PostTrainConfig(max_drop=a.max_drop)  # a bad bound fails before anything is loaded
+    cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded
+    if a.latent_lr < 0:
+        raise BoundError(f"--latent-lr {a.latent_lr}: expected >= 0")
     if a.relax < 1:
         raise BoundError(f"--relax {a.relax}: expected >= 1")
     if a.batch < 1:
@@ -114,11 +122,13 @@ def cmd_ptq(a: argparse.Namespace) -> int:
     cal = load_inputs(a.calibration)
     teacher = copy.deepcopy(model) if a.distill_seconds > 0 else None
     t0 = time.time()
-    res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=cfg.max_drop * (a.relax if teacher else 1.0)),
+    alloc = dataclasses.replace(cfg, max_drop=cfg.max_drop * (a.relax if teacher else 1.0))
+    res = compress_to_bound_(model, cal, alloc,
                              forward=forward, progress=a.progress, log=print)
     if teacher is not None:
         dis = load_inputs(a.distill_data) if a.distill_data else cal
-        losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress)
+        losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress,
+                          latent_lr=a.latent_lr)
         from ..posttrain import _outputs, agreement
 
         fwd = forward or (lambda m, b: m(b))
