@@ -237,7 +237,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     d = args.max_drop
     grids = GRIDS
     old: dict = dict(grids=(), gptq=False)  # the k-means candidates of session 3
-    gridded: dict = dict(bits=(2,), group_rows=(0,), outlier_fracs=(0.0,), grids=grids, weighting="none")
+    gridded: dict = dict(bits=(2,), group_rows=(0,), outlier_fracs=(0.0,), grids=grids, weighting="none", gptq=False)
     variants = [
         ("bound, plain k-means per tensor", PostTrainConfig(max_drop=d, weighting="none", group_rows=(0,),
                                                             outlier_fracs=(0.0,), **old)),
@@ -247,9 +247,9 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         ("bound, Fisher + outliers", PostTrainConfig(max_drop=d, group_rows=(0,), **old)),
         ("bound, Fisher + groups + outliers (session-3 full)", PostTrainConfig(max_drop=d, **old)),
         ("bound, uniform grid + Huffman (entropy-coded), no GPTQ", PostTrainConfig(max_drop=d, **gridded)),
-        ("bound, grid + GPTQ (full)", PostTrainConfig(max_drop=d, gptq=True, **gridded)),
+        ("bound, grid + GPTQ (full)", PostTrainConfig(max_drop=d, **{**gridded, "gptq": True})),
         ("grid + GPTQ, one setting for every tensor (no per-layer bits)",
-         PostTrainConfig(max_drop=d, gptq=True, per_layer=False, **gridded)),
+         PostTrainConfig(max_drop=d, per_layer=False, **{**gridded, "gptq": True})),
     ]
     if args.quick:
         variants = variants[-3:-1]
@@ -270,7 +270,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         rows.append(row)
         print(json.dumps(row), flush=True)
     # the size-vs-quality curve of the full recipe: other bounds, same candidates and sensitivities
-    full = PostTrainConfig(max_drop=d, gptq=True, **gridded)
+    full = PostTrainConfig(max_drop=d, **{**gridded, "gptq": True})
     for bound in ([] if args.quick else args.curve):
         label = f"curve: grid + GPTQ at bound {bound:g}"
         try:

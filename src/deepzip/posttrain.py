@@ -775,14 +775,15 @@ def _uniform(model: nn.Module, mods: dict[str, nn.Module], hulls: dict[str, list
              orig: dict[str, np.ndarray], cfg: PostTrainConfig, drop_now: Callable[[], float],
              secs: dict[str, float], say: Callable[[str], None]) -> PostTrainResult:
     """One setting for every tensor (ablation of per-layer budgets): the cheapest setting within the bound."""
-    settings = sorted({c.setting for h in hulls.values() for c in h},
+    # GPTQ or not is fixed by the configuration and the layer type: settings differ in bits, groups, outliers, grid
+    settings = sorted({c.setting[:4] for h in hulls.values() for c in h},
                       key=lambda s: (s[0] == 0 and not s[3], s[3], s[0], -s[1] if s[1] else 0, s[2]))
     best = None
     for s in settings:
         pick = {}
         for n, h in hulls.items():
             # the setting's candidate when it is on the hull, else the tensor's closest more accurate one
-            same = [c for c in h if c.setting == s]
+            same = [c for c in h if c.setting[:4] == s]
             richer = [c for c in h if c.bits == 0 or (c.grid >= s[3] if s[3] else c.bits >= s[0] and not c.grid)]
             pick[n] = same[0] if same else min(richer or h, key=lambda c: c.nbytes)
         _set_weights_(mods, {n: c.weight(orig[n].shape) for n, c in pick.items()})
