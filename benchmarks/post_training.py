@@ -257,13 +257,16 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants], grams=grams)
     cand_cpu = time.process_time() - c0
     say(f"candidates done ({cand_cpu:.0f} s CPU)")
-    alphas: dict[bool, dict] = {}  # per-layer sensitivities, measured once per rounding (GPTQ or not) and reused
+    # per-layer sensitivities (drop per unit of proxy error), measured once per family of candidates and reused:
+    # the proxy's scale differs between k-means, grids and GPTQ roundings, so each family measures its own
+    alphas: dict[tuple[bool, bool], dict] = {}
     results: dict[str, posttrain.PostTrainResult] = {}
     for label, cfg in variants:
         try:
-            row, _, res = bound_row(label, model, cal, ev, ref, tmp, cfg, fisher, log, cands, alphas.get(cfg.gptq))
+            fam = (cfg.gptq, bool(cfg.grids))
+            row, _, res = bound_row(label, model, cal, ev, ref, tmp, cfg, fisher, log, cands, alphas.get(fam))
             if cfg.per_layer:
-                alphas.setdefault(cfg.gptq, res.sensitivity)
+                alphas.setdefault(fam, res.sensitivity)
             results[label] = res
         except Exception as e:  # one failed row must not lose the others
             row = {"variant": label, "note": f"{type(e).__name__}: {e}"}
@@ -275,7 +278,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         label = f"curve: grid + GPTQ at bound {bound:g}"
         try:
             row, _, _ = bound_row(label, model, cal, ev, ref, tmp, dataclasses.replace(full, max_drop=bound), fisher,
-                                  log, cands, alphas.get(True))
+                                  log, cands, alphas.get((True, True)))
         except Exception as e:  # keep the other rows
             row = {"variant": label, "note": f"{type(e).__name__}: {e}"}
         rows.append(row)
@@ -286,7 +289,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
                  f"({args.distill_cpu:.0f} s CPU{', indices move' if args.latent_lr else ''})")
         try:
             row, _student, res = bound_row(label, model, cal, ev, ref, tmp, dataclasses.replace(
-                full, max_drop=relax * d), fisher, log, cands, alphas.get(True))
+                full, max_drop=relax * d), fisher, log, cands, alphas.get((True, True)))
         except Exception as e:  # keep the other rows
             rows.append({"variant": label, "note": str(e)})
             continue

@@ -491,11 +491,11 @@ def _candidate(w: np.ndarray, f: np.ndarray, bits: int, rpg: int, frac: float, w
         kw = kw.copy().reshape(-1)
         kw[pos] = 0.0  # outliers are stored exactly: they do not pull the centroids
         kw = kw.reshape(rows, -1)
-    keep = None
+    keep: np.ndarray | None = None
     if pos.size:
-        keep = np.zeros(n, bool)
-        keep[pos] = True
-        keep = keep.reshape(rows, -1)
+        flat_keep = np.zeros(n, bool)
+        flat_keep[pos] = True
+        keep = flat_keep.reshape(rows, -1)
     if grid > 0:
         # zero-centred uniform grid; the levels actually used form the codebook (Huffman codes the indices)
         rest = x if keep is None else x[~keep]
