@@ -399,7 +399,7 @@ def plot(rows: list[dict], path: Path, fp32: int) -> None:
     curve = sorted((r["ratio"], r["cos_mean"]) for r in rows if "bytes" in r and (
         r["variant"].startswith("curve") or r["variant"] == "bound, grid + GPTQ (full)"))
     if curve:
-        ax.plot(*zip(*curve), color="tab:blue", lw=1, label="grid + GPTQ at bounds 0.003..0.04 (calibration)")
+        ax.plot(*zip(*curve), color="tab:blue", lw=1, label="grid + GPTQ at several calibration bounds")
         ax.legend(fontsize=7, loc="lower left")
     ax.axhline(0.99, color="k", lw=0.5, ls="--")
     ax.set_xlabel("compression ratio vs fp32 (file bytes)")
