@@ -112,8 +112,12 @@ def test_a_crafted_bad_index_is_refused_before_the_c_code_runs(attack: str, monk
     x = torch.randn(1, 40)
     layer(x)  # checked once and run
     calls = []
-    real = _spkernel.spmm
-    monkeypatch.setattr(_spkernel, "spmm", lambda *a: calls.append(1) or real(*a))
+    real = _spkernel.function(sw._arrays[2].dtype)
+    spy = lambda *a: calls.append(1) or real(*a)  # noqa: E731
+    monkeypatch.setattr(_spkernel, "function", lambda dtype: spy)  # a re-check that passes would fetch this
+    sw._call = (spy, *sw._call[1:])  # a modification that goes unnoticed would call this
+    layer(x)
+    assert calls == [1]
     with torch.no_grad():
         if attack == "step":  # row 0 walks to column 255 * n of a 40-column matrix
             sw.step[: int(sw.crow[1])] = 255
@@ -129,7 +133,7 @@ def test_a_crafted_bad_index_is_refused_before_the_c_code_runs(attack: str, monk
             sw.indices = torch.full_like(sw.indices, 99)
     with pytest.raises(DeepzipFormatError, match=r"evil\.fc \(12, 40\)"):
         layer(x)
-    assert not calls
+    assert calls == [1]  # the C code did not run on the bad arrays
 
 
 def test_bad_csr_arrays_are_refused_at_construction() -> None:

@@ -31,7 +31,8 @@ import numpy as np
 
 from .errors import DeepzipFormatError
 
-__all__ = ["VALUE_DTYPES", "absolute_columns", "available", "check", "encode_steps", "library_path", "spmm"]
+__all__ = ["VALUE_DTYPES", "absolute_columns", "available", "check", "encode_steps", "function", "isa", "library_path",
+           "spmm"]
 
 VALUE_DTYPES = {np.dtype(np.float32): "dz_spmm_f32", np.dtype(np.uint8): "dz_spmm_u8",
                 np.dtype(np.uint16): "dz_spmm_u16"}
@@ -57,11 +58,13 @@ def _load() -> ctypes.CDLL | None:
         if path is not None:
             try:
                 lib = ctypes.CDLL(str(path))
+                lib.dz_spmv_abi.restype = ctypes.c_int64
                 if lib.dz_spmv_abi() == 1:
                     P, I64 = ctypes.c_void_p, ctypes.c_int64
                     for fn in VALUE_DTYPES.values():
                         getattr(lib, fn).argtypes = [I64, P, P, P, P, P, P, I64]
                         getattr(lib, fn).restype = None
+                    lib.dz_spmv_isa.restype = I64
                     _LIB = lib
             except (OSError, AttributeError):
                 _LIB = None
@@ -71,6 +74,20 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """True when the C kernel is built, loads, and is not turned off by ``DEEPZIP_KERNEL=torch``."""
     return os.environ.get("DEEPZIP_KERNEL", "") != "torch" and _load() is not None
+
+
+def function(values_dtype: np.dtype) -> ctypes._CFuncPtr:
+    """The kernel's C function for ``values_dtype`` (float32, uint8, uint16); the kernel must be :func:`available`."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("the C kernel is not built")
+    return getattr(lib, VALUE_DTYPES[np.dtype(values_dtype)])
+
+
+def isa() -> str:
+    """The instruction set the kernel's loops run with here: ``"avx2+fma"``, ``"baseline"``, or ``""`` (not built)."""
+    lib = _load()
+    return "" if lib is None else {2: "avx2+fma"}.get(lib.dz_spmv_isa(), "baseline")
 
 
 def encode_steps(rowptr: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

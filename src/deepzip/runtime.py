@@ -156,6 +156,7 @@ class _SparseWeight(nn.Module):
         self._csr: torch.Tensor | None = None
         self._seen: tuple | None = None  # (buffer identities and versions) when the C kernel's arrays were checked
         self._arrays: tuple = ()
+        self._call: tuple = ()
         if kernel == "deepzip-c":
             self._c_arrays()  # validate now, at construction
 
@@ -167,13 +168,23 @@ class _SparseWeight(nn.Module):
     def _c_arrays(self) -> tuple:
         """The C kernel's numpy views, checked by :func:`deepzip._spkernel.check` whenever a buffer is new or was
         modified in place since the last check (a hostile or edited buffer never reaches the C code unchecked)."""
-        ts = (self.crow, self.step, self.values if self.kind == "csr" else self.indices,
-              None if self.kind == "csr" else self.codebook)
-        seen = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in ts if t is not None)
+        b = self._buffers  # (not self.crow etc.: nn.Module.__getattr__ costs microseconds per call on small layers)
+        ts = (b["crow"], b["step"], b["values"] if self.kind == "csr" else b["indices"], b.get("codebook"))
+        # the views in self._arrays keep the checked tensors alive, so an id here is never a reused one
+        seen = tuple((id(t), t._version, t.data_ptr()) for t in ts if t is not None)
         if seen != self._seen:
+            self._seen = None
+            for t in ts:
+                if t is not None and (t.device.type != "cpu" or t.layout != torch.strided):
+                    raise DeepzipFormatError(f"{self.name or 'sparse layer'}: buffers must be CPU tensors for the C "
+                                             "kernel")
             arrays = tuple(None if t is None else t.numpy() for t in ts)
             _spkernel.check(self.name, self.shape, *arrays)
-            self._seen, self._arrays = seen, arrays
+            fn = _spkernel.function(arrays[2].dtype)
+            cb = None if arrays[3] is None else arrays[3].ctypes.data
+            self._arrays = arrays
+            self._call = (fn, self.shape[0], arrays[0].ctypes.data, arrays[1].ctypes.data, arrays[2].ctypes.data, cb)
+            self._seen = seen
         return self._arrays
 
     def csr_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -213,10 +224,13 @@ class _SparseWeight(nn.Module):
     def apply(self, xt: torch.Tensor) -> torch.Tensor:
         """``W @ xt`` for ``xt`` of shape ``(cols, N)``; returns ``(rows, N)``."""
         if self.kernel == "deepzip-c" and xt.dtype == torch.float32 and xt.device.type == "cpu":
-            arrays = self._c_arrays()
+            self._c_arrays()
             x = xt.detach().contiguous()
-            y = torch.empty(self.shape[0], x.shape[1])
-            _spkernel.spmm(self.shape, *arrays, x.numpy().reshape(x.shape), y.numpy())
+            if x.dim() != 2 or x.shape[0] != self.shape[1]:  # the kernel reads x[0:cols, 0:N]: the shape must be exact
+                raise ValueError(f"{self.name or 'sparse layer'} {self.shape}: input of shape {tuple(xt.shape)}")
+            fn, rows, *addrs = self._call
+            y = torch.empty(rows, x.shape[1])
+            fn(rows, *addrs, x.data_ptr(), y.data_ptr(), x.shape[1])  # ctypes releases the GIL for the call
             return y
         return torch.sparse.mm(self.matrix(), xt)
 
