@@ -1,15 +1,22 @@
 """Runtime layers that execute pruned and weight-shared layers without densifying them, chosen per layer by speed.
 
-Three ways to hold a Linear or Conv2d weight while the model runs:
+Three ways to hold a Linear or Conv2d weight while the model runs (:data:`KINDS`):
 
 - ``dense``: the ordinary float32 weight (what a layer that is faster dense keeps);
-- ``csr``: torch's sparse CSR tensor with int32 row pointers and column indices and float32 values (8 bytes per kept
-  weight); the product is torch's own sparse kernel (``torch.sparse.mm``), a Conv2d runs it on ``F.unfold``'s columns;
-- ``codebook``: the same CSR structure with each kept weight as a uint8 (or int16) index into the layer's codebook
-  and the columns as int16 where they fit: 3-4 bytes per kept weight instead of 8. The values are gathered from the
-  codebook at each call (one pass over the kept weights) and handed to the same kernel, so it trades a little speed
-  for memory. No kernel is written here: a kernel that reads the indices directly would need a compiled extension,
-  and torch's and scipy's sparse kernels take float values only.
+- ``csr``: the kept weights as float32 values in compressed rows;
+- ``codebook``: the kept weights as uint8 (or 16-bit) indices into the layer's codebook.
+
+and two kernels for the sparse kinds (:data:`KERNELS`):
+
+- ``deepzip-c``: deepzip's own C kernel (:mod:`deepzip._spkernel`, built at install time when a C compiler is there),
+  on Deep Compression's layout: an 8-bit relative column index per kept weight, so ``csr`` takes 5 bytes and
+  ``codebook`` 2 bytes per kept weight, and the indices are read directly (no float values are gathered). Torch's
+  sparse CSR and scipy.sparse missed the paper's 3x at AlexNet's fc6 / fc7 shapes, which is why it exists;
+- ``torch-csr``: torch's sparse CSR kernel (``torch.sparse.mm``) on int32 columns (8 bytes per kept weight for
+  ``csr``); for ``codebook``, narrow columns + indices gathered into float values at each call (3-4 bytes).
+
+A Conv2d runs its sparse weight on ``F.unfold``'s columns. Where the C kernel is missing, everything runs on torch's
+CSR and :func:`runtime_table` says ``kernel: torch-csr``.
 
 :func:`sparsify_` converts a model in place, timing each layer's candidates on an input of the shape it actually sees
 (medians of repeats) and keeping the fastest (``mode="fast"``) or the smallest (``mode="small"``).
