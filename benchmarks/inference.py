@@ -141,7 +141,8 @@ def fc_layers(lenet300_kept: dict[str, float], repeats: int, tmp: Path) -> list[
         for batch in (1, 64):
             x = torch.rand(batch, in_f)
             reps = repeats if out_f * in_f * batch < 50e6 else max(5, repeats // 4)
-            fns = {"dense": lambda w=w, x=x: F.linear(x, w), **{k: (lambda m=m, x=x: m(x)) for k, m in variants.items()}}
+            fns = {"dense": lambda w=w, x=x: F.linear(x, w),
+                   **{k: (lambda m=m, x=x: m(x)) for k, m in variants.items()}}
             if native is not None and net == "AlexNet":
                 fns["c_codebook_native"] = native_call(native, variants["c_codebook"], x)
                 assert torch.allclose(fns["c_codebook_native"](), variants["c_codebook"](x), atol=1e-4)
@@ -236,8 +237,9 @@ def lenet(path: Path, repeats: int) -> tuple[list[dict], list[dict], dict]:
                      "speedup_b1": lat[1]["original (dense)"] / lat[1][k],
                      "speedup_b64": lat[64]["original (dense)"] / lat[64][k],
                      "tensor_bytes": layer_bytes(m), "rss_growth_bytes": rss,
-                     "layers": ", ".join(f"{r['layer']} {r['kind']}" + (f" ({r['kernel']})" if r["kind"] != "dense" else "")
-                                       for r in runtime_table(m))})
+                     "layers": ", ".join(f"{r['layer']} {r['kind']}"
+                                         + (f" ({r['kernel']})" if r["kind"] != "dense" else "")
+                                         for r in runtime_table(m))})
         print(rows[-1], flush=True)
     extra = {}
     first = original.fc1 if hasattr(original, "fc1") else None
@@ -432,11 +434,11 @@ def main() -> None:
             f"Medians of {d['repeats']}.\n")
     write_results("inference" + a.tag, out.get("fc", []), command, title="Inference from the compressed form",
                   sections=sections, extra={k: v for k, v in out.items() if k != "fc"} | {"load": load},
-                  columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "torch_csr_ms", "torch_codebook_ms",
-                           "c_csr_ms", "c_codebook_ms", "c_codebook_native_ms", "speedup_torch_csr",
-                           "speedup_torch_codebook", "speedup_c_csr", "speedup_c_codebook",
-                           "speedup_c_codebook_native", "best", "dense_bytes", "torch_csr_bytes", "torch_codebook_bytes",
-                           "c_csr_bytes", "c_codebook_bytes"])
+                  columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "torch_csr_ms",
+                           "torch_codebook_ms", "c_csr_ms", "c_codebook_ms", "c_codebook_native_ms",
+                           "speedup_torch_csr", "speedup_torch_codebook", "speedup_c_csr", "speedup_c_codebook",
+                           "speedup_c_codebook_native", "best", "dense_bytes", "torch_csr_bytes",
+                           "torch_codebook_bytes", "c_csr_bytes", "c_codebook_bytes"])
 
 
 if __name__ == "__main__":
