@@ -9,5 +9,5 @@ import sys
 from setuptools import Extension, setup
 
 # Portable flags only (no -march=native: the wheel must run on any CPU of its platform).
-flags = [] if sys.platform == "win32" else ["-O3", "-std=c99", "-fvisibility=hidden"]
+flags = [] if sys.platform == "win32" else ["-O3", "-fno-wrapv", "-std=c99", "-fvisibility=hidden"]
 setup(ext_modules=[Extension("deepzip._spmv", ["src/deepzip/_spmv.c"], extra_compile_args=flags, optional=True)])
