@@ -50,7 +50,7 @@ from _common import md_table, write_results
 from codec import make_layer
 
 import deepzip
-from deepzip import codec
+from deepzip import _spkernel, codec
 from deepzip.prune import strip
 from deepzip.runtime import SparseLinear, _SparseWeight, kernels_available, layer_bytes, runtime_table
 from deepzip.shrink import shrink_
@@ -60,8 +60,13 @@ ALEXNET = [("fc6", 4096, 9216, 0.09), ("fc7", 4096, 4096, 0.09), ("fc8", 1000, 4
 LENET300_SHAPES = [("fc1", 300, 784), ("fc2", 100, 300), ("fc3", 10, 100)]
 
 
-def interleaved(fns: dict[str, callable], repeats: int, warm: bool = False) -> dict[str, float]:
+def interleaved(fns: dict[str, callable], repeats: int, warm: bool = False,
+                cpu: dict[str, float] | None = None) -> dict[str, float]:
     """Median milliseconds of each function, timed in interleaved rounds (one call of each per round).
+
+    ``cpu``: if given, filled with the median milliseconds of CPU time of this thread per call (``time.thread_time``:
+    what the call cost when it ran, without the time other processes held the core; on a shared machine the wall
+    time's median includes those waits).
 
     ``warm``: each timed call comes right after an untimed call of the same function, so it finds the caches as a
     layer called repeatedly does (the other functions of the round have evicted them otherwise); the order within a
@@ -71,6 +76,7 @@ def interleaved(fns: dict[str, callable], repeats: int, warm: bool = False) -> d
     for f in fns.values():  # warm-up
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu_times: dict[str, list[float]] = {k: [] for k in fns}
     rng = random.Random(0)
     for _ in range(repeats):
         order = list(fns)
@@ -80,9 +86,12 @@ def interleaved(fns: dict[str, callable], repeats: int, warm: bool = False) -> d
             f = fns[k]
             if warm:
                 f()
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
+            cpu_times[k].append(time.thread_time() - c0)
+    if cpu is not None:
+        cpu.update({k: 1e3 * statistics.median(v) for k, v in cpu_times.items()})
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
@@ -154,13 +163,16 @@ def fc_layers(lenet300_kept: dict[str, float], repeats: int, tmp: Path) -> list[
             if native is not None and net == "AlexNet":
                 fns["c_codebook_native"] = native_call(native, variants["c_codebook"], x)
                 assert torch.allclose(fns["c_codebook_native"](), variants["c_codebook"](x), atol=1e-4)
+            cpu: dict[str, float] = {}
             with torch.no_grad():
-                ms = interleaved(fns, reps, warm=True)
+                ms = interleaved(fns, reps, warm=True, cpu=cpu)
             kept_pct = 100 * float((w != 0).float().mean())
             row = {"net": net, "layer": name, "shape": f"{out_f}x{in_f}", "kept_pct": kept_pct, "batch": batch,
                    "dense_ms": ms["dense"]}
             row |= {f"{k}_ms": ms[k] for k in fns if k != "dense"}
             row |= {f"speedup_{k}": ms["dense"] / ms[k] for k in fns if k != "dense"}
+            row |= {f"{k}_cpu_ms": cpu[k] for k in fns}
+            row |= {f"cpu_speedup_{k}": cpu["dense"] / cpu[k] for k in fns if k != "dense"}
             best = min(names, key=lambda k: ms[k])
             row |= {"best": best if ms[best] < ms["dense"] else "dense", "speedup_best": ms["dense"] / ms[best],
                     "dense_bytes": 4 * w.numel(), **{f"{k}_bytes": layer_bytes(m) for k, m in variants.items()},
@@ -178,13 +190,16 @@ def fc_layers(lenet300_kept: dict[str, float], repeats: int, tmp: Path) -> list[
                 h = F.relu(F.linear(h, w) if kind == "dense" else var[kind](h))
             return h
 
+        cpu = {}
         with torch.no_grad():
             ms = interleaved({k: (lambda k=k: stack(k)) for k in ("dense", *names)},
-                             repeats if batch == 1 else max(5, repeats // 4), warm=True)
+                             repeats if batch == 1 else max(5, repeats // 4), warm=True, cpu=cpu)
         best = min(names, key=lambda k: ms[k])
         rows.append({"net": "AlexNet", "layer": "fc6+fc7+fc8 stack", "shape": "", "kept_pct": None, "batch": batch,
                      "dense_ms": ms["dense"], **{f"{k}_ms": ms[k] for k in names},
                      **{f"speedup_{k}": ms["dense"] / ms[k] for k in names},
+                     **{f"{k}_cpu_ms": cpu[k] for k in ("dense", *names)},
+                     **{f"cpu_speedup_{k}": cpu["dense"] / cpu[k] for k in names},
                      "best": best, "speedup_best": ms["dense"] / ms[best],
                      "dense_bytes": sum(4 * w.numel() for w, _ in ws),
                      **{f"{k}_bytes": sum(layer_bytes(v[k]) for _, v in ws) for k in names}})
@@ -407,8 +422,10 @@ def main() -> None:
     note = (f"torch {torch.__version__} with 1 thread (torch.set_num_threads(1)); {os.cpu_count()} CPU cores shared "
             f"with other jobs; load average (1, 5, 15 min) {loads}. "
             "Each time is the median of repeats; the variants of a row were timed in interleaved rounds (in the FC "
-            "section each timed call right after an untimed call of the same variant). Sparse kernels: "
-            f"{', '.join(kernels_available())}.")
+            "section each timed call right after an untimed call of the same variant, the order shuffled per round). "
+            "`speedup_*` are ratios of wall-time medians; `cpu_speedup_*` of the calling thread's CPU-time medians "
+            "(time.thread_time), which leave out the time other processes held the core. Sparse kernels here: "
+            f"{', '.join(kernels_available())} (C kernel code path: {_spkernel.isa() or 'not built'}).")
     sections["Machine and method"] = note + "\n"
     if out.get("lenet"):
         sections["Whole LeNets from their .dz files"] = md_table(out["lenet"], [
@@ -445,7 +462,8 @@ def main() -> None:
                   columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "torch_csr_ms",
                            "torch_codebook_ms", "c_csr_ms", "c_codebook_ms", "c_codebook_native_ms",
                            "speedup_torch_csr", "speedup_torch_codebook", "speedup_c_csr", "speedup_c_codebook",
-                           "speedup_c_codebook_native", "best", "dense_bytes", "torch_csr_bytes",
+                           "speedup_c_codebook_native", "cpu_speedup_torch_csr", "cpu_speedup_c_csr",
+                           "cpu_speedup_c_codebook", "best", "dense_bytes", "torch_csr_bytes",
                            "torch_codebook_bytes", "c_csr_bytes", "c_codebook_bytes"])
 
 

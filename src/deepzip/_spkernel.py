@@ -26,6 +26,7 @@ import ctypes
 import importlib.machinery
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def available() -> bool:
     return os.environ.get("DEEPZIP_KERNEL", "") != "torch" and _load() is not None
 
 
-def function(values_dtype: np.dtype) -> ctypes._CFuncPtr:
+def function(values_dtype: np.dtype) -> Any:
     """The kernel's C function for ``values_dtype`` (float32, uint8, uint16); the kernel must be :func:`available`."""
     lib = _load()
     if lib is None:

@@ -157,7 +157,7 @@ class _SparseWeight(nn.Module):
                     codebook = np.append(codebook, np.float32(0))
                     zero = np.array([codebook.size - 1])
                 idx = np.full(step.size, zero[0] if zero.size else 0, np.int64)
-                idx[at] = indices
+                idx[at] = np.asarray(indices)
                 self.register_buffer("indices", torch.from_numpy(_narrow(idx, codebook.size, (np.uint8, np.uint16))))
                 self.register_buffer("codebook", torch.from_numpy(codebook))
         self._csr: torch.Tensor | None = None
@@ -221,14 +221,14 @@ class _SparseWeight(nn.Module):
             return self._csr
         if self.kernel == "torch-csr":
             values = self.codebook.index_select(0, self.indices.to(torch.int32))  # (nnz,) gathered per call
-            col = self.col if self.col.dtype == torch.int32 else self.col.to(torch.int32)
-            return _csr(self.crow, col, values, self.shape)
+            col32 = self.col if self.col.dtype == torch.int32 else self.col.to(torch.int32)
+            return _csr(self.crow, col32, values, self.shape)
         crow, col, values, cb, idx = self.csr_arrays()
         v = values if values is not None else cb[idx]  # type: ignore[index]
         return _csr(torch.from_numpy(crow.astype(np.int32)), torch.from_numpy(col.astype(np.int32)),
                     torch.from_numpy(np.ascontiguousarray(v, np.float32)), self.shape)
 
-    def apply(self, xt: torch.Tensor) -> torch.Tensor:
+    def matmul(self, xt: torch.Tensor) -> torch.Tensor:
         """``W @ xt`` for ``xt`` of shape ``(cols, N)``; returns ``(rows, N)``."""
         if self.kernel == "deepzip-c" and xt.dtype == torch.float32 and xt.is_cpu:
             self._c_arrays()
@@ -308,7 +308,7 @@ class SparseLinear(nn.Module):
             x = x.index_select(-1, b["in_index"])
         lead = x.shape[:-1]
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (B, in)
-        y = self.sparse.apply(x2.t())  # (out, in) @ (in, B) -> (out, B)
+        y = self.sparse.matmul(x2.t())  # (out, in) @ (in, B) -> (out, B)
         y = y.view(1, -1) if y.shape[1] == 1 and y.is_contiguous() else y.t()  # (B, out)
         if b["bias"] is not None:
             y = y + b["bias"]
@@ -332,7 +332,7 @@ class SparseConv2d(nn.Module):
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C*kh*kw, B*L)
-        y = self.sparse.apply(flat)  # (O, B*L)
+        y = self.sparse.matmul(flat)  # (O, B*L)
         y = y.reshape(self.out_channels, b, ho * wo).transpose(0, 1)  # (B, O, L)
         if self.bias is not None:
             y = y + self.bias[:, None]
