@@ -88,6 +88,7 @@ def test_fast_mode_times_both_kernels_and_the_fallback_when_forced_off(monkeypat
     sparsify_(model, x[:1], kinds=["csr", "codebook"], report=rows, repeats=2)
     assert set(rows[0]["ms"]) == {f"{k}:{e}" for k in ("csr", "codebook") for e in ALL}
     assert runtime_table(model)[0]["kernel"] == rows[0]["kernel"]
+    assert model.apply(lambda m: None) is model  # nn.Module.apply still works through the runtime layers
     _check_close(model(x).detach() - lin.bias.detach(), lin.weight.detach(), x)
     monkeypatch.setenv("DEEPZIP_KERNEL", "torch")  # as without a compiler: torch's CSR, silently
     assert kernels_available() == ["torch-csr"]
@@ -157,3 +158,14 @@ def test_spmm_refuses_an_input_of_the_wrong_shape() -> None:
     arrays = sw._c_arrays()
     with pytest.raises(ValueError, match="do not fit"):
         _spkernel.spmm(sw.shape, *arrays, np.zeros((39, 1), np.float32), np.zeros((12, 1), np.float32))
+
+
+@C
+def test_sixteen_bit_codebook_indices() -> None:
+    w = _weight(40, 700, 0.2, seed=7, k=1000)  # ~1000 distinct values: uint16 indices
+    layer = SparseLinear(_SparseWeight.from_dense(w, "codebook", kernel="deepzip-c"), None)
+    assert layer.sparse.indices.dtype == torch.uint16
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, 700)
+        with torch.no_grad():
+            _check_close(layer(x), w, x)

@@ -22,6 +22,7 @@
  * (which releases the GIL during the call); PyInit__spmv only satisfies linkers that want it exported.
  */
 #include <stdint.h>
+#include <string.h>
 
 #if defined(_MSC_VER)
 #define RESTRICT __restrict
@@ -31,7 +32,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-#define DZ_KERNEL(NAME, ATTR, VT, VAL)                                                                              \
+#define DZ_KERNEL(NAME, ATTR, VT, VAL, LOADW, VALW)                                                                            \
     ATTR static void NAME(int64_t rows, const int32_t *RESTRICT rowptr, const uint8_t *RESTRICT step,                  \
                      const VT *RESTRICT v, const float *RESTRICT cb, const float *RESTRICT x, float *RESTRICT y,  \
                      int64_t batch) {                                                                             \
@@ -42,20 +43,24 @@
                 int64_t k = rowptr[r];                                                                            \
                 const int64_t end = rowptr[r + 1];                                                                \
                 const float *xc = x;                                                                              \
-                /* eight kept weights a pass, their offsets from xc summed apart from it, so the loop-carried    \
-                 * chain is one add per eight weights (~10% faster on fc6 than xc += step[k] per weight) */      \
+                /* eight kept weights a pass: their steps (and uint8 indices) read as one 64-bit word each, their \
+                 * offsets from xc summed apart from it, so the loop-carried chain is one add per eight weights    \
+                 * and there are two loads per weight, not four (fc6: ~1.7 ms against ~2.2 ms one byte at a time) */ \
                 for (; k + 8 <= end; k += 8) {                                                                    \
-                    const int64_t d0 = step[k], d1 = d0 + step[k + 1], d2 = d1 + step[k + 2];                     \
-                    const int64_t d3 = d2 + step[k + 3], d4 = d3 + step[k + 4], d5 = d4 + step[k + 5];            \
-                    const int64_t d6 = d5 + step[k + 6], d7 = d6 + step[k + 7];                                   \
-                    s0 += VAL(k) * xc[d0];                                                                        \
-                    s1 += VAL(k + 1) * xc[d1];                                                                    \
-                    s2 += VAL(k + 2) * xc[d2];                                                                    \
-                    s3 += VAL(k + 3) * xc[d3];                                                                    \
-                    s0 += VAL(k + 4) * xc[d4];                                                                    \
-                    s1 += VAL(k + 5) * xc[d5];                                                                    \
-                    s2 += VAL(k + 6) * xc[d6];                                                                    \
-                    s3 += VAL(k + 7) * xc[d7];                                                                    \
+                    uint64_t sw;                                                                                  \
+                    memcpy(&sw, step + k, 8);                                                                     \
+                    LOADW(k);                                                                                     \
+                    const int64_t d0 = BYTE(sw, 0), d1 = d0 + BYTE(sw, 1), d2 = d1 + BYTE(sw, 2);                 \
+                    const int64_t d3 = d2 + BYTE(sw, 3), d4 = d3 + BYTE(sw, 4), d5 = d4 + BYTE(sw, 5);            \
+                    const int64_t d6 = d5 + BYTE(sw, 6), d7 = d6 + BYTE(sw, 7);                                   \
+                    s0 += VALW(k, 0) * xc[d0];                                                                    \
+                    s1 += VALW(k, 1) * xc[d1];                                                                    \
+                    s2 += VALW(k, 2) * xc[d2];                                                                    \
+                    s3 += VALW(k, 3) * xc[d3];                                                                    \
+                    s0 += VALW(k, 4) * xc[d4];                                                                    \
+                    s1 += VALW(k, 5) * xc[d5];                                                                    \
+                    s2 += VALW(k, 6) * xc[d6];                                                                    \
+                    s3 += VALW(k, 7) * xc[d7];                                                                    \
                     xc += d7;                                                                                     \
                 }                                                                                                 \
                 for (; k < end; k++) {                                                                            \
@@ -91,6 +96,19 @@
 
 #define VAL_F32(k) v[k]
 #define VAL_CB(k) cb[v[k]]
+/* byte i (0 = first in memory) of a 64-bit word read from memory */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define BYTE(w, i) ((int64_t)(((w) >> (8 * (7 - (i)))) & 255u))
+#else
+#define BYTE(w, i) ((int64_t)(((w) >> (8 * (i))) & 255u))
+#endif
+#define NOLOAD(k) (void)0
+#define LOADW_U8(k)                                                                                                \
+    uint64_t vw;                                                                                                    \
+    memcpy(&vw, v + (k), 8)
+#define VALW_U8(k, i) cb[BYTE(vw, i)]
+#define VALW_F32(k, i) v[(k) + (i)]
+#define VALW_CB(k, i) cb[v[(k) + (i)]]
 #define ARGS int64_t rows, const int32_t *rowptr, const uint8_t *step, const void *v, const float *cb, const float *x, \
              float *y, int64_t batch
 
@@ -115,9 +133,9 @@ static int has_avx2(void) {
 static int has_avx2(void) { return 0; }
 #endif
 
-#define DZ_EXPORT(NAME, VT, VAL)                                                                                    \
-    DZ_KERNEL(NAME##_base, , VT, VAL)                                                                              \
-    DZ_KERNEL(NAME##_avx2, AVX2, VT, VAL)                                                                          \
+#define DZ_EXPORT(NAME, VT, VAL, LOADW, VALW)                                                                                  \
+    DZ_KERNEL(NAME##_base, , VT, VAL, LOADW, VALW)                                                                 \
+    DZ_KERNEL(NAME##_avx2, AVX2, VT, VAL, LOADW, VALW)                                                             \
     EXPORT void NAME(ARGS) {                                                                                        \
         if (DZ_DISPATCH && batch > 1 && has_avx2())                                                                \
             NAME##_avx2(rows, rowptr, step, (const VT *)v, cb, x, y, batch);                                        \
@@ -125,9 +143,9 @@ static int has_avx2(void) { return 0; }
             NAME##_base(rows, rowptr, step, (const VT *)v, cb, x, y, batch);                                        \
     }
 
-DZ_EXPORT(dz_spmm_f32, float, VAL_F32)
-DZ_EXPORT(dz_spmm_u8, uint8_t, VAL_CB)
-DZ_EXPORT(dz_spmm_u16, uint16_t, VAL_CB)
+DZ_EXPORT(dz_spmm_f32, float, VAL_F32, NOLOAD, VALW_F32)
+DZ_EXPORT(dz_spmm_u8, uint8_t, VAL_CB, LOADW_U8, VALW_U8)
+DZ_EXPORT(dz_spmm_u16, uint16_t, VAL_CB, NOLOAD, VALW_CB)
 
 /* Which code path runs here: 2 = AVX2 + FMA, 1 = baseline. */
 EXPORT int64_t dz_spmv_isa(void) { return has_avx2() ? 2 : 1; }
