@@ -71,8 +71,15 @@ def test_fillers_and_conversions_keep_the_weight() -> None:
     for kind in ("csr", "codebook"):
         for kernel in ALL:
             assert torch.equal(sw.converted(kind, kernel).dense(), w)
-    rowptr, step = _spkernel.encode_steps(np.array([0, 1]), np.array([510]))
-    assert step.tolist() == [255, 255, 0] or step.tolist() == [255, 255]  # 510 = 255 + 255
+    w = torch.zeros(2, 600)
+    w[0, :256] = torch.arange(1, 257) / 64  # 256 distinct non-zero values and a gap of 343: the zero is the 257th
+    w[0, 599] = 1.0
+    sw = _SparseWeight.from_dense(w, "codebook", kernel="deepzip-c")
+    assert sw.codebook.numel() == 257 and sw.indices.dtype == torch.uint16 and torch.equal(sw.dense(), w)
+    x = torch.randn(3, 600)
+    _check_close(SparseLinear(sw, None)(x), w, x)
+    rowptr, step, at = _spkernel.encode_steps(np.array([0, 1]), np.array([510]))
+    assert step.tolist() == [255, 255] and at.tolist() == [1]  # 510 = 255 (a filler) + 255
     assert _spkernel.absolute_columns(rowptr, step)[-1] == 510
 
 
@@ -150,6 +157,9 @@ def test_bad_csr_arrays_are_refused_at_construction() -> None:
             _SparseWeight.from_positions((2, 8), np.array([3, 16]), "csr", cb, np.array([0, 1]), kernel=kernel)
         with pytest.raises(DeepzipFormatError, match="kept positions"):
             _SparseWeight.from_positions((2, 8), np.array([5, 3]), "csr", cb, np.array([0, 1]), kernel=kernel)
+    if "deepzip-c" in kernels_available():
+        with pytest.raises(DeepzipFormatError, match=r"l \(1, 8\): .*not increasing"):
+            _SparseWeight((1, 8), np.array([0, 2]), np.array([5, 3]), np.ones(2), kernel="deepzip-c", name="l")
 
 
 @C

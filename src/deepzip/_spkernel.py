@@ -15,9 +15,11 @@ construction and again whenever a buffer was replaced or modified in place (torc
 
 Example:
     >>> import numpy as np
-    >>> rowptr, step = encode_steps(np.array([0, 2, 2, 3]), np.array([1, 300, 0]))  # rows 0 (cols 1, 300), 2 (col 0)
+    >>> rowptr, step, at = encode_steps(np.array([0, 2, 2, 3]), np.array([1, 300, 0]))  # rows 0 (cols 1, 300), 2 (0)
     >>> rowptr.tolist(), step.tolist()  # the gap 1 -> 300 (299) needs one filler step of 255, then 44
     ([0, 3, 3, 4], [1, 255, 44, 0])
+    >>> at.tolist()  # the entries of the three kept weights; entry 1 is a filler
+    [0, 2, 3]
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def isa() -> str:
     return "" if lib is None else {2: "avx2+fma"}.get(lib.dz_spmv_isa(), "baseline")
 
 
-def encode_steps(rowptr: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_steps(rowptr: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CSR absolute columns (increasing within each row) as 8-bit steps with filler entries.
 
     Args:
@@ -99,41 +101,31 @@ def encode_steps(rowptr: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.nd
         col: ``(nnz,)`` absolute column of each kept weight, increasing within a row.
 
     Returns:
-        ``(rowptr2, step)``: row pointers into the entries, and each entry's step (uint8) from the previous entry's
-        column (from 0 at a row's start). Entries ``where(filler_mask)`` are fillers: see :func:`filler_positions`.
+        ``(rowptr2, step, at)``: row pointers into the entries, each entry's step (uint8) from the previous entry's
+        column (from 0 at a row's start), and the entry of each kept weight (None when there are no fillers, so
+        entry i is kept weight i); the other entries are fillers, of value zero.
 
     Raises:
         DeepzipFormatError: the columns decrease within a row or are negative.
     """
-    rowptr = np.asarray(rowptr, np.int64)
-    c = np.asarray(col, np.int64)
-    prev = np.empty_like(c)
-    if c.size:
-        prev[1:] = c[:-1]
-        starts = rowptr[:-1][np.diff(rowptr) > 0]
-        prev[starts] = 0
-    gap = c - prev
+    rowptr = np.asarray(rowptr)
+    c = np.asarray(col)
+    # int32 where the columns fit (the usual case): these temporaries are the peak memory of loading a big layer
+    c = c.astype(np.int32 if c.size == 0 or int(c.max()) < 2**31 - 1 else np.int64, copy=False)
+    gap = np.diff(c, prepend=c.dtype.type(0))  # (nnz,) column minus the previous kept column
+    starts = np.asarray(rowptr[:-1])[np.diff(rowptr) > 0]  # the first entry of each non-empty row
+    gap[starts] = c[starts]
     if gap.size and int(gap.min()) < 0:
         raise DeepzipFormatError("sparse weight: column indices are negative or not increasing within a row")
+    if not gap.size or int(gap.max()) <= 255:  # no fillers
+        return np.asarray(rowptr, np.int32), gap.astype(np.uint8), None
     fill = np.maximum(gap - 1, 0) // 255  # filler entries before each kept weight: ceil(gap / 255) - 1
-    before = np.concatenate([[0], np.cumsum(fill)])  # fillers before entry i (exclusive prefix sum), (nnz + 1,)
-    where = np.arange(c.size) + before[1:]  # each kept weight's entry
+    before = np.concatenate([[0], np.cumsum(fill, dtype=np.int64)])  # fillers before entry i, (nnz + 1,)
+    at = np.arange(c.size) + before[1:]  # each kept weight's entry
     step = np.full(c.size + int(before[-1]), 255, np.uint8)
-    step[where] = (gap - 255 * fill).astype(np.uint8)
-    rowptr2 = (rowptr + before[rowptr]).astype(np.int32)
-    return rowptr2, step
-
-
-def filler_positions(rowptr: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """Entry index of each kept weight after :func:`encode_steps` (the other entries are fillers)."""
-    rowptr = np.asarray(rowptr, np.int64)
-    c = np.asarray(col, np.int64)
-    prev = np.empty_like(c)
-    if c.size:
-        prev[1:] = c[:-1]
-        prev[rowptr[:-1][np.diff(rowptr) > 0]] = 0
-    fill = np.maximum(c - prev - 1, 0) // 255
-    return np.arange(c.size) + np.cumsum(fill)
+    step[at] = (gap - 255 * fill).astype(np.uint8)
+    rowptr2 = (np.asarray(rowptr, np.int64) + before[np.asarray(rowptr, np.int64)]).astype(np.int32)
+    return rowptr2, step, at
 
 
 def absolute_columns(rowptr: np.ndarray, step: np.ndarray) -> np.ndarray:

@@ -143,22 +143,30 @@ class _SparseWeight(nn.Module):
                 self.register_buffer("indices", torch.from_numpy(_narrow(indices, codebook.size)))
                 self.register_buffer("codebook", torch.from_numpy(codebook))
         else:  # the C kernel's layout: entries = kept weights + fillers (value 0) where a column gap exceeds 255
-            rowptr, step = _spkernel.encode_steps(crow, col)
-            at = _spkernel.filler_positions(crow, col)  # each kept weight's entry
+            try:
+                rowptr, step, at = _spkernel.encode_steps(crow, col)
+            except DeepzipFormatError as exc:
+                raise DeepzipFormatError(f"{name or 'sparse layer'} {self.shape}: {exc}") from None
             self.register_buffer("crow", torch.from_numpy(rowptr))
             self.register_buffer("step", torch.from_numpy(step))
             if values is not None:
-                v = np.zeros(step.size, np.float32)
-                v[at] = values
+                if at is None:
+                    v = np.ascontiguousarray(values, np.float32)
+                else:
+                    v = np.zeros(step.size, np.float32)
+                    v[at] = values
                 self.register_buffer("values", torch.from_numpy(v))
             else:
-                zero = np.flatnonzero(codebook == 0)
-                if step.size > col.size and not zero.size:  # fillers need a zero centroid to point at
-                    codebook = np.append(codebook, np.float32(0))
-                    zero = np.array([codebook.size - 1])
-                idx = np.full(step.size, zero[0] if zero.size else 0, np.int64)
-                idx[at] = np.asarray(indices)
-                self.register_buffer("indices", torch.from_numpy(_narrow(idx, codebook.size, (np.uint8, np.uint16))))
+                idx_all = np.asarray(indices)
+                if at is not None:
+                    zero = np.flatnonzero(codebook == 0)
+                    if not zero.size:  # fillers need a zero centroid to point at
+                        codebook = np.append(codebook, np.float32(0))
+                        zero = np.array([codebook.size - 1])
+                    idx_all = np.full(step.size, zero[0], np.int64)
+                    idx_all[at] = np.asarray(indices)
+                idx_all = _narrow(idx_all, codebook.size, (np.uint8, np.uint16))
+                self.register_buffer("indices", torch.from_numpy(idx_all))
                 self.register_buffer("codebook", torch.from_numpy(codebook))
         self._csr: torch.Tensor | None = None
         self._seen: tuple | None = None  # (buffer identities and versions) when the C kernel's arrays were checked
