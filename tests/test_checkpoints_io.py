@@ -272,6 +272,25 @@ def test_cli_compress_and_decompress_a_checkpoint(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "needs code" in r.stderr
 
 
+def test_checkpoint_dz_above_the_default_decode_limit_still_decompresses_as_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """A checkpoint .dz decoding to more than the default max_bytes (1 GiB; here lowered to 100 bytes) is still
+    recognised as a checkpoint: with --max-bytes large enough it comes back as the same file (it used to fall back to
+    the generic path, holding every tensor in memory and writing a different file), and with a too-small
+    --max-bytes it is refused in one line."""
+    from deepzip import cli
+    from deepzip.codec.stream import DzReader
+
+    save_file({"w": torch.randn(64, 64), "b": torch.zeros(64)}, tmp_path / "m.safetensors")
+    assert cli.main(["compress", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.dz")]) == 0
+    monkeypatch.setitem(DzReader.__init__.__kwdefaults__, "max_bytes", 100)
+    assert cli.main(["decompress", str(tmp_path / "m.dz"), "-o", str(tmp_path / "small.safetensors"),
+                     "--max-bytes", "1000"]) == 2
+    assert "max" in capsys.readouterr().err and not (tmp_path / "small.safetensors").exists()
+    assert cli.main(["decompress", str(tmp_path / "m.dz"), "-o", str(tmp_path / "b.safetensors"),
+                     "--max-bytes", "1M"]) == 0
+    assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "m.safetensors").read_bytes()
+
+
 def test_plane_bits_rotation_is_an_involution():
     u = np.random.default_rng(5).integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32)
     r = _planes._bits(u.view(np.float32), "float32").copy()
