@@ -101,7 +101,8 @@ def trained_base(name: str, train_d: Dataset, a: argparse.Namespace, n: int | No
 
     epochs = a.epochs or TRAIN[name]["epochs"]
     data = subset(train_d, n)
-    path = _common.RUNS / f"lowrank_{name}_e{epochs}_n{len(data)}.safetensors"
+    # v2: cnn4 pools after conv1/conv2 since this commit (same parameter shapes as before: a stale cache must not load)
+    path = _common.RUNS / f"lowrank_{name}_v2_e{epochs}_n{len(data)}.safetensors"
     if path.exists() and not a.quick:
         return load_checkpoint(path)[0]
     m = get_model(name)
