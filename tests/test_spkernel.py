@@ -113,7 +113,8 @@ def _c_layer(kind: str = "codebook") -> SparseLinear:
 
 
 @C
-@pytest.mark.parametrize("attack", ["step", "codebook_index", "rowptr_end", "rowptr_decreasing", "dtype", "replaced"])
+@pytest.mark.parametrize("attack", ["step", "codebook_index", "rowptr_end", "rowptr_decreasing", "dtype", "replaced",
+                                    "shape"])
 def test_a_crafted_bad_index_is_refused_before_the_c_code_runs(attack: str, monkeypatch) -> None:
     layer = _c_layer()
     sw = layer.sparse
@@ -139,7 +140,11 @@ def test_a_crafted_bad_index_is_refused_before_the_c_code_runs(attack: str, monk
             sw.step = sw.step.to(torch.int16)
         elif attack == "replaced":  # a new buffer (as load_state_dict(assign=True) makes), out of range
             sw.indices = torch.full_like(sw.indices, 99)
-    with pytest.raises(DeepzipFormatError, match=r"evil\.fc \(12, 40\)"):
+        elif attack == "shape":  # a narrower declared input than the columns the rows reach
+            sw.shape = (12, 3)
+            layer.in_features = 3
+            x = torch.randn(1, 3)
+    with pytest.raises(DeepzipFormatError, match=r"evil\.fc \(12, (40|3)\)"):
         layer(x)
     assert calls == [1]  # the C code did not run on the bad arrays
 

@@ -186,7 +186,7 @@ class _SparseWeight(nn.Module):
         b = self._buffers  # (not self.crow etc.: nn.Module.__getattr__ costs microseconds per call on small layers)
         ts = (b["crow"], b["step"], b["values"] if self.kind == "csr" else b["indices"], b.get("codebook"))
         # the views in self._arrays keep the checked tensors alive, so an id here is never a reused one
-        seen = tuple((id(t), t._version, t.data_ptr()) for t in ts if t is not None)
+        seen = (self.shape, *((id(t), t._version, t.data_ptr()) for t in ts if t is not None))
         if seen != self._seen:
             self._seen = None
             for t in ts:
