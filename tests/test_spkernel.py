@@ -184,3 +184,35 @@ def test_sixteen_bit_codebook_indices() -> None:
         x = torch.randn(batch, 700)
         with torch.no_grad():
             _check_close(layer(x), w, x)
+
+
+@C
+def test_random_corruptions_are_refused_or_computed_exactly() -> None:
+    """300 random in-place corruptions of a layer's arrays: each is refused, or the kernel computes exactly what the
+    (then valid) arrays say, against a numpy brute force; never a read past the arrays (that would crash here)."""
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(300):
+        kind = ("csr", "codebook")[trial % 2]
+        layer = SparseLinear(_SparseWeight.from_dense(_weight(9, 30, 0.4, seed=trial), kind, kernel="deepzip-c",
+                                                      name="fuzz"), None)
+        sw = layer.sparse
+        target = (sw.crow, sw.step, sw.indices if kind == "codebook" else sw.step)[rng.integers(3)]
+        with torch.no_grad():
+            for _ in range(rng.integers(1, 4)):
+                i = int(rng.integers(target.numel()))
+                top = {torch.uint8: 256, torch.uint16: 65536}.get(target.dtype, 200)
+                target[i] = int(rng.integers(top)) if target.dtype != torch.int32 else int(rng.integers(-5, 200))
+        x = torch.randn(2, 30)
+        try:
+            out = layer(x)
+        except DeepzipFormatError:
+            refused += 1
+            continue
+        crow, step = sw.crow.numpy(), sw.step.numpy()
+        cols = _spkernel.absolute_columns(crow, step)
+        vals = sw.values.numpy() if kind == "csr" else sw.codebook.numpy()[sw.indices.numpy()]
+        w = np.zeros((9, 30), np.float64)
+        np.add.at(w, (np.repeat(np.arange(9), np.diff(crow)), cols), vals)
+        _check_close(out, torch.from_numpy(w), x)
+    assert 50 < refused < 300  # both outcomes happen
