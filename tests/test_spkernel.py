@@ -216,3 +216,13 @@ def test_random_corruptions_are_refused_or_computed_exactly() -> None:
         np.add.at(w, (np.repeat(np.arange(9), np.diff(crow)), cols), vals)
         _check_close(out, torch.from_numpy(w), x)
     assert 50 < refused < 300  # both outcomes happen
+
+
+@C
+def test_a_layer_big_enough_for_the_prefetching_loop() -> None:
+    w = _weight(1100, 2000, 0.97, seed=11)  # > 2**21 kept weights: the float32 batch-1 loop prefetches
+    layer = SparseLinear(_SparseWeight.from_dense(w, "csr", kernel="deepzip-c"), None)
+    assert layer.sparse.entries >= 1 << 21
+    x = torch.randn(1, 2000)
+    with torch.no_grad():
+        _check_close(layer(x), w, x)

@@ -32,12 +32,15 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-#define DZ_KERNEL(NAME, ATTR, VT, VAL, LOADW, VALW)                                                                            \
+#define DZ_KERNEL(NAME, ATTR, VT, VAL, LOADW, VALW, PF)                                                                      \
     ATTR static void NAME(int64_t rows, const int32_t *RESTRICT rowptr, const uint8_t *RESTRICT step,                  \
                      const VT *RESTRICT v, const float *RESTRICT cb, const float *RESTRICT x, float *RESTRICT y,  \
                      int64_t batch) {                                                                             \
         (void)cb;                                                                                                 \
         if (batch == 1) { /* four partial sums: independent multiply-adds in flight while the gathers wait */    \
+            /* float32 values of a big layer (17 MB at fc6) stream from L3 / memory: prefetching them ~1 KB ahead \
+             * ran fc6 ~1.3x faster here, fc7 (7.5 MB) and fc8 ~5% slower, hence the size threshold */            \
+            const int pf = PF && rowptr[rows] >= (1 << 21);                                                       \
             for (int64_t r = 0; r < rows; r++) {                                                                  \
                 float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;                                                 \
                 int64_t k = rowptr[r];                                                                            \
@@ -50,6 +53,10 @@
                     uint64_t sw;                                                                                  \
                     memcpy(&sw, step + k, 8);                                                                     \
                     LOADW(k);                                                                                     \
+                    if (pf) {                                                                                     \
+                        DZ_PREFETCH(v, k + 256);                                                                  \
+                        DZ_PREFETCH(step, k + 256);                                                               \
+                    }                                                                                             \
                     const int64_t d0 = BYTE(sw, 0), d1 = d0 + BYTE(sw, 1), d2 = d1 + BYTE(sw, 2);                 \
                     const int64_t d3 = d2 + BYTE(sw, 3), d4 = d3 + BYTE(sw, 4), d5 = d4 + BYTE(sw, 5);            \
                     const int64_t d6 = d5 + BYTE(sw, 6), d7 = d6 + BYTE(sw, 7);                                   \
@@ -103,6 +110,12 @@
 #define BYTE(w, i) ((int64_t)(((w) >> (8 * (i))) & 255u))
 #endif
 #define NOLOAD(k) (void)0
+/* a hint to fetch element OFF of array P (a prefetch never faults, even past the array's end) */
+#if defined(__GNUC__) || defined(__clang__)
+#define DZ_PREFETCH(P, OFF) __builtin_prefetch((const void *)((uintptr_t)(P) + (uintptr_t)(OFF) * sizeof(*(P))), 0, 0)
+#else
+#define DZ_PREFETCH(P, OFF) (void)0
+#endif
 #define LOADW_U8(k)                                                                                                \
     uint64_t vw;                                                                                                    \
     memcpy(&vw, v + (k), 8)
@@ -133,9 +146,9 @@ static int has_avx2(void) {
 static int has_avx2(void) { return 0; }
 #endif
 
-#define DZ_EXPORT(NAME, VT, VAL, LOADW, VALW)                                                                                  \
-    DZ_KERNEL(NAME##_base, , VT, VAL, LOADW, VALW)                                                                 \
-    DZ_KERNEL(NAME##_avx2, AVX2, VT, VAL, LOADW, VALW)                                                             \
+#define DZ_EXPORT(NAME, VT, VAL, LOADW, VALW, PF)                                                                            \
+    DZ_KERNEL(NAME##_base, , VT, VAL, LOADW, VALW, PF)                                                             \
+    DZ_KERNEL(NAME##_avx2, AVX2, VT, VAL, LOADW, VALW, PF)                                                         \
     EXPORT void NAME(ARGS) {                                                                                        \
         if (DZ_DISPATCH && batch > 1 && has_avx2())                                                                \
             NAME##_avx2(rows, rowptr, step, (const VT *)v, cb, x, y, batch);                                        \
@@ -143,9 +156,9 @@ static int has_avx2(void) { return 0; }
             NAME##_base(rows, rowptr, step, (const VT *)v, cb, x, y, batch);                                        \
     }
 
-DZ_EXPORT(dz_spmm_f32, float, VAL_F32, NOLOAD, VALW_F32)
-DZ_EXPORT(dz_spmm_u8, uint8_t, VAL_CB, LOADW_U8, VALW_U8)
-DZ_EXPORT(dz_spmm_u16, uint16_t, VAL_CB, NOLOAD, VALW_CB)
+DZ_EXPORT(dz_spmm_f32, float, VAL_F32, NOLOAD, VALW_F32, 1)
+DZ_EXPORT(dz_spmm_u8, uint8_t, VAL_CB, LOADW_U8, VALW_U8, 0)
+DZ_EXPORT(dz_spmm_u16, uint16_t, VAL_CB, NOLOAD, VALW_CB, 0)
 
 /* Which code path runs here: 2 = AVX2 + FMA, 1 = baseline. */
 EXPORT int64_t dz_spmv_isa(void) { return has_avx2() ? 2 : 1; }
