@@ -9,9 +9,12 @@ Sections (torch with 1 thread throughout; each timing is the median of repeats, 
 interleaved rounds in the same run, so that a change of machine load hits them alike):
 
 1. Fully-connected layers at AlexNet's fc6 / fc7 / fc8 shapes at Deep Compression's kept fractions (9% / 9% / 25%)
-   and at LeNet-300-100's (from the .dz file), 5-bit shared weights: dense ``F.linear`` vs deepzip's runtime layers
-   (torch sparse CSR; codebook indices), batch 1 and 64; plus the fc6 -> fc7 -> fc8 stack run as one network (each
-   layer's weights evicted from the cache by the others, as in a real forward pass).
+   and at LeNet-300-100's (from the .dz file), 5-bit shared weights: dense ``F.linear`` vs deepzip's runtime layers,
+   each weight form (``csr``: float32 values; ``codebook``: indices) on each kernel (``torch_*``: torch's sparse CSR;
+   ``c_*``: deepzip's C kernel, 8-bit relative columns, as shipped (portable -O3); ``c_codebook_native``: the same
+   source built with -march=native, to see what the portable flags cost), batch 1 and 64. Each timed call follows an
+   untimed call of the same layer (a layer called repeatedly); plus the fc6 -> fc7 -> fc8 stack run as one network
+   (each layer's weights partly evicted from the cache by the others, as in a real forward pass).
 2. Whole LeNet-300-100 and LeNet-5 from their .dz files: original (dense), shrunk dense (:func:`deepzip.shrink_`),
    compressed runtime (``load(runtime="fast")`` and ``"small"``): latency at batch 1 / 64, tensor bytes, resident-set
    growth of a fresh process that loads the file, and the MNIST test error of each (all equal to the file's).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -46,9 +50,9 @@ from _common import md_table, write_results
 from codec import make_layer
 
 import deepzip
-from deepzip import codec
+from deepzip import _spkernel, codec
 from deepzip.prune import strip
-from deepzip.runtime import SparseLinear, _SparseWeight, layer_bytes, runtime_table
+from deepzip.runtime import SparseLinear, _SparseWeight, kernels_available, layer_bytes, runtime_table
 from deepzip.shrink import shrink_
 
 torch.set_num_threads(1)
@@ -56,16 +60,38 @@ ALEXNET = [("fc6", 4096, 9216, 0.09), ("fc7", 4096, 4096, 0.09), ("fc8", 1000, 4
 LENET300_SHAPES = [("fc1", 300, 784), ("fc2", 100, 300), ("fc3", 10, 100)]
 
 
-def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each function, timed in interleaved rounds (one call of each per round)."""
+def interleaved(fns: dict[str, callable], repeats: int, warm: bool = False,
+                cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median milliseconds of each function, timed in interleaved rounds (one call of each per round).
+
+    ``cpu``: if given, filled with the median milliseconds of CPU time of this thread per call (``time.thread_time``:
+    what the call cost when it ran, without the time other processes held the core; on a shared machine the wall
+    time's median includes those waits).
+
+    ``warm``: each timed call comes right after an untimed call of the same function, so it finds the caches as a
+    layer called repeatedly does (the other functions of the round have evicted them otherwise); the order within a
+    round is then shuffled (seeded), since a call that follows a dense layer's 150 MB sweep measured up to ~10% slower
+    even after its warm-up call.
+    """
     for f in fns.values():  # warm-up
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu_times: dict[str, list[float]] = {k: [] for k in fns}
+    rng = random.Random(0)
     for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
+        order = list(fns)
+        if warm:
+            rng.shuffle(order)
+        for k in order:
+            f = fns[k]
+            if warm:
+                f()
+            c0, t0 = time.thread_time(), time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
+            cpu_times[k].append(time.thread_time() - c0)
+    if cpu is not None:
+        cpu.update({k: 1e3 * statistics.median(v) for k, v in cpu_times.items()})
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
@@ -76,30 +102,83 @@ def shared_pruned(rows: int, cols: int, keep: float, seed: int, bits: int = 5) -
     return torch.from_numpy(np.where(mask, cb[idx], np.float32(0)).reshape(rows, cols))
 
 
-def fc_layers(lenet300_kept: dict[str, float], repeats: int) -> list[dict]:
+# The runtime's sparse variants: (kind, kernel). The C kernel's only when it is built (see deepzip/_spkernel.py).
+VARIANTS = {"torch_csr": ("csr", "torch-csr"), "torch_codebook": ("codebook", "torch-csr"),
+            "c_csr": ("csr", "deepzip-c"), "c_codebook": ("codebook", "deepzip-c")}
+
+
+def native_kernel(tmp: Path):
+    """The same C source built with ``-O3 -march=native`` (the shipped build is portable ``-O3``), or None."""
+    import ctypes
+
+    src = Path(deepzip.__file__).parent / "_spmv.c"
+    lib = tmp / "spmv_native.so"
+    if shutil.which("gcc") is None or subprocess.run(
+            ["gcc", "-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-o", str(lib), str(src)]).returncode:
+        return None
+    return ctypes.CDLL(str(lib))
+
+
+def native_call(lib, layer: SparseLinear, x: torch.Tensor):
+    """``layer(x)`` (no bias) through the natively built library, on the arrays the shipped kernel has checked."""
+    import ctypes
+
+    from deepzip import _spkernel
+
+    sw = layer.sparse
+    rowptr, step, vals, cb = sw._c_arrays()
+    fn = getattr(lib, _spkernel.VALUE_DTYPES[vals.dtype])
+    P, I64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes, fn.restype = [I64, P, P, P, P, P, P, I64], None
+    rows, batch = sw.shape[0], x.shape[0]
+    cbp = None if cb is None else cb.ctypes.data
+
+    def run() -> torch.Tensor:
+        xt = x.t().contiguous()
+        y = torch.empty(rows, batch)
+        fn(rows, rowptr.ctypes.data, step.ctypes.data, vals.ctypes.data, cbp, xt.data_ptr(), y.data_ptr(), batch)
+        return y.t()
+
+    return run
+
+
+def fc_layers(lenet300_kept: dict[str, float], repeats: int, tmp: Path) -> list[dict]:
     rows = []
     specs = [(n, o, i, k, "AlexNet") for n, o, i, k in ALEXNET]
     specs += [(n, o, i, lenet300_kept[n], "LeNet-300-100") for n, o, i in LENET300_SHAPES]
     layers = {}
+    built = kernels_available()
+    names = [k for k, (_, kernel) in VARIANTS.items() if kernel in built]
+    native = native_kernel(tmp) if "deepzip-c" in built else None
     for seed, (name, out_f, in_f, keep, net) in enumerate(specs):
         w = shared_pruned(out_f, in_f, keep, seed)
-        variants = {"csr": SparseLinear(_SparseWeight.from_dense(w, "csr"), None),
-                    "codebook": SparseLinear(_SparseWeight.from_dense(w, "codebook"), None)}
+        variants = {k: SparseLinear(_SparseWeight.from_dense(w, *VARIANTS[k][:1], kernel=VARIANTS[k][1]), None)
+                    for k in names}
         layers[(net, name)] = (w, variants)
         for batch in (1, 64):
             x = torch.rand(batch, in_f)
             reps = repeats if out_f * in_f * batch < 50e6 else max(5, repeats // 4)
+            fns = {"dense": lambda w=w, x=x: F.linear(x, w),
+                   **{k: (lambda m=m, x=x: m(x)) for k, m in variants.items()}}
+            if native is not None and net == "AlexNet":
+                fns["c_codebook_native"] = native_call(native, variants["c_codebook"], x)
+                assert torch.allclose(fns["c_codebook_native"](), variants["c_codebook"](x), atol=1e-4)
+            cpu: dict[str, float] = {}
             with torch.no_grad():
-                ms = interleaved({"dense": lambda w=w, x=x: F.linear(x, w),
-                                  **{k: (lambda m=m, x=x: m(x)) for k, m in variants.items()}}, reps)
+                ms = interleaved(fns, reps, warm=True, cpu=cpu)
             kept_pct = 100 * float((w != 0).float().mean())
-            rows.append({"net": net, "layer": name, "shape": f"{out_f}x{in_f}", "kept_pct": kept_pct, "batch": batch,
-                         "dense_ms": ms["dense"], "csr_ms": ms["csr"], "codebook_ms": ms["codebook"],
-                         "speedup_csr": ms["dense"] / ms["csr"], "speedup_codebook": ms["dense"] / ms["codebook"],
-                         "dense_bytes": 4 * w.numel(), "csr_bytes": layer_bytes(variants["csr"]),
-                         "codebook_bytes": layer_bytes(variants["codebook"]), "repeats": reps})
-            print(f"{net} {name} batch {batch}: dense {ms['dense']:.3f} ms, csr {ms['csr']:.3f}, "
-                  f"codebook {ms['codebook']:.3f}", flush=True)
+            row = {"net": net, "layer": name, "shape": f"{out_f}x{in_f}", "kept_pct": kept_pct, "batch": batch,
+                   "dense_ms": ms["dense"]}
+            row |= {f"{k}_ms": ms[k] for k in fns if k != "dense"}
+            row |= {f"speedup_{k}": ms["dense"] / ms[k] for k in fns if k != "dense"}
+            row |= {f"{k}_cpu_ms": cpu[k] for k in fns}
+            row |= {f"cpu_speedup_{k}": cpu["dense"] / cpu[k] for k in fns if k != "dense"}
+            best = min(names, key=lambda k: ms[k])
+            row |= {"best": best if ms[best] < ms["dense"] else "dense", "speedup_best": ms["dense"] / ms[best],
+                    "dense_bytes": 4 * w.numel(), **{f"{k}_bytes": layer_bytes(m) for k, m in variants.items()},
+                    "repeats": reps}
+            rows.append(row)
+            print(f"{net} {name} batch {batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()), flush=True)
     # the AlexNet FC stack as one network: each layer's weights have been pushed out of the cache by the others
     ws = [layers[("AlexNet", n)] for n, *_ in ALEXNET]
     for batch in (1, 64):
@@ -111,15 +190,19 @@ def fc_layers(lenet300_kept: dict[str, float], repeats: int) -> list[dict]:
                 h = F.relu(F.linear(h, w) if kind == "dense" else var[kind](h))
             return h
 
+        cpu = {}
         with torch.no_grad():
-            ms = interleaved({k: (lambda k=k: stack(k)) for k in ("dense", "csr", "codebook")},
-                             repeats if batch == 1 else max(5, repeats // 4))
+            ms = interleaved({k: (lambda k=k: stack(k)) for k in ("dense", *names)},
+                             repeats if batch == 1 else max(5, repeats // 4), warm=True, cpu=cpu)
+        best = min(names, key=lambda k: ms[k])
         rows.append({"net": "AlexNet", "layer": "fc6+fc7+fc8 stack", "shape": "", "kept_pct": None, "batch": batch,
-                     "dense_ms": ms["dense"], "csr_ms": ms["csr"], "codebook_ms": ms["codebook"],
-                     "speedup_csr": ms["dense"] / ms["csr"], "speedup_codebook": ms["dense"] / ms["codebook"],
+                     "dense_ms": ms["dense"], **{f"{k}_ms": ms[k] for k in names},
+                     **{f"speedup_{k}": ms["dense"] / ms[k] for k in names},
+                     **{f"{k}_cpu_ms": cpu[k] for k in ("dense", *names)},
+                     **{f"cpu_speedup_{k}": cpu["dense"] / cpu[k] for k in names},
+                     "best": best, "speedup_best": ms["dense"] / ms[best],
                      "dense_bytes": sum(4 * w.numel() for w, _ in ws),
-                     "csr_bytes": sum(layer_bytes(v["csr"]) for _, v in ws),
-                     "codebook_bytes": sum(layer_bytes(v["codebook"]) for _, v in ws)})
+                     **{f"{k}_bytes": sum(layer_bytes(v[k]) for _, v in ws) for k in names}})
         print(f"stack batch {batch}: {ms}", flush=True)
     return rows
 
@@ -177,7 +260,9 @@ def lenet(path: Path, repeats: int) -> tuple[list[dict], list[dict], dict]:
                      "speedup_b1": lat[1]["original (dense)"] / lat[1][k],
                      "speedup_b64": lat[64]["original (dense)"] / lat[64][k],
                      "tensor_bytes": layer_bytes(m), "rss_growth_bytes": rss,
-                     "layers": ", ".join(f"{r['layer']} {r['kind']}" for r in runtime_table(m))})
+                     "layers": ", ".join(f"{r['layer']} {r['kind']}"
+                                         + (f" ({r['kernel']})" if r["kind"] != "dense" else "")
+                                         for r in runtime_table(m))})
         print(rows[-1], flush=True)
     extra = {}
     first = original.fc1 if hasattr(original, "fc1") else None
@@ -308,7 +393,7 @@ def main() -> None:
             kept = {n: s["kept"] / s["count"] for s in f.stats(entropy=False)
                     for n in [s["name"].split(".")[0]] if s["name"].endswith(".weight")}
         if "fc" not in skip:
-            out["fc"] = fc_layers(kept, a.repeats)
+            out["fc"] = fc_layers(kept, a.repeats, tmp)
             load["after_fc"] = os.getloadavg()
         if "lenet" not in skip:
             out["lenet"], out["shrink"], out["pixels"] = [], [], {}
@@ -336,7 +421,11 @@ def main() -> None:
     loads = json.dumps({k: [round(x, 2) for x in v] for k, v in load.items()})
     note = (f"torch {torch.__version__} with 1 thread (torch.set_num_threads(1)); {os.cpu_count()} CPU cores shared "
             f"with other jobs; load average (1, 5, 15 min) {loads}. "
-            "Each time is the median of repeats; the variants of a row were timed in interleaved rounds.")
+            "Each time is the median of repeats; the variants of a row were timed in interleaved rounds (in the FC "
+            "section each timed call right after an untimed call of the same variant, the order shuffled per round). "
+            "`speedup_*` are ratios of wall-time medians; `cpu_speedup_*` of the calling thread's CPU-time medians "
+            "(time.thread_time), which leave out the time other processes held the core. Sparse kernels here: "
+            f"{', '.join(kernels_available())} (C kernel code path: {_spkernel.isa() or 'not built'}).")
     sections["Machine and method"] = note + "\n"
     if out.get("lenet"):
         sections["Whole LeNets from their .dz files"] = md_table(out["lenet"], [
@@ -370,8 +459,12 @@ def main() -> None:
             f"Medians of {d['repeats']}.\n")
     write_results("inference" + a.tag, out.get("fc", []), command, title="Inference from the compressed form",
                   sections=sections, extra={k: v for k, v in out.items() if k != "fc"} | {"load": load},
-                  columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "csr_ms", "codebook_ms",
-                           "speedup_csr", "speedup_codebook", "dense_bytes", "csr_bytes", "codebook_bytes"])
+                  columns=["net", "layer", "shape", "kept_pct", "batch", "dense_ms", "torch_csr_ms",
+                           "torch_codebook_ms", "c_csr_ms", "c_codebook_ms", "c_codebook_native_ms",
+                           "speedup_torch_csr", "speedup_torch_codebook", "speedup_c_csr", "speedup_c_codebook",
+                           "speedup_c_codebook_native", "cpu_speedup_torch_csr", "cpu_speedup_c_csr",
+                           "cpu_speedup_c_codebook", "best", "dense_bytes", "torch_csr_bytes",
+                           "torch_codebook_bytes", "c_csr_bytes", "c_codebook_bytes"])
 
 
 if __name__ == "__main__":

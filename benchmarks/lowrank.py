@@ -99,9 +99,10 @@ def trained_base(name: str, train_d: Dataset, a: argparse.Namespace, n: int | No
     """``name`` trained with TRAIN[name] (``--epochs`` overrides), cached in runs/ (git-ignored) for the next part."""
     from deepzip.checkpoint import load_checkpoint, save_checkpoint
 
-    epochs = a.epochs or TRAIN[name]["epochs"]
+    epochs = (a.cnn4_epochs if name == "cnn4" and a.cnn4_epochs else None) or a.epochs or TRAIN[name]["epochs"]
     data = subset(train_d, n)
-    path = _common.RUNS / f"lowrank_{name}_e{epochs}_n{len(data)}.safetensors"
+    # v2: cnn4 pools after conv1/conv2 since this commit (same parameter shapes as before: a stale cache must not load)
+    path = _common.RUNS / f"lowrank_{name}_v2_e{epochs}_n{len(data)}.safetensors"
     if path.exists() and not a.quick:
         return load_checkpoint(path)[0]
     m = get_model(name)
@@ -415,6 +416,7 @@ def main() -> None:
     ap.add_argument("--share-epochs", type=int, default=None, help="centroid fine-tuning (default: the recipe's)")
     ap.add_argument("--cnn-models", default="lenet5,cnn4")
     ap.add_argument("--cnn4-subset", type=int, default=None, help="train/fine-tune cnn4 on this many images")
+    ap.add_argument("--cnn4-epochs", type=int, default=None, help="training epochs of cnn4 (overrides --epochs)")
     ap.add_argument("--max-error", type=float, default=0.80, help="test error (%%) the combined files must meet")
     ap.add_argument("--reps", type=int, default=200, help="latency repeats at batch 1 (batch 64: a tenth)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training/scans (default all)")

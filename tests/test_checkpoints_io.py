@@ -108,6 +108,45 @@ def test_encode_lossless_takes_the_smallest_candidate():
         assert np.array_equal(codec.decode(got).view(np.uint8), a.view(np.uint8))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_encode_lossless_above_one_block_codebook_only_for_few_values(dtype):
+    """Tensors larger than a block: a weight-shared one (few values) still gets the codebook, built a block at a time
+    with the same bytes as the whole-tensor path; one with many distinct values takes byte planes (no whole-tensor
+    sort), exact either way."""
+    rng = np.random.default_rng(5)
+
+    def cast(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return (x.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else x.astype(dtype)
+
+    shared = cast(rng.choice(rng.standard_normal(16), size=(50, 100)) * 0.1)
+    many = cast(rng.standard_normal((50, 100)) * 0.1)
+    for a, kind in ((shared, "codebook"), (many, "planes")):
+        big = codec.encode_lossless(a, dtype=dtype, block=1024)  # 5000 elements: 5 blocks
+        assert big.kind == kind
+        got = codec.decode(big)  # bfloat16: planes give the bit patterns, a codebook the float32 values
+        if dtype == "bfloat16" and got.dtype == np.float32:
+            got = (got.view(np.uint32) >> 16).astype(np.uint16)
+        assert got.astype(a.dtype).tobytes() == a.tobytes()
+    whole = codec.encode_lossless(shared, dtype=dtype)  # one block: the whole-tensor path
+    blocks = codec.encode_lossless(shared, dtype=dtype, block=1024)
+    assert whole.kind == "codebook" and whole.sections == blocks.sections
+
+
+def test_huffman_streams_across_encode_chunks_round_trip(monkeypatch):
+    """The chunked counting/encoding/word building gives the same stream as one chunk, and decodes back."""
+    from deepzip.codec import huffman
+
+    rng = np.random.default_rng(6)
+    s = np.minimum(rng.geometric(0.2, 20_000) - 1, 299).astype(np.uint16)
+    one = huffman.pack_stream(s, alphabet=300)
+    monkeypatch.setattr(huffman, "_ENCODE_CHUNK", 2 * huffman.SYNC_INTERVAL)
+    many = huffman.pack_stream(s, alphabet=300)
+    assert many == one
+    got = huffman.unpack_stream(many)
+    assert got.dtype == np.uint16 and np.array_equal(got, s)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64", "int64", "bool"])
 def test_planes_round_trip_in_several_blocks(dtype):
     rng = np.random.default_rng(3)
@@ -231,6 +270,25 @@ def test_cli_compress_and_decompress_a_checkpoint(tmp_path):
     r = subprocess.run([*run, "compress", str(tmp_path / "code.bin")], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "needs code" in r.stderr
+
+
+def test_checkpoint_dz_above_the_default_decode_limit_still_decompresses_as_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """A checkpoint .dz decoding to more than the default max_bytes (1 GiB; here lowered to 100 bytes) is still
+    recognised as a checkpoint: with --max-bytes large enough it comes back as the same file (it used to fall back to
+    the generic path, holding every tensor in memory and writing a different file), and with a too-small
+    --max-bytes it is refused in one line."""
+    from deepzip import cli
+    from deepzip.codec.stream import DzReader
+
+    save_file({"w": torch.randn(64, 64), "b": torch.zeros(64)}, tmp_path / "m.safetensors")
+    assert cli.main(["compress", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.dz")]) == 0
+    monkeypatch.setitem(DzReader.__init__.__kwdefaults__, "max_bytes", 100)
+    assert cli.main(["decompress", str(tmp_path / "m.dz"), "-o", str(tmp_path / "small.safetensors"),
+                     "--max-bytes", "1000"]) == 2
+    assert "max" in capsys.readouterr().err and not (tmp_path / "small.safetensors").exists()
+    assert cli.main(["decompress", str(tmp_path / "m.dz"), "-o", str(tmp_path / "b.safetensors"),
+                     "--max-bytes", "1M"]) == 0
+    assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "m.safetensors").read_bytes()
 
 
 def test_plane_bits_rotation_is_an_involution():

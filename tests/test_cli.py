@@ -46,7 +46,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_prune_and_evaluate_in_process(tmp_path, monkeypatch):
     from deepzip import data
 
-    monkeypatch.setattr(cli.model, "_data", lambda a: (data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)))
+    monkeypatch.setattr(cli.model, "_data",
+                        lambda a, label_with=None: (data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)))
     monkeypatch.setattr(data, "load_mnist", lambda split, root=None, quiet=False: data.synthetic_mnist(128, seed=1))
     torch.manual_seed(0)
     src = tmp_path / "m.safetensors"
@@ -61,7 +62,8 @@ def test_prune_and_evaluate_in_process(tmp_path, monkeypatch):
 def test_bad_sparsity_value_is_reported(tmp_path, capsys, monkeypatch):
     from deepzip import data
 
-    monkeypatch.setattr(cli.model, "_data", lambda a: (data.synthetic_mnist(64), data.synthetic_mnist(64, seed=1)))
+    monkeypatch.setattr(cli.model, "_data",
+                        lambda a, label_with=None: (data.synthetic_mnist(64), data.synthetic_mnist(64, seed=1)))
     src = tmp_path / "m.safetensors"
     save_checkpoint(get_model("lenet300"), src)
     assert cli.main(["prune", str(src), "-o", str(tmp_path / "o.safetensors"), "--sparsity", "fc1=1.5", "-q"]) == 2

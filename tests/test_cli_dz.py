@@ -106,7 +106,7 @@ def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     from deepzip.checkpoint import save_checkpoint
 
     train, test = data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)
-    monkeypatch.setattr(cdz, "_data", lambda a: (train, test))
+    monkeypatch.setattr(cdz, "_data", lambda a, label_with=None: (train, test))
     torch.manual_seed(0)
     ckpt = tmp_path / "mine.safetensors"
     save_checkpoint(get_model("deepzip.models:LeNet300", trust_code=True), ckpt)

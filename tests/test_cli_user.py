@@ -26,6 +26,12 @@ USER = textwrap.dedent('''
         loader = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 200, 50)]  # batches, as a DataLoader yields
         return loader, (x[200:], y[200:])
 
+    def inputs_only():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(300, 8, generator=g)
+        loader = [(x[i:i + 50],) for i in range(0, 200, 50)]  # as DataLoader(TensorDataset(x)) yields: no labels
+        return loader, x[200:]
+
     def narrow_data():
         return (torch.randn(20, 5), torch.zeros(20).long()), (torch.randn(10, 5), torch.zeros(10).long())
 ''')
@@ -72,3 +78,30 @@ def test_ratio_counts_parameters_not_batchnorm_statistics(tmp_path):
     params = sum(p.numel() for p in m.parameters())
     assert file_report(tmp_path / "m.dz")["params_total"] == params < sum(v.numel() for v in m.state_dict().values())
     assert torch.is_tensor(m.state_dict()["1.running_mean"])
+
+
+def test_inputs_only_data_is_labelled_by_the_model_where_there_is_one(tmp_path, capsys):
+    """Inputs without labels: train refuses in one line; prune labels them with the given model's predictions, so
+    its 'test error' is disagreement with that model (0% before pruning, by construction); evaluate --data uses the
+    user's test split, not MNIST."""
+    (tmp_path / "user.py").write_text(USER)
+    user, ckpt = f"{tmp_path}/user.py", str(tmp_path / "m.safetensors")
+    rc, _, err = run_here(capsys, "train", "--model", f"{user}:make", "--data", f"{user}:inputs_only", "-o", ckpt)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "inputs only (no labels)" in err
+    assert not (tmp_path / "m.safetensors").exists()
+    rc, _, err = run_here(capsys, "train", "--model", f"{user}:make", "--data", f"{user}:data", "--epochs", "2",
+                          "-q", "-o", ckpt)
+    assert rc == 0, err
+    rc, out, err = run_here(capsys, "prune", ckpt, "--model", f"{user}:make", "--data", f"{user}:inputs_only",
+                            "--sparsity", "0=0.5,3=0.3", "--epochs", "1", "--rounds", "1",
+                            "-o", str(tmp_path / "p.safetensors"))
+    assert rc == 0, err
+    assert "labelled with the model's own predictions (300 inputs)" in err
+    assert "test error 0.00% ->" in out  # the unpruned model agrees with itself
+    rc, out, err = run_here(capsys, "evaluate", ckpt, "--model", f"{user}:make", "--data", f"{user}:data", "--json")
+    assert rc == 0, err
+    import json
+
+    assert json.loads(out)["n"] == 100  # the user's test split
+    rc, _, err = run_here(capsys, "evaluate", ckpt, "--model", f"{user}:make", "--data", f"{user}:inputs_only")
+    assert rc == 2 and "inputs only (no labels)" in err

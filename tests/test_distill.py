@@ -201,7 +201,7 @@ def test_cli_train_jitter_sets_the_config(tmp_path, monkeypatch) -> None:
         seen.append(cfg.jitter)
         return fit(model, data, cfg, **kw)
 
-    monkeypatch.setattr(cli, "_data", lambda a: (synthetic_mnist(64), synthetic_mnist(32, seed=1)))
+    monkeypatch.setattr(cli, "_data", lambda a, label_with=None: (synthetic_mnist(64), synthetic_mnist(32, seed=1)))
     monkeypatch.setattr(train_mod, "fit", spy_fit)
     for flag in ([], ["--jitter"], ["--jitter", "1"], ["--jitter", "0"]):
         assert main(["train", "--model", "mlp30", "--epochs", "1", "-o", str(tmp_path / "m.safetensors"), "-q",

@@ -237,7 +237,7 @@ def test_prune_sparsity_one_prints_no_absurd_ratio(tmp_path, capsys, monkeypatch
 
     ck = tmp_path / "c.safetensors"
     save_checkpoint(get_model("lenet300"), ck)
-    monkeypatch.setattr(cm, "_data", lambda a: (data.synthetic_mnist(8), data.synthetic_mnist(8)))
+    monkeypatch.setattr(cm, "_data", lambda a, label_with=None: (data.synthetic_mnist(8), data.synthetic_mnist(8)))
     result = {"layers": [{"layer": "fc1", "weights": 10, "kept_pct": 0.0}], "kept_pct": 0.0,
               "test_error_pct": 90.0, "error_before_pct": 10.0}
     monkeypatch.setattr(rc, "run_prune", lambda *a, **k: result)

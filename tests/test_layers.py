@@ -17,7 +17,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("errors, file I/O", {"errors", "fileio", "papers", "_user"}),
     ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
     ("foundation", {"data", "models", "train", "g2p_data", "seq"}),  # seq: encoder-decoder models (get_model builds)
-    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "seqdistill", "posttrain"}),
+    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "_spkernel", "seqdistill",
+                    "posttrain"}),
     ("bridges", {"checkpoint", "serialize", "checkpoints_io"}),
     ("recipes", {"recipes", "g2p_recipes"}),
     ("pipeline", {"pipeline", "g2p_pipeline"}),

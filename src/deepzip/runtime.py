@@ -1,15 +1,22 @@
 """Runtime layers that execute pruned and weight-shared layers without densifying them, chosen per layer by speed.
 
-Three ways to hold a Linear or Conv2d weight while the model runs:
+Three ways to hold a Linear or Conv2d weight while the model runs (:data:`KINDS`):
 
 - ``dense``: the ordinary float32 weight (what a layer that is faster dense keeps);
-- ``csr``: torch's sparse CSR tensor with int32 row pointers and column indices and float32 values (8 bytes per kept
-  weight); the product is torch's own sparse kernel (``torch.sparse.mm``), a Conv2d runs it on ``F.unfold``'s columns;
-- ``codebook``: the same CSR structure with each kept weight as a uint8 (or int16) index into the layer's codebook
-  and the columns as int16 where they fit: 3-4 bytes per kept weight instead of 8. The values are gathered from the
-  codebook at each call (one pass over the kept weights) and handed to the same kernel, so it trades a little speed
-  for memory. No kernel is written here: a kernel that reads the indices directly would need a compiled extension,
-  and torch's and scipy's sparse kernels take float values only.
+- ``csr``: the kept weights as float32 values in compressed rows;
+- ``codebook``: the kept weights as uint8 (or 16-bit) indices into the layer's codebook.
+
+and two kernels for the sparse kinds (:data:`KERNELS`):
+
+- ``deepzip-c``: deepzip's own C kernel (:mod:`deepzip._spkernel`, built at install time when a C compiler is there),
+  on Deep Compression's layout: an 8-bit relative column index per kept weight, so ``csr`` takes 5 bytes and
+  ``codebook`` 2 bytes per kept weight, and the indices are read directly (no float values are gathered). Torch's
+  sparse CSR and scipy.sparse missed the paper's 3x at AlexNet's fc6 / fc7 shapes, which is why it exists;
+- ``torch-csr``: torch's sparse CSR kernel (``torch.sparse.mm``) on int32 columns (8 bytes per kept weight for
+  ``csr``); for ``codebook``, narrow columns + indices gathered into float values at each call (3-4 bytes).
+
+A Conv2d runs its sparse weight on ``F.unfold``'s columns. Where the C kernel is missing, everything runs on torch's
+CSR and :func:`runtime_table` says ``kernel: torch-csr``.
 
 :func:`sparsify_` converts a model in place, timing each layer's candidates on an input of the shape it actually sees
 (medians of repeats) and keeping the fastest (``mode="fast"``) or the smallest (``mode="small"``).
@@ -43,13 +50,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import codec
+from . import _spkernel, codec
 from .codec import DzFile
+from .errors import DeepzipFormatError
 
-__all__ = ["KINDS", "SparseConv2d", "SparseLinear", "from_dz", "layer_bytes", "layer_inputs", "median_seconds",
-           "runtime_table", "sparsify_"]
+__all__ = ["KERNELS", "KINDS", "SparseConv2d", "SparseLinear", "from_dz", "kernels_available", "layer_bytes",
+           "layer_inputs", "median_seconds", "runtime_table", "sparsify_"]
 
 KINDS = ("dense", "csr", "codebook")
+KERNELS = ("deepzip-c", "torch-csr")
+
+
+def kernels_available() -> list[str]:
+    """The sparse kernels that can run here: ``["deepzip-c", "torch-csr"]`` when deepzip's C kernel is built (and
+    not turned off by ``DEEPZIP_KERNEL=torch``), else ``["torch-csr"]``."""
+    return list(KERNELS) if _spkernel.available() else ["torch-csr"]
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -59,75 +74,224 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _narrow(a: np.ndarray, limit: int) -> np.ndarray:
-    """``a`` as the smallest of uint8 / int16 / int32 that holds values below ``limit``."""
-    for dt, top in ((np.uint8, 1 << 8), (np.int16, 1 << 15), (np.int32, 1 << 31)):
-        if limit <= top:
+def _narrow(a: np.ndarray, limit: int, widths: Sequence[Any] = (np.uint8, np.int16, np.int32)) -> np.ndarray:
+    """``a`` as the first of ``widths`` (integer dtypes, narrowest first) that holds values below ``limit``."""
+    for dt in widths:
+        if limit <= int(np.iinfo(dt).max) + 1:
             return a.astype(dt)
-    raise ValueError(f"{limit} values do not fit int32")
+    raise ValueError(f"{limit} values do not fit {np.dtype(widths[-1])}")
+
+
+def _check_csr(name: str, shape: tuple[int, int], crow: np.ndarray, col: np.ndarray, n_values: int,
+               codebook: np.ndarray | None, indices: np.ndarray | None) -> None:
+    """Refuse CSR arrays (absolute columns) that do not describe a ``shape`` matrix: both kernels index with them."""
+    rows, cols = shape
+    where = f"{name or 'sparse layer'} {tuple(shape)}"
+    n = col.size
+    if crow.ndim != 1 or crow.size != rows + 1 or crow[0] != 0 or crow[-1] != n or n_values != n:
+        raise DeepzipFormatError(f"{where}: {crow.size} row pointers from {crow[:1]} to {crow[-1:]} and {n_values} "
+                                 f"values for {rows} rows and {n} column indices")
+    if rows and int(np.diff(crow.astype(np.int64)).min()) < 0:
+        raise DeepzipFormatError(f"{where}: row pointers decrease")
+    if n and (int(col.min()) < 0 or int(col.max()) >= cols):
+        raise DeepzipFormatError(f"{where}: column index {int(col.min()) if col.min() < 0 else int(col.max())} "
+                                 f"outside 0..{cols - 1}")
+    if indices is not None and n and (codebook is None or int(indices.min()) < 0
+                                      or int(indices.max()) >= codebook.size):
+        raise DeepzipFormatError(f"{where}: codebook index {int(indices.max())} with "
+                                 f"{0 if codebook is None else codebook.size} codebook entries")
 
 
 class _SparseWeight(nn.Module):
-    """A 2-D ``(rows, cols)`` weight in CSR form, as float values (``csr``) or codebook indices (``codebook``)."""
+    """A 2-D ``(rows, cols)`` weight in CSR form, as float values (``csr``) or codebook indices (``codebook``), run
+    by one of two kernels (:data:`KERNELS`):
+
+    - ``deepzip-c`` (when built, see :mod:`deepzip._spkernel`): 8-bit relative column steps (with zero fillers for
+      gaps over 255) + float32 values (5 bytes per kept weight) or uint8 / uint16 codebook indices (2-3 bytes);
+    - ``torch-csr``: int32 columns + float32 values (8 bytes), or narrow columns + indices gathered into float values
+      at each call (3-4 bytes), for ``torch.sparse.mm``.
+    """
 
     def __init__(self, shape: tuple[int, int], crow: np.ndarray, col: np.ndarray, values: np.ndarray | None,
-                 codebook: np.ndarray | None = None, indices: np.ndarray | None = None) -> None:
+                 codebook: np.ndarray | None = None, indices: np.ndarray | None = None, *,
+                 kernel: str | None = None, name: str = "") -> None:
         super().__init__()
         self.shape = (int(shape[0]), int(shape[1]))
-        self.register_buffer("crow", torch.from_numpy(crow.astype(np.int32)))
-        if values is not None:
-            self.kind = "csr"
-            self.register_buffer("col", torch.from_numpy(col.astype(np.int32)))
-            self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(values, np.float32)))
-        else:
+        self.name = name
+        self.kind = "csr" if values is not None else "codebook"
+        if values is None:
             assert codebook is not None and indices is not None
-            self.kind = "codebook"
-            self.register_buffer("col", torch.from_numpy(_narrow(col, self.shape[1])))
-            self.register_buffer("indices", torch.from_numpy(_narrow(indices, codebook.size)))
-            self.register_buffer("codebook", torch.from_numpy(codebook.astype(np.float32)))
+            codebook = np.ascontiguousarray(codebook, np.float32).reshape(-1)
+        crow, col = np.asarray(crow).reshape(-1), np.asarray(col).reshape(-1)
+        _check_csr(name, self.shape, crow, col, col.size if values is None else np.asarray(values).size,
+                   codebook, None if indices is None else np.asarray(indices).reshape(-1))
+        self.nnz = int(col.size)
+        if kernel is None:
+            kernel = "deepzip-c" if _spkernel.available() else "torch-csr"
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}, expected one of {KERNELS}")
+        if kernel == "deepzip-c" and values is None and codebook is not None and codebook.size >= 1 << 16:
+            kernel = "torch-csr"  # the C kernel takes 8- and 16-bit codebook indices
+        self.kernel = kernel
+        if kernel == "torch-csr":
+            self.register_buffer("crow", torch.from_numpy(crow.astype(np.int32)))
+            if values is not None:
+                self.register_buffer("col", torch.from_numpy(col.astype(np.int32)))
+                self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(values, np.float32)))
+            else:
+                self.register_buffer("col", torch.from_numpy(_narrow(col, self.shape[1])))
+                self.register_buffer("indices", torch.from_numpy(_narrow(indices, codebook.size)))
+                self.register_buffer("codebook", torch.from_numpy(codebook))
+        else:  # the C kernel's layout: entries = kept weights + fillers (value 0) where a column gap exceeds 255
+            try:
+                rowptr, step, at = _spkernel.encode_steps(crow, col)
+            except DeepzipFormatError as exc:
+                raise DeepzipFormatError(f"{name or 'sparse layer'} {self.shape}: {exc}") from None
+            self.register_buffer("crow", torch.from_numpy(rowptr))
+            self.register_buffer("step", torch.from_numpy(step))
+            if values is not None:
+                if at is None:
+                    v = np.ascontiguousarray(values, np.float32)
+                else:
+                    v = np.zeros(step.size, np.float32)
+                    v[at] = values
+                self.register_buffer("values", torch.from_numpy(v))
+            else:
+                idx_all = np.asarray(indices)
+                if at is not None:
+                    zero = np.flatnonzero(codebook == 0)
+                    if not zero.size:  # fillers need a zero centroid to point at
+                        codebook = np.append(codebook, np.float32(0))
+                        zero = np.array([codebook.size - 1])
+                    idx_all = np.full(step.size, zero[0], np.int64)
+                    idx_all[at] = np.asarray(indices)
+                idx_all = _narrow(idx_all, codebook.size, (np.uint8, np.uint16))
+                self.register_buffer("indices", torch.from_numpy(idx_all))
+                self.register_buffer("codebook", torch.from_numpy(codebook))
         self._csr: torch.Tensor | None = None
+        self._seen: tuple | None = None  # (buffer identities and versions) when the C kernel's arrays were checked
+        self._arrays: tuple = ()
+        self._call: tuple = ()
+        if kernel == "deepzip-c":
+            self._c_arrays()  # validate now, at construction
 
     @property
-    def nnz(self) -> int:
-        return int(self.col.numel())
+    def entries(self) -> int:
+        """Stored entries (kept weights, plus the C layout's fillers)."""
+        return int((self.col if self.kernel == "torch-csr" else self.step).numel())
+
+    def _c_arrays(self) -> tuple:
+        """The C kernel's numpy views, checked by :func:`deepzip._spkernel.check` whenever a buffer is new or was
+        modified in place since the last check (a hostile or edited buffer never reaches the C code unchecked)."""
+        b = self._buffers  # (not self.crow etc.: nn.Module.__getattr__ costs microseconds per call on small layers)
+        ts = (b["crow"], b["step"], b["values"] if self.kind == "csr" else b["indices"], b.get("codebook"))
+        # the views in self._arrays keep the checked tensors alive, so an id here is never a reused one
+        seen = (self.shape, *((id(t), t._version, t.data_ptr()) for t in ts if t is not None))
+        if seen != self._seen:
+            self._seen = None
+            for t in ts:
+                if t is not None and (t.device.type != "cpu" or t.layout != torch.strided):
+                    raise DeepzipFormatError(f"{self.name or 'sparse layer'}: buffers must be CPU tensors for the C "
+                                             "kernel")
+            arrays = tuple(None if t is None else t.numpy() for t in ts)
+            _spkernel.check(self.name, self.shape, *arrays)
+            fn = _spkernel.function(arrays[2].dtype)
+            cb = None if arrays[3] is None else arrays[3].ctypes.data
+            self._arrays = arrays
+            self._call = (fn, self.shape[0], arrays[0].ctypes.data, arrays[1].ctypes.data, arrays[2].ctypes.data, cb)
+            self._seen = seen
+        return self._arrays
+
+    def csr_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """``(crow, col, values, codebook, indices)`` with absolute columns, without the C layout's fillers."""
+        crow = self.crow.numpy().astype(np.int64)
+        if self.kernel == "torch-csr":
+            col = self.col.numpy().astype(np.int64)
+            keep = None
+        else:
+            col = _spkernel.absolute_columns(crow, self.step.numpy())
+            v = self.values.numpy() if self.kind == "csr" else self.codebook.numpy()[self.indices.numpy()]
+            keep = v != 0  # fillers (and kept weights whose value is 0, which change nothing)
+            rid = np.repeat(np.arange(self.shape[0]), np.diff(crow))[keep]  # each kept entry's row
+            crow = np.searchsorted(rid, np.arange(self.shape[0] + 1))
+            col = col[keep]
+        if self.kind == "csr":
+            values = self.values.numpy()
+            return crow, col, values if keep is None else values[keep], None, None
+        idx = self.indices.numpy().astype(np.int64)
+        return crow, col, None, self.codebook.numpy(), idx if keep is None else idx[keep]
 
     def matrix(self) -> torch.Tensor:
-        """The weight as a torch sparse CSR tensor (for ``codebook``: built for this call)."""
-        if self.kind == "csr":
+        """The weight as a torch sparse CSR tensor (``codebook`` or the C layout: built for this call)."""
+        if self.kind == "csr" and self.kernel == "torch-csr":
             if self._csr is None:  # shares the buffers' memory
                 self._csr = _csr(self.crow, self.col, self.values, self.shape)
             return self._csr
-        values = self.codebook.index_select(0, self.indices.to(torch.int32))  # (nnz,) gathered per call
-        col = self.col if self.col.dtype == torch.int32 else self.col.to(torch.int32)
-        return _csr(self.crow, col, values, self.shape)
+        if self.kernel == "torch-csr":
+            values = self.codebook.index_select(0, self.indices.to(torch.int32))  # (nnz,) gathered per call
+            col32 = self.col if self.col.dtype == torch.int32 else self.col.to(torch.int32)
+            return _csr(self.crow, col32, values, self.shape)
+        crow, col, values, cb, idx = self.csr_arrays()
+        v = values if values is not None else cb[idx]  # type: ignore[index]
+        return _csr(torch.from_numpy(crow.astype(np.int32)), torch.from_numpy(col.astype(np.int32)),
+                    torch.from_numpy(np.ascontiguousarray(v, np.float32)), self.shape)
+
+    def matmul(self, xt: torch.Tensor) -> torch.Tensor:
+        """``W @ xt`` for ``xt`` of shape ``(cols, N)``; returns ``(rows, N)``."""
+        if self.kernel == "deepzip-c" and xt.dtype == torch.float32 and xt.is_cpu:
+            self._c_arrays()
+            x = xt.contiguous()
+            if x.dim() != 2 or x.shape[0] != self.shape[1]:  # the kernel reads x[0:cols, 0:N]: the shape must be exact
+                raise ValueError(f"{self.name or 'sparse layer'} {self.shape}: input of shape {tuple(xt.shape)}")
+            fn, rows, *addrs = self._call
+            y = torch.empty(rows, x.shape[1])
+            fn(rows, *addrs, x.data_ptr(), y.data_ptr(), x.shape[1])  # ctypes releases the GIL for the call
+            return y
+        return torch.sparse.mm(self.matrix(), xt)
 
     def dense(self) -> torch.Tensor:
         return self.matrix().to_dense()
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, shape={self.shape}, nnz={self.nnz}"
+        return f"{self.kind}, {self.kernel}, shape={self.shape}, nnz={self.nnz}"
 
     @classmethod
     def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, kind: str,
-                       codebook: np.ndarray, indices: np.ndarray) -> _SparseWeight:
+                       codebook: np.ndarray, indices: np.ndarray, *, kernel: str | None = None,
+                       name: str = "") -> _SparseWeight:
         """From flat kept positions (increasing) and their codebook indices; O(kept) memory."""
+        positions = np.asarray(positions, np.int64)
+        if positions.size and (positions[0] < 0 or positions[-1] >= shape[0] * shape[1]
+                               or int(np.diff(positions).min(initial=1)) <= 0):
+            raise DeepzipFormatError(f"{name or 'sparse layer'} {tuple(shape)}: kept positions not increasing "
+                                     f"within 0..{shape[0] * shape[1] - 1}")
         rows = positions // shape[1]
         crow = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(np.int32)  # (rows + 1,)
         col = (positions - rows * shape[1]).astype(np.int32)
         if kind == "csr":
-            return cls(shape, crow, col, codebook.astype(np.float32)[indices])
-        return cls(shape, crow, col, None, codebook, indices)
+            return cls(shape, crow, col, codebook.astype(np.float32)[indices], kernel=kernel, name=name)
+        return cls(shape, crow, col, None, codebook, indices, kernel=kernel, name=name)
 
     @classmethod
-    def from_dense(cls, w: torch.Tensor, kind: str) -> _SparseWeight:
+    def from_dense(cls, w: torch.Tensor, kind: str, *, kernel: str | None = None, name: str = "") -> _SparseWeight:
         """From a dense 2-D weight (``codebook``: its distinct non-zero values become the codebook)."""
         a = w.detach().cpu().float().numpy()
         pos = np.flatnonzero(a)
         vals = a.reshape(-1)[pos]
         if kind == "csr":
-            return cls.from_positions(a.shape, pos, "csr", vals, np.arange(vals.size))
+            return cls.from_positions(a.shape, pos, "csr", vals, np.arange(vals.size), kernel=kernel, name=name)
         cb, idx = np.unique(vals, return_inverse=True)
-        return cls.from_positions(a.shape, pos, "codebook", cb, idx)
+        return cls.from_positions(a.shape, pos, "codebook", cb, idx, kernel=kernel, name=name)
+
+    def converted(self, kind: str, kernel: str | None) -> _SparseWeight:
+        """This weight as ``kind`` run by ``kernel``, from its kept weights (never through a dense matrix)."""
+        crow, col, values, cb, idx = self.csr_arrays()
+        if kind == "csr":
+            v = values if values is not None else cb[idx]  # type: ignore[index]
+            return _SparseWeight(self.shape, crow, col, v, kernel=kernel, name=self.name)
+        if values is not None:
+            cb, idx = np.unique(values, return_inverse=True)
+        return _SparseWeight(self.shape, crow, col, None, cb, idx, kernel=kernel, name=self.name)
 
 
 class SparseLinear(nn.Module):
@@ -146,14 +310,17 @@ class SparseLinear(nn.Module):
         self.register_buffer("in_index", in_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_index is not None:
-            x = x.index_select(-1, self.in_index)
+        # (buffers read from _buffers and no needless reshape: at batch 1 on a small layer each costs ~1 us of ~10)
+        b = self._buffers
+        if b["in_index"] is not None:
+            x = x.index_select(-1, b["in_index"])
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # (B, in)
-        y = torch.sparse.mm(self.sparse.matrix(), x2.t()).t()  # (out, in) @ (in, B) -> (B, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (B, in)
+        y = self.sparse.matmul(x2.t())  # (out, in) @ (in, B) -> (out, B)
+        y = y.view(1, -1) if y.shape[1] == 1 and y.is_contiguous() else y.t()  # (B, out)
+        if b["bias"] is not None:
+            y = y + b["bias"]
+        return y if len(lead) == 1 else y.reshape(*lead, self.out_features)
 
 
 class SparseConv2d(nn.Module):
@@ -173,7 +340,7 @@ class SparseConv2d(nn.Module):
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C*kh*kw, B*L)
-        y = torch.sparse.mm(self.sparse.matrix(), flat)  # (O, B*L)
+        y = self.sparse.matmul(flat)  # (O, B*L)
         y = y.reshape(self.out_channels, b, ho * wo).transpose(0, 1)  # (B, O, L)
         if self.bias is not None:
             y = y + self.bias[:, None]
@@ -185,12 +352,15 @@ def _supported_conv(m: nn.Module) -> bool:
             and not isinstance(m.padding, str))
 
 
-def _build(m: Any, kind: str, weight: _SparseWeight | None = None) -> nn.Module:
-    """``m`` (a Linear/Conv2d or one of ours) as a layer of ``kind``."""
+def _build(m: Any, kind: str, kernel: str | None = None, name: str = "") -> nn.Module:
+    """``m`` (a Linear/Conv2d or one of ours) as a layer of ``kind`` run by ``kernel`` (default: the best built)."""
+    weight = None
     if isinstance(m, SparseLinear | SparseConv2d):
-        if kind == m.sparse.kind:
+        if kind == m.sparse.kind and kernel in (None, m.sparse.kernel):
             return m
-        dense_w = m.sparse.dense()
+        if kind != "dense":
+            weight = m.sparse.converted(kind, kernel)
+        dense_w = m.sparse.dense() if kind == "dense" else None
     else:
         dense_w = m.weight.detach()
     bias = m.bias.detach() if m.bias is not None else None
@@ -212,14 +382,15 @@ def _build(m: Any, kind: str, weight: _SparseWeight | None = None) -> nn.Module:
             out.bias = nn.Parameter(bias.clone(), requires_grad=False)
         return out
     if weight is None:
-        weight = _SparseWeight.from_dense(dense_w.reshape(dense_w.shape[0], -1), kind)
+        weight = _SparseWeight.from_dense(dense_w.reshape(dense_w.shape[0], -1), kind, kernel=kernel, name=name)
     if conv:
         return SparseConv2d(m, weight, bias)  # type: ignore[arg-type]
     return SparseLinear(weight, bias, in_index, getattr(m, "original_in_features", None))
 
 
-def _predicted_bytes(m: nn.Module, kind: str) -> int:
-    """Bytes ``m``'s weight would take as ``kind``, from its shape and counts (nothing is built)."""
+def _predicted_bytes(m: nn.Module, kind: str, kernel: str | None) -> int:
+    """Bytes ``m``'s weight would take as ``kind`` run by ``kernel``, from its shape and counts (nothing is built;
+    the C layout's rare filler entries are not counted)."""
     if isinstance(m, SparseLinear | SparseConv2d):
         (rows, cols), nnz = m.sparse.shape, m.sparse.nnz
         k = (m.sparse.codebook.numel() if m.sparse.kind == "codebook"
@@ -231,10 +402,12 @@ def _predicted_bytes(m: nn.Module, kind: str) -> int:
         nnz, k = int(nz.numel()), int(torch.unique(nz).numel())
     if kind == "dense":
         return 4 * rows * cols
-    if kind == "csr":
-        return 4 * (rows + 1) + 8 * nnz
     width = lambda n: 1 if n <= 1 << 8 else 2 if n <= 1 << 15 else 4  # noqa: E731 - _narrow's choice
-    return 4 * (rows + 1) + nnz * (width(cols) + width(k)) + 4 * k
+    col_bytes = 1 if kernel == "deepzip-c" else 4 if kind == "csr" else width(cols)  # a step, or a column index
+    if kind == "csr":
+        return 4 * (rows + 1) + (col_bytes + 4) * nnz
+    idx_bytes = (1 if k <= 1 << 8 else 2) if kernel == "deepzip-c" and k < 1 << 16 else width(k)
+    return 4 * (rows + 1) + nnz * (col_bytes + idx_bytes) + 4 * k
 
 
 def layer_bytes(m: nn.Module) -> int:
@@ -288,8 +461,8 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mode: str = "fast",
-              batch: int = 1, kinds: Sequence[str] = KINDS, repeats: int = 7,
-              report: list[dict] | None = None) -> nn.Module:
+              batch: int = 1, kinds: Sequence[str] = KINDS, kernels: Sequence[str] | None = None,
+              repeats: int = 7, report: list[dict] | None = None) -> nn.Module:
     """Run each Linear / Conv2d layer in the fastest (or smallest) of ``kinds``, in place; returns ``model``.
 
     Args:
@@ -302,8 +475,11 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             chosen form is built, so a sparse layer is never made dense on the way).
         batch: the batch size to choose for (sparse layers win at batch 1 and often lose at large batches).
         kinds: candidates, from :data:`KINDS`.
+        kernels: the kernels a sparse kind may run on, from :data:`KERNELS` (default: those built, see
+            :func:`kernels_available`); ``"fast"`` times each (kind, kernel) pair, ``"small"`` counts bytes.
         repeats: timed calls per candidate (the median counts).
-        report: if given, one row per layer is appended: ``layer``, ``kind``, ``bytes``, ``ms`` (per candidate).
+        report: if given, one row per layer is appended: ``layer``, ``kind``, ``kernel`` (``""`` for dense),
+            ``bytes``, ``ms`` (per candidate, keyed ``"dense"`` or ``"kind:kernel"``).
 
     Returns:
         ``model``, in eval mode.
@@ -316,6 +492,11 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"kinds={list(kinds)}, expected a non-empty subset of {KINDS}")
+    built = kernels_available()
+    kernels = built if kernels is None else [k for k in kernels if k in built]
+    if not kernels:
+        raise ValueError(f"kernels: none of them is available here (available: {built})")
+    cands_of = [("dense", "")] * ("dense" in kinds) + [(k, e) for k in kinds if k != "dense" for e in kernels]
     from .shrink import default_example_input
 
     model.eval()
@@ -340,43 +521,45 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             shape = (batch, int(width or m.in_features))
         if shape is None:
             if report is not None:
-                report.append({"layer": name, "kind": getattr(getattr(m, "sparse", None), "kind", "dense"),
+                sp = getattr(m, "sparse", None)
+                report.append({"layer": name, "kind": getattr(sp, "kind", "dense"), "kernel": getattr(sp, "kernel", ""),
                                "bytes": layer_bytes(m), "ms": {}, "note": "not timed: input shape unknown"})
             continue
         if mode == "small":  # sizes follow from the counts: build only the smallest candidate, time nothing
-            size = {k: _predicted_bytes(m, k) for k in kinds}
-            best = min(kinds, key=lambda k: size[k])
-            new = _build(m, best)
+            size = {c: _predicted_bytes(m, *c) for c in cands_of}
+            kind, kernel = min(cands_of, key=lambda c: size[c])
+            new = _build(m, kind, kernel or None, name)
             if new is not m:
                 _set_module(model, name, new)
             if report is not None:
-                report.append({"layer": name, "kind": best, "bytes": layer_bytes(new), "ms": {}})
+                report.append({"layer": name, "kind": kind, "kernel": kernel, "bytes": layer_bytes(new), "ms": {}})
             continue
         x = torch.rand(shape)
-        cands = {kind: _build(m, kind) for kind in kinds}
-        ms: dict[str, float] = {}
+        cands = {c: _build(m, c[0], c[1] or None, name) for c in cands_of}
+        ms: dict[tuple[str, str], float] = {}
         with torch.no_grad():
-            for kind, c in cands.items():
-                ms[kind] = 1e3 * median_seconds(functools.partial(c, x), repeats)
-        size = {k: layer_bytes(c) for k, c in cands.items()}
-        best = min(cands, key=lambda k: ms[k])
+            for c, layer in cands.items():
+                ms[c] = 1e3 * median_seconds(functools.partial(layer, x), repeats)
+        best = min(cands, key=lambda c: ms[c])
         if cands[best] is not m:
             _set_module(model, name, cands[best])
         if report is not None:
-            report.append({"layer": name, "kind": best, "bytes": size[best], "ms": ms})
+            report.append({"layer": name, "kind": best[0], "kernel": best[1], "bytes": layer_bytes(cands[best]),
+                           "ms": {":".join(filter(None, c)): t for c, t in ms.items()}})
         del cands  # the losers (a dense copy of a big layer, say) go now, not after the next layer's are built
     return model
 
 
 def runtime_table(model: nn.Module) -> list[dict]:
-    """Per Linear / Conv2d / runtime layer: ``layer``, ``kind``, ``shape``, ``kept`` (non-zeros), ``bytes``."""
+    """Per Linear / Conv2d / runtime layer: ``layer``, ``kind``, ``kernel`` (``deepzip-c``, ``torch-csr``, or
+    ``torch-dense``), ``shape``, ``kept`` (non-zeros), ``bytes``."""
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, SparseLinear | SparseConv2d):
-            rows.append({"layer": name, "kind": m.sparse.kind, "shape": list(m.sparse.shape), "kept": m.sparse.nnz,
-                         "bytes": layer_bytes(m)})
+            rows.append({"layer": name, "kind": m.sparse.kind, "kernel": m.sparse.kernel,
+                         "shape": list(m.sparse.shape), "kept": m.sparse.nnz, "bytes": layer_bytes(m)})
         elif isinstance(m, nn.Linear | nn.Conv2d):
-            rows.append({"layer": name, "kind": "dense", "shape": list(m.weight.shape),
+            rows.append({"layer": name, "kind": "dense", "kernel": "torch-dense", "shape": list(m.weight.shape),
                          "kept": int((m.weight != 0).sum()), "bytes": layer_bytes(m)})
     return rows
 
@@ -412,7 +595,8 @@ def from_dz(f: DzFile, model: nn.Module, *, mode: str = "fast", example_input: t
             cb, pos, sym = codec.decode_kept(enc)
             assert pos is not None
             rows = enc.shape[0]
-            sparse_layers[lname] = _SparseWeight.from_positions((rows, enc.numel // rows), pos, kind0, cb, sym)
+            sparse_layers[lname] = _SparseWeight.from_positions((rows, enc.numel // rows), pos, kind0, cb, sym,
+                                                                name=f"{where}{lname}")
         else:
             plain[key] = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
     for lname, sw in sparse_layers.items():

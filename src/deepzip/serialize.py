@@ -299,8 +299,9 @@ def load(
             (runs its code); without it only deepzip's registered models are built from a name.
         max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
         runtime: a model for inference instead of one to fine-tune: ``"fast"`` keeps each pruned layer sparse
-            (torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as codebook indices and
-            16-bit columns where that takes the least memory (see :mod:`deepzip.runtime`; no sparse layer is made
+            (deepzip's C kernel, or torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as
+            codebook indices and 8-bit relative columns (16-bit without the C kernel) where that takes the least
+            memory (see :mod:`deepzip.runtime`; no sparse layer is made
             dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
             (:func:`deepzip.shrink.shrink_`).
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["args", "command", "existing_file", "print_table"]
 
@@ -36,7 +37,9 @@ def _common(p: argparse.ArgumentParser, threads: str = "all cores") -> None:
     p.add_argument("--data-dir", default=None, help="MNIST folder (default $DEEPZIP_DATA or ~/.cache/deepzip/mnist)")
     p.add_argument("--data", default=None, metavar="MODULE:FUNCTION",
                    help="your data instead of MNIST: a function (module:function or path/file.py:function) returning "
-                        "(train, test), each (inputs, labels) tensors or an iterable of (input, label) pairs")
+                        "(train, test), each (inputs, labels) tensors or an iterable of (input, label) pairs; or "
+                        "inputs only (a tensor or input batches) where a trained model can label them: prune, share, "
+                        "distill, compress --checkpoint")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (they are drawn only when stderr is a terminal anyway)")
     p.add_argument("--seed", type=int, default=0, help="random seed of initial weights, data order and k-means "
@@ -121,11 +124,41 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]], file=None
             print("  ".join("-" * w for w in widths), file=file)
 
 
-def _data(a: argparse.Namespace):
+def _data(a: argparse.Namespace, label_with: Any = None):
+    """``(train, test)``: the user's ``--data`` or MNIST. ``label_with`` (a trained model) labels a user's inputs-only
+    data with its own predictions (its top class), so retraining keeps the model's behaviour and every "test error"
+    printed afterwards is the disagreement with that model; a note on stderr says so."""
     from ..data import load_mnist, load_user_data
 
     if getattr(a, "data", None):
-        return load_user_data(a.data)
+        if label_with is None:
+            return load_user_data(a.data)
+        import torch
+
+        model, used = label_with, []
+
+        def label(x: Any) -> Any:
+            was = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out = [model(x[i : i + 256]) for i in range(0, x.shape[0], 256)]
+            finally:
+                model.train(was)
+            if out[0].dim() != 2:
+                from ..errors import DataError
+
+                raise DataError(f"data {a.data!r}: inputs only, but the model's outputs have shape "
+                                f"{tuple(out[0].shape)}, not (batch, classes); give labels")
+            used.append(x.shape[0])
+            return torch.cat(out).argmax(1)
+
+        data = load_user_data(a.data, label_with=label)
+        if used:
+            if not a.quiet:
+                print(f"data {a.data!r}: inputs only; labelled with the model's own predictions ({sum(used)} inputs), "
+                      f"so 'test error' below means disagreement with the model as given", file=sys.stderr)
+        return data
     return load_mnist("train", a.data_dir, quiet=a.quiet), load_mnist("test", a.data_dir, quiet=a.quiet)
 
 

@@ -101,8 +101,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
                 xi = ins[name]
                 d = median_seconds(partial(dmods[name], xi), a.repeats)
                 f = median_seconds(partial(fmods[name], xi), a.repeats)
-                rows.append({"batch": b, "layer": name, "kind": type(fmods[name]).__name__ + "/" + next(
-                    r["kind"] for r in runtime_table(fast) if r["layer"] == name), "dense_ms": 1e3 * d,
+                rt = next(r for r in runtime_table(fast) if r["layer"] == name)
+                rows.append({"batch": b, "layer": name, "kind": f"{type(fmods[name]).__name__}/{rt['kind']}",
+                             "kernel": rt["kernel"], "dense_ms": 1e3 * d,
                     "runtime_ms": 1e3 * f, "speedup": d / f})
             d = median_seconds(partial(dense, x), a.repeats)
             f = median_seconds(partial(fast, x), a.repeats)
@@ -113,13 +114,19 @@ def cmd_bench(a: argparse.Namespace) -> int:
     mem: dict = {"dense_tensor_bytes": layer_bytes(dense), "runtime_tensor_bytes": layer_bytes(fast)}
     if not a.no_rss:
         mem.update(dense_rss_growth=loaded_rss(str(path), "dense"), runtime_rss_growth=loaded_rss(str(path), a.runtime))
-    out = {"file": str(path), "architecture": arch, "runtime": a.runtime, "threads": a.threads,
+    from .. import _spkernel
+
+    kernel = (f"deepzip-c ({_spkernel.isa()})" if _spkernel.available() else
+              "torch-csr (deepzip's C kernel is " + ("turned off by DEEPZIP_KERNEL=torch)" if _spkernel.library_path()
+                                                     else "not built: reinstall with a C compiler)"))
+    out = {"file": str(path), "architecture": arch, "runtime": a.runtime, "threads": a.threads, "kernel": kernel,
            "repeats": a.repeats, "layers": rows, "model": total, "resident_memory": mem,
            "runtime_layers": runtime_table(fast)}
     if a.json:
         print(json.dumps(out, default=str))
         return 0
     print_table(rows + total, [("batch", "batch", ""), ("layer", "layer", ""), ("kind", "runtime kind", ""),
+                               ("kernel", "kernel", ""),
                                ("dense_ms", "dense ms", ".4f"), ("runtime_ms", "runtime ms", ".4f"),
                                ("speedup", "speed-up", ".2f")])
     print(f"\nmemory of the loaded model's tensors: dense {mem['dense_tensor_bytes']:,} B, {a.runtime} runtime "
@@ -127,5 +134,5 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if not a.no_rss:
         print(f"resident set growth when a fresh process loads the file: dense {mem['dense_rss_growth'] / 2**20:.2f} "
               f"MiB, runtime {mem['runtime_rss_growth'] / 2**20:.2f} MiB")
-    print(f"latency: medians of {a.repeats} calls, {a.threads} torch thread(s)")
+    print(f"latency: medians of {a.repeats} calls, {a.threads} torch thread(s); sparse kernel: {kernel}")
     return 0

@@ -62,7 +62,9 @@ def is_checkpoint_dz(path: Path) -> bool:
     from ..codec import DzReader
 
     try:
-        extra = DzReader(path).extra
+        # only the header is read here: no decode limit (a checkpoint larger than the 1 GiB default must still be
+        # recognised as one; decompress_source applies --max-bytes)
+        extra = DzReader(path, max_bytes=None).extra
     except Exception:  # a damaged file: let the usual path report it
         return False
     return isinstance(extra, dict) and isinstance(extra.get("checkpoint"), dict)

@@ -39,7 +39,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     _check_output(a.output, a.teacher)
     teacher, _ = _load_model(a.teacher, a.teacher_model, a.trust_code)
     student = get_model(a.student, trust_code=True)  # the user's own --student: trusted
-    train, test = _data(a)
+    train, test = _data(a, label_with=teacher)
     cfg = _train_cfg(a, a.student)
     t0 = time.time()
     distill(student, teacher, train, cfg, temperature=a.temperature, alpha=a.alpha, cache=a.cache,

@@ -105,7 +105,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.checkpoint:  # a bad checkpoint fails before any data is fetched
         ckpt = Path(a.checkpoint)
         model, _ = load_checkpoint(ckpt, model)
-    train, test = _data(a)
+    train, test = _data(a, label_with=model if a.checkpoint else None)
     if not a.checkpoint:
         from ..recipes import recipe_tag
 

@@ -93,7 +93,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     quality = _parse_layer_values(a.quality, "quality") if a.quality else None
     # a bad checkpoint fails before any data is fetched
     model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
-    train, test = _data(a)
+    train, test = _data(a, label_with=model)
     settings = PruneSettings(
         sparsity=sparsity,
         quality=quality,
@@ -129,7 +129,7 @@ def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("evaluate", "test error of a checkpoint or .dz file on MNIST")
+@command("evaluate", "test error of a checkpoint or .dz file on MNIST (or --data)")
 @args(_cfg_evaluate)
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..data import load_mnist
@@ -150,7 +150,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                         max_bytes=a.max_bytes)
     else:
         model, _ = _load_model(str(path), a.model, a.trust_code)
-    test = load_mnist("test", a.data_dir, quiet=a.quiet)
+    # --data: the test split of the user's data (labels needed: with inputs only there is nothing to compare with)
+    test = _data(a)[1] if a.data else load_mnist("test", a.data_dir, quiet=a.quiet)
     res = evaluate(model, test)
     params = _effective_params(model)
     total = sum(t.numel() for t in params.values())

@@ -76,7 +76,7 @@ def cmd_share(a: argparse.Namespace) -> int:
     _check_output(a.output, a.checkpoint)
     model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
     resolve_bits(model, bits)  # bad bits or layer names fail here, before the data loads
-    train, test = _data(a)
+    train, test = _data(a, label_with=model)
     arch = _arch(model)
     layers = prunable_layers(model)
     before_w = {n: m.weight.detach().clone() for n, m in layers.items()}

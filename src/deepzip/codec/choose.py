@@ -30,36 +30,89 @@ __all__ = ["encode_lossless"]
 
 _MAX_CODEBOOK = 1 << 16
 _FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
+_LARGE_FEW = 256  # the same above one block (see _codebook)
 
 
 def _codebook(
-    a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool
+    a: np.ndarray, dtype: str, name: str, mask: np.ndarray | None, signed_zeros: bool, block: int
 ) -> EncodedTensor | None:
-    """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one."""
+    """The lossless codebook (or sparse, behind ``mask``) encoding, when the values allow one.
+
+    Up to one block of elements the whole tensor is worked on at once. Above it (a checkpoint's large tensors) the
+    memory stays near one byte per element: the sparse candidate is not tried, and the codebook one only when a
+    sample shows at most ``_LARGE_FEW`` distinct values (a weight-shared tensor, where it wins by far; for a trained
+    float tensor it gains under 1% over byte planes, measured on bf16 weights, at 5x the time).
+    """
     if dtype not in ("float32", "float16", "bfloat16", "float64") or a.size == 0:
         return None
-    f = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
-    flat = f.reshape(-1)
-    head = flat[: 1 << 20] if mask is None else flat[: 1 << 20][mask.reshape(-1)[: 1 << 20]]
-    if np.unique(head).size > _FEW:
+    large = a.size > block
+    if large and mask is not None:
         return None
-    kept = flat if mask is None else flat[mask.reshape(-1)]
+    flat = a.reshape(-1)
+
+    def as_float(x: np.ndarray) -> np.ndarray:  # bfloat16 bit patterns -> the float32 they stand for
+        return (x.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else x
+
+    head = as_float(flat[: 1 << 20])
+    if mask is not None:
+        head = head[mask.reshape(-1)[: 1 << 20]]
+    if np.unique(head).size > (_LARGE_FEW if large else _FEW):
+        return None
+    if large:
+        return _codebook_by_blocks(flat, a.shape, dtype, name, signed_zeros, block, as_float)
+    f = as_float(flat)
+    kept = f if mask is None else f[mask.reshape(-1)]
     if kept.size == 0:
         return None
     if not signed_zeros:
         kept = kept + kept.dtype.type(0)  # -0.0 + 0.0 = +0.0: one zero
     u = _planes._UINT[kept.itemsize]
     bits, inverse = np.unique(kept.view(u), return_inverse=True)  # by bit pattern: -0.0 and NaNs stay exact
-    values = bits.view(kept.dtype)
-    if bits.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
-        return None
-    if not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
+    values = _exact_float32(bits, kept.dtype, u)
+    if values is None:
         return None
     if mask is None:
         return encode_codebook(values, inverse.reshape(a.shape), name=name)
     indices = np.zeros(a.shape, np.int64)
     indices[mask] = inverse
     return encode_sparse(values, indices, mask, name=name)
+
+
+def _exact_float32(bits: np.ndarray, dtype: np.dtype, u: type) -> np.ndarray | None:
+    """The distinct values of these bit patterns, if they can be a codebook: at most 2**16, finite, float32-exact."""
+    values = bits.view(dtype)
+    if bits.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
+        return None
+    if not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
+        return None
+    return values
+
+
+def _codebook_by_blocks(
+    flat: np.ndarray, shape: tuple[int, ...], dtype: str, name: str, signed_zeros: bool, block: int,
+    as_float,  # type: ignore[no-untyped-def]
+) -> EncodedTensor | None:
+    """:func:`_codebook` for a large tensor, one block at a time: the distinct values, then uint8/uint16 indices."""
+    def bits_of(s: int) -> np.ndarray:
+        f = as_float(flat[s : s + block])
+        if not signed_zeros:
+            f = f + f.dtype.type(0)
+        return f.view(_planes._UINT[f.itemsize])
+
+    distinct: np.ndarray | None = None
+    for s in range(0, flat.size, block):
+        b = np.unique(bits_of(s))
+        distinct = b if distinct is None else np.union1d(distinct, b)
+        if distinct.size > _MAX_CODEBOOK:
+            return None
+    assert distinct is not None
+    values = _exact_float32(distinct, np.dtype(np.float32 if dtype == "bfloat16" else dtype), type(distinct[0]))
+    if values is None:
+        return None
+    indices = np.empty(flat.size, np.uint8 if distinct.size <= 256 else np.uint16)
+    for s in range(0, flat.size, block):
+        indices[s : s + block] = np.searchsorted(distinct, bits_of(s))
+    return encode_codebook(values, indices.reshape(shape), name=name)
 
 
 def encode_lossless(
@@ -111,7 +164,7 @@ def encode_lossless(
             best = (size, "masked", mask)
     winner = (encode_dense(a, name=name, dtype=dtype) if best[1] == "dense"
               else encode_planes(a, name=name, dtype=dtype, mask=best[2], block=block))
-    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None, signed_zeros)
+    cb = _codebook(a, dtype, name, mask if mask is not None and nzero * 4 >= a.size else None, signed_zeros, block)
     if cb is not None and cb.nbytes < winner.nbytes:
         return cb
     return winner

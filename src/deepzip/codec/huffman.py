@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import struct
+import sys
 
 import numpy as np
 
@@ -183,10 +184,14 @@ def _encode(symbols: np.ndarray, lengths: np.ndarray, sync: int) -> tuple[bytes,
     s = np.asarray(symbols).reshape(-1)
     if s.size and (s.min() < 0 or s.max() >= lens.size):
         raise ValueError(f"symbols outside the alphabet 0..{lens.size - 1}")
-    if s.size and (lens[s] == 0).any():
-        bad = int(s[lens[s] == 0][0])
-        raise ValueError(f"symbol {bad} has no code (count 0 when the code was built)")
-    total = int(lens[s].sum()) if s.size else 0
+    # Checks and the total length a chunk at a time: no int64 temporary of the stream's full length.
+    total = 0
+    for i in range(0, s.size, _ENCODE_CHUNK):
+        ln = lens[s[i : i + _ENCODE_CHUNK]]
+        if not ln.all():
+            bad = int(s[i : i + _ENCODE_CHUNK][ln == 0][0])
+            raise ValueError(f"symbol {bad} has no code (count 0 when the code was built)")
+        total += int(ln.sum())
     words = np.zeros((total + 63) // 64 + 1, np.uint64)
     offsets = []
     base = 0
@@ -211,7 +216,9 @@ def _encode(symbols: np.ndarray, lengths: np.ndarray, sync: int) -> tuple[bytes,
         words[word[head]] |= np.add.reduceat(part, head)
         k = np.flatnonzero(~fits)  # codes running into the next word: at most one per word
         words[word[k] + 1] |= c[k] << (np.uint64(64) - sh_right[k])
-    data = words.astype(">u8").tobytes()[: (total + 7) // 8]
+    if sys.byteorder == "little":  # MSB first: big-endian words, swapped in place (one copy of the output less)
+        words.byteswap(inplace=True)
+    data = words.view(np.uint8)[: (total + 7) // 8].tobytes()
     off = np.concatenate(offsets) if offsets else np.zeros(1, np.int64)
     return data, total, off[1:]  # the offset of symbol 0 is always 0
 
@@ -279,7 +286,7 @@ def decode(
             )
         return sym.astype(out_dtype)
     return _decode_lockstep(data, nbits, count, lookup, np.asarray(sync_offsets, np.int64), sync).astype(
-        out_dtype
+        out_dtype, copy=False
     )
 
 
@@ -293,6 +300,7 @@ class _Lookup:
 
     def __init__(self, order: np.ndarray, ls: np.ndarray, left: np.ndarray) -> None:
         self.lmax = lmax = int(ls[-1])
+        self.max_symbol = int(order.max())
         self.tbits = t = min(lmax, _TABLE_BITS)
         short = ls <= t
         reps = np.int64(1) << (t - ls[short])
@@ -321,9 +329,14 @@ class _Lookup:
 
 def _words(data: bytes, nbits: int, pad: int) -> np.ndarray:
     """uint32 array: the 32-bit big-endian word starting at every byte, with ``pad`` zero bytes appended."""
-    b = np.frombuffer(bytes(data[: (nbits + 7) // 8]), np.uint8)
-    b = np.concatenate((b, np.zeros(pad + 3, np.uint8))).astype(np.uint32)
-    return (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
+    n = (nbits + 7) // 8
+    b = np.zeros(n + pad + 3, np.uint8)
+    b[:n] = np.frombuffer(data, np.uint8, count=n)
+    out = np.empty(n + pad, np.uint32)
+    for s in range(0, out.size, _ENCODE_CHUNK):  # by chunks: temporaries of one chunk, not 4 of the stream's size
+        c = b[s : s + _ENCODE_CHUNK + 3].astype(np.uint32)
+        out[s : s + _ENCODE_CHUNK] = (c[:-3] << 24) | (c[1:-2] << 16) | (c[2:-1] << 8) | c[3:]
+    return out
 
 
 def _windows(w32: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -370,7 +383,8 @@ def _decode_lockstep(
     # The zero padding lets a walker on corrupt bits run past the end (by at most sync * 24 bits)
     # without an index error; the end check below then catches it.
     w32 = _words(data, nbits, sync * MAX_CODE_LENGTH // 8 + 8)
-    out = np.empty((sync, nchunks), np.int32)  # (step, chunk): row j holds symbol j of every chunk
+    # (step, chunk): row j holds symbol j of every chunk; 2 bytes a symbol when the alphabet allows
+    out = np.empty((sync, nchunks), np.uint16 if lookup.max_symbol < 1 << 16 else np.int32)
     last_len = count - (nchunks - 1) * sync
     pos = starts.astype(np.uint32)
     for j in range(sync):
@@ -437,7 +451,9 @@ def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: in
         raise ValueError(f"symbol {int(s.max())} outside alphabet of {alphabet}")
     if max_length > MAX_CODE_LENGTH:
         raise ValueError(f"max_length={max_length}, expected at most {MAX_CODE_LENGTH}")
-    counts = np.bincount(s, minlength=alphabet) if s.size else np.zeros(alphabet, np.int64)
+    counts = np.zeros(alphabet, np.int64)
+    for i in range(0, s.size, _ENCODE_CHUNK):  # by chunks: bincount makes an intp copy of its input
+        counts += np.bincount(s[i : i + _ENCODE_CHUNK], minlength=alphabet)
     lengths = code_lengths(counts, max_length)
     data, nbits, offs = _encode(s, lengths, SYNC_INTERVAL)
     deltas = np.diff(np.concatenate(([0], offs))).astype("<u2")
