@@ -196,11 +196,13 @@ def test_cli_ptq_writes_a_loadable_file(tmp_path, lenet_ckpt, capsys) -> None:
     assert "smaller than fp32" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["empty", "shape", "bound"])
+@pytest.mark.parametrize("case", ["empty", "shape", "bound", "latent"])
 def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) -> None:
     cal = tmp_path / "cal.npy"
     extra = []
-    if case == "empty":
+    if case == "latent":
+        extra = ["--latent-lr", "-1"]
+    elif case == "empty":
         np.save(cal, np.zeros((0, 1, 28, 28), np.float32))
     elif case == "shape":
         np.save(cal, np.zeros((8, 3, 5), np.float32))
@@ -211,7 +213,7 @@ def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) ->
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not out.exists()
     assert len(err.splitlines()) == 1 and err.startswith("deepzip ptq: error:")
-    assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met"}[case] in err
+    assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met", "latent": "--latent-lr"}[case] in err
 
 
 def test_one_setting_for_all_tensors_is_within_the_bound_and_not_smaller() -> None:
