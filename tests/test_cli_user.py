@@ -32,6 +32,9 @@ USER = textwrap.dedent('''
         loader = [(x[i:i + 50],) for i in range(0, 200, 50)]  # as DataLoader(TensorDataset(x)) yields: no labels
         return loader, x[200:]
 
+    def narrow_inputs_only():
+        return torch.randn(20, 5), torch.randn(10, 5)
+
     def narrow_data():
         return (torch.randn(20, 5), torch.zeros(20).long()), (torch.randn(10, 5), torch.zeros(10).long())
 ''')
@@ -105,3 +108,7 @@ def test_inputs_only_data_is_labelled_by_the_model_where_there_is_one(tmp_path, 
     assert json.loads(out)["n"] == 100  # the user's test split
     rc, _, err = run_here(capsys, "evaluate", ckpt, "--model", f"{user}:make", "--data", f"{user}:inputs_only")
     assert rc == 2 and "inputs only (no labels)" in err
+    rc, _, err = run_here(capsys, "prune", ckpt, "--model", f"{user}:make", "--data", f"{user}:narrow_inputs_only",
+                          "--sparsity", "0=0.5", "-o", str(tmp_path / "q.safetensors"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "does not fit the data: inputs of shape (5,)" in err
+    assert not (tmp_path / "q.safetensors").exists()

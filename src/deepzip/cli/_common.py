@@ -138,18 +138,23 @@ def _data(a: argparse.Namespace, label_with: Any = None):
         model, used = label_with, []
 
         def label(x: Any) -> Any:
+            from ..errors import DataError
+
             was = model.training
             model.eval()
             try:
                 with torch.no_grad():
                     out = [model(x[i : i + 256]) for i in range(0, x.shape[0], 256)]
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:  # as train.check_fits words it
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataError(f"data {a.data!r}: the model does not fit the data: inputs of shape "
+                                f"{tuple(x.shape[1:])} give '{msg[:200]}'") from None
             finally:
                 model.train(was)
-            if out[0].dim() != 2:
-                from ..errors import DataError
-
-                raise DataError(f"data {a.data!r}: inputs only, but the model's outputs have shape "
-                                f"{tuple(out[0].shape)}, not (batch, classes); give labels")
+            if not isinstance(out[0], torch.Tensor) or out[0].dim() != 2:
+                shape = tuple(out[0].shape) if isinstance(out[0], torch.Tensor) else type(out[0]).__name__
+                raise DataError(f"data {a.data!r}: inputs only, but the model's outputs are {shape}, not "
+                                f"(batch, classes) logits; give labels")
             used.append(x.shape[0])
             return torch.cat(out).argmax(1)
 
