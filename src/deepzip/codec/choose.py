@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from . import _planes
@@ -90,7 +92,7 @@ def _exact_float32(bits: np.ndarray, dtype: np.dtype, u: type) -> np.ndarray | N
 
 def _codebook_by_blocks(
     flat: np.ndarray, shape: tuple[int, ...], dtype: str, name: str, signed_zeros: bool, block: int,
-    as_float,  # type: ignore[no-untyped-def]
+    as_float: Callable[[np.ndarray], np.ndarray],
 ) -> EncodedTensor | None:
     """:func:`_codebook` for a large tensor, one block at a time: the distinct values, then uint8/uint16 indices."""
     def bits_of(s: int) -> np.ndarray:
@@ -106,7 +108,7 @@ def _codebook_by_blocks(
         if distinct.size > _MAX_CODEBOOK:
             return None
     assert distinct is not None
-    values = _exact_float32(distinct, np.dtype(np.float32 if dtype == "bfloat16" else dtype), type(distinct[0]))
+    values = _exact_float32(distinct, np.dtype(np.float32 if dtype == "bfloat16" else dtype), distinct.dtype.type)
     if values is None:
         return None
     indices = np.empty(flat.size, np.uint8 if distinct.size <= 256 else np.uint16)
