@@ -48,6 +48,7 @@ import _common
 from _common import md_table
 
 from deepzip.data import Dataset, load_mnist, synthetic_mnist
+from deepzip.distill import live_teacher
 from deepzip.lowrank import (
     TTLinear,
     convs_and_linears,
@@ -60,7 +61,7 @@ from deepzip.models import get_model
 from deepzip.pipeline import PipelineConfig, compress_
 from deepzip.recipes import train_config, validation_split
 from deepzip.serialize import load, save
-from deepzip.train import TrainConfig, evaluate, fit
+from deepzip.train import TrainConfig, evaluate, fit, jitter_augment
 
 PARTS = ("cnn", "tt", "combined")
 TT_IN, TT_OUT = (4, 7, 4, 7), (4, 8, 4, 8)  # 784 in, 1024 out
@@ -114,12 +115,20 @@ def trained_base(name: str, train_d: Dataset, a: argparse.Namespace, n: int | No
     return m
 
 
-def train(m: nn.Module, data: Dataset, test: Dataset | None, device: str, seed: int = 0, **kw: Any) -> list[dict]:
-    """``deepzip.train.fit`` on ``device`` (the model comes back on the CPU); per-epoch test error with ``test``."""
+def train(m: nn.Module, data: Dataset, test: Dataset | None, device: str, seed: int = 0,
+          teacher: nn.Module | None = None, **kw: Any) -> list[dict]:
+    """``deepzip.train.fit`` on ``device`` (the model comes back on the CPU); per-epoch test error with ``test``.
+
+    With ``teacher``: distilled from it (T=4, alpha=0.5; the teacher sees the same jittered images, run live)."""
     cfg = TrainConfig(**kw)
     cfg.progress, cfg.seed = False, seed
     m.to(device)
-    log = fit(m, data, cfg, eval_data=test)
+    loss_fn = augment = None
+    if teacher is not None:
+        shifted = jitter_augment(cfg.jitter)
+        assert shifted is not None, "distilled fine-tuning expects a jittering recipe"
+        loss_fn, augment = live_teacher(copy.deepcopy(teacher).to(device).eval(), shifted, 4.0, 0.5)
+    log = fit(m, data, cfg, eval_data=test, loss_fn=loss_fn, augment=augment)
     m.cpu()
     return log
 
@@ -178,17 +187,21 @@ def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: di
         if name == "lenet5":
             variants["Tucker-2 convs + SVD fc, EVBMF"] = ("vbmf", {"filter_fn": convs_and_linears})
         else:
+            # the same EVBMF factors fine-tuned by distillation from the original (the natural teacher)
+            variants["Tucker-2 convs, EVBMF, distilled from the original"] = ("vbmf", {"distill": True})
             variants["Tucker-2 convs, energy 0.8"] = ("energy", {"energy": 0.8})
         models = {"original": base}
         info: dict[str, dict] = {"original": {"error_decomposed_pct": base_err, "error_1_epoch_pct": base_err,
                                               "error_finetuned_pct": base_err, "decompose_s": 0.0}}
         for label, (method, kw) in variants.items():
             m = copy.deepcopy(base)
+            kw = dict(kw)
+            teacher = base if kw.pop("distill", False) else None
             t1 = time.time()
             decompose_(m, method, progress=False, **kw)
             dt = time.time() - t1
             err0 = test_error(m, test)
-            log = train(m, data, test, a.device, epochs=a.finetune_epochs, **FINETUNE)
+            log = train(m, data, test, a.device, epochs=a.finetune_epochs, teacher=teacher, **FINETUNE)
             models[label] = m
             info[label] = {"error_decomposed_pct": err0, "error_1_epoch_pct": log[0]["test_error_pct"],
                            "error_finetuned_pct": log[-1]["test_error_pct"], "decompose_s": dt}
