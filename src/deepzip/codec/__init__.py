@@ -9,6 +9,8 @@ together with a JSON header; the byte-level spec is docs/FORMAT.md.
   of the kept entries (plus filler entries) + Huffman-coded relative positions (gaps).
 * ``encode_grouped(codebooks, indices, rows_per_group, outlier_pos, outlier_val)``: one float16 codebook per
   group of rows, Huffman-coded indices, exact float32 outliers (post-training compression).
+* ``encode_tiered(codebooks, tiers, indices, outlier_pos, outlier_val)`` (format 1.3): rows sorted into tiers,
+  one float16 codebook and one Huffman index stream per tier (embedding tables: used rows fine, the rest coarse).
 * ``encode_planes(array, mask=None)`` (format 1.1): lossless byte planes, each raw or Huffman-coded, of all
   values or of the kept ones behind a packed mask; any dtype incl. ``"bfloat16"`` (as uint16 bit patterns).
 * ``encode_lossless(array)``: the smallest exact one of dense, planes, masked planes, codebook/sparse.
@@ -49,6 +51,7 @@ from .choose import encode_lossless
 from .container import DzFile, read, to_bytes, write
 from .grouped import encode_grouped
 from .stream import DzReader, DzWriter
+from .tiered import encode_tiered
 
 __all__ = [
     "DeepzipFormatError",
@@ -65,6 +68,7 @@ __all__ = [
     "encode_lossless",
     "encode_planes",
     "encode_sparse",
+    "encode_tiered",
     "huffman",
     "read",
     "sparse",

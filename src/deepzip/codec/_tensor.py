@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepzipFormatError
-from . import _planes, grouped, huffman, sparse
+from . import _planes, grouped, huffman, sparse, tiered
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -28,15 +28,17 @@ __all__ = [
     "tensor_stats",
 ]
 
-KINDS = ("dense", "codebook", "sparse", "planes", "grouped")
+KINDS = ("dense", "codebook", "sparse", "planes", "grouped", "tiered")
 SECTIONS: dict[str, tuple[str, ...]] = {
     "dense": ("data",),
     "codebook": ("codebook", "indices"),
     "sparse": ("codebook", "indices", "gaps"),
     "grouped": grouped.SECTIONS,  # per-row-group codebooks + outliers (codec/grouped.py)
+    "tiered": tiered.SECTIONS,  # per-tier codebooks and index streams + outliers (codec/tiered.py)
 }
 META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"),
-             "planes": ("block", "kept", "masked", "mask_coded"), "grouped": grouped.META_KEYS}
+             "planes": ("block", "kept", "masked", "mask_coded"), "grouped": grouped.META_KEYS,
+             "tiered": tiered.META_KEYS}
 # "bfloat16" (format 1.1) has no numpy dtype: its arrays are uint16 bit patterns (see _planes.storage_dtype).
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "bfloat16")
 MAX_CODEBOOK = 1 << 16
@@ -314,6 +316,8 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
         return {}
     if t.kind == "grouped":
         return grouped.check_grouped(t)
+    if t.kind == "tiered":
+        return tiered.check_tiered(t)
     if t.dtype != "float32":
         raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
     k = t.meta["k"]
@@ -423,7 +427,7 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind in ("dense", "planes", "grouped"):
+    if t.kind in ("dense", "planes", "grouped", "tiered"):
         raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     cb, pos, sym = _kept(t)
     if t.kind == "codebook":
@@ -489,6 +493,8 @@ def decode(t: EncodedTensor) -> np.ndarray:
         return _planes.decode_planes(t.meta, t.sections, t.shape, t.dtype, _where(t.name))
     if t.kind == "grouped":
         return grouped.decode_grouped(t)
+    if t.kind == "tiered":
+        return tiered.decode_tiered(t)
     cb, pos, sym = _kept(t)
     if pos is None:
         return cb[sym].reshape(t.shape)
@@ -545,6 +551,12 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
         if entropy:
             sym = _decode_stream(t, "indices")
             s["index_entropy_bits"] = huffman.entropy_bits(np.bincount(sym)) if sym.size else 0.0
+        return s
+    if t.kind == "tiered":  # per-tier streams: the index bits are the section's (headers included)
+        count = info["indices"]["count"]
+        s.update(k=t.meta["k"], tiers=t.meta["tiers"], raw_bits_per_index=math.ceil(math.log2(max(t.meta["k"], 2))),
+                 index_entries=count, index_bits=8 * len(t.sections["indices"]), fillers=0,
+                 index_bits_per_entry=8 * len(t.sections["indices"]) / count if count else None)
         return s
     k = t.meta["k"]
     idx = info["indices"]

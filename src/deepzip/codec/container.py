@@ -46,7 +46,7 @@ from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_par
 __all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = (1, 2)  # 1.1: the planes kind and the bfloat16 dtype; 1.2: the grouped kind
+VERSION = (1, 3)  # 1.1: the planes kind and the bfloat16 dtype; 1.2: the grouped kind; 1.3: tiered
 ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
 MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
 # JSON values in the header, at most (counted from its bytes before parsing): about 30 per tensor, so ~35k
@@ -161,9 +161,11 @@ def to_bytes(
 
 
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
-    """The oldest format that holds ``tensors``: 1.2 for the grouped kind, 1.1 for the planes kind or bfloat16,
-    else 1.0 (older readers keep reading what they can)."""
+    """The oldest format that holds ``tensors``: 1.3 for the tiered kind, 1.2 for the grouped kind, 1.1 for the
+    planes kind or bfloat16, else 1.0 (older readers keep reading what they can)."""
     tensors = list(tensors)
+    if any(t.kind == "tiered" for t in tensors):
+        return (1, 3)
     if any(t.kind == "grouped" for t in tensors):
         return (1, 2)
     return (1, 1) if any(t.kind == "planes" or t.dtype == "bfloat16" for t in tensors) else (1, 0)

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,9 +42,12 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEYS",
     "SECTIONS",
+    "apply_outliers",
     "check_grouped",
+    "check_outliers",
     "decode_grouped",
     "encode_grouped",
+    "pack_outliers",
     "varint_decode",
     "varint_encode",
 ]
@@ -98,6 +102,56 @@ def varint_decode(data: np.ndarray) -> np.ndarray:
     return np.add.reduceat(parts, starts).astype(np.int64)
 
 
+def pack_outliers(outlier_pos: np.ndarray | None, outlier_val: np.ndarray | None, numel: int,
+                  where: str) -> tuple[bytes, bytes, int]:
+    """The ``outlier_pos`` and ``outlier_val`` sections of exact outliers (shared with the ``tiered`` kind):
+    positions sorted, delta-coded as LEB128 varints, Huffman-coded as bytes; values float32. Returns
+    ``(outlier_pos, outlier_val, count)``; raises ValueError on repeated or out-of-range positions."""
+    pos = np.zeros(0, np.int64) if outlier_pos is None else np.asarray(outlier_pos, np.int64).reshape(-1)
+    val = np.zeros(0, np.float32) if outlier_val is None else np.asarray(outlier_val, np.float32).reshape(-1)
+    if pos.size != val.size:
+        raise ValueError(f"{where}: {pos.size} outlier positions but {val.size} values")
+    order = np.argsort(pos, kind="stable")
+    pos, val = pos[order], val[order]
+    if pos.size and (pos[0] < 0 or pos[-1] >= numel or (np.diff(pos) == 0).any()):
+        raise ValueError(f"{where}: outlier positions must be distinct and within 0..{numel - 1}")
+    deltas = np.diff(pos, prepend=0) if pos.size else pos
+    return (huffman.pack_stream(varint_encode(deltas).astype(np.int64)), np.ascontiguousarray(val, "<f4").tobytes(),
+            int(pos.size))
+
+
+def check_outliers(t: EncodedTensor, nout: int, numel: int, fail: Callable[..., DeepzipFormatError]) -> dict:
+    """Check the outlier sections' sizes against ``nout`` (``{"outlier_pos": stream info}``)."""
+    if not 0 <= nout <= numel:
+        raise fail(t, None, f"outliers={nout}, expected 0..{numel}")
+    if len(t.sections["outlier_val"]) != 4 * nout:
+        raise fail(t, "outlier_val", f"{len(t.sections['outlier_val'])} bytes, {nout} float32 need {4 * nout}")
+    try:
+        info = huffman.stream_info(t.sections["outlier_pos"])
+    except DeepzipFormatError as e:
+        raise fail(t, "outlier_pos", str(e)) from None
+    if info["alphabet"] > 256:
+        raise fail(t, "outlier_pos", f"alphabet {info['alphabet']} exceeds 256")
+    if not nout <= info["count"] <= 10 * nout:
+        raise fail(t, "outlier_pos", f"{info['count']} varint bytes for {nout} outliers")
+    return {"outlier_pos": info}
+
+
+def apply_outliers(t: EncodedTensor, out: np.ndarray, fail: Callable[..., DeepzipFormatError]) -> np.ndarray:
+    """Write the exact outliers of ``t`` over the flat decoded array ``out`` (in place; returned)."""
+    nout = t.meta["outliers"]
+    try:
+        deltas = varint_decode(huffman.unpack_stream(t.sections["outlier_pos"]))
+    except (DeepzipFormatError, ValueError) as e:
+        raise fail(t, "outlier_pos", str(e)) from None
+    pos = np.cumsum(deltas)
+    if pos.size != nout or (pos.size and (pos[-1] >= out.size or (np.diff(pos) <= 0).any())):
+        raise fail(t, "outlier_pos", f"{pos.size} positions (header says {nout}) not increasing inside "
+                                     f"{out.size} elements")
+    out[pos] = np.frombuffer(t.sections["outlier_val"], "<f4")
+    return out
+
+
 def encode_grouped(
     codebooks: np.ndarray,
     indices: np.ndarray,
@@ -135,22 +189,14 @@ def encode_grouped(
     k = cb.shape[1]
     if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= k:
         raise ValueError(f"{where}: indices must be integers in 0..{k - 1}")
-    pos = np.zeros(0, np.int64) if outlier_pos is None else np.asarray(outlier_pos, np.int64).reshape(-1)
-    val = np.zeros(0, np.float32) if outlier_val is None else np.asarray(outlier_val, np.float32).reshape(-1)
-    if pos.size != val.size:
-        raise ValueError(f"{where}: {pos.size} outlier positions but {val.size} values")
-    order = np.argsort(pos, kind="stable")
-    pos, val = pos[order], val[order]
-    if pos.size and (pos[0] < 0 or pos[-1] >= idx.size or (np.diff(pos) == 0).any()):
-        raise ValueError(f"{where}: outlier positions must be distinct and within 0..{idx.size - 1}")
-    deltas = np.diff(pos, prepend=0) if pos.size else pos
+    pos_stream, val_bytes, nout = pack_outliers(outlier_pos, outlier_val, idx.size, where)
     sections = {
         "codebooks": np.ascontiguousarray(cb, "<f2").tobytes(),
         "indices": huffman.pack_stream(idx.reshape(-1).astype(np.int64), alphabet=k),
-        "outlier_pos": huffman.pack_stream(varint_encode(deltas).astype(np.int64)),
-        "outlier_val": np.ascontiguousarray(val, "<f4").tobytes(),
+        "outlier_pos": pos_stream,
+        "outlier_val": val_bytes,
     }
-    meta = {"k": k, "rows_per_group": int(rows_per_group), "outliers": int(pos.size)}
+    meta = {"k": k, "rows_per_group": int(rows_per_group), "outliers": nout}
     return EncodedTensor(name, "grouped", tuple(idx.shape), "float32", meta, sections)
 
 
@@ -171,26 +217,19 @@ def check_grouped(t: EncodedTensor) -> dict[str, dict]:
         raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_K}")
     if not 1 <= rpg <= rows:
         raise _fail(t, None, f"rows_per_group={rpg}, expected 1..{rows}")
-    if not 0 <= nout <= n:
-        raise _fail(t, None, f"outliers={nout}, expected 0..{n}")
     groups = -(-rows // rpg)
     if len(t.sections["codebooks"]) != 2 * groups * k:
         raise _fail(t, "codebooks", f"{len(t.sections['codebooks'])} bytes, {groups} x {k} float16 need "
                                     f"{2 * groups * k}")
-    if len(t.sections["outlier_val"]) != 4 * nout:
-        raise _fail(t, "outlier_val", f"{len(t.sections['outlier_val'])} bytes, {nout} float32 need {4 * nout}")
-    info = {}
-    for sec, alphabet in (("indices", k), ("outlier_pos", 256)):
-        try:
-            info[sec] = huffman.stream_info(t.sections[sec])
-        except DeepzipFormatError as e:
-            raise _fail(t, sec, str(e)) from None
-        if info[sec]["alphabet"] > alphabet:
-            raise _fail(t, sec, f"alphabet {info[sec]['alphabet']} exceeds {alphabet}")
+    info = check_outliers(t, nout, n, _fail)
+    try:
+        info["indices"] = huffman.stream_info(t.sections["indices"])
+    except DeepzipFormatError as e:
+        raise _fail(t, "indices", str(e)) from None
+    if info["indices"]["alphabet"] > k:
+        raise _fail(t, "indices", f"alphabet {info['indices']['alphabet']} exceeds {k}")
     if info["indices"]["count"] != n:
         raise _fail(t, "indices", f"count {info['indices']['count']} != {n} elements of shape {list(t.shape)}")
-    if not nout <= info["outlier_pos"]["count"] <= 10 * nout:
-        raise _fail(t, "outlier_pos", f"{info['outlier_pos']['count']} varint bytes for {nout} outliers")
     return info
 
 
@@ -201,21 +240,15 @@ def decode_grouped(t: EncodedTensor) -> np.ndarray:
         DeepzipFormatError: malformed sections, naming the tensor and section.
     """
     check_grouped(t)
-    k, rpg, nout = t.meta["k"], t.meta["rows_per_group"], t.meta["outliers"]
+    k, rpg = t.meta["k"], t.meta["rows_per_group"]
     rows = t.shape[0]
     cb = np.frombuffer(t.sections["codebooks"], "<f2").astype(np.float32).reshape(-1, k)  # (G, k)
     try:
         idx = huffman.unpack_stream(t.sections["indices"]).astype(np.int64).reshape(rows, -1)  # (R, C)
-        deltas = varint_decode(huffman.unpack_stream(t.sections["outlier_pos"]))
-    except (DeepzipFormatError, ValueError) as e:
-        raise _fail(t, "indices/outlier_pos", str(e)) from None
+    except DeepzipFormatError as e:
+        raise _fail(t, "indices", str(e)) from None
     if idx.size and idx.max() >= k:
         raise _fail(t, "indices", f"index {idx.max()} outside the codebook of {k}")
     group = np.arange(rows) // rpg  # (R,)
     out = np.take_along_axis(cb[group], idx, axis=1).reshape(-1)  # (R*C,)
-    pos = np.cumsum(deltas)
-    if pos.size != nout or (pos.size and (pos[-1] >= out.size or (np.diff(pos) <= 0).any())):
-        raise _fail(t, "outlier_pos", f"{pos.size} positions (header says {nout}) not increasing inside "
-                                      f"{out.size} elements")
-    out[pos] = np.frombuffer(t.sections["outlier_val"], "<f4")
-    return out.reshape(t.shape)
+    return apply_outliers(t, out, _fail).reshape(t.shape)
