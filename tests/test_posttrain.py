@@ -343,3 +343,76 @@ def test_quantisation_aware_distillation_moves_indices_and_the_file_follows(tmp_
     save_posttrained(model, res, path)
     x = torch.randn(8, 32)
     assert torch.equal(load(path, model=_mlp(5))(x), model(x))
+
+
+# ---------------------------------------------------------------------------------------------------- session 5
+class _Bag(nn.Module):
+    """Token ids (B, L) -> mean of their embeddings -> Linear: the shape of a sentence encoder's first and last
+    steps."""
+
+    def __init__(self, vocab: int = 2000, dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab, dim)
+        self.out = nn.Linear(dim, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(ids).mean(dim=1))
+
+
+def _zipf_ids(n: int, seed: int, vocab: int = 2000) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    return torch.multinomial(p / p.sum(), n * 12, replacement=True, generator=g).reshape(n, 12)
+
+
+def test_row_counts_and_usage_fisher_match_brute_force() -> None:
+    from deepzip.posttrain import row_counts, usage_fisher
+
+    model = _Bag()
+    cal = [_zipf_ids(32, 1), _zipf_ids(16, 2)]
+    counts = row_counts(model, cal, lambda m, b: m(b), {"emb.weight": model.emb, "out.weight": model.out})
+    assert list(counts) == ["emb.weight"]  # only embedding tables have rows to count
+    ref = np.zeros(2000, np.int64)
+    for b in cal:
+        for i in b.reshape(-1).tolist():
+            ref[i] += 1
+    assert np.array_equal(counts["emb.weight"], ref)
+    f = np.random.default_rng(0).random((2000, 16))
+    u = usage_fisher(f, ref)
+    used = ref > 0
+    profile = f[used].mean(axis=0)
+    for r in (0, int(np.flatnonzero(used)[-1]), int(np.flatnonzero(~used)[0])):  # row by row
+        c = ref[r] if ref[r] else (ref == 1).sum() / (~used).sum()
+        assert np.allclose(u[r], c / ref[used].mean() * profile)
+
+
+def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_path) -> None:
+    """Calibration text uses a fraction of the vocabulary; the tiered candidate stores those rows fine and the rest
+    coarse (kind ``tiered`` in the file), within the bound, smaller than without tiers; the file holds exactly
+    the chosen weights, and unused rows stay within half a coarse step of the original."""
+    cal = [_zipf_ids(32, s) for s in (1, 2)]
+    used = torch.zeros(2000, dtype=torch.bool)
+    used[torch.cat(cal).unique()] = True
+    assert 0.1 < used.float().mean() < 0.5
+    sizes = {}
+    for tiers in ((0.5, 1.0), ()):
+        model, orig = _Bag(), _Bag()
+        cfg = PostTrainConfig(max_drop=0.01, min_numel=256, tier_grids=tiers)
+        res = compress_to_bound_(model, cal, cfg, forward=lambda m, b: m(b))
+        assert res.drop <= 0.01
+        path = tmp_path / f"t{len(tiers)}.dz"
+        sizes[tiers] = save_posttrained(model, res, path)
+        f = codec.read(path)
+        kinds = {n: t.kind for n, t in f.tensors.items()}
+        c = res.choices["emb.weight"]
+        if tiers:
+            assert kinds["emb.weight"] == "tiered" and c.coarse_grid in tiers
+            assert np.array_equal(c.row_tiers, (~used).numpy().astype(np.uint8))
+            w0 = orig.emb.weight.detach().double()
+            step = float(w0.std()) / c.coarse_grid
+            err = (model.emb.weight.detach().double() - w0)[~used].abs().max()
+            assert err <= step / 2 * 1.01 + 1e-3 * float(w0.abs().max())
+        loaded = load(path, model=_Bag(seed=5))
+        assert torch.equal(loaded.emb.weight, model.emb.weight)
+    assert sizes[(0.5, 1.0)] < 0.9 * sizes[()]

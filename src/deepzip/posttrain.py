@@ -8,14 +8,17 @@ and the original model's outputs on calibration inputs); this module picks, per 
    weights, estimated with Rademacher probes: ``g = grad <v, u(x)>``, ``F += g**2`` (``E[g**2] = diag(J^T J)``).
    For unit outputs ``1 - cos(u, u0) = |u - u0|**2 / 2``, so ``drop ~= sum F * dw**2 / (2 N)``: the squared
    gradients of the output-agreement loss play the part the task-loss Fisher plays in SqueezeLLM
-   (Kim et al. 2023, arXiv 2306.07629). Rows of an embedding never seen in calibration get the mean of the
-   seen rows (else they would look free to destroy, and evaluation text uses other tokens).
+   (Kim et al. 2023, arXiv 2306.07629). Embedding tables are weighted by how often the calibration inputs use
+   each row (:func:`row_counts`, :func:`usage_fisher`); rows never used get the Good-Turing estimate of the
+   unseen mass (else they would look free to destroy, and evaluation text uses other tokens).
 2. **Candidates per tensor.** Uniform grids (zero-centred, step ``std / r``; the used levels are the codebook and
    Huffman codes the indices: entropy-coded scalar quantisation, every weight within half a step, so large weights
    are not sacrificed to the bulk as a k-means codebook does), and Fisher-weighted k-means
    (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits with one codebook per tensor or per group of rows,
    with or without an exact side list of the largest-magnitude weights (outliers); plus float16 as a near-lossless
-   top option. Linear layers are rounded onto each per-tensor codebook or grid with GPTQ (:func:`gptq_round`,
+   top option. Embedding tables also get *tiered* grids: the rows the calibration uses on a fine grid, the others
+   on a coarse one, each tier with its own codebook and Huffman stream (the ``tiered`` codec kind). Linear layers
+   are rounded onto each per-tensor codebook or grid with GPTQ (:func:`gptq_round`,
    error compensation through the Gram matrix ``H`` of the layer's calibration inputs, :func:`input_grams`), and
    their errors use the Kronecker-factored proxy ``sum_i s_i dW_i H dW_i^T`` (see :func:`_proxy_error`), which
    sees the cross terms GPTQ exploits. Each candidate's bytes (exact Huffman stream + float16 codebooks +
@@ -79,8 +82,10 @@ __all__ = [
     "gptq_round",
     "input_grams",
     "make_candidates",
+    "row_counts",
     "save_posttrained",
     "target_tensors",
+    "usage_fisher",
 ]
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]
@@ -107,6 +112,10 @@ class PostTrainConfig:
         grids: uniform-grid candidates (entropy-coded scalar quantization): a zero-centred grid of step
             ``std(w) / r`` for each ``r`` here; the used levels are the codebook, Huffman codes the indices, so
             the error of every weight, outliers included, is at most half a step.
+        tier_grids: embedding tables: std/step ratios of a coarse grid for the rows the calibration inputs never
+            use, each paired with every finer ratio of ``grids`` for the rows they do use (the ``tiered`` codec
+            kind: one codebook and one Huffman stream per tier). Rows are weighted by how often the calibration
+            uses them; unused rows get the Good-Turing estimate of the unseen mass (see :func:`usage_fisher`).
         gptq: error-compensated rounding (GPTQ, Frantar et al. 2022, arXiv 2210.17323) of Linear layers for each
             per-tensor codebook or grid: the columns are rounded one at a time and the rounding error is pushed
             onto the columns not yet rounded through the Gram matrix of the layer's calibration inputs.
@@ -121,6 +130,7 @@ class PostTrainConfig:
     row_bits_max: int = 3
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
     grids: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)
+    tier_grids: tuple[float, ...] = (0.35, 0.5, 0.71, 1.0, 1.41)
     gptq: bool = True
     weighting: str = "fisher"
     per_layer: bool = True
@@ -135,7 +145,7 @@ class PostTrainConfig:
             raise BoundError(f"max_drop={self.max_drop}, expected a number in (0, 1)")
         if not self.bits or any(not 1 <= b <= 8 for b in self.bits):
             raise ValueError(f"bits={self.bits}, expected widths in 1..8")
-        if any(not 0 < r <= 256 for r in self.grids):
+        if any(not 0 < r <= 256 for r in self.grids + self.tier_grids):
             raise ValueError(f"grids={self.grids}, expected std/step ratios in (0, 256]")
         if self.weighting not in ("fisher", "none"):
             raise ValueError(f"weighting={self.weighting!r}, expected 'fisher' or 'none'")
@@ -162,6 +172,8 @@ class Candidate:
     fp16: np.ndarray | None = None  # the tensor in float16 (bits == 0)
     grid: float = 0.0  # > 0: uniform grid of step std/grid (bits = ceil(log2(levels used)))
     gptq: bool = False  # rounded with error compensation through the input Gram matrix
+    row_tiers: np.ndarray | None = None  # (R,) uint8: tier of each row (codebook row); None: groups of rows
+    coarse_grid: float = 0.0  # > 0: tier 1 (rows the calibration never uses) on the grid of step std/coarse_grid
 
     @property
     def setting(self) -> tuple[int, int, float, float, bool]:
@@ -177,6 +189,9 @@ class Candidate:
         out = f"+{self.outlier_frac:.1%} outliers" if self.outlier_frac else ""
         levels = self.codebooks.shape[1] if self.codebooks is not None else 0
         q = f"grid std/{self.grid:g} ({levels} levels)" if self.grid else f"{self.bits}b"
+        if self.coarse_grid:
+            q = f"used rows grid std/{self.grid:g}, unused rows std/{self.coarse_grid:g}"
+            g = "tiered"
         w = "" if self.weighted or self.grid else " unweighted"
         return f"{q} {g}{out}{w}{' gptq' if self.gptq else ''}"
 
@@ -186,20 +201,29 @@ class Candidate:
             assert self.fp16 is not None
             return self.fp16.astype(np.float32).reshape(shape)
         assert self.codebooks is not None and self.labels is not None
-        rows = self.labels.shape[0]
-        rpg = self.rows_per_group or rows
         cb = self.codebooks.astype(np.float32)
-        out = np.take_along_axis(cb[np.arange(rows) // rpg], self.labels.astype(np.int64), axis=1).reshape(-1)
+        out = np.take_along_axis(cb[self.row_codebook()], self.labels.astype(np.int64), axis=1).reshape(-1)
         if self.outlier_pos is not None and self.outlier_pos.size:
             out[self.outlier_pos] = self.outlier_val
         return out.reshape(shape)
 
+    def row_codebook(self) -> np.ndarray:
+        """(R,) the codebook of each row: its tier, or its group of ``rows_per_group`` rows."""
+        assert self.labels is not None
+        rows = self.labels.shape[0]
+        if self.row_tiers is not None:
+            return self.row_tiers.astype(np.int64)
+        return np.arange(rows) // (self.rows_per_group or rows)
+
     def encode(self, name: str, shape: Sequence[int]) -> codec.EncodedTensor:
-        """The tensor as stored in a ``.dz`` file (``grouped`` kind, or dense float16)."""
+        """The tensor as stored in a ``.dz`` file (``grouped`` or ``tiered`` kind, or dense float16)."""
         if self.bits == 0:
             assert self.fp16 is not None
             return codec.encode_dense(self.fp16.reshape(shape), name=name)
         assert self.codebooks is not None and self.labels is not None
+        if self.row_tiers is not None:
+            return codec.encode_tiered(self.codebooks, self.row_tiers, self.labels.reshape(shape), self.outlier_pos,
+                                       self.outlier_val, name=name)
         rows = self.labels.shape[0]
         return codec.encode_grouped(self.codebooks, self.labels.reshape(shape), self.rows_per_group or rows,
                                     self.outlier_pos, self.outlier_val, name=name)
@@ -560,6 +584,8 @@ def _allowed(c: Candidate, cfg: PostTrainConfig, gptq_able: bool = True) -> bool
         return cfg.fp16
     if c.gptq != (cfg.gptq and gptq_able):
         return False
+    if c.coarse_grid:
+        return c.grid in cfg.grids and c.coarse_grid in cfg.tier_grids
     if c.grid:
         return c.grid in cfg.grids and c.outlier_frac in cfg.outlier_fracs
     return (c.bits in cfg.bits and c.rows_per_group in cfg.group_rows and c.outlier_frac in cfg.outlier_fracs
@@ -567,33 +593,39 @@ def _allowed(c: Candidate, cfg: PostTrainConfig, gptq_able: bool = True) -> bool
 
 
 def _key(c: Candidate) -> tuple:
-    return (*c.setting, c.weighted if c.bits and not c.grid else False)
+    return (*c.setting, c.weighted if c.bits and not c.grid else False, c.coarse_grid)
 
 
 def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray],
                     configs: Sequence[PostTrainConfig], progress: bool = False,
-                    grams: dict[str, np.ndarray] | None = None) -> dict[str, list[Candidate]]:
+                    grams: dict[str, np.ndarray] | None = None,
+                    counts: dict[str, np.ndarray] | None = None) -> dict[str, list[Candidate]]:
     """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them).
 
     With ``grams`` (:func:`input_grams`), Linear layers' errors use the Kronecker-factored proxy (see
-    :func:`_proxy_error`) and configurations with ``gptq`` get GPTQ-rounded candidates.
+    :func:`_proxy_error`) and configurations with ``gptq`` get GPTQ-rounded candidates. With ``counts``
+    (:func:`row_counts`), embedding tables are weighted by row usage and get the tiered candidates.
     """
     out: dict[str, list[Candidate]] = {}
     for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
         w = modules[n].weight.detach().cpu().float().numpy()
         seen: dict[tuple, Candidate] = {}
         for cfg in configs:
-            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen), gram=(grams or {}).get(n)):
+            for c in _candidates(n, w, fisher[n], cfg, skip=set(seen), gram=(grams or {}).get(n),
+                                 counts=(counts or {}).get(n)):
                 seen[_key(c)] = c
         out[n] = list(seen.values())
     return out
 
 
 def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
-                skip: set[tuple] | None = None, gram: np.ndarray | None = None) -> list[Candidate]:
+                skip: set[tuple] | None = None, gram: np.ndarray | None = None,
+                counts: np.ndarray | None = None) -> list[Candidate]:
     skip = skip or set()
+    if counts is not None:
+        f = usage_fisher(f, counts)
     out: list[Candidate] = []
-    if cfg.fp16 and (0, 0, 0.0, 0.0, False, False) not in skip:
+    if cfg.fp16 and (0, 0, 0.0, 0.0, False, False, 0.0) not in skip:
         w16 = w.astype(np.float16)
         out.append(Candidate(0, 0, 0.0, False, 2.0 * w.size, _proxy_error(w, w16.astype(np.float64), f, gram),
                              fp16=w16))
@@ -607,17 +639,97 @@ def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
             if rpg and (b > cfg.row_bits_max or rpg >= w.shape[0] or gptq):
                 continue
             for frac in cfg.outlier_fracs:
-                if (b, rpg, frac, 0.0, gptq, weighted) not in skip:
+                if (b, rpg, frac, 0.0, gptq, weighted, 0.0) not in skip:
                     c = _candidate(w, f, b, rpg, frac, weighted, cfg, gram=gram, gptq=gptq, factor=factor)
                     if c is not None:
                         out.append(c)
     for r in cfg.grids:
         for frac in cfg.outlier_fracs:
-            if (0, 0, frac, r, gptq, False) not in skip:
+            if (0, 0, frac, r, gptq, False, 0.0) not in skip:
                 c = _candidate(w, f, 0, 0, frac, False, cfg, grid=r, gram=gram, gptq=gptq, factor=factor)
                 if c is not None:
                     out.append(c)
+    if counts is not None and (counts > 0).any() and not (counts > 0).all():
+        for r in cfg.grids:
+            for rc in cfg.tier_grids:
+                if rc < r and (0, 0, 0.0, r, False, False, rc) not in skip:
+                    c = _tiered_candidate(w, f, counts > 0, r, rc)
+                    if c is not None:
+                        out.append(c)
     return out
+
+
+def _tiered_candidate(w: np.ndarray, f: np.ndarray, used: np.ndarray, fine: float, coarse: float) -> Candidate | None:
+    """Rows in ``used`` on the grid of step ``std / fine``, the others on ``std / coarse`` (one std: the tensor's);
+    the ``tiered`` kind stores each tier's used levels as its codebook and codes its indices apart."""
+    rows = w.shape[0]
+    x = w.reshape(rows, -1).astype(np.float64)
+    std = float(x.std()) or 1.0
+    tiers = (~used).astype(np.uint8)  # 0: used rows (fine), 1: the rest (coarse)
+    labels = np.zeros(x.shape, np.int64)
+    books, nbytes = [], 0.0
+    for t, r in ((0, fine), (1, coarse)):
+        sel = tiers == t
+        step = std / r
+        q = np.round(x[sel] / step)
+        used_levels, inv = np.unique(q, return_inverse=True)
+        if used_levels.size > codec.grouped.MAX_K:
+            return None
+        books.append((used_levels * step).astype(np.float16))
+        labels[sel] = inv.reshape(q.shape)
+        nbytes += _entropy_bytes(inv, used_levels.size)
+    k = max(b.size for b in books)
+    c16 = np.stack([np.concatenate([b, np.full(k - b.size, b[-1], np.float16)]) for b in books])  # (2, k)
+    nbytes += 2 * c16.size + codec.huffman.stream_size(np.bincount(tiers, minlength=2))
+    bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1
+    cand = Candidate(bits, 0, 0.0, False, nbytes, 0.0, c16, labels.astype(np.uint8 if k <= 256 else np.uint16),
+                     np.zeros(0, np.int64), np.zeros(0, np.float32), grid=fine, row_tiers=tiers, coarse_grid=coarse)
+    cand.error = _proxy_error(w, cand.weight(w.shape).astype(np.float64), f, None)
+    return cand
+
+
+def row_counts(model: nn.Module, batches: list[Any], forward: Forward,
+               modules: dict[str, nn.Module]) -> dict[str, np.ndarray]:
+    """How often the calibration inputs use each row of each ``nn.Embedding`` in ``modules`` (name -> (R,) int64)."""
+    counts = {n: np.zeros(m.weight.shape[0], np.int64) for n, m in modules.items() if isinstance(m, nn.Embedding)}
+    hooks = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            ids = inputs[0].detach().reshape(-1).cpu().numpy().astype(np.int64)
+            counts[name] += np.bincount(ids[(ids >= 0) & (ids < counts[name].size)], minlength=counts[name].size)
+        return fn
+
+    for n in counts:
+        hooks.append(modules[n].register_forward_pre_hook(hook(n)))
+    try:
+        _outputs(model, batches, forward)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def usage_fisher(f: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sensitivity of an embedding table's weights from how often each row is used: the mean sensitivity profile
+    of the used rows (over columns), times each row's count relative to the mean count of the used rows.
+
+    Rows the calibration never used get the Good-Turing estimate of the unseen mass spread over them: a
+    pseudo-count of ``N1 / n_unused`` (``N1``: rows used exactly once), so they are neither free to destroy nor as
+    important as the common tokens.
+
+    Example:
+        >>> usage_fisher(np.ones((4, 2)), np.array([3, 1, 0, 0])).tolist()
+        [[1.5, 1.5], [0.5, 0.5], [0.25, 0.25], [0.25, 0.25]]
+    """
+    c = np.asarray(counts, np.float64)
+    used = c > 0
+    if not used.any():
+        return f
+    ones, unused = float((c == 1).sum()), float((~used).sum())
+    weight = np.where(used, c, ones / unused if unused else 0.0) / c[used].mean()
+    profile = f.reshape(f.shape[0], -1)[used].mean(axis=0)  # (C,)
+    return (weight[:, None] * profile[None, :]).reshape(f.shape)
 
 
 # ---------------------------------------------------------------------------------------------------- allocation
@@ -660,6 +772,7 @@ def compress_to_bound_(
     candidates: dict[str, list[Candidate]] | None = None,
     sensitivity: dict[str, float] | None = None,
     grams: dict[str, np.ndarray] | None = None,
+    counts: dict[str, np.ndarray] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PostTrainResult:
@@ -677,6 +790,8 @@ def compress_to_bound_(
         sensitivity: per-tensor drop per unit of weighted error from an earlier result (``result.sensitivity``),
             to skip measuring them again.
         grams: precomputed :func:`input_grams` (computed when ``config.gptq`` and no candidates are given).
+        counts: precomputed :func:`row_counts` of the embedding tables (computed from the calibration batches when
+            ``config.tier_grids`` is set and no candidates are given).
         progress: progress bars while sensitivities are measured.
         log: called with one line per phase.
 
@@ -705,6 +820,8 @@ def compress_to_bound_(
             fisher = fisher_diagonal(model, batches, fwd, mods, cfg.probes, cfg.seed, progress)
         if grams is None and cfg.gptq and candidates is None:
             grams = input_grams(model, batches, fwd, mods)
+        if counts is None and cfg.tier_grids and candidates is None:
+            counts = row_counts(model, batches, fwd, mods)
         secs["sensitivity"] = time.perf_counter() - t0
 
         def drop_now() -> float:
@@ -716,7 +833,8 @@ def compress_to_bound_(
                 able = any(c.gptq for c in candidates[n])
                 mine = [c for c in candidates[n] if _allowed(c, cfg, able)]
             else:
-                mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n))
+                mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n),
+                                   counts=(counts or {}).get(n))
             if not mine:
                 raise BoundError(f"{n}: no storage option left by the configuration")
             hulls[n] = _hull(mine)
@@ -826,10 +944,8 @@ class _Codebook(nn.Module):
     def __init__(self, cand: Candidate, shape: Sequence[int]) -> None:
         super().__init__()
         assert cand.codebooks is not None and cand.labels is not None
-        rows = cand.labels.shape[0]
         k = cand.codebooks.shape[1]
-        rpg = cand.rows_per_group or rows
-        flat = (np.arange(rows) // rpg)[:, None] * k + cand.labels.astype(np.int64)  # (R, C)
+        flat = cand.row_codebook()[:, None] * k + cand.labels.astype(np.int64)  # (R, C)
         self.codebooks = nn.Parameter(torch.from_numpy(cand.codebooks.astype(np.float32)))
         self.register_buffer("flat", torch.from_numpy(flat.reshape(-1)))
         self.register_buffer("pos", torch.from_numpy(np.asarray(cand.outlier_pos, np.int64)))
