@@ -360,7 +360,8 @@ class _Bag(nn.Module):
         return self.out(self.emb(ids).mean(dim=1))
 
 
-def _zipf_ids(n: int, seed: int, vocab: int = 2000) -> torch.Tensor:
+def _zipf_ids(n: int, seed: int, vocab: int = 300) -> torch.Tensor:
+    """Ids of a text: Zipf over the first ``vocab`` rows (most rows of a real vocabulary are rare)."""
     g = torch.Generator().manual_seed(seed)
     p = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
     return torch.multinomial(p / p.sum(), n * 12, replacement=True, generator=g).reshape(n, 12)
@@ -394,7 +395,7 @@ def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_pa
     cal = [_zipf_ids(32, s) for s in (1, 2)]
     used = torch.zeros(2000, dtype=torch.bool)
     used[torch.cat(cal).unique()] = True
-    assert 0.1 < used.float().mean() < 0.5
+    assert 0.05 < used.float().mean() < 0.15
     sizes = {}
     for tiers in ((0.5, 1.0), ()):
         model, orig = _Bag(), _Bag()
@@ -406,6 +407,9 @@ def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_pa
         f = codec.read(path)
         kinds = {n: t.kind for n, t in f.tensors.items()}
         c = res.choices["emb.weight"]
+        # the drop: measured on the calibration, plus the predicted damage to the rows it never uses
+        unseen = sum(res.sensitivity[n] * ch.unseen_error for n, ch in res.choices.items())
+        assert c.unseen_error > 0 and res.drop == pytest.approx(_drop(model, orig, cal) + unseen, abs=1e-6)
         if tiers:
             assert kinds["emb.weight"] == "tiered" and c.coarse_grid in tiers
             assert np.array_equal(c.row_tiers, (~used).numpy().astype(np.uint8))

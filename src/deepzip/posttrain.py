@@ -10,7 +10,9 @@ and the original model's outputs on calibration inputs); this module picks, per 
    gradients of the output-agreement loss play the part the task-loss Fisher plays in SqueezeLLM
    (Kim et al. 2023, arXiv 2306.07629). Embedding tables are weighted by how often the calibration inputs use
    each row (:func:`row_counts`, :func:`usage_fisher`); rows never used get the Good-Turing estimate of the
-   unseen mass (else they would look free to destroy, and evaluation text uses other tokens).
+   unseen mass (else they would look free to destroy, and evaluation text uses other tokens). Their damage is
+   invisible to the calibration: it is predicted (the layer's sensitivity, measured on the rows the
+   calibration uses, times their weighted error) and added to every measured drop.
 2. **Candidates per tensor.** Uniform grids (zero-centred, step ``std / r``; the used levels are the codebook and
    Huffman codes the indices: entropy-coded scalar quantisation, every weight within half a step, so large weights
    are not sacrificed to the bulk as a k-means codebook does), and Fisher-weighted k-means
@@ -130,7 +132,7 @@ class PostTrainConfig:
     row_bits_max: int = 3
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
     grids: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)
-    tier_grids: tuple[float, ...] = (0.35, 0.5, 0.71, 1.0, 1.41)
+    tier_grids: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
     gptq: bool = True
     weighting: str = "fisher"
     per_layer: bool = True
@@ -174,6 +176,7 @@ class Candidate:
     gptq: bool = False  # rounded with error compensation through the input Gram matrix
     row_tiers: np.ndarray | None = None  # (R,) uint8: tier of each row (codebook row); None: groups of rows
     coarse_grid: float = 0.0  # > 0: tier 1 (rows the calibration never uses) on the grid of step std/coarse_grid
+    unseen_error: float = 0.0  # the part of ``error`` on embedding rows the calibration never uses
 
     @property
     def setting(self) -> tuple[int, int, float, float, bool]:
@@ -235,7 +238,8 @@ class PostTrainResult:
 
     Attributes:
         choices: tensor name (``"fc1.weight"``) -> the chosen :class:`Candidate`.
-        drop: measured ``1 - mean cosine`` on the calibration inputs with every choice applied.
+        drop: measured ``1 - mean cosine`` on the calibration inputs with every choice applied, plus the
+            predicted drop from embedding rows the calibration never uses (``alpha * unseen_error``).
         predicted_bytes: sum of the chosen candidates' predicted bytes (the file adds the other tensors).
         sensitivity: tensor name -> measured drop per unit of weighted error (alpha).
         hulls: tensor name -> the candidates kept (lower convex hull), cheapest last.
@@ -622,8 +626,19 @@ def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
                 skip: set[tuple] | None = None, gram: np.ndarray | None = None,
                 counts: np.ndarray | None = None) -> list[Candidate]:
     skip = skip or set()
-    if counts is not None:
-        f = usage_fisher(f, counts)
+    out = _candidates_of(name, w, f if counts is None else usage_fisher(f, counts), cfg, skip, gram, counts)
+    if counts is not None:  # what the calibration cannot measure: the damage to the rows it never uses
+        unused = counts == 0
+        rows = w.shape[0]
+        fu = usage_fisher(f, counts).reshape(rows, -1)[unused]
+        wu = w.reshape(rows, -1)[unused].astype(np.float64)
+        for c in out:
+            c.unseen_error = float((fu * (wu - c.weight(w.shape).reshape(rows, -1)[unused]) ** 2).sum())
+    return out
+
+
+def _candidates_of(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig, skip: set[tuple],
+                   gram: np.ndarray | None, counts: np.ndarray | None) -> list[Candidate]:
     out: list[Candidate] = []
     if cfg.fp16 and (0, 0, 0.0, 0.0, False, False, 0.0) not in skip:
         w16 = w.astype(np.float16)
@@ -791,7 +806,7 @@ def compress_to_bound_(
             to skip measuring them again.
         grams: precomputed :func:`input_grams` (computed when ``config.gptq`` and no candidates are given).
         counts: precomputed :func:`row_counts` of the embedding tables (computed from the calibration batches when
-            ``config.tier_grids`` is set and no candidates are given).
+            no candidates are given).
         progress: progress bars while sensitivities are measured.
         log: called with one line per phase.
 
@@ -820,7 +835,7 @@ def compress_to_bound_(
             fisher = fisher_diagonal(model, batches, fwd, mods, cfg.probes, cfg.seed, progress)
         if grams is None and cfg.gptq and candidates is None:
             grams = input_grams(model, batches, fwd, mods)
-        if counts is None and cfg.tier_grids and candidates is None:
+        if counts is None and candidates is None and any(isinstance(m, nn.Embedding) for m in mods.values()):
             counts = row_counts(model, batches, fwd, mods)
         secs["sensitivity"] = time.perf_counter() - t0
 
@@ -850,13 +865,15 @@ def compress_to_bound_(
             _set_weights_(mods, {n: probe.weight(orig[n].shape)})
             d = max(drop_now(), 0.0)
             _set_weights_(mods, {n: orig[n]})
-            alpha[n] = d / probe.error if probe.error > 0 else 0.0
+            seen = probe.error - probe.unseen_error  # the calibration measures the damage to the rows it uses
+            alpha[n] = d / seen if seen > 0 else 0.0
         secs["layer_sensitivity"] = time.perf_counter() - t0 - secs["sensitivity"] - secs["candidates"]
         say(f"sensitivities of {len(mods)} tensors measured in {time.perf_counter() - t0:.0f} s")
 
         def apply(pick: dict[str, int]) -> float:
+            """Measured drop on the calibration inputs, plus the predicted drop on embedding rows they never use."""
             _set_weights_(mods, {n: hulls[n][i].weight(orig[n].shape) for n, i in pick.items()})
-            return drop_now()
+            return drop_now() + sum(alpha.get(n, 0.0) * hulls[n][i].unseen_error for n, i in pick.items())
 
         best = {n: 0 for n in hulls}
         d0 = apply(best)
