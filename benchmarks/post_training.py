@@ -200,6 +200,7 @@ def bound_row(label: str, model: nn.Module, cal: list, ev: list, ref: torch.Tens
     kinds: dict[str, int] = {}
     for c in res.choices.values():
         key = "fp16" if c.bits == 0 else (f"grid/{c.grid:g}" if c.grid else f"{c.bits}b") + (
+            f"|{c.coarse_grid:g}" if c.coarse_grid else "") + (
             "/rows" if c.rows_per_group else "") + ("+out" if c.outlier_frac else "") + ("+gptq" if c.gptq else "")
         kinds[key] = kinds.get(key, 0) + 1
     return ({"variant": label, "bytes": nbytes, **q, "calib_drop": res.drop, "cpu_s": round(cpu, 1),
@@ -234,6 +235,15 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     grams = posttrain.input_grams(model, cal + text_batches(model, sents["calibration_gram_extra"]), st_forward, mods)
     gram_cpu = time.process_time() - c0
     say(f"grams done ({gram_cpu:.0f} s CPU)")
+    # how often each embedding row is used, on all the text that is not evaluation text (tokenizing and one
+    # forward pass: no labels, no training); rows never used are stored coarse (tiered) and their damage predicted
+    c0 = time.process_time()
+    counts = posttrain.row_counts(model, cal + text_batches(model, sents["calibration_gram_extra"]) + dis,
+                                  st_forward, mods)
+    counts_cpu = time.process_time() - c0
+    used = {n.split(".")[-2]: int((c > 0).sum()) for n, c in counts.items()}
+    log.append(f"embedding rows used by the {len(sents['calibration']) + len(sents['calibration_gram_extra'])} "
+               f"calibration + {len(sents['distill'])} distillation sentences: {used} ({counts_cpu:.1f} s CPU)")
     d = args.max_drop
     grids = GRIDS
     old: dict = dict(grids=(), gptq=False)  # the k-means candidates of session 3
@@ -248,13 +258,15 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         ("bound, Fisher + groups + outliers (session-3 full)", PostTrainConfig(max_drop=d, **old)),
         ("bound, uniform grid + Huffman (entropy-coded), no GPTQ", PostTrainConfig(max_drop=d, **gridded)),
         ("bound, grid + GPTQ (full)", PostTrainConfig(max_drop=d, **{**gridded, "gptq": True})),
+        ("bound, grid + GPTQ, no tiered embedding rows (one grid per table)",
+         PostTrainConfig(max_drop=d, **{**gridded, "gptq": True, "tier_grids": ()})),
         ("grid + GPTQ, one setting for every tensor (no per-layer bits)",
          PostTrainConfig(max_drop=d, per_layer=False, **{**gridded, "gptq": True})),
     ]
     if args.quick:
         variants = variants[-3:-1]
     c0 = time.process_time()
-    cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants], grams=grams)
+    cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants], grams=grams, counts=counts)
     cand_cpu = time.process_time() - c0
     say(f"candidates done ({cand_cpu:.0f} s CPU)")
     # per-layer sensitivities (drop per unit of proxy error), measured once per family of candidates and reused:
@@ -320,7 +332,8 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     info = {"params": total, "fp32_bytes": fp32, "sentences": {k: (len(v) if isinstance(v, list) else v)
                                                                 for k, v in sents.items()},
             "fisher_cpu_s": round(fisher_cpu, 1), "candidates_cpu_s": round(cand_cpu, 1),
-            "gram_cpu_s": round(gram_cpu, 1), "grids": list(GRIDS),
+            "gram_cpu_s": round(gram_cpu, 1), "grids": list(GRIDS), "counts_cpu_s": round(counts_cpu, 1),
+            "embedding_rows_used": used,
             "text_source": "docstrings of the Python stdlib .py files "
             f"({sysconfig.get_paths()['stdlib']}/*.py, read with ast), split into sentences, shuffled (seed 0)"}
     return rows, info
@@ -449,7 +462,9 @@ def main() -> None:
         "Setup": (f"MiniLM: {info['params']:,} parameters, fp32 {info['fp32_bytes']:,} bytes. Text: "
                   f"{info['text_source']}; {info['sentences']}. Sensitivity (Fisher diagonal, 2 probes per "
                   f"sample, 64 sentences): {info['fisher_cpu_s']} s CPU; Gram matrices of the Linear inputs (512 "
-                  f"sentences): {info['gram_cpu_s']} s CPU; every candidate encoding of every tensor (k-means at "
+                  f"sentences): {info['gram_cpu_s']} s CPU; embedding rows used (all 1,536 non-evaluation "
+                  f"sentences, one forward pass): {info['embedding_rows_used']}, {info['counts_cpu_s']} s CPU; "
+                  f"every candidate encoding of every tensor (k-means at "
                   f"each setting, grids std/r for r in {info['grids']}, GPTQ roundings): "
                   f"{info['candidates_cpu_s']} s CPU; all computed once and shared by the bound "
                   "rows (their cpu_s excludes them; the allocation, measurements and file writing are in it). "
