@@ -342,10 +342,11 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
 # ---------------------------------------------------------------------------------------------------- LeNet
 def lenet(args: argparse.Namespace, tmp: Path, log: list[str]) -> list[dict]:
     from deepzip.checkpoint import load_checkpoint
-    from deepzip.data import load_mnist
+    from deepzip.data import cache_dir, load_mnist
     from deepzip.serialize import load
 
-    ckpt = sorted(Path(args.lenet_cache).glob("lenet300-*.safetensors"))
+    folder = Path(args.lenet_cache) if args.lenet_cache else cache_dir("models", "DEEPZIP_MODELS")
+    ckpt = sorted(folder.glob("lenet300-*.safetensors"))
     if not ckpt:
         return [{"variant": "no lenet300 checkpoint found", "note": "train one: deepzip train --model lenet300"}]
     model, _ = load_checkpoint(ckpt[0])
@@ -434,7 +435,8 @@ def main() -> None:
     ap.add_argument("--latent-lr", type=float, default=0.0, help="> 0: distillation also moves the indices (STE)")
     ap.add_argument("--curve", type=float, nargs="*", default=[0.003, 0.005, 0.0075, 0.02, 0.03])
     ap.add_argument("--lenet-distill", type=float, default=60.0)
-    ap.add_argument("--lenet-cache", default=os.environ.get("DEEPZIP_MODELS", "/work/wt/cache_base/deepzip/models"))
+    ap.add_argument("--lenet-cache", default=None, help="folder of lenet300-*.safetensors (default: deepzip's model "
+                    "cache, where the README's first command leaves the LeNet-300-100 it trains)")
     ap.add_argument("--skip-lenet", action="store_true")
     ap.add_argument("--name", default="post_training")
     args = ap.parse_args()
