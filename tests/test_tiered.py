@@ -120,3 +120,18 @@ def test_encoder_refuses_what_does_not_fit() -> None:
     with pytest.raises(ValueError, match="outlier positions"):
         codec.encode_tiered(np.zeros((1, 3)), np.array([0, 0]), np.zeros((2, 4), np.int64), np.array([8]),
                             np.array([1.0]))
+
+
+def test_golden_13_file_loads_bit_exactly() -> None:
+    import hashlib
+    import json
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden"
+    f = codec.read(golden / "tiny13.dz")
+    expected = json.loads((golden / "tiny13.expected.json").read_text())
+    assert f.version == (1, 3) and list(f.tensors) == list(expected)
+    for name, e in expected.items():
+        t = f.tensors[name]
+        assert (t.kind, t.dtype, list(t.shape)) == (e["kind"], e["dtype"], e["shape"])
+        assert hashlib.sha256(f.decode(name).tobytes()).hexdigest() == e["sha256"]
