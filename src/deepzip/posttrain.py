@@ -35,7 +35,8 @@ and the original model's outputs on calibration inputs); this module picks, per 
    per byte saved until the predicted total reaches a budget; the budget is then searched (a few full
    measurements) for the smallest model whose *measured* drop is within ``max_drop``.
 5. **Distillation from the original** (:func:`distill_`): centroids, float16 tensors, biases and norms are
-   fine-tuned to match the original model's outputs on unlabeled inputs (``1 - cos`` loss), then stored again;
+   fine-tuned to match the original model's outputs on unlabeled inputs (``1 - cos`` loss; quantised embedding
+   tables stay as stored), then stored again;
    optionally (``latent_lr``) the indices move too (straight-through rounding of a float copy).
 
 Without data (:func:`compress_weights_only`), each tensor gets the cheapest candidate whose weight SQNR reaches a
@@ -1023,8 +1024,10 @@ def distill_(
     """Fine-tune the compressed ``model`` to match ``teacher`` (the original) on unlabeled inputs; in place.
 
     The codebooks (one centroid set per group), the float16 tensors, and every parameter not compressed (biases,
-    norms) are trained with Adam on ``1 - cos(student, teacher)`` of the outputs; indices and outliers stay.
-    Afterwards codebooks and float16 tensors are rounded to float16 again and written back into ``result``.
+    norms) are trained with Adam on ``1 - cos(student, teacher)`` of the outputs; indices and outliers stay, and so
+    do quantised embedding tables (their codebooks see only the rows a batch uses; rebuilding the table every step
+    would cost more than it buys). Afterwards codebooks and float16 tensors are rounded to float16 again and
+    written back into ``result``.
 
     Args:
         model: the model :func:`compress_to_bound_` compressed.
@@ -1053,9 +1056,15 @@ def distill_(
         targets = [y.reshape(y.shape[0], -1).float() for y in (fwd(teacher, b) for b in batches)]
     params: list[nn.Parameter] = []
     latents: list[nn.Parameter] = []
+    frozen: list[torch.Tensor] = []
     for n, m in mods.items():
         c = result.choices[n]
-        if c.bits == 0:
+        if c.bits and isinstance(m, nn.Embedding):
+            # kept as stored: a table's codebook gets gradient only through the few rows a batch uses, and
+            # rebuilding the whole table from it every step costs ~15% of a MiniLM step (more steps instead)
+            m.weight.requires_grad_(False)
+            frozen.append(m.weight)
+        elif c.bits == 0:
             m.weight.requires_grad_(True)
             params.append(m.weight)
         elif latent_lr > 0 and c.codebooks is not None and c.codebooks.shape[0] == 1:
@@ -1069,7 +1078,7 @@ def distill_(
             p = m.parametrizations["weight"]  # type: ignore[index,union-attr]
             p.original.requires_grad_(False)
             params.append(p[0].codebooks)
-    taken = {id(q) for q in params + latents} | {
+    taken = {id(q) for q in params + latents + frozen} | {
         id(m.parametrizations["weight"].original) for m in mods.values()  # type: ignore[index,union-attr]
         if parametrize.is_parametrized(m)}
     others = [p for p in model.parameters() if id(p) not in taken]  # biases, norms, small tensors
@@ -1101,6 +1110,8 @@ def distill_(
         with torch.no_grad():
             for n, m in mods.items():
                 c = result.choices[n]
+                if c.bits and isinstance(m, nn.Embedding):
+                    continue
                 if c.bits == 0:
                     c.fp16 = m.weight.detach().cpu().numpy().astype(np.float16)
                     m.weight.copy_(torch.from_numpy(c.fp16.astype(np.float32)))
