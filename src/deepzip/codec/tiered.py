@@ -2,7 +2,7 @@
 and an exact side list of outlier weights (post-training compression of embedding tables, :mod:`deepzip.posttrain`).
 
 The ``grouped`` kind shares one Huffman stream between all its rows, so rows stored at different precisions pay
-for the mixture (about half a bit per weight for an embedding table with 10% of its rows fine and 90% coarse).
+for the mixture (about 0.3 bit per weight for an embedding table with 10% of its rows fine and 90% coarse).
 Here each row names its tier, and each tier's indices are their own stream with their own code.
 
 A tensor of shape ``(R, ...)`` is viewed as ``R`` rows of ``C = numel / R`` values. Row ``r`` belongs to tier
