@@ -369,3 +369,21 @@ def test_state_dict_round_trip_into_a_freshly_decomposed_copy(tmp_path) -> None:
     load_checkpoint(path, again)
     assert torch.equal(again(x), m(x))
     assert np.isclose(sum(p.numel() for p in again.parameters()), sum(p.numel() for p in m.parameters()))
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 28, 28), (3, 5, 9, 8), (2, 1, 7, 7), (4, 20, 24, 24)])
+def test_max_pool2_is_max_pool2d_for_inference_and_training(shape) -> None:
+    """The CNNs' pooling: the same values as F.max_pool2d without autograd (the fast path), and F.max_pool2d itself
+    (with its gradient) when training."""
+    from deepzip.models import max_pool2
+
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
+    x.requires_grad_(True)
+    y = max_pool2(x)
+    y.sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    F.max_pool2d(x, 2).sum().backward()
+    assert torch.equal(g, x.grad)
