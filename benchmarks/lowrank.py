@@ -183,6 +183,47 @@ def wide_convs_and_linears(module: nn.Module, fqn: str) -> bool:
     return wide_convs(module, fqn) or isinstance(module, nn.Linear)
 
 
+def cnn_variants(name: str) -> dict[str, tuple[str, dict]]:
+    """The decomposed variants of ``name``: label -> (rank method, decompose_ keywords + ``distill``)."""
+    # conv1 (one input channel) stays: a Tucker-2 factor on a 1-channel input mode is an extra op for nothing
+    # (Kim et al. leave the first layer's input mode alone too); at batch 1 every op counts
+    convs = {"filter_fn": wide_convs}
+    variants: dict[str, tuple[str, dict]] = {"Tucker-2 convs, EVBMF": ("vbmf", convs)}
+    if name == "lenet5":
+        variants["Tucker-2 convs + SVD fc, EVBMF"] = ("vbmf", {"filter_fn": wide_convs_and_linears})
+    else:
+        # the same EVBMF factors fine-tuned by distillation from the original (the natural teacher)
+        variants["Tucker-2 convs, EVBMF, distilled from the original"] = ("vbmf", {**convs, "distill": True})
+        variants["Tucker-2 convs, energy 0.8"] = ("energy", {**convs, "energy": 0.8})
+    return variants
+
+
+def retime_cnn(train_d: Dataset, a: argparse.Namespace, command: str) -> None:
+    """``--retime DIR``: time the cnn part's models again (same bases from runs/, same factorisations; the
+    fine-tuned weights were not kept, and the values of dense weights do not change a forward pass's time) and
+    write the new latency columns into DIR/lowrank_cnn.json."""
+    path = Path(a.retime) / "lowrank_cnn.json"
+    doc = json.loads(path.read_text())
+    for name in a.cnn_models.split(","):
+        base = trained_base(name, train_d, a, a.cnn4_subset if name == "cnn4" else None)
+        models: dict[str, nn.Module] = {"original": base}
+        for label, (method, kw) in cnn_variants(name).items():
+            m = copy.deepcopy(base)
+            decompose_(m, method, progress=False, **{k: v for k, v in kw.items() if k != "distill"})
+            models[label] = m
+        b1 = latency_ms(models, 1, a.reps)
+        b64 = latency_ms(models, 64, max(a.reps // 10, 5))
+        for r in doc["rows"]:
+            if r["model"] == name and r["variant"] in models:
+                v = r["variant"]
+                r.update(ms_b1=b1[v], speedup_b1=b1["original"] / b1[v], ms_b64=b64[v],
+                         speedup_b64=b64["original"] / b64[v])
+        print(name, {k: round(b1["original"] / v, 2) for k, v in b1.items()}, flush=True)
+    doc["command"] += f" ; {command}"
+    doc["retimed"] = {"commit": _common.git_sha(), "command": command}
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+
 def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: dict) -> dict:
     rows, layers, curves = [], [], []
     for name in a.cnn_models.split(","):
@@ -192,16 +233,7 @@ def part_cnn(train_d: Dataset, test: Dataset, a: argparse.Namespace, trained: di
         trained[name] = base
         base_err = test_error(base, test)
         print(f"{name}: {base_err:.2f}%", flush=True)
-        # conv1 (one input channel) stays: a Tucker-2 factor on a 1-channel input mode is an extra op for nothing
-        # (Kim et al. leave the first layer's input mode alone too); at batch 1 every op counts
-        convs = {"filter_fn": wide_convs}
-        variants: dict[str, tuple[str, dict]] = {"Tucker-2 convs, EVBMF": ("vbmf", convs)}
-        if name == "lenet5":
-            variants["Tucker-2 convs + SVD fc, EVBMF"] = ("vbmf", {"filter_fn": wide_convs_and_linears})
-        else:
-            # the same EVBMF factors fine-tuned by distillation from the original (the natural teacher)
-            variants["Tucker-2 convs, EVBMF, distilled from the original"] = ("vbmf", {**convs, "distill": True})
-            variants["Tucker-2 convs, energy 0.8"] = ("energy", {**convs, "energy": 0.8})
+        variants = cnn_variants(name)
         models = {"original": base}
         info: dict[str, dict] = {"original": {"error_decomposed_pct": base_err, "error_1_epoch_pct": base_err,
                                               "error_finetuned_pct": base_err, "decompose_s": 0.0}}
@@ -447,6 +479,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training/scans (default all)")
     ap.add_argument("--partial", default=None, help="write this run's parts as DIR/lowrank_PART.json only")
     ap.add_argument("--merge", nargs="+", default=None, help="merge DIR/lowrank_*.json into the results files")
+    ap.add_argument("--retime", default=None, help="time the cnn part of DIR/lowrank_cnn.json again (latency only)")
     ap.add_argument("--note", default=None, help="with --merge: a Notes section (how the run was shortened, ...)")
     ap.add_argument("--quick", action="store_true", help="smoke run: synthetic data, tiny epochs, temp folder")
     a = ap.parse_args()
@@ -471,6 +504,9 @@ def main() -> None:
     else:
         train_d, test = load_mnist("train", quiet=True), load_mnist("test", quiet=True)
     train_d, test = to(train_d, a.device), to(test, a.device)
+    if a.retime:
+        retime_cnn(train_d, a, command)
+        return
     trained: dict[str, nn.Module] = {}
     parts: dict[str, dict] = {}
     machine = {"device": a.device, "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
