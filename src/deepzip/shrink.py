@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from .models import max_pool2
+
 __all__ = ["GatheredLinear", "default_example_input", "shrink_"]
 
 # Operations a unit's value passes through unchanged in *which* unit it is (per channel, or element-wise): a
@@ -51,7 +53,7 @@ _CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
 )
 _CHANNEL_FUNCS: set[Callable[..., Any]] = {
     F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid,
-    F.max_pool1d, F.max_pool2d, F.dropout, F.dropout1d, F.dropout2d, torch.flatten,
+    F.max_pool1d, F.max_pool2d, F.dropout, F.dropout1d, F.dropout2d, torch.flatten, max_pool2,
 }
 _CHANNEL_METHODS = {"relu", "tanh", "sigmoid", "flatten", "view", "reshape"}
 
