@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,11 +42,15 @@ __all__ = [
     "META_KEYS",
     "SECTIONS",
     "apply_outliers",
+    "check_codebooks",
+    "check_float_rows",
     "check_grouped",
     "check_outliers",
     "decode_grouped",
     "encode_grouped",
+    "fail",
     "pack_outliers",
+    "stream_within",
     "varint_decode",
     "varint_encode",
 ]
@@ -120,24 +123,19 @@ def pack_outliers(outlier_pos: np.ndarray | None, outlier_val: np.ndarray | None
             int(pos.size))
 
 
-def check_outliers(t: EncodedTensor, nout: int, numel: int, fail: Callable[..., DeepzipFormatError]) -> dict:
+def check_outliers(t: EncodedTensor, nout: int, numel: int) -> dict:
     """Check the outlier sections' sizes against ``nout`` (``{"outlier_pos": stream info}``)."""
     if not 0 <= nout <= numel:
         raise fail(t, None, f"outliers={nout}, expected 0..{numel}")
     if len(t.sections["outlier_val"]) != 4 * nout:
         raise fail(t, "outlier_val", f"{len(t.sections['outlier_val'])} bytes, {nout} float32 need {4 * nout}")
-    try:
-        info = huffman.stream_info(t.sections["outlier_pos"])
-    except DeepzipFormatError as e:
-        raise fail(t, "outlier_pos", str(e)) from None
-    if info["alphabet"] > 256:
-        raise fail(t, "outlier_pos", f"alphabet {info['alphabet']} exceeds 256")
+    info = stream_within(t, "outlier_pos", t.sections["outlier_pos"], 256)
     if not nout <= info["count"] <= 10 * nout:
         raise fail(t, "outlier_pos", f"{info['count']} varint bytes for {nout} outliers")
     return {"outlier_pos": info}
 
 
-def apply_outliers(t: EncodedTensor, out: np.ndarray, fail: Callable[..., DeepzipFormatError]) -> np.ndarray:
+def apply_outliers(t: EncodedTensor, out: np.ndarray) -> np.ndarray:
     """Write the exact outliers of ``t`` over the flat decoded array ``out`` (in place; returned)."""
     nout = t.meta["outliers"]
     try:
@@ -200,36 +198,55 @@ def encode_grouped(
     return EncodedTensor(name, "grouped", tuple(idx.shape), "float32", meta, sections)
 
 
-def _fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError:
+def fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError:
+    """The error for tensor ``t`` (and ``section``): ``name/section: msg``."""
     return DeepzipFormatError(f"{t.name or '<tensor>'}{'/' + section if section else ''}: {msg}")
+
+
+def check_float_rows(t: EncodedTensor) -> int:
+    """Checks shared by the codebook-per-rows kinds (grouped, tiered): float32, at least one element, ``k`` in
+    range. Returns the element count."""
+    n = math.prod(t.shape)
+    if t.dtype != "float32":
+        raise fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
+    if len(t.shape) < 1 or n == 0:
+        raise fail(t, None, f"shape {list(t.shape)}: a {t.kind} tensor has at least one element")
+    if not 1 <= t.meta["k"] <= MAX_K:
+        raise fail(t, None, f"codebook size k={t.meta['k']}, expected 1..{MAX_K}")
+    return n
+
+
+def check_codebooks(t: EncodedTensor, books: int) -> None:
+    """The ``codebooks`` section holds ``books`` x ``k`` float16."""
+    k = t.meta["k"]
+    if len(t.sections["codebooks"]) != 2 * books * k:
+        raise fail(t, "codebooks", f"{len(t.sections['codebooks'])} bytes, {books} x {k} float16 need "
+                                   f"{2 * books * k}")
+
+
+def stream_within(t: EncodedTensor, section: str, data: bytes, alphabet: int) -> dict:
+    """``huffman.stream_info`` of ``data`` (a stream of ``section``), its alphabet at most ``alphabet``."""
+    try:
+        info = huffman.stream_info(data)
+    except DeepzipFormatError as e:
+        raise fail(t, section, str(e)) from None
+    if info["alphabet"] > alphabet:
+        raise fail(t, section, f"alphabet {info['alphabet']} exceeds {alphabet}")
+    return info
 
 
 def check_grouped(t: EncodedTensor) -> dict[str, dict]:
     """Check a grouped tensor's sizes against its sections without decoding (see ``_tensor.check``)."""
-    n = math.prod(t.shape)
-    if t.dtype != "float32":
-        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind grouped")
-    if len(t.shape) < 1 or n == 0:
-        raise _fail(t, None, f"shape {list(t.shape)}: a grouped tensor has at least one element")
+    n = check_float_rows(t)
     k, rpg, nout = t.meta["k"], t.meta["rows_per_group"], t.meta["outliers"]
     rows = t.shape[0]
-    if not 1 <= k <= MAX_K:
-        raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_K}")
     if not 1 <= rpg <= rows:
-        raise _fail(t, None, f"rows_per_group={rpg}, expected 1..{rows}")
-    groups = -(-rows // rpg)
-    if len(t.sections["codebooks"]) != 2 * groups * k:
-        raise _fail(t, "codebooks", f"{len(t.sections['codebooks'])} bytes, {groups} x {k} float16 need "
-                                    f"{2 * groups * k}")
-    info = check_outliers(t, nout, n, _fail)
-    try:
-        info["indices"] = huffman.stream_info(t.sections["indices"])
-    except DeepzipFormatError as e:
-        raise _fail(t, "indices", str(e)) from None
-    if info["indices"]["alphabet"] > k:
-        raise _fail(t, "indices", f"alphabet {info['indices']['alphabet']} exceeds {k}")
+        raise fail(t, None, f"rows_per_group={rpg}, expected 1..{rows}")
+    check_codebooks(t, -(-rows // rpg))
+    info = check_outliers(t, nout, n)
+    info["indices"] = stream_within(t, "indices", t.sections["indices"], k)
     if info["indices"]["count"] != n:
-        raise _fail(t, "indices", f"count {info['indices']['count']} != {n} elements of shape {list(t.shape)}")
+        raise fail(t, "indices", f"count {info['indices']['count']} != {n} elements of shape {list(t.shape)}")
     return info
 
 
@@ -246,9 +263,9 @@ def decode_grouped(t: EncodedTensor) -> np.ndarray:
     try:
         idx = huffman.unpack_stream(t.sections["indices"]).astype(np.int64).reshape(rows, -1)  # (R, C)
     except DeepzipFormatError as e:
-        raise _fail(t, "indices", str(e)) from None
+        raise fail(t, "indices", str(e)) from None
     if idx.size and idx.max() >= k:
-        raise _fail(t, "indices", f"index {idx.max()} outside the codebook of {k}")
+        raise fail(t, "indices", f"index {idx.max()} outside the codebook of {k}")
     group = np.arange(rows) // rpg  # (R,)
     out = np.take_along_axis(cb[group], idx, axis=1).reshape(-1)  # (R*C,)
-    return apply_outliers(t, out, _fail).reshape(t.shape)
+    return apply_outliers(t, out).reshape(t.shape)

@@ -36,7 +36,16 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from . import huffman
-from .grouped import MAX_K, apply_outliers, check_outliers, pack_outliers
+from .grouped import (
+    MAX_K,
+    apply_outliers,
+    check_codebooks,
+    check_float_rows,
+    check_outliers,
+    fail,
+    pack_outliers,
+    stream_within,
+)
 
 if TYPE_CHECKING:
     from ._tensor import EncodedTensor
@@ -101,10 +110,6 @@ def encode_tiered(
     return EncodedTensor(name, "tiered", tuple(idx.shape), "float32", meta, sections)
 
 
-def _fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError:
-    return DeepzipFormatError(f"{t.name or '<tensor>'}{'/' + section if section else ''}: {msg}")
-
-
 def _split_streams(t: EncodedTensor, n: int) -> list[bytes]:
     """The ``n`` packed streams of the ``indices`` section, cut at the sizes their headers imply."""
     data = t.sections["indices"]
@@ -112,57 +117,38 @@ def _split_streams(t: EncodedTensor, n: int) -> list[bytes]:
     head = huffman.STREAM_HEADER_SIZE
     for i in range(n):
         if len(data) - off < head:
-            raise _fail(t, "indices", f"stream {i} of {n} starts at byte {off} of {len(data)}: no room for its "
+            raise fail(t, "indices", f"stream {i} of {n} starts at byte {off} of {len(data)}: no room for its "
                                       f"{head}-byte header")
         count, nbits, alphabet, sync, _ = huffman._STREAM_HEAD.unpack_from(data, off)
         if not 1 <= sync <= huffman.MAX_SYNC_INTERVAL:
-            raise _fail(t, "indices", f"stream {i}: sync interval {sync} outside 1..{huffman.MAX_SYNC_INTERVAL}")
+            raise fail(t, "indices", f"stream {i}: sync interval {sync} outside 1..{huffman.MAX_SYNC_INTERVAL}")
         size = head + alphabet + 2 * max(0, (count + sync - 1) // sync - 1) + (nbits + 7) // 8
         if size > len(data) - off:
-            raise _fail(t, "indices", f"stream {i} of {n} needs {size} bytes, {len(data) - off} are left")
+            raise fail(t, "indices", f"stream {i} of {n} needs {size} bytes, {len(data) - off} are left")
         out.append(bytes(data[off:off + size]))
         off += size
     if off != len(data):
-        raise _fail(t, "indices", f"{len(data) - off} bytes after the {n} index streams")
+        raise fail(t, "indices", f"{len(data) - off} bytes after the {n} index streams")
     return out
 
 
 def check_tiered(t: EncodedTensor) -> dict[str, dict]:
     """Check a tiered tensor's sizes against its sections without decoding (see ``_tensor.check``)."""
-    n = math.prod(t.shape)
-    if t.dtype != "float32":
-        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind tiered")
-    if len(t.shape) < 1 or n == 0:
-        raise _fail(t, None, f"shape {list(t.shape)}: a tiered tensor has at least one element")
+    n = check_float_rows(t)
     k, n_tiers, nout = t.meta["k"], t.meta["tiers"], t.meta["outliers"]
     rows = t.shape[0]
-    if not 1 <= k <= MAX_K:
-        raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_K}")
     if not 1 <= n_tiers <= MAX_TIERS:
-        raise _fail(t, None, f"tiers={n_tiers}, expected 1..{MAX_TIERS}")
-    if len(t.sections["codebooks"]) != 2 * n_tiers * k:
-        raise _fail(t, "codebooks", f"{len(t.sections['codebooks'])} bytes, {n_tiers} x {k} float16 need "
-                                    f"{2 * n_tiers * k}")
-    info = check_outliers(t, nout, n, _fail)
-    try:
-        info["tiers"] = huffman.stream_info(t.sections["tiers"])
-    except DeepzipFormatError as e:
-        raise _fail(t, "tiers", str(e)) from None
-    if info["tiers"]["alphabet"] > n_tiers:
-        raise _fail(t, "tiers", f"alphabet {info['tiers']['alphabet']} exceeds {n_tiers} tiers")
+        raise fail(t, None, f"tiers={n_tiers}, expected 1..{MAX_TIERS}")
+    check_codebooks(t, n_tiers)
+    info = check_outliers(t, nout, n)
+    info["tiers"] = stream_within(t, "tiers", t.sections["tiers"], n_tiers)
     if info["tiers"]["count"] != rows:
-        raise _fail(t, "tiers", f"count {info['tiers']['count']} != {rows} rows of shape {list(t.shape)}")
+        raise fail(t, "tiers", f"count {info['tiers']['count']} != {rows} rows of shape {list(t.shape)}")
     total = 0
     for i, s in enumerate(_split_streams(t, n_tiers)):
-        try:
-            si = huffman.stream_info(s)
-        except DeepzipFormatError as e:
-            raise _fail(t, f"indices[{i}]", str(e)) from None
-        if si["alphabet"] > k:
-            raise _fail(t, f"indices[{i}]", f"alphabet {si['alphabet']} exceeds {k}")
-        total += si["count"]
+        total += stream_within(t, f"indices[{i}]", s, k)["count"]
     if total != n:
-        raise _fail(t, "indices", f"the {n_tiers} streams hold {total} indices, shape {list(t.shape)} has {n}")
+        raise fail(t, "indices", f"the {n_tiers} streams hold {total} indices, shape {list(t.shape)} has {n}")
     info["indices"] = {"count": total}
     return info
 
@@ -181,20 +167,21 @@ def decode_tiered(t: EncodedTensor) -> np.ndarray:
     try:
         tier = huffman.unpack_stream(t.sections["tiers"]).astype(np.int64)
     except DeepzipFormatError as e:
-        raise _fail(t, "tiers", str(e)) from None
+        raise fail(t, "tiers", str(e)) from None
     if tier.size and tier.max() >= n_tiers:
-        raise _fail(t, "tiers", f"tier {tier.max()} outside 0..{n_tiers - 1}")
+        raise fail(t, "tiers", f"tier {tier.max()} outside 0..{n_tiers - 1}")
     out = np.empty((rows, cols), np.float32)
     for i, s in enumerate(_split_streams(t, n_tiers)):
         sel = np.flatnonzero(tier == i)
-        if huffman.stream_info(s)["count"] != sel.size * cols:
-            raise _fail(t, f"indices[{i}]", f"{huffman.stream_info(s)['count']} indices for the {sel.size} rows "
-                                            f"of tier {i} ({sel.size * cols} needed)")
+        count = huffman.stream_info(s)["count"]  # valid: check_tiered read it
+        if count != sel.size * cols:
+            raise fail(t, f"indices[{i}]", f"{count} indices for the {sel.size} rows of tier {i} "
+                                           f"({sel.size * cols} needed)")
         try:
             idx = huffman.unpack_stream(s).astype(np.int64)
         except DeepzipFormatError as e:
-            raise _fail(t, f"indices[{i}]", str(e)) from None
+            raise fail(t, f"indices[{i}]", str(e)) from None
         if idx.size and idx.max() >= k:
-            raise _fail(t, f"indices[{i}]", f"index {idx.max()} outside the codebook of {k}")
+            raise fail(t, f"indices[{i}]", f"index {idx.max()} outside the codebook of {k}")
         out[sel] = cb[i][idx].reshape(sel.size, cols)
-    return apply_outliers(t, out.reshape(-1), _fail).reshape(t.shape)
+    return apply_outliers(t, out.reshape(-1)).reshape(t.shape)
