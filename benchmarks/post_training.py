@@ -91,13 +91,22 @@ def stdlib_sentences() -> list[str]:
     return out
 
 
-def splits(quick: bool) -> dict[str, list[str]]:
+def splits(quick: bool, calib: int = 64, distill_extra: int = 0) -> dict[str, list[str]]:
+    """Disjoint sets. The first 64 calibration sentences, the distillation and the evaluation sentences are the same
+    whatever ``calib`` (sentences for the Fisher sensitivities and every measured drop, taken from the 512
+    calibration sentences) and ``distill_extra`` (more distillation sentences, from the text no set uses)."""
     s = stdlib_sentences()
     random.Random(0).shuffle(s)
     n_cal, n_dis, n_ev, n_gram = (32, 64, 64, 64) if quick else (64, 1024, 300, 448)
     a, b, c = n_cal, n_cal + n_dis, n_cal + n_dis + n_ev
-    return {"calibration": s[:a], "distill": s[a:b], "eval": s[b:c], "calibration_gram_extra": s[c:c + n_gram],
-            "available": len(s)}  # type: ignore[dict-item]
+    d = c + n_gram
+    if not n_cal <= calib <= n_cal + n_gram:
+        raise SystemExit(f"--calib {calib}: between {n_cal} and {n_cal + n_gram} (the calibration sentences)")
+    if d + distill_extra > len(s):
+        raise SystemExit(f"--distill-extra {distill_extra}: only {len(s) - d} sentences are left")
+    cal_all = s[:a] + s[c:d]  # the calibration sentences: Gram matrices; the first `calib` also measure drops
+    return {"calibration": cal_all[:calib], "distill": s[a:b] + s[d:d + distill_extra], "eval": s[b:c],
+            "calibration_gram_extra": cal_all[calib:], "available": len(s)}  # type: ignore[dict-item]
 
 
 # ---------------------------------------------------------------------------------------------------- MiniLM
@@ -208,7 +217,7 @@ def bound_row(label: str, model: nn.Module, cal: list, ev: list, ref: torch.Tens
 
 
 def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[dict], dict]:
-    sents = splits(args.quick)
+    sents = splits(args.quick, args.calib, args.distill_extra)
     model = load_minilm()
     total = n_params(model)
     fp32 = FP32 * total
@@ -221,7 +230,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     rows.append(fp16_row(model, ev, ref))
     rows.append(int8_row(model, ev, ref))
     say("baselines done")
-    if not args.quick:
+    if not args.quick and not args.only_full:
         rows += uniform_rows(model, ev, ref, tmp, (4, 6))
         say("uniform rows done")
     # sensitivities and input Gram matrices once, shared by every bound row (each row's cpu_s excludes them)
@@ -265,6 +274,8 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     ]
     if args.quick:
         variants = variants[-3:-1]
+    elif args.only_full:
+        variants = [v for v in variants if v[0] == "bound, grid + GPTQ (full)"]
     c0 = time.process_time()
     cands = posttrain.make_candidates(mods, fisher, [cfg for _, cfg in variants], grams=grams, counts=counts)
     cand_cpu = time.process_time() - c0
@@ -438,6 +449,12 @@ def main() -> None:
     ap.add_argument("--lenet-cache", default=None, help="folder of lenet300-*.safetensors (default: deepzip's model "
                     "cache, where the README's first command leaves the LeNet-300-100 it trains)")
     ap.add_argument("--skip-lenet", action="store_true")
+    ap.add_argument("--calib", type=int, default=64, help="calibration sentences for the Fisher sensitivities and "
+                    "every measured drop (64-512, from the 512 calibration sentences; the other sets do not change)")
+    ap.add_argument("--distill-extra", type=int, default=0, help="distillation sentences beyond the 1,024 (from "
+                    "text no other set uses)")
+    ap.add_argument("--only-full", action="store_true", help="only the full recipe's rows (bound, curve, "
+                    "distillation): no baselines beyond fp16/int8, no ablations")
     ap.add_argument("--name", default="post_training")
     args = ap.parse_args()
     if args.quick:
@@ -460,12 +477,14 @@ def main() -> None:
         plot(rows, png, info["fp32_bytes"])
     except Exception as e:  # keep the figures
         log.append(f"plot failed: {type(e).__name__}: {e}")
+    n_counted = sum(info["sentences"][k] for k in ("calibration", "calibration_gram_extra", "distill"))
     sections = {
         "Setup": (f"MiniLM: {info['params']:,} parameters, fp32 {info['fp32_bytes']:,} bytes. Text: "
                   f"{info['text_source']}; {info['sentences']}. Sensitivity (Fisher diagonal, 2 probes per "
-                  f"sample, 64 sentences): {info['fisher_cpu_s']} s CPU; Gram matrices of the Linear inputs (512 "
-                  f"sentences): {info['gram_cpu_s']} s CPU; embedding rows used (all 1,536 non-evaluation "
-                  f"sentences, one forward pass): {info['embedding_rows_used']}, {info['counts_cpu_s']} s CPU; "
+                  f"sample, {info['sentences']['calibration']} sentences): {info['fisher_cpu_s']} s CPU; Gram "
+                  f"matrices of the Linear inputs (512 sentences): {info['gram_cpu_s']} s CPU; embedding rows used "
+                  f"(all {n_counted:,} non-evaluation sentences, one forward pass): {info['embedding_rows_used']}, "
+                  f"{info['counts_cpu_s']} s CPU; "
                   f"every candidate encoding of every tensor (k-means at "
                   f"each setting, grids std/r for r in {info['grids']}, GPTQ roundings): "
                   f"{info['candidates_cpu_s']} s CPU; all computed once and shared by the bound "
