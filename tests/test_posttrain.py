@@ -24,6 +24,7 @@ from deepzip.posttrain import (
     fisher_diagonal,
     save_posttrained,
     target_tensors,
+    text_batches,
 )
 from deepzip.serialize import load
 
@@ -148,6 +149,51 @@ def test_distillation_recovers_agreement() -> None:
     # the stored choices follow the fine-tuned codebooks: the file decodes to the model's weights
     w = res.choices["0.weight"].weight((128, 32))
     assert np.array_equal(w, model[0].weight.detach().numpy())
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
+    model, teacher = _mlp(), _mlp()
+    res = compress_to_bound_(model, _batches(), PostTrainConfig(max_drop=0.05, min_numel=256))
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):  # record the rate of every step
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    distill_(model, teacher, res, _batches(4, seed=7), seconds=1.0, lr=1e-3, schedule="cosine")
+    assert len(seen) > 5 and seen[0] == pytest.approx(1e-3, rel=0.05)
+    assert all(a >= b for a, b in zip(seen, seen[1:])) and seen[-1] < 0.2e-3
+    with pytest.raises(BoundError, match="schedule"):
+        distill_(model, teacher, res, _batches(), seconds=1.0, schedule="linear")
+
+
+class _WordTokenizer:
+    """A stand-in for a Hugging Face tokenizer: one id per word, pads with 0."""
+
+    def __call__(self, s, padding=False, truncation=False, max_length=None, return_tensors=None):
+        if isinstance(s, str):
+            return {"input_ids": [1] * min(len(s.split()), max_length or 10**9)}
+        rows = [[1] * min(len(x.split()), max_length or 10**9) for x in s]
+        n = max(map(len, rows))
+        return {"input_ids": torch.tensor([r + [0] * (n - len(r)) for r in rows])}
+
+
+def test_text_batches_group_similar_lengths_and_keep_every_sentence() -> None:
+    rng = np.random.default_rng(0)
+    sents = [" ".join(["w"] * int(k)) for k in rng.integers(1, 60, size=203)]
+    batches = text_batches(_WordTokenizer(), sents, 16, max_length=50)
+    lengths = sorted(min(len(s.split()), 50) for s in sents)
+    assert sorted(int(x) for b in batches for x in (b["input_ids"] > 0).sum(1)) == lengths  # nothing lost
+    padded = sum(b["input_ids"].numel() for b in batches)
+    # consecutive runs of the sorted lengths: the least padding any split into batches of 16 can have
+    best = sum(max(lengths[i:i + 16]) * len(lengths[i:i + 16]) for i in range(0, len(lengths), 16))
+    assert padded == best
+    shuffled = text_batches(_WordTokenizer(), sents, 16, max_length=50, seed=1)
+    assert [b["input_ids"].shape for b in shuffled] != [b["input_ids"].shape for b in batches] or len(batches) < 3
+    with pytest.raises(BoundError, match="batch size"):
+        text_batches(_WordTokenizer(), sents, 0)
 
 
 def test_weight_only_fallback_meets_its_sqnr() -> None:

@@ -64,7 +64,7 @@ def cmd_ptq(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..posttrain import BoundError, PostTrainConfig, compress_to_bound_, distill_, save_posttrained
+    from ..posttrain import BoundError, PostTrainConfig, compress_to_bound_, distill_, save_posttrained, text_batches
 
     cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded
     if a.latent_lr < 0:
@@ -87,9 +87,7 @@ def cmd_ptq(a: argparse.Namespace) -> int:
             sents = _sentences(path)
             if not sents:
                 raise BoundError(f"{path}: no sentences (the calibration set is empty)")
-            tok = model.tokenizer
-            return [dict(tok(sents[i:i + a.batch], padding=True, truncation=True, max_length=256,
-                             return_tensors="pt")) for i in range(0, len(sents), a.batch)]
+            return text_batches(model.tokenizer, sents, a.batch, max_length=256)  # similar lengths: less padding
         try:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
