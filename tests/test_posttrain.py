@@ -25,6 +25,7 @@ from deepzip.posttrain import (
     save_posttrained,
     target_tensors,
     text_batches,
+    unseen_scale,
 )
 from deepzip.serialize import load
 
@@ -414,7 +415,7 @@ def _zipf_ids(n: int, seed: int, vocab: int = 300) -> torch.Tensor:
 
 
 def test_row_counts_and_usage_fisher_match_brute_force() -> None:
-    from deepzip.posttrain import row_counts, usage_fisher
+    from deepzip.posttrain import row_counts, unseen_scale, usage_fisher
 
     model = _Bag()
     cal = [_zipf_ids(32, 1), _zipf_ids(16, 2)]
@@ -429,9 +430,36 @@ def test_row_counts_and_usage_fisher_match_brute_force() -> None:
     u = usage_fisher(f, ref)
     used = ref > 0
     profile = f[used].mean(axis=0)
+    scale = unseen_scale(f, ref)
     for r in (0, int(np.flatnonzero(used)[-1]), int(np.flatnonzero(~used)[0])):  # row by row
-        c = ref[r] if ref[r] else (ref == 1).sum() / (~used).sum()
+        c = ref[r] if ref[r] else (ref == 1).sum() / (~used).sum() * scale
         assert np.allclose(u[r], c / ref[used].mean() * profile)
+
+
+def test_unseen_scale_is_the_rare_rows_sensitivity_per_occurrence_brute_force() -> None:
+    """Rows seen once stand for the unseen ones: the scale is their sensitivity per occurrence over the average
+    occurrence's, counted on the text the sensitivity came from; widened to rarer-than-k rows when few are seen once."""
+    rng = np.random.default_rng(3)
+    counts = np.concatenate([rng.integers(2, 50, 40), np.ones(20, np.int64), np.zeros(40, np.int64)])
+    per_occ = np.where(counts == 1, 5.0, 1.0)  # a rare row's occurrence weighs 5x a frequent row's
+    f = (per_occ * counts)[:, None] * np.full((1, 3), 1 / 3)
+    assert unseen_scale(f, counts, min_rows=16) == pytest.approx(
+        5.0 / ((5.0 * 20 + counts[:40].sum()) / (20 + counts[:40].sum())))
+    # the sensitivity measured on a subset of the counted text: per occurrence there, rare rows chosen by `counts`
+    sub = np.minimum(counts, rng.integers(0, 3, 100))
+    fs = (per_occ * sub)[:, None] * np.full((1, 3), 1 / 3)
+    seen = sub > 0
+    rare = seen & (counts == 1)
+    assert rare.sum() >= 4
+    brute = (fs[rare].sum() / sub[rare].sum()) / (fs[seen].sum() / sub[seen].sum())
+    assert unseen_scale(fs, counts, sub, min_rows=4) == pytest.approx(brute)
+    # too few rows seen once: rows seen <= 2, <= 4, ... times join until min_rows qualify
+    few = counts.copy()
+    few[40:58] = 3  # only 2 rows left seen once; rows seen 2-3 times join them
+    k_rows = (few > 0) & (few <= 4)
+    brute = (f[k_rows].sum() / few[k_rows].sum()) / (f[few > 0].sum() / few[few > 0].sum())
+    assert k_rows.sum() >= 16 and unseen_scale(f, few, min_rows=16) == pytest.approx(brute)
+    assert unseen_scale(np.zeros((4, 2)), np.array([3, 1, 0, 0])) == 1.0  # no sensitivity: no change
 
 
 def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_path) -> None:

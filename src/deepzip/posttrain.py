@@ -90,6 +90,7 @@ __all__ = [
     "save_posttrained",
     "target_tensors",
     "text_batches",
+    "unseen_scale",
     "usage_fisher",
 ]
 
@@ -634,12 +635,15 @@ def _key(c: Candidate) -> tuple:
 def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray],
                     configs: Sequence[PostTrainConfig], progress: bool = False,
                     grams: dict[str, np.ndarray] | None = None,
-                    counts: dict[str, np.ndarray] | None = None) -> dict[str, list[Candidate]]:
+                    counts: dict[str, np.ndarray] | None = None,
+                    fisher_counts: dict[str, np.ndarray] | None = None) -> dict[str, list[Candidate]]:
     """Every candidate any of ``configs`` offers, per tensor (pass to :func:`compress_to_bound_` to share them).
 
     With ``grams`` (:func:`input_grams`), Linear layers' errors use the Kronecker-factored proxy (see
     :func:`_proxy_error`) and configurations with ``gptq`` get GPTQ-rounded candidates. With ``counts``
-    (:func:`row_counts`), embedding tables are weighted by row usage and get the tiered candidates.
+    (:func:`row_counts`), embedding tables are weighted by row usage and get the tiered candidates;
+    ``fisher_counts``: the row counts of the text ``fisher`` was measured on, where ``counts`` come from more text
+    (see :func:`unseen_scale`).
     """
     out: dict[str, list[Candidate]] = {}
     for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
@@ -647,7 +651,7 @@ def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray]
         seen: dict[tuple, Candidate] = {}
         for cfg in configs:
             for c in _candidates(n, w, fisher[n], cfg, skip=set(seen), gram=(grams or {}).get(n),
-                                 counts=(counts or {}).get(n)):
+                                 counts=(counts or {}).get(n), fisher_counts=(fisher_counts or {}).get(n)):
                 seen[_key(c)] = c
         out[n] = list(seen.values())
     return out
@@ -655,13 +659,14 @@ def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray]
 
 def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
                 skip: set[tuple] | None = None, gram: np.ndarray | None = None,
-                counts: np.ndarray | None = None) -> list[Candidate]:
+                counts: np.ndarray | None = None, fisher_counts: np.ndarray | None = None) -> list[Candidate]:
     skip = skip or set()
-    out = _candidates_of(name, w, f if counts is None else usage_fisher(f, counts), cfg, skip, gram, counts)
+    fw = f if counts is None else usage_fisher(f, counts, fisher_counts)
+    out = _candidates_of(name, w, fw, cfg, skip, gram, counts)
     if counts is not None:  # what the calibration cannot measure: the damage to the rows it never uses
         unused = counts == 0
         rows = w.shape[0]
-        fu = usage_fisher(f, counts).reshape(rows, -1)[unused]
+        fu = fw.reshape(rows, -1)[unused]
         wu = w.reshape(rows, -1)[unused].astype(np.float64)
         for c in out:
             c.unseen_error = float((fu * (wu - c.weight(w.shape).reshape(rows, -1)[unused]) ** 2).sum())
@@ -756,13 +761,49 @@ def row_counts(model: nn.Module, batches: list[Any], forward: Forward,
     return counts
 
 
-def usage_fisher(f: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def unseen_scale(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | None = None, *,
+                 min_rows: int = 16) -> float:
+    """How much more one occurrence of a rare row weighs than the average occurrence, by the sensitivity ``f``.
+
+    Good-Turing lets the rows seen once stand for the rows never seen; the same goes for their sensitivity. The
+    average occurrence is dominated by frequent rows (special and punctuation tokens of a text model), which a
+    sentence embedding barely depends on, while rare rows are content words. Returns
+    ``(sum f / sum n over rare rows) / (sum f / sum n over all rows)``, with ``n`` each row's count in the text
+    the sensitivity was measured on (``fisher_counts``; default ``counts``) and rare = counted once in ``counts``
+    among the rows that text uses (widened to <= 2, 4, ... occurrences until ``min_rows`` rows qualify).
+    (Measured on MiniLM: benchmarks/post_training.py logs it.)
+
+    Example:
+        >>> f = np.array([[1.0, 1.0], [4.0, 4.0], [0.0, 0.0], [0.0, 0.0]])
+        >>> unseen_scale(f, np.array([3, 1, 0, 0]), min_rows=1)
+        3.2
+    """
+    c = np.asarray(counts, np.float64)
+    fc = c if fisher_counts is None else np.asarray(fisher_counts, np.float64)
+    s = np.asarray(f, np.float64).reshape(c.size, -1).sum(axis=1)
+    seen = fc > 0
+    if not seen.any() or s[seen].sum() <= 0:
+        return 1.0
+    average = s[seen].sum() / fc[seen].sum()
+    k = 1.0
+    while True:
+        rare = seen & (c <= k)
+        if rare.sum() >= min_rows or rare.sum() == seen.sum():
+            break
+        k *= 2
+    if not rare.any():
+        return 1.0
+    return float(s[rare].sum() / fc[rare].sum() / average)
+
+
+def usage_fisher(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | None = None) -> np.ndarray:
     """Sensitivity of an embedding table's weights from how often each row is used: the mean sensitivity profile
     of the used rows (over columns), times each row's count relative to the mean count of the used rows.
 
     Rows the calibration never used get the Good-Turing estimate of the unseen mass spread over them: a
     pseudo-count of ``N1 / n_unused`` (``N1``: rows used exactly once), so they are neither free to destroy nor as
-    important as the common tokens.
+    important as the common tokens, times :func:`unseen_scale` (one occurrence of a rare row weighs more than the
+    average occurrence; ``fisher_counts``: the row counts of the text ``f`` was measured on, default ``counts``).
 
     Example:
         >>> usage_fisher(np.ones((4, 2)), np.array([3, 1, 0, 0])).tolist()
@@ -773,7 +814,8 @@ def usage_fisher(f: np.ndarray, counts: np.ndarray) -> np.ndarray:
     if not used.any():
         return f
     ones, unused = float((c == 1).sum()), float((~used).sum())
-    weight = np.where(used, c, ones / unused if unused else 0.0) / c[used].mean()
+    pseudo = ones / unused * unseen_scale(f, c, fisher_counts) if unused else 0.0
+    weight = np.where(used, c, pseudo) / c[used].mean()
     profile = f.reshape(f.shape[0], -1)[used].mean(axis=0)  # (C,)
     return (weight[:, None] * profile[None, :]).reshape(f.shape)
 
@@ -819,6 +861,7 @@ def compress_to_bound_(
     sensitivity: dict[str, float] | None = None,
     grams: dict[str, np.ndarray] | None = None,
     counts: dict[str, np.ndarray] | None = None,
+    fisher_counts: dict[str, np.ndarray] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> PostTrainResult:
@@ -838,6 +881,8 @@ def compress_to_bound_(
         grams: precomputed :func:`input_grams` (computed when ``config.gptq`` and no candidates are given).
         counts: precomputed :func:`row_counts` of the embedding tables (computed from the calibration batches when
             no candidates are given).
+        fisher_counts: the row counts of the text ``fisher`` was measured on, where ``counts`` come from more text
+            (default: the calibration batches' counts when ``fisher`` is computed here, else ``counts``).
         progress: progress bars while sensitivities are measured.
         log: called with one line per phase.
 
@@ -862,12 +907,16 @@ def compress_to_bound_(
     try:
         ref = _outputs(model, batches, fwd)
         orig = {n: m.weight.detach().cpu().float().numpy().copy() for n, m in mods.items()}
+        fisher_computed = fisher is None
         if fisher is None:
             fisher = fisher_diagonal(model, batches, fwd, mods, cfg.probes, cfg.seed, progress)
         if grams is None and cfg.gptq and candidates is None:
             grams = input_grams(model, batches, fwd, mods)
-        if counts is None and candidates is None and any(isinstance(m, nn.Embedding) for m in mods.values()):
+        embeddings = candidates is None and any(isinstance(m, nn.Embedding) for m in mods.values())
+        if counts is None and embeddings:
             counts = row_counts(model, batches, fwd, mods)
+        elif fisher_counts is None and embeddings and fisher_computed:  # counts of other text: the Fisher's own
+            fisher_counts = row_counts(model, batches, fwd, mods)
         secs["sensitivity"] = time.perf_counter() - t0
 
         def drop_now() -> float:
@@ -880,7 +929,7 @@ def compress_to_bound_(
                 mine = [c for c in candidates[n] if _allowed(c, cfg, able)]
             else:
                 mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n),
-                                   counts=(counts or {}).get(n))
+                                   counts=(counts or {}).get(n), fisher_counts=(fisher_counts or {}).get(n))
             if not mine:
                 raise BoundError(f"{n}: no storage option left by the configuration")
             hulls[n] = _hull(mine)

@@ -29,6 +29,9 @@ def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-lr", type=float, default=0.0,
                    help="with distillation: > 0 also moves the weights between codebook values (straight-through "
                         "rounding at this Adam rate); 0 (default) tunes codebooks, biases and norms only")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
+                   help="with distillation: the learning rate, constant or decaying along a half cosine of the "
+                        "CPU budget (default cosine)")
     p.add_argument("--no-gptq", action="store_true",
                    help="round every weight to its nearest level (no GPTQ error compensation; faster, larger)")
     p.add_argument("--batch", type=int, default=32, help="calibration batch size")
@@ -126,7 +129,7 @@ def cmd_ptq(a: argparse.Namespace) -> int:
     if teacher is not None:
         dis = load_inputs(a.distill_data) if a.distill_data else cal
         losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress,
-                          latent_lr=a.latent_lr)
+                          latent_lr=a.latent_lr, schedule=a.schedule)
         from ..posttrain import _outputs, agreement
 
         fwd = forward or (lambda m, b: m(b))
