@@ -122,6 +122,8 @@ class PostTrainConfig:
             use, each paired with every finer ratio of ``grids`` for the rows they do use (the ``tiered`` codec
             kind: one codebook and one Huffman stream per tier). Rows are weighted by how often the calibration
             uses them; unused rows get the Good-Turing estimate of the unseen mass (see :func:`usage_fisher`).
+        rare_scale: weigh unused embedding rows by the sensitivity per occurrence of the rows used once
+            (:func:`unseen_scale`) rather than of the average occurrence (False: the ablation).
         gptq: error-compensated rounding (GPTQ, Frantar et al. 2022, arXiv 2210.17323) of Linear layers for each
             per-tensor codebook or grid: the columns are rounded one at a time and the rounding error is pushed
             onto the columns not yet rounded through the Gram matrix of the layer's calibration inputs.
@@ -137,6 +139,7 @@ class PostTrainConfig:
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
     grids: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)
     tier_grids: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
+    rare_scale: bool = True
     gptq: bool = True
     weighting: str = "fisher"
     per_layer: bool = True
@@ -645,6 +648,8 @@ def make_candidates(modules: dict[str, nn.Module], fisher: dict[str, np.ndarray]
     ``fisher_counts``: the row counts of the text ``fisher`` was measured on, where ``counts`` come from more text
     (see :func:`unseen_scale`).
     """
+    if counts and len({c.rare_scale for c in configs}) > 1:
+        raise ValueError("configs differ in rare_scale: their embedding candidates cannot be shared")
     out: dict[str, list[Candidate]] = {}
     for n in tqdm(modules, desc="candidates", disable=not progress, leave=False):
         w = modules[n].weight.detach().cpu().float().numpy()
@@ -661,7 +666,7 @@ def _candidates(name: str, w: np.ndarray, f: np.ndarray, cfg: PostTrainConfig,
                 skip: set[tuple] | None = None, gram: np.ndarray | None = None,
                 counts: np.ndarray | None = None, fisher_counts: np.ndarray | None = None) -> list[Candidate]:
     skip = skip or set()
-    fw = f if counts is None else usage_fisher(f, counts, fisher_counts)
+    fw = f if counts is None else usage_fisher(f, counts, fisher_counts, rare_scale=cfg.rare_scale)
     out = _candidates_of(name, w, fw, cfg, skip, gram, counts)
     if counts is not None:  # what the calibration cannot measure: the damage to the rows it never uses
         unused = counts == 0
@@ -796,14 +801,16 @@ def unseen_scale(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | 
     return float(s[rare].sum() / fc[rare].sum() / average)
 
 
-def usage_fisher(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | None = None) -> np.ndarray:
+def usage_fisher(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | None = None, *,
+                 rare_scale: bool = True) -> np.ndarray:
     """Sensitivity of an embedding table's weights from how often each row is used: the mean sensitivity profile
     of the used rows (over columns), times each row's count relative to the mean count of the used rows.
 
     Rows the calibration never used get the Good-Turing estimate of the unseen mass spread over them: a
     pseudo-count of ``N1 / n_unused`` (``N1``: rows used exactly once), so they are neither free to destroy nor as
     important as the common tokens, times :func:`unseen_scale` (one occurrence of a rare row weighs more than the
-    average occurrence; ``fisher_counts``: the row counts of the text ``f`` was measured on, default ``counts``).
+    average occurrence; ``fisher_counts``: the row counts of the text ``f`` was measured on, default ``counts``;
+    ``rare_scale=False``: not).
 
     Example:
         >>> usage_fisher(np.ones((4, 2)), np.array([3, 1, 0, 0])).tolist()
@@ -814,7 +821,7 @@ def usage_fisher(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | 
     if not used.any():
         return f
     ones, unused = float((c == 1).sum()), float((~used).sum())
-    pseudo = ones / unused * unseen_scale(f, c, fisher_counts) if unused else 0.0
+    pseudo = ones / unused * (unseen_scale(f, c, fisher_counts) if rare_scale else 1.0) if unused else 0.0
     weight = np.where(used, c, pseudo) / c[used].mean()
     profile = f.reshape(f.shape[0], -1)[used].mean(axis=0)  # (C,)
     return (weight[:, None] * profile[None, :]).reshape(f.shape)
