@@ -170,6 +170,23 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
         distill_(model, teacher, res, _batches(), seconds=1.0, schedule="linear")
 
 
+def test_hidden_state_distillation_matches_the_named_layers_too() -> None:
+    teacher = _mlp()
+    model = copy.deepcopy(teacher)
+    res = compress_to_bound_(model, _batches(), PostTrainConfig(max_drop=0.05, min_numel=256))
+    dis = _batches(4, seed=7)
+
+    def hidden_err(m: nn.Module) -> float:
+        with torch.no_grad():
+            return sum(float((m[:2](x) - teacher[:2](x)).pow(2).sum() / teacher[:2](x).pow(2).sum()) for x in dis)
+
+    before = hidden_err(model)
+    losses = distill_(model, teacher, res, dis, seconds=1.5, lr=1e-3, hidden=["1"], hidden_weight=1.0)
+    assert len(losses) > 5 and hidden_err(model) < before
+    with pytest.raises(BoundError, match="no such module"):
+        distill_(model, teacher, res, dis, seconds=0.5, hidden=["nope"])
+
+
 class _WordTokenizer:
     """A stand-in for a Hugging Face tokenizer: one id per word, pads with 0."""
 

@@ -1107,6 +1107,8 @@ def distill_(
     modules: dict[str, nn.Module] | None = None,
     progress: bool = False,
     schedule: str = "constant",
+    hidden: Sequence[str] = (),
+    hidden_weight: float = 1.0,
 ) -> list[float]:
     """Fine-tune the compressed ``model`` to match ``teacher`` (the original) on unlabeled inputs; in place.
 
@@ -1131,10 +1133,16 @@ def distill_(
         progress: show a progress bar over the steps.
         schedule: ``"constant"`` learning rates, or ``"cosine"``: both rates decay to 0 along a half cosine of the
             CPU budget spent (the budget is time, not steps, so the decay follows ``time.process_time``).
+        hidden: names of modules (the same in ``model`` and ``teacher``) whose outputs are matched too, as in
+            intermediate-layer distillation (TinyBERT, Jiao et al. 2020): ``hidden_weight`` times the mean over
+            them of the relative squared error ``|h - h_teacher|^2 / |h_teacher|^2`` is added to the loss (a
+            module returning a tuple is matched on its first tensor).
+        hidden_weight: weight of the hidden-state term.
 
     Returns:
-        The loss of every step.
+        The loss of every step (the output term, ``1 - cos``).
     """
+    start = time.process_time()  # the budget counts the teacher's forward passes too
     if schedule not in ("constant", "cosine"):
         raise BoundError(f"schedule={schedule!r}: expected 'constant' or 'cosine'")
     if not batches:
@@ -1142,9 +1150,31 @@ def distill_(
     fwd = forward or _default_forward
     named = dict(model.named_modules())
     mods = modules if modules is not None else {n: named[n[: -len(".weight")]] for n in result.choices}
-    with torch.no_grad():
-        teacher.eval()
-        targets = [y.reshape(y.shape[0], -1).float() for y in (fwd(teacher, b) for b in batches)]
+    t_named, s_named = dict(teacher.named_modules()), dict(model.named_modules())
+    missing = [h for h in hidden if h not in t_named or h not in s_named]
+    if missing:
+        raise BoundError(f"hidden={missing[0]!r}: no such module in the model and the teacher")
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+            captured[name] = out if isinstance(out, torch.Tensor) else next(
+                t for t in out if isinstance(t, torch.Tensor))
+        return hook
+
+    handles = [t_named[h].register_forward_hook(grab(h)) for h in hidden]
+    hidden_targets: list[dict[str, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            teacher.eval()
+            targets = []
+            for b in batches:
+                y = fwd(teacher, b)
+                targets.append(y.reshape(y.shape[0], -1).float())
+                hidden_targets.append({h: captured[h].detach().float() for h in hidden})
+    finally:
+        for handle in handles:
+            handle.remove()
     params: list[nn.Parameter] = []
     latents: list[nn.Parameter] = []
     frozen: list[torch.Tensor] = []
@@ -1181,11 +1211,11 @@ def distill_(
     opt = torch.optim.Adam(groups)
     losses: list[float] = []
     model.train(False)  # no dropout: match the teacher's deterministic outputs
-    start = time.process_time()
     end = start + seconds  # CPU seconds of this process: the budget does not shrink under load
     base_lrs = [g["lr"] for g in opt.param_groups]
     bar = tqdm(desc="distill", disable=not progress, leave=False)
     step = 0
+    handles = [s_named[h].register_forward_hook(grab(h)) for h in hidden]
     try:
         while (now := time.process_time()) < end:
             if schedule == "cosine":
@@ -1196,14 +1226,22 @@ def distill_(
             y = fwd(model, batches[i])
             y = y.reshape(y.shape[0], -1)
             loss = (1 - nn.functional.cosine_similarity(y, targets[i], dim=1)).mean()
+            total = loss
+            if hidden:
+                rel = [(captured[h] - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
+                       for h, t in hidden_targets[i].items()]
+                total = loss + hidden_weight * torch.stack(rel).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
     finally:
         bar.close()
+        for handle in handles:
+            handle.remove()
+        captured.clear()
         with torch.no_grad():
             for n, m in mods.items():
                 c = result.choices[n]
