@@ -477,6 +477,8 @@ def test_unseen_scale_is_the_rare_rows_sensitivity_per_occurrence_brute_force() 
     brute = (f[k_rows].sum() / few[k_rows].sum()) / (f[few > 0].sum() / few[few > 0].sum())
     assert k_rows.sum() >= 16 and unseen_scale(f, few, min_rows=16) == pytest.approx(brute)
     assert unseen_scale(np.zeros((4, 2)), np.array([3, 1, 0, 0])) == 1.0  # no sensitivity: no change
+    dull = np.where(counts == 1, 0.2, 1.0)[:, None] * counts[:, None] * np.ones((1, 3))  # rare rows less sensitive
+    assert unseen_scale(dull, counts, min_rows=16) == 1.0  # a floor: never cheaper than the average occurrence
 
 
 def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_path) -> None:

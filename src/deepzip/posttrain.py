@@ -775,7 +775,7 @@ def unseen_scale(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | 
     sentence embedding barely depends on, while rare rows are content words. Returns
     ``(sum f / sum n over rare rows) / (sum f / sum n over all rows)``, with ``n`` each row's count in the text
     the sensitivity was measured on (``fisher_counts``; default ``counts``) and rare = counted once in ``counts``
-    among the rows that text uses (widened to <= 2, 4, ... occurrences until ``min_rows`` rows qualify).
+    among the rows that text uses (widened to <= 2, 4, ... occurrences until ``min_rows`` rows qualify); at least 1.
     (Measured on MiniLM: benchmarks/post_training.py logs it.)
 
     Example:
@@ -798,7 +798,9 @@ def unseen_scale(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | 
         k *= 2
     if not rare.any():
         return 1.0
-    return float(s[rare].sum() / fc[rare].sum() / average)
+    # never below 1: rows seen rarely can look insensitive for reasons an unseen row does not share (padding
+    # positions of a text model's position table are counted but masked), and the unseen mass is a floor
+    return max(1.0, float(s[rare].sum() / fc[rare].sum() / average))
 
 
 def usage_fisher(f: np.ndarray, counts: np.ndarray, fisher_counts: np.ndarray | None = None, *,
