@@ -331,9 +331,13 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
             rows.append(row)
             print(json.dumps(row), flush=True)
     # distillation from the original: allocate for a looser calibration bound, then fine-tune on unlabeled text
+    # (with --hidden-weight: the six encoder layers' outputs are matched too)
+    hidden = [n for n, _ in model.named_modules() if re.fullmatch(r".*encoder\.layer\.\d+", n)] \
+        if args.hidden_weight else []
     for relax in args.relax:
         label = (f"grid + GPTQ at bound {relax * d:g}, then distillation from the original "
-                 f"({args.distill_cpu:.0f} s CPU{', indices move' if args.latent_lr else ''})")
+                 f"({args.distill_cpu:.0f} s CPU{', indices move' if args.latent_lr else ''}"
+                 f"{f', + {len(hidden)} hidden layers x {args.hidden_weight:g}' if hidden else ''})")
         try:
             row, _student, res = bound_row(label, model, cal, ev, ref, tmp, dataclasses.replace(
                 full, max_drop=relax * d), fisher, log, cands, alphas.get((True, True)))
@@ -347,7 +351,8 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
         load(tmp / "bound.dz", model=m)
         c0 = time.process_time()
         losses = posttrain.distill_(m, model, res, dis, forward=st_forward, seconds=args.distill_cpu, lr=args.lr,
-                                    latent_lr=args.latent_lr, schedule=args.schedule)
+                                    latent_lr=args.latent_lr, schedule=args.schedule, hidden=hidden,
+                                    hidden_weight=args.hidden_weight)
         cpu = time.process_time() - c0
         path = tmp / "distilled.dz"
         nbytes = posttrain.save_posttrained(m, res, path)
@@ -468,6 +473,8 @@ def main() -> None:
     ap.add_argument("--distill-cpu", type=float, default=600.0, help="CPU seconds of distillation (MiniLM)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--schedule", choices=("constant", "cosine"), default="cosine", help="distillation lr")
+    ap.add_argument("--hidden-weight", type=float, default=0.0, help="distillation also matches the encoder "
+                    "layers' outputs, with this weight (0: outputs only)")
     ap.add_argument("--latent-lr", type=float, default=0.0, help="> 0: distillation also moves the indices (STE)")
     ap.add_argument("--curve", type=float, nargs="*", default=[0.003, 0.005, 0.0075, 0.02, 0.03])
     ap.add_argument("--lenet-distill", type=float, default=60.0)
