@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -153,19 +154,31 @@ def test_distillation_recovers_agreement() -> None:
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
+    import deepzip.posttrain as pt
+
     model, teacher = _mlp(), _mlp()
     res = compress_to_bound_(model, _batches(), PostTrainConfig(max_drop=0.05, min_numel=256))
-    seen: list[float] = []
+    seen: list[tuple[float, float]] = []
+    clock = [0.0]
+
+    def tick() -> float:  # a CPU clock that advances 0.01 s per reading: the schedule is checked exactly
+        clock[0] += 0.01
+        return clock[0]
+
     step = torch.optim.Adam.step
 
-    def spy(self, *a, **k):  # record the rate of every step
-        seen.append(self.param_groups[0]["lr"])
+    def spy(self, *a, **k):  # record the rate of every step and the clock it was set at
+        seen.append((self.param_groups[0]["lr"], clock[0]))
         return step(self, *a, **k)
 
+    monkeypatch.setattr(pt.time, "process_time", tick)
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     distill_(model, teacher, res, _batches(4, seed=7), seconds=1.0, lr=1e-3, schedule="cosine")
-    assert len(seen) > 5 and seen[0] == pytest.approx(1e-3, rel=0.05)
-    assert all(a >= b for a, b in zip(seen, seen[1:])) and seen[-1] < 0.2e-3
+    start = 0.01  # the first reading: the budget starts when distill_ does
+    assert len(seen) > 50
+    for lr, now in seen:  # brute force: the half cosine of the budget spent when the step began
+        assert lr == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (now - start))), rel=1e-9, abs=1e-15)
+    assert all(a >= b for (a, _), (b, _) in zip(seen, seen[1:])) and seen[-1][0] < 0.01e-3
     with pytest.raises(BoundError, match="schedule"):
         distill_(model, teacher, res, _batches(), seconds=1.0, schedule="linear")
 
@@ -191,9 +204,9 @@ class _WordTokenizer:
     """A stand-in for a Hugging Face tokenizer: one id per word, pads with 0."""
 
     def __call__(self, s, padding=False, truncation=False, max_length=None, return_tensors=None):
-        if isinstance(s, str):
-            return {"input_ids": [1] * min(len(s.split()), max_length or 10**9)}
         rows = [[1] * min(len(x.split()), max_length or 10**9) for x in s]
+        if not padding:
+            return {"input_ids": rows}
         n = max(map(len, rows))
         return {"input_ids": torch.tensor([r + [0] * (n - len(r)) for r in rows])}
 

@@ -285,8 +285,8 @@ def text_batches(tokenizer: Any, sentences: Sequence[str], size: int = 16, *, ma
 
     Example:
         >>> def tok(s, padding=False, truncation=False, max_length=None, return_tensors=None):  # one id per word
-        ...     if isinstance(s, str):
-        ...         return {"input_ids": s.split()}
+        ...     if not padding:
+        ...         return {"input_ids": [x.split() for x in s]}
         ...     n = max(len(x.split()) for x in s)
         ...     return {"input_ids": torch.tensor([[1] * len(x.split()) + [0] * (n - len(x.split())) for x in s])}
         >>> [b["input_ids"].shape[1] for b in text_batches(tok, ["a b c", "a", "a b", "a b c d"], 2, seed=None)]
@@ -294,7 +294,7 @@ def text_batches(tokenizer: Any, sentences: Sequence[str], size: int = 16, *, ma
     """
     if size < 1:
         raise BoundError(f"batch size {size}: expected >= 1")
-    lengths = [len(tokenizer(s, truncation=True, max_length=max_length)["input_ids"]) for s in sentences]
+    lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(sentences)), key=lambda i: lengths[i])
     groups = [order[i:i + size] for i in range(0, len(order), size)]
     if seed is not None:
@@ -1152,8 +1152,8 @@ def distill_(
     fwd = forward or _default_forward
     named = dict(model.named_modules())
     mods = modules if modules is not None else {n: named[n[: -len(".weight")]] for n in result.choices}
-    t_named, s_named = dict(teacher.named_modules()), dict(model.named_modules())
-    missing = [h for h in hidden if h not in t_named or h not in s_named]
+    t_named = dict(teacher.named_modules())
+    missing = [h for h in hidden if h not in t_named or h not in named]
     if missing:
         raise BoundError(f"hidden={missing[0]!r}: no such module in the model and the teacher")
     captured: dict[str, torch.Tensor] = {}
@@ -1217,7 +1217,7 @@ def distill_(
     base_lrs = [g["lr"] for g in opt.param_groups]
     bar = tqdm(desc="distill", disable=not progress, leave=False)
     step = 0
-    handles = [s_named[h].register_forward_hook(grab(h)) for h in hidden]
+    handles = [named[h].register_forward_hook(grab(h)) for h in hidden]
     try:
         while (now := time.process_time()) < end:
             if schedule == "cosine":
