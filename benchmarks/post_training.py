@@ -223,7 +223,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
     fp32 = FP32 * total
     cal = text_batches(model, sents["calibration"])
     ev = text_batches(model, sents["eval"], 50)
-    dis = posttrain.text_batches(model.tokenizer, sents["distill"], 16)  # similar lengths: 2.2x less padding
+    dis = posttrain.text_batches(model.tokenizer, sents["distill"], 16)  # similar lengths: little padding
     ref = embed(model, ev)
     say(f"MiniLM loaded, {len(cal)} calibration / {len(ev)} eval / {len(dis)} distill batches")
     rows: list[dict] = [{"variant": "fp32 original", "bytes": fp32, **quality(ref, ref)}]

@@ -279,9 +279,9 @@ def text_batches(tokenizer: Any, sentences: Sequence[str], size: int = 16, *, ma
                  seed: int | None = 0) -> list[dict[str, torch.Tensor]]:
     """Tokenized batches of ``size`` sentences of similar length (a Hugging Face ``tokenizer``), in shuffled order.
 
-    Sentences are sorted by token count before batching, so a batch pads to little more than its own lengths:
-    on random stdlib docstring sentences, random batches of 16 pad to 2.2x the tokens, sorted ones to 1.03x, which
-    halves the cost of a distillation step. ``seed``: the batch order is shuffled with it (``None``: shortest first).
+    Sentences are sorted by token count before batching, so a batch pads to little more than its own lengths
+    (random batches of sentences of mixed lengths are mostly padding, and a distillation step pays for every padded
+    token). ``seed``: the batch order is shuffled with it (``None``: shortest first).
 
     Example:
         >>> def tok(s, padding=False, truncation=False, max_length=None, return_tensors=None):  # one id per word
