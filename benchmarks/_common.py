@@ -81,7 +81,7 @@ def _run(cmd: list[str]) -> None:
 def trained(model: str, *, quiet: bool = True) -> Path:
     """A trained checkpoint of ``model`` (trained with the default recipe on first use, then cached in runs/ under
     a name that carries the recipe's hash, so a changed recipe retrains)."""
-    from deepzip.recipes import recipe_tag
+    from deepzip.apps.mnist.recipes import recipe_tag
 
     path = RUNS / f"{model}-{recipe_tag(model)}.safetensors"
     if not path.exists():

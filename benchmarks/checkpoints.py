@@ -213,9 +213,9 @@ def part_tensors() -> None:
     from safetensors.torch import load_file
 
     from deepzip import codec
-    from deepzip._kmeans import kmeans1d
-    from deepzip.checkpoints_io import tensor_to_numpy
-    from deepzip.serialize import save
+    from deepzip.io.foreign import tensor_to_numpy
+    from deepzip.io.serialize import save
+    from deepzip.techniques._kmeans import kmeans1d
 
     torch.set_num_threads(1)
     sd = load_file(minilm_folder() / "model.safetensors")

@@ -211,7 +211,7 @@ def dz_file_baselines(path: str, label: str, tmp: Path, tools: list[str]) -> lis
     gzip -9 / xz -9e / zstd -19: what a user of a generic compressor gets for the very same model."""
     import torch
 
-    from deepzip.serialize import load_state_dict
+    from deepzip.io.serialize import load_state_dict
 
     state = load_state_dict(path)
     total = sum(v.numel() for v in state.values())

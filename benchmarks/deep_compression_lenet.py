@@ -2,7 +2,7 @@
 
 Rerun: python benchmarks/deep_compression_lenet.py [--models lenet300,lenet5] [--distill] [--fresh]
 
-Trains each model (cached in runs/), runs deepzip.pipeline.run_pipeline with the config below, writes
+Trains each model (cached in runs/), runs deepzip.apps.mnist.pipeline.run_pipeline with the config below, writes
 runs/MODEL.dz, and reports the file's bytes on disk, the ratio against 32-bit parameters, the test error
 before and after (after = a model rebuilt from the file), the ratio after each stage, per-layer tables, and the wall
 time of each stage. Results: benchmarks/results/deep_compression_lenet.{json,md}.
@@ -22,10 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, RUNS, md_table, trained, write_results
 
-from deepzip.checkpoint import load_checkpoint
-from deepzip.data import load_mnist
-from deepzip.pipeline import PipelineConfig, run_pipeline
-from deepzip.recipes import PAPER
+from deepzip.apps.mnist.data import load_mnist
+from deepzip.apps.mnist.pipeline import run_pipeline
+from deepzip.apps.mnist.recipes import PAPER
+from deepzip.io.checkpoint import load_checkpoint
+from deepzip.pipeline import PipelineConfig
 
 # What it took (see the Markdown notes): scan-chosen per-layer sparsities at an overall target, scan-chosen bits.
 CONFIGS = {
@@ -112,7 +113,8 @@ def main() -> None:
     sections["What it took (settings chosen by the scans)"] = md_table(settings) + (
         "\nSparsities: split of the overall target by the sensitivity scan on a fixed subset of 5,000 training "
         "images; bits: the fewest per layer whose codebook (before fine-tuning) keeps that subset's loss within the "
-        "tolerance. Retraining and centroid fine-tuning per the model's recipe (deepzip.recipes), inputs jittered by "
+        "tolerance. Retraining and centroid fine-tuning per the model's recipe "
+        "(deepzip.apps.mnist.recipes), inputs jittered by "
         "up to 2 pixels as in training.\n")
     cmd = "python benchmarks/deep_compression_lenet.py" + (" --distill" if a.distill else "") + \
         "".join(f" --config {k}='{json.dumps(v)}'" for k, v in overrides.items()) + \

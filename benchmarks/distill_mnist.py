@@ -5,7 +5,8 @@ labels 146; the same student distilled at T=20 74. With >= 300 units any T > 8 w
 
 What we run, with the same settings for every student:
 
-- The 60,000 training images are split once: 5,000 held out for choices (``deepzip.recipes.validation_split``,
+- The 60,000 training images are split once: 5,000 held out for choices
+(``deepzip.apps.mnist.recipes.validation_split``,
   seed 0) and 55,000 to train on. The teacher and every student train on the 55,000 only; the test set is used
   for nothing but the reported numbers.
 - The teacher (mlp1200: light dropout 0.2, input dropout 0.1, input jitter of up to 2 pixels) is trained once and
@@ -38,11 +39,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RUNS, write_results
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.data import Dataset, load_mnist
-from deepzip.distill import distill, jitter
+from deepzip.apps.mnist.data import load_mnist
+from deepzip.apps.mnist.recipes import validation_split
+from deepzip.data import Dataset
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.models import get_model
-from deepzip.recipes import validation_split
+from deepzip.techniques.distill import distill, jitter
 from deepzip.train import TrainConfig, evaluate, fit, predict
 
 PAPER_ERRORS = {("mlp1200", "teacher"): 67, ("mlp800", "labels only"): 146, ("mlp800", "distilled T=20"): 74}
@@ -153,7 +155,7 @@ def compression_rows(train: Dataset, test: Dataset, *, quick: bool) -> list[dict
 
     Intended rows (results convention): ``{"model": "lenet300", "variant": "P+Q+H, retrain CE" | "P+Q+H, retrain
     distill T=..", ...}``. The teacher is the uncompressed model: build the retraining loss with
-    ``deepzip.distill.teacher_loss_for(model, train, T, alpha)`` *before* pruning and pass it as ``fit``'s
+    ``deepzip.techniques.distill.teacher_loss_for(model, train, T, alpha)`` *before* pruning and pass it as ``fit``'s
     ``loss_fn`` in every retraining round (after pruning and after sharing).
     """
     try:
@@ -161,7 +163,7 @@ def compression_rows(train: Dataset, test: Dataset, *, quick: bool) -> list[dict
     except ImportError:
         print("--with-compression: deepzip.pipeline is not importable yet; no compression rows", flush=True)
         return []
-    # TODO(pipeline): run deepzip.pipeline.run_pipeline on lenet300 with PipelineConfig(distill=False) and
+    # TODO(pipeline): run deepzip.apps.mnist.pipeline.run_pipeline on lenet300 with PipelineConfig(distill=False) and
     # (distill=True, temperature=.., alpha=..) and return one row for each.
     print("--with-compression: not wired to deepzip.pipeline yet (see compression_rows); no rows", flush=True)
     return []
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                  "between candidates on the 5,000 held-out images, are within noise; each number is one seed.")
     setup = (
         f"- Data: the 60,000 training images split once, {len(val):,} held out "
-        "(`deepzip.recipes.validation_split`, seed 0) "
+        "(`deepzip.apps.mnist.recipes.validation_split`, seed 0) "
         f"and {len(fit_set):,} to train on; teacher and students all train on the {len(fit_set):,}. Alpha "
         "(and the 'T chosen on val' column) are chosen by errors on the held-out images; the test set is only "
         "reported.\n"

@@ -56,10 +56,10 @@ def make_seeds() -> list[bytes]:
     import torch
 
     from deepzip import codec
+    from deepzip.io.serialize import encode_model
     from deepzip.models import get_model
-    from deepzip.prune import prune_
-    from deepzip.serialize import encode_model
-    from deepzip.share import share_weights_
+    from deepzip.techniques.prune import prune_
+    from deepzip.techniques.share import share_weights_
 
     seeds = []
     m = share_weights_(prune_(get_model("mlp30"), sparsity=0.9), 3, progress=False)
@@ -243,7 +243,7 @@ def _alarm(signum, frame):
 
 def run_case(blob: bytes) -> str:
     from deepzip import codec
-    from deepzip.serialize import load, load_state_dict
+    from deepzip.io.serialize import load, load_state_dict
 
     f = codec.read(blob, max_bytes=MAX_BYTES)
     for name, t in f.tensors.items():

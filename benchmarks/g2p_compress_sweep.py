@@ -29,19 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RUNS, write_results
 
 import deepzip
-from deepzip.checkpoint import load_checkpoint
-from deepzip.g2p_data import encode_word, load_g2p
-from deepzip.g2p_pipeline import evaluate_g2p
-from deepzip.g2p_recipes import STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, G2PCompressConfig, g2p_recipe_tag
-from deepzip.prune import prunable_tensors, prune_
-from deepzip.seq import Seq2Seq
-from deepzip.seqdistill import fit_seq2seq, teacher_targets
-from deepzip.share import share_weights_
+from deepzip.apps.g2p.data import encode_word, load_g2p
+from deepzip.apps.g2p.pipeline import evaluate_g2p
+from deepzip.apps.g2p.recipes import STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, G2PCompressConfig, g2p_recipe_tag
+from deepzip.io.checkpoint import load_checkpoint
+from deepzip.models.seq2seq import Seq2Seq
+from deepzip.techniques.prune import prunable_tensors, prune_
+from deepzip.techniques.seqdistill import fit_seq2seq, teacher_targets
+from deepzip.techniques.share import share_weights_
 
 
 def compress_measured(model: Seq2Seq, words: list, beam_out: list, c: G2PCompressConfig, train, dev) -> dict:
     """``g2p_pipeline.compress_student_``'s two steps, with dev WER measured between them."""
-    from deepzip.prune import AGPSchedule
+    from deepzip.techniques.prune import AGPSchedule
 
     final = {n: (c.embedding_sparsity if n.endswith("_emb") else c.sparsity) for n in prunable_tensors(model)}
     t0 = time.perf_counter()

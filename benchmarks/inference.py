@@ -50,10 +50,10 @@ from _common import md_table, write_results
 from codec import make_layer
 
 import deepzip
-from deepzip import _spkernel, codec
-from deepzip.prune import strip
-from deepzip.runtime import SparseLinear, _SparseWeight, kernels_available, layer_bytes, runtime_table
-from deepzip.shrink import shrink_
+from deepzip import codec
+from deepzip.runtime import SparseLinear, _SparseWeight, _spkernel, kernels_available, layer_bytes, runtime_table
+from deepzip.techniques.prune import strip
+from deepzip.techniques.shrink import shrink_
 
 torch.set_num_threads(1)
 ALEXNET = [("fc6", 4096, 9216, 0.09), ("fc7", 4096, 4096, 0.09), ("fc8", 1000, 4096, 0.25)]
@@ -123,7 +123,7 @@ def native_call(lib, layer: SparseLinear, x: torch.Tensor):
     """``layer(x)`` (no bias) through the natively built library, on the arrays the shipped kernel has checked."""
     import ctypes
 
-    from deepzip import _spkernel
+    from deepzip.runtime import _spkernel
 
     sw = layer.sparse
     rowptr, step, vals, cb = sw._c_arrays()
@@ -211,9 +211,9 @@ def fc_layers(lenet300_kept: dict[str, float], repeats: int, tmp: Path) -> list[
 _RSS_CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-import deepzip, deepzip.runtime, deepzip.shrink, deepzip.share, torch.fx
+import deepzip, deepzip.runtime, deepzip.techniques.shrink, deepzip.techniques.share, torch.fx
 from deepzip.cli.bench import rss_bytes
-from deepzip.prune import strip
+from deepzip.techniques.prune import strip
 from deepzip.runtime import SparseLinear, _SparseWeight
 w = torch.zeros(8, 8); w[0, 0] = 1
 SparseLinear(_SparseWeight.from_dense(w, "codebook"), None)(torch.rand(2, 8))
@@ -235,7 +235,7 @@ def child_json(code: str, *argv: str) -> dict:
 
 
 def lenet(path: Path, repeats: int) -> tuple[list[dict], list[dict], dict]:
-    from deepzip.data import load_mnist
+    from deepzip.apps.mnist.data import load_mnist
     from deepzip.train import evaluate
 
     test = load_mnist("test", quiet=True)
@@ -281,7 +281,7 @@ _PEAK_CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
 from torch import nn
-import deepzip.runtime, deepzip.serialize
+import deepzip.runtime, deepzip.io.serialize
 from deepzip.runtime import SparseLinear, _SparseWeight
 w = torch.zeros(8, 8); w[0, 0] = 1
 SparseLinear(_SparseWeight.from_dense(w, "codebook"), None)(torch.rand(2, 8))
@@ -299,12 +299,12 @@ def hwm_kib():
 
 base = hwm_kib()
 if how == "dense":
-    sd = deepzip.serialize.load_state_dict(path)
+    sd = deepzip.io.serialize.load_state_dict(path)
     held = sum(t.numel() * t.element_size() for t in sd.values())
 else:
     with torch.device("meta"):
         model = nn.Sequential(*[nn.Linear(cols, rows, bias=False) for _ in range(nlayers)])
-    model = deepzip.runtime.from_dz(deepzip.serialize.read_dz(path), model, mode=how)
+    model = deepzip.runtime.from_dz(deepzip.io.serialize.read_dz(path), model, mode=how)
     held = deepzip.runtime.layer_bytes(model)
 peak = hwm_kib()
 print(json.dumps({"base_kib": base, "peak_kib": peak, "held_bytes": held}))

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deepzip._kmeans import _kmeans1d, init_centroids, linear_quantize
+from deepzip.techniques._kmeans import _kmeans1d, init_centroids, linear_quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -195,7 +195,8 @@ def _scipy_kmeans2(x: np.ndarray, c0: np.ndarray, iters: int) -> tuple[np.ndarra
 def commit() -> str:
     try:
         dirty = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain", "--", "src/deepzip/_kmeans.py", __file__],
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "src/deepzip/techniques/_kmeans.py",
+            __file__],
             cwd=ROOT,
             capture_output=True,
             text=True,

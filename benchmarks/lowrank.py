@@ -5,7 +5,8 @@ Parts (``--parts``, default all three):
 
 - ``cnn``: LeNet-5 and a wider CNN (``cnn4``: 3x3 convs of 32, 64, 128, 128 channels), trained here, then
   decomposed (Tucker-2 of the convs, EVBMF ranks as Kim et al. 2016; also SVD of LeNet-5's fc1, and kept-energy
-  ranks) and fine-tuned. Reported: parameters, multiply-adds (``deepzip.lowrank.count_macs``), CPU latency at batch
+  ranks) and fine-tuned. Reported: parameters, multiply-adds (``deepzip.techniques.lowrank.count_macs``), CPU latency
+  at batch
   1 and 64 with one thread (every variant of a model timed interleaved in the same run, median of repeats, ratio to
   the original), test error right after decomposition, after one fine-tuning epoch and after all of them (the last
   epoch's, not the best; the per-epoch curve is in the JSON), and a per-layer table.
@@ -47,9 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 from _common import md_table
 
-from deepzip.data import Dataset, load_mnist, synthetic_mnist
-from deepzip.distill import live_teacher
-from deepzip.lowrank import (
+from deepzip.apps.mnist.data import load_mnist, synthetic_mnist
+from deepzip.apps.mnist.recipes import train_config, validation_split
+from deepzip.data import Dataset
+from deepzip.io.serialize import load, save
+from deepzip.models import get_model
+from deepzip.pipeline import PipelineConfig, compress_
+from deepzip.techniques.distill import live_teacher
+from deepzip.techniques.lowrank import (
     TTLinear,
     convs_and_linears,
     count_macs,
@@ -57,10 +63,6 @@ from deepzip.lowrank import (
     lowrank_spec,
     lowrank_table,
 )
-from deepzip.models import get_model
-from deepzip.pipeline import PipelineConfig, compress_
-from deepzip.recipes import train_config, validation_split
-from deepzip.serialize import load, save
 from deepzip.train import TrainConfig, evaluate, fit, jitter_augment
 
 PARTS = ("cnn", "tt", "combined")
@@ -98,7 +100,7 @@ def subset(data: Dataset, n: int | None) -> Dataset:
 
 def trained_base(name: str, train_d: Dataset, a: argparse.Namespace, n: int | None = None) -> nn.Module:
     """``name`` trained with TRAIN[name] (``--epochs`` overrides), cached in runs/ (git-ignored) for the next part."""
-    from deepzip.checkpoint import load_checkpoint, save_checkpoint
+    from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 
     epochs = (a.cnn4_epochs if name == "cnn4" and a.cnn4_epochs else None) or a.epochs or TRAIN[name]["epochs"]
     data = subset(train_d, n)

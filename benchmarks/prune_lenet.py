@@ -26,13 +26,13 @@ import torch.nn.utils.prune as tprune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, RUNS, Timer, md_table, write_results
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.data import load_mnist
+from deepzip.apps.mnist.data import load_mnist
+from deepzip.apps.mnist.pipeline import PruneSettings, run_prune
+from deepzip.apps.mnist.recipes import PAPER, recipe_tag, train_config
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.models import get_model
-from deepzip.pipeline import PruneSettings, run_prune
-from deepzip.prune import get_mask, prunable_layers, sparsity_table
-from deepzip.recipes import PAPER, recipe_tag, train_config
 from deepzip.report import plot_first_layer_mask, plot_sensitivity
+from deepzip.techniques.prune import get_mask, prunable_layers, sparsity_table
 from deepzip.train import TrainConfig, evaluate, fit
 
 # The paper's LeNet-5 kept fractions (66/12/8/19%) keep 8.55% of all parameters once the 580 biases (never

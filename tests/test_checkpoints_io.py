@@ -17,10 +17,10 @@ from torch import nn
 
 import deepzip
 from deepzip import codec
-from deepzip.checkpoints_io import compress_checkpoint, decompress_checkpoint, open_source
 from deepzip.codec import _planes
 from deepzip.errors import CheckpointError, DeepzipFormatError
-from deepzip.serialize import load, load_state_dict, save
+from deepzip.io.foreign import compress_checkpoint, decompress_checkpoint, open_source
+from deepzip.io.serialize import load, load_state_dict, save
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).parents[1]

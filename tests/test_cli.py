@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deepzip import cli
-from deepzip.checkpoint import save_checkpoint
+from deepzip.io.checkpoint import save_checkpoint
 from deepzip.models import get_model
 
 
@@ -44,7 +44,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_prune_and_evaluate_in_process(tmp_path, monkeypatch):
-    from deepzip import data
+    from deepzip.apps.mnist import data
 
     monkeypatch.setattr(cli.model, "_data",
                         lambda a, label_with=None: (data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)))
@@ -60,7 +60,7 @@ def test_prune_and_evaluate_in_process(tmp_path, monkeypatch):
 
 
 def test_bad_sparsity_value_is_reported(tmp_path, capsys, monkeypatch):
-    from deepzip import data
+    from deepzip.apps.mnist import data
 
     monkeypatch.setattr(cli.model, "_data",
                         lambda a, label_with=None: (data.synthetic_mnist(64), data.synthetic_mnist(64, seed=1)))
@@ -72,7 +72,7 @@ def test_bad_sparsity_value_is_reported(tmp_path, capsys, monkeypatch):
 
 
 def test_evaluate_json_has_required_keys(tmp_path, capsys, monkeypatch):
-    from deepzip import data
+    from deepzip.apps.mnist import data
 
     monkeypatch.setattr(data, "load_mnist", lambda split, root=None, quiet=False: data.synthetic_mnist(64, seed=1))
     src = tmp_path / "m.safetensors"

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from deepzip import cli
+from deepzip.io.serialize import save
 from deepzip.models import get_model
-from deepzip.prune import prune_
-from deepzip.serialize import save
-from deepzip.share import share_weights_
+from deepzip.techniques.prune import prune_
+from deepzip.techniques.share import share_weights_
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_report_writes_markdown_and_pictures(dz, tmp_path):
 
 
 def test_evaluate_rebuilds_from_the_file(dz, capsys, monkeypatch):
-    from deepzip import data
+    from deepzip.apps.mnist import data
 
     path, m = dz
     test = data.synthetic_mnist(64, seed=1)
@@ -102,33 +102,34 @@ def test_bad_file_in_a_real_process(dz, tmp_path):
 def test_compress_a_users_own_model(tmp_path, monkeypatch, capsys):
     """--model package.module:factory with --checkpoint, the whole pipeline, then evaluate the file."""
     import deepzip.cli.dz as cdz
-    from deepzip import data
-    from deepzip.checkpoint import save_checkpoint
+    from deepzip.apps.mnist import data
+    from deepzip.io.checkpoint import save_checkpoint
 
     train, test = data.synthetic_mnist(256), data.synthetic_mnist(128, seed=1)
     monkeypatch.setattr(cdz, "_data", lambda a, label_with=None: (train, test))
     torch.manual_seed(0)
     ckpt = tmp_path / "mine.safetensors"
-    save_checkpoint(get_model("deepzip.models:LeNet300", trust_code=True), ckpt)
+    save_checkpoint(get_model("deepzip.apps.mnist.models:LeNet300", trust_code=True), ckpt)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"sparsity": {"fc1": 0.9, "fc2": 0.9, "fc3": 0.5}, "bits": 4, "prune_rounds": 1,
                                "retrain_epochs": 1, "finetune_epochs": 1}))
     out = tmp_path / "mine.dz"
-    argv = ["compress", "--model", "deepzip.models:LeNet300", "--checkpoint", str(ckpt), "--config", str(cfg),
+    argv = ["compress", "--model", "deepzip.apps.mnist.models:LeNet300", "--checkpoint", str(ckpt), "--config",
+    str(cfg),
             "-o", str(out), "--workdir", str(tmp_path / "w"), "-q"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"{out.stat().st_size:,} bytes on disk" in printed
     from deepzip import codec
 
-    assert codec.read(out).architecture == "deepzip.models:LeNet300"
+    assert codec.read(out).architecture == "deepzip.apps.mnist.models:LeNet300"
     # --json alone: stdout is one JSON object (the run resumes from the stages in w/), as evaluate/inspect --json
     assert cli.main([*argv, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["bytes"] == out.stat().st_size
     # the file names the user's factory: building it from the file needs --trust-code
     from deepzip.errors import UntrustedCodeError
-    from deepzip.serialize import load
+    from deepzip.io.serialize import load
 
     with pytest.raises(UntrustedCodeError):
         load(out)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from deepzip import cli
-from deepzip.checkpoint import save_checkpoint
 from deepzip.cli.lowrank import parse_rank, tt_modes
-from deepzip.lowrank import Tucker2Conv, lowrank_spec
+from deepzip.io.checkpoint import save_checkpoint
+from deepzip.io.serialize import load
 from deepzip.models import get_model
-from deepzip.serialize import load
+from deepzip.techniques.lowrank import Tucker2Conv, lowrank_spec
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,8 @@ def test_factory_with_arguments_and_model_not_fitting_data_are_one_line(tmp_path
 
 
 def test_ratio_counts_parameters_not_batchnorm_statistics(tmp_path):
+    from deepzip.io.serialize import save
     from deepzip.report import file_report
-    from deepzip.serialize import save
 
     (tmp_path / "user.py").write_text(USER)
     m = get_model(f"{tmp_path}/user.py:make", trust_code=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deepzip import data
-from deepzip.data import DataError, fetch_mnist, read_idx, synthetic_mnist
+from deepzip.apps.mnist import data
+from deepzip.apps.mnist.data import fetch_mnist, read_idx, synthetic_mnist
+from deepzip.data import DataError
 
 
 def _fake_files(folder, corrupt=None):

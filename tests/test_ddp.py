@@ -14,12 +14,12 @@ import torch.multiprocessing as mp
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from deepzip.checkpoint import save_checkpoint
-    from deepzip.data import synthetic_mnist
+    from deepzip.apps.mnist.data import synthetic_mnist
+    from deepzip.io.checkpoint import save_checkpoint
+    from deepzip.io.serialize import save
     from deepzip.models import get_model
-    from deepzip.prune import get_mask, prune_
-    from deepzip.serialize import save
-    from deepzip.share import get_codebook, share_weights_
+    from deepzip.techniques.prune import get_mask, prune_
+    from deepzip.techniques.share import get_codebook, share_weights_
     from deepzip.train import TrainConfig, fit
 
     torch.set_num_threads(1)
@@ -51,8 +51,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     a, b = (tmp_path / "rank0.dz").read_bytes(), (tmp_path / "rank1.dz").read_bytes()
     assert a == b
-    from deepzip.checkpoint import load_checkpoint
-    from deepzip.serialize import save
+    from deepzip.io.checkpoint import load_checkpoint
+    from deepzip.io.serialize import save
 
     model, _ = load_checkpoint(tmp_path / "state.safetensors")
     save(model, tmp_path / "single.dz")

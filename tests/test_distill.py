@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from deepzip.apps.mnist.data import synthetic_mnist
+from deepzip.apps.mnist.models import MLP
 from deepzip.cli import main
-from deepzip.data import synthetic_mnist
-from deepzip.distill import (
+from deepzip.models import get_model
+from deepzip.techniques.distill import (
     distill,
     distill_loss_fn,
     distillation_loss,
@@ -18,8 +20,7 @@ from deepzip.distill import (
     teacher_logits,
     teacher_loss_for,
 )
-from deepzip.models import MLP, get_model
-from deepzip.prune import prune_
+from deepzip.techniques.prune import prune_
 from deepzip.train import TrainConfig, fit
 
 

@@ -12,20 +12,20 @@ import torch
 from torch import nn
 
 import deepzip
-from deepzip import g2p_data
-from deepzip.errors import DataError, InputError
-from deepzip.g2p_data import (
+from deepzip.apps.g2p import data as g2p_data
+from deepzip.apps.g2p.data import (
     encode_word,
     parse_cmudict,
     phoneme_error_rate,
     split_lexicon,
     word_error_rate,
 )
-from deepzip.prune import get_mask, prunable_tensors, prune_, strip
-from deepzip.seq import Seq2Seq, Seq2SeqConfig, beam_search, decode_many, greedy_decode, pad_batch
-from deepzip.seqdistill import SeqTrainConfig, fit_seq2seq, teacher_targets, word_kd_loss
-from deepzip.serialize import load, save
-from deepzip.share import share_weights_
+from deepzip.errors import DataError, InputError
+from deepzip.io.serialize import load, save
+from deepzip.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, decode_many, greedy_decode, pad_batch
+from deepzip.techniques.prune import get_mask, prunable_tensors, prune_, strip
+from deepzip.techniques.seqdistill import SeqTrainConfig, fit_seq2seq, teacher_targets, word_kd_loss
+from deepzip.techniques.share import share_weights_
 
 SMALL = Seq2SeqConfig(src_vocab=32, tgt_vocab=42, emb=8, enc=12, dec=16)
 
@@ -163,7 +163,7 @@ def test_training_learns_and_teacher_targets_are_cached(tmp_path, monkeypatch):
     cache = tmp_path / "t.json"
     first = teacher_targets(m, src, beam=2, cache=cache, progress=False)
     assert first == decode_many(m, src, beam=2)
-    import deepzip.seqdistill as sd
+    import deepzip.techniques.seqdistill as sd
 
     monkeypatch.setattr(sd, "decode_many", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     assert teacher_targets(m, src, beam=2, cache=cache, progress=False) == first
@@ -255,7 +255,7 @@ def main(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def g2p_dz(tmp_path_factory):
-    from deepzip.g2p_recipes import STUDENT
+    from deepzip.apps.g2p.recipes import STUDENT
 
     torch.manual_seed(0)
     m = Seq2Seq(STUDENT)

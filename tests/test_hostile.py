@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import hostile
 
 from deepzip import cli, codec, fileio
-from deepzip.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from deepzip.codec import container
 from deepzip.errors import CheckpointError, DeepzipFormatError, UntrustedCodeError
+from deepzip.io.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from deepzip.io.serialize import load, load_state_dict, save
 from deepzip.models import get_model
-from deepzip.serialize import load, load_state_dict, save
 
 # ------------------------------------------------------------------------------------------------ 1. no code
 
@@ -35,7 +35,7 @@ def evil_module(tmp_path, monkeypatch):
     marker = tmp_path / "imported"
     (tmp_path / "evil_i10.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n"
-        "from deepzip.models import LeNet300\n"
+        "from deepzip.apps.mnist.models import LeNet300\n"
         "def make():\n    return LeNet300()\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -231,9 +231,9 @@ def test_prune_rounds_zero_and_duplicate_layers_are_refused(tmp_path, capsys):
 
 
 def test_prune_sparsity_one_prints_no_absurd_ratio(tmp_path, capsys, monkeypatch):
+    import deepzip.apps.mnist.pipeline as rc
     import deepzip.cli.model as cm
-    import deepzip.pipeline as rc
-    from deepzip import data
+    from deepzip.apps.mnist import data
 
     ck = tmp_path / "c.safetensors"
     save_checkpoint(get_model("lenet300"), ck)
@@ -337,9 +337,9 @@ def test_any_minor_version_is_read_as_the_format_says():
 
 
 def test_library_calls_are_silent_by_default(capfd):
-    from deepzip.lowrank import convs_and_linears, decompose_
-    from deepzip.prune import prune_
-    from deepzip.share import share_weights_
+    from deepzip.techniques.lowrank import convs_and_linears, decompose_
+    from deepzip.techniques.prune import prune_
+    from deepzip.techniques.share import share_weights_
     from deepzip.train import TrainConfig
 
     m = prune_(get_model("mlp30"), sparsity=0.5)
@@ -408,7 +408,7 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_fo
     """The length prefix of a safetensors file can begin with any byte; 0x80 once sent one to the pickle refusal."""
     from safetensors.torch import save_file
 
-    from deepzip.checkpoint import read_checkpoint
+    from deepzip.io.checkpoint import read_checkpoint
 
     for pad in range(0, 400):
         path = tmp_path / "m.safetensors"

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepzip import _kmeans as km
-from deepzip._kmeans import assign, init_centroids, kmeans1d, linear_quantize
+from deepzip.techniques import _kmeans as km
+from deepzip.techniques._kmeans import assign, init_centroids, kmeans1d, linear_quantize
 
 
 def sse(v: np.ndarray) -> float:

@@ -15,14 +15,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepzip"
 # Bottom to top. A module may import from its own layer or any layer below it, never above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors, file I/O", {"errors", "fileio", "papers", "_user"}),
-    ("codec", {"codec", "fileinfo"}),  # torch-free: bytes in, arrays and tables out
-    ("foundation", {"data", "models", "train", "g2p_data", "seq"}),  # seq: encoder-decoder models (get_model builds)
-    ("techniques", {"prune", "share", "distill", "lowrank", "_kmeans", "shrink", "runtime", "_spkernel", "seqdistill",
-                    "posttrain"}),
-    ("bridges", {"checkpoint", "serialize", "checkpoints_io"}),
-    ("recipes", {"recipes", "g2p_recipes"}),
-    ("pipeline", {"pipeline", "g2p_pipeline"}),
+    ("codec", {"codec"}),  # torch-free: bytes in, arrays and tables out
+    ("foundation", {"data", "models", "train"}),  # Dataset, the model registry (+ seq2seq family), fit/evaluate
+    ("techniques", {"techniques"}),  # model -> model
+    ("runtime", {"runtime"}),  # layers that run the compressed form, the C kernel
+    ("io", {"io"}),  # the bridge: models and checkpoints <-> files
+    ("pipeline", {"pipeline"}),
     ("report", {"report"}),
+    ("apps", {"apps"}),  # mnist, g2p, sentence: nothing below imports them
     ("cli", {"cli"}),
 ]
 RANK = {top: i for i, (_, names) in enumerate(LAYERS) for top in names}
@@ -111,10 +111,10 @@ def test_no_import_cycles_between_modules() -> None:
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch) -> None:
     """The walker sees a lazy upward import inside a function (as share.py once had for its plots)."""
     fake = tmp_path / "deepzip"
-    fake.mkdir()
-    (fake / "share.py").write_text("def plot():\n    from .report import plot_weight_histograms\n")
+    (fake / "techniques").mkdir(parents=True)
+    (fake / "techniques" / "share.py").write_text("def plot():\n    from ..report import plot_weight_histograms\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
-    assert _imports(fake / "share.py") == {"deepzip.report"}
+    assert _imports(fake / "techniques" / "share.py") == {"deepzip.report"}
     with pytest.raises(AssertionError, match="techniques may not import report"):
         test_imports_only_go_down()
 
@@ -133,7 +133,7 @@ def test_codec_imports_and_works_without_torch() -> None:
     code = BLOCK_TORCH + """
 import numpy as np
 import deepzip.codec as codec
-from deepzip.fileinfo import file_report
+from deepzip.codec.fileinfo import file_report
 enc = codec.encode_codebook(np.array([-1.0, 0.5], np.float32), np.array([[0, 1], [1, 1]]), name="w")
 f = codec.read(codec.to_bytes({"w": enc}))
 assert np.array_equal(f.decode("w"), np.array([[-1.0, 0.5], [0.5, 0.5]], np.float32))
@@ -143,6 +143,24 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_library_never_imports_an_app() -> None:
+    """Below the apps layer nothing names an app, not even lazily inside a function."""
+    bad = [f"{mod} -> {imp}" for mod, imps in _graph().items() if _top(mod) not in ("apps", "cli")
+           for imp in imps if _top(imp) == "apps"]
+    assert not bad, "library modules importing an app:\n" + "\n".join(bad)
+
+
+def test_public_api_is_the_librarys() -> None:
+    """``deepzip.__all__`` names no application's data or models (those live in deepzip.apps)."""
+    import deepzip
+
+    for name in deepzip.__all__:
+        if name == "__version__":
+            continue
+        module = getattr(deepzip, name).__module__
+        assert not module.startswith("deepzip.apps"), f"deepzip.{name} comes from the app module {module}"
 
 
 def test_top_level_import_is_lazy() -> None:

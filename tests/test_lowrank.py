@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.errors import LowRankError
-from deepzip.lowrank import (
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.models import get_model
+from deepzip.techniques.lowrank import (
     TTLinear,
     convs_and_linears,
     decompose_,
@@ -25,8 +26,7 @@ from deepzip.lowrank import (
     tt_linear_,
     tucker2,
 )
-from deepzip.models import get_model
-from deepzip.prune import prune_
+from deepzip.techniques.prune import prune_
 
 
 class Tiny(nn.Module):

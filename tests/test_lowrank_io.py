@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from deepzip import codec
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.errors import CheckpointError, LowRankError
-from deepzip.lowrank import (
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.io.serialize import load, load_state_dict, save
+from deepzip.models import get_model
+from deepzip.techniques.lowrank import (
     SVDLinear,
     TTLinear,
     Tucker2Conv,
@@ -29,10 +31,8 @@ from deepzip.lowrank import (
     rebuild_,
     tt_linear_,
 )
-from deepzip.models import get_model
-from deepzip.prune import prune_
-from deepzip.serialize import load, load_state_dict, save
-from deepzip.share import share_weights_
+from deepzip.techniques.prune import prune_
+from deepzip.techniques.share import share_weights_
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from deepzip.data import synthetic_mnist
+from deepzip.apps.mnist.data import synthetic_mnist
+from deepzip.apps.mnist.pipeline import run_pipeline
+from deepzip.io.serialize import load
 from deepzip.models import get_model
-from deepzip.pipeline import PipelineConfig, compress_, run_pipeline
-from deepzip.prune import clone_model
-from deepzip.serialize import load
+from deepzip.pipeline import PipelineConfig, compress_
+from deepzip.techniques.prune import clone_model
 from deepzip.train import TrainConfig, fit, predict
 
 TRAIN, TEST = synthetic_mnist(256, seed=0), synthetic_mnist(128, seed=1)

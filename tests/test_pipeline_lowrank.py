@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from deepzip.errors import LowRankError
-from deepzip.lowrank import SVDLinear, Tucker2Conv, lowrank_spec
+from deepzip.io.serialize import load, save
 from deepzip.models import get_model
 from deepzip.pipeline import PipelineConfig, compress_
-from deepzip.serialize import load, save
-from deepzip.share import is_shared
+from deepzip.techniques.lowrank import SVDLinear, Tucker2Conv, lowrank_spec
+from deepzip.techniques.share import is_shared
 
 
 def test_config_round_trip_and_settings() -> None:

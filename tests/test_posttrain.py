@@ -1,4 +1,5 @@
-"""Post-training compression under a quality bound (deepzip.posttrain), the grouped codec kind and `deepzip ptq`."""
+"""Post-training compression under a quality bound (deepzip.techniques.posttrain), the grouped codec kind and
+`deepzip ptq`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 from torch import nn
 
 from deepzip import codec
-from deepzip._kmeans import weighted_kmeans_rows
 from deepzip.cli import main
 from deepzip.codec.grouped import varint_decode, varint_encode
 from deepzip.errors import DeepzipFormatError
-from deepzip.posttrain import (
+from deepzip.io.serialize import load
+from deepzip.techniques._kmeans import weighted_kmeans_rows
+from deepzip.techniques.posttrain import (
     BoundError,
     PostTrainConfig,
     agreement,
@@ -28,7 +30,6 @@ from deepzip.posttrain import (
     text_batches,
     unseen_scale,
 )
-from deepzip.serialize import load
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -154,7 +155,7 @@ def test_distillation_recovers_agreement() -> None:
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
-    import deepzip.posttrain as pt
+    import deepzip.techniques.posttrain as pt
 
     model, teacher = _mlp(), _mlp()
     res = compress_to_bound_(model, _batches(), PostTrainConfig(max_drop=0.05, min_numel=256))
@@ -253,7 +254,7 @@ def test_bad_inputs_one_clear_error() -> None:
 # ---------------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def lenet_ckpt(tmp_path):
-    from deepzip.checkpoint import save_checkpoint
+    from deepzip.io.checkpoint import save_checkpoint
     from deepzip.models import get_model
 
     path = tmp_path / "l.safetensors"
@@ -321,7 +322,7 @@ def test_a_file_with_a_grouped_tensor_says_format_1_2(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------------- session 4
 def _gptq_reference(w: np.ndarray, h: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """GPTQ written out plainly (no blocks, no column reordering): round column j, then spread its error."""
-    from deepzip.posttrain import _nearest
+    from deepzip.techniques.posttrain import _nearest
 
     c = w.shape[1]
     hinv = np.linalg.cholesky(np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(c))).T
@@ -335,7 +336,7 @@ def _gptq_reference(w: np.ndarray, h: np.ndarray, cb: np.ndarray) -> np.ndarray:
 
 
 def test_gptq_round_matches_the_plain_algorithm_and_beats_nearest_rounding() -> None:
-    from deepzip.posttrain import _nearest, gptq_round
+    from deepzip.techniques.posttrain import _nearest, gptq_round
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 24)) + 0.1 * rng.normal(size=(400, 24))  # correlated
@@ -358,7 +359,7 @@ def test_gptq_round_matches_the_plain_algorithm_and_beats_nearest_rounding() -> 
 
 
 def test_grid_candidate_error_is_bounded_and_file_size_is_predicted(tmp_path) -> None:
-    from deepzip.posttrain import _candidate
+    from deepzip.techniques.posttrain import _candidate
 
     rng = np.random.default_rng(1)
     w = (rng.standard_t(3, size=(64, 96)) * 0.05).astype(np.float32)  # heavy tails
@@ -376,7 +377,7 @@ def test_grid_candidate_error_is_bounded_and_file_size_is_predicted(tmp_path) ->
 
 
 def test_split_and_per_sample_fisher_match_the_exact_gauss_newton_diagonal() -> None:
-    from deepzip.posttrain import _split
+    from deepzip.techniques.posttrain import _split
 
     x = torch.randn(5, 3)
     assert [t.shape for t in _split(x)] == [(1, 3)] * 5
@@ -445,7 +446,7 @@ def _zipf_ids(n: int, seed: int, vocab: int = 300) -> torch.Tensor:
 
 
 def test_row_counts_and_usage_fisher_match_brute_force() -> None:
-    from deepzip.posttrain import row_counts, unseen_scale, usage_fisher
+    from deepzip.techniques.posttrain import row_counts, unseen_scale, usage_fisher
 
     model = _Bag()
     cal = [_zipf_ids(32, 1), _zipf_ids(16, 2)]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from deepzip.checkpoint import load_checkpoint, save_checkpoint
+from deepzip.io.checkpoint import load_checkpoint, save_checkpoint
 from deepzip.models import get_model
-from deepzip.prune import (
+from deepzip.techniques.prune import (
     AGPSchedule,
     Mask,
     allocate_sparsities,

@@ -11,9 +11,9 @@ from torch import nn
 
 import deepzip
 from deepzip.models import get_model
-from deepzip.prune import prune_, strip
 from deepzip.runtime import KINDS, SparseConv2d, SparseLinear, runtime_table, sparsify_
-from deepzip.share import share_weights_
+from deepzip.techniques.prune import prune_, strip
+from deepzip.techniques.share import share_weights_
 
 
 def _compressed(name: str) -> nn.Module:

@@ -9,10 +9,10 @@ from torch import nn
 import deepzip
 from deepzip import codec
 from deepzip.errors import DeepzipFormatError
+from deepzip.io.serialize import encode_model, load, load_state_dict, save
 from deepzip.models import get_model
-from deepzip.prune import get_mask, prune_, strip
-from deepzip.serialize import encode_model, load, load_state_dict, save
-from deepzip.share import get_codebook, is_shared, share_weights_
+from deepzip.techniques.prune import get_mask, prune_, strip
+from deepzip.techniques.share import get_codebook, is_shared, share_weights_
 
 
 def lenet300(seed: int = 0) -> nn.Module:
@@ -128,7 +128,7 @@ def test_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
 
 def test_load_of_a_file_without_architecture_says_how_to_get_the_tensors(tmp_path) -> None:
     from deepzip.errors import DeepzipError
-    from deepzip.serialize import load_state_dict
+    from deepzip.io.serialize import load_state_dict
 
     sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     save(sd, tmp_path / "sd.dz")

@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepzip.checkpoint import CheckpointError, layer_kind, load_checkpoint, pack_layer, save_checkpoint, unpack_layer_
-from deepzip.prune import Mask, get_mask, prune_, strip
-from deepzip.share import (
+from deepzip.io.checkpoint import (
+    CheckpointError,
+    layer_kind,
+    load_checkpoint,
+    pack_layer,
+    save_checkpoint,
+    unpack_layer_,
+)
+from deepzip.techniques.prune import Mask, get_mask, prune_, strip
+from deepzip.techniques.share import (
     SharedWeight,
     get_codebook,
     is_shared,
@@ -270,7 +277,7 @@ def test_sharing_a_deep_copy_leaves_the_original_working() -> None:
 
 def test_fine_tuning_is_bit_reproducible() -> None:
     """The centroid gradient is summed in a fixed order, so two identical runs give identical centroids."""
-    from deepzip.data import synthetic_mnist
+    from deepzip.apps.mnist.data import synthetic_mnist
     from deepzip.models import get_model
     from deepzip.train import TrainConfig, fit
 
@@ -314,7 +321,7 @@ SQNR_FLOOR_DB = {1: 4.1, 2: 8.9, 3: 14.3, 4: 19.5, 5: 23.9}
 def test_sqnr_floor_per_bit_width(bits: int) -> None:
     """Shared weights stay above a floor in dB, match a brute-force Lloyd (same init) within 0.05 dB and beat
     uniform fixed-point levels at the same width."""
-    from deepzip._kmeans import linear_quantize
+    from deepzip.techniques._kmeans import linear_quantize
 
     torch.manual_seed(bits)
     layer = nn.Linear(80, 50, bias=False)

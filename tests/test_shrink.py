@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepzip.models import get_model
-from deepzip.prune import prune_
-from deepzip.shrink import GatheredLinear, shrink_
+from deepzip.techniques.prune import prune_
+from deepzip.techniques.shrink import GatheredLinear, shrink_
 
 
 def _same(model: nn.Module, x: torch.Tensor, log: list | None = None) -> nn.Module:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepzip import _spkernel
 from deepzip.errors import DeepzipFormatError
-from deepzip.runtime import SparseLinear, _SparseWeight, kernels_available, runtime_table, sparsify_
+from deepzip.runtime import SparseLinear, _SparseWeight, _spkernel, kernels_available, runtime_table, sparsify_
 
 C = pytest.mark.skipif(not _spkernel.available(), reason="the C kernel is not built (pip install -e . builds it)")
 ALL = ["deepzip-c", "torch-csr"]

@@ -18,22 +18,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # The public API, imported lazily (PEP 562): ``import deepzip.codec`` must work where torch is absent, and the CLI
 # should not pay for torch before it knows which command runs. name -> the submodule that defines it.
 _LAZY: dict[str, str] = {
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "load_mnist": "data", "synthetic_mnist": "data",
-    "TTLinear": "lowrank", "decompose_": "lowrank", "tt_linear_": "lowrank",
-    "get_model": "models",
-    "AGPSchedule": "prune", "prune_": "prune", "sensitivity_scan": "prune", "sparsity_table": "prune", "strip": "prune",
-    "load": "serialize", "save": "serialize",
-    "share_weights_": "share",
-    "PostTrainConfig": "posttrain", "compress_to_bound_": "posttrain", "save_posttrained": "posttrain",
-    "shrink_": "shrink",
+    "load_checkpoint": "io.checkpoint", "save_checkpoint": "io.checkpoint",
+    "TTLinear": "techniques.lowrank", "decompose_": "techniques.lowrank", "tt_linear_": "techniques.lowrank",
+    "get_model": "models", "register_model": "models",
+    "AGPSchedule": "techniques.prune", "prune_": "techniques.prune", "sensitivity_scan": "techniques.prune",
+    "sparsity_table": "techniques.prune", "strip": "techniques.prune", "prunable_tensors": "techniques.prune",
+    "load": "io.serialize", "save": "io.serialize",
+    "share_weights_": "techniques.share",
+    "PostTrainConfig": "techniques.posttrain", "compress_to_bound_": "techniques.posttrain",
+    "save_posttrained": "techniques.posttrain",
+    "shrink_": "techniques.shrink",
     "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
     "DeepzipError": "errors", "DeepzipFormatError": "errors", "CheckpointError": "errors", "DataError": "errors",
-    "InputError": "errors", "prunable_tensors": "prune",
-    "Seq2Seq": "seq", "Seq2SeqConfig": "seq", "beam_search": "seq", "greedy_decode": "seq",
-    "distill_seq2seq": "seqdistill", "fit_seq2seq": "seqdistill", "load_g2p": "g2p_data",
-    "UntrustedCodeError": "errors",
+    "InputError": "errors", "UntrustedCodeError": "errors",
 }
 
 
@@ -53,20 +51,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import load_mnist, synthetic_mnist
     from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, InputError, UntrustedCodeError
-    from .g2p_data import load_g2p
-    from .lowrank import TTLinear, decompose_, tt_linear_
-    from .models import get_model
-    from .posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
-    from .prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
+    from .io.checkpoint import load_checkpoint, save_checkpoint
+    from .io.serialize import load, save
+    from .models import get_model, register_model
     from .runtime import sparsify_
-    from .seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode
-    from .seqdistill import distill_seq2seq, fit_seq2seq
-    from .serialize import load, save
-    from .share import share_weights_
-    from .shrink import shrink_
+    from .techniques.lowrank import TTLinear, decompose_, tt_linear_
+    from .techniques.posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
+    from .techniques.prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
+    from .techniques.share import share_weights_
+    from .techniques.shrink import shrink_
     from .train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -77,27 +71,20 @@ __all__ = [
     "DeepzipFormatError",
     "InputError",
     "PostTrainConfig",
-    "Seq2Seq",
-    "Seq2SeqConfig",
     "TTLinear",
     "TrainConfig",
     "UntrustedCodeError",
     "__version__",
-    "beam_search",
     "compress_to_bound_",
     "decompose_",
-    "distill_seq2seq",
     "evaluate",
     "fit",
-    "fit_seq2seq",
     "get_model",
-    "greedy_decode",
     "load",
     "load_checkpoint",
-    "load_g2p",
-    "load_mnist",
     "prunable_tensors",
     "prune_",
+    "register_model",
     "save",
     "save_checkpoint",
     "save_posttrained",
@@ -107,6 +94,5 @@ __all__ = [
     "sparsify_",
     "sparsity_table",
     "strip",
-    "synthetic_mnist",
     "tt_linear_",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .codec.container import DEFAULT_MAX_BYTES
-from .fileinfo import file_report, read_dz
+from .codec.fileinfo import file_report, read_dz
 
 __all__ = [
     "file_report",
@@ -227,7 +227,7 @@ def plot_sharing(
     Pruned (zero) weights are left out of the histograms. ``before``/``pruned`` are weight arrays (or tensors);
     either may be omitted. Needs matplotlib.
     """
-    from .share import get_codebook
+    from .techniques.share import get_codebook
 
     centroids, _, _ = get_codebook(module)
     stages: dict[str, np.ndarray] = {}

@@ -6,7 +6,7 @@ logits) by index. Under ``torch.distributed`` each rank trains on its own shard 
 ``DistributedDataParallel`` model sees the whole epoch across ranks.
 
 Example:
-    >>> from deepzip.data import synthetic_mnist
+    >>> from deepzip.apps.mnist.data import synthetic_mnist
     >>> from deepzip.models import get_model
     >>> m = get_model("lenet300")
     >>> _ = fit(m, synthetic_mnist(256), TrainConfig(epochs=1, progress=False))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from deepzip.lowrank import decompose_, lowrank_spec, tt_linear_
+from deepzip.io.serialize import load, save
 from deepzip.models import get_model
-from deepzip.prune import prune_
-from deepzip.serialize import load, save
-from deepzip.share import share_weights_
+from deepzip.techniques.lowrank import decompose_, lowrank_spec, tt_linear_
+from deepzip.techniques.prune import prune_
+from deepzip.techniques.share import share_weights_
 
 HERE = Path(__file__).parent
 

@@ -128,7 +128,8 @@ def _data(a: argparse.Namespace, label_with: Any = None):
     """``(train, test)``: the user's ``--data`` or MNIST. ``label_with`` (a trained model) labels a user's inputs-only
     data with its own predictions (its top class), so retraining keeps the model's behaviour and every "test error"
     printed afterwards is the disagreement with that model; a note on stderr says so."""
-    from ..data import load_mnist, load_user_data
+    from ..apps.mnist.data import load_mnist
+    from ..data import load_user_data
 
     if getattr(a, "data", None):
         if label_with is None:
@@ -168,7 +169,7 @@ def _data(a: argparse.Namespace, label_with: Any = None):
 
 
 def _train_cfg(a: argparse.Namespace, model: str | None, *, retrain: bool = False, finetune: bool = False):
-    from ..recipes import train_config
+    from ..apps.mnist.recipes import train_config
 
     cfg = train_config(model or "", retrain=retrain, finetune=finetune)
     for key in ("epochs", "lr", "batch_size", "weight_decay", "jitter"):
@@ -193,7 +194,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _load_model(path: str, arch: str | None, trust_code: bool = False):
     """A checkpoint into ``arch`` (typed by the user, so trusted) or into the architecture the file names (a
     ``package.module:factory`` there only with ``--trust-code``)."""
-    from ..checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
     from ..models import get_model
 
     return load_checkpoint(path, get_model(arch, trust_code=True) if arch else None, trust_code=trust_code)

@@ -14,9 +14,9 @@ from ._common import args, command, existing_file, print_table
 _RSS_CHILD = r"""
 import json, sys, torch
 torch.set_num_threads(1)
-import deepzip, deepzip.runtime, deepzip.shrink, deepzip.share, torch.fx
+import deepzip, deepzip.runtime, deepzip.techniques.shrink, deepzip.techniques.share, torch.fx
 from deepzip.cli.bench import rss_bytes
-from deepzip.prune import strip
+from deepzip.techniques.prune import strip
 from deepzip.runtime import SparseLinear, _SparseWeight
 import numpy as np
 path, runtime = sys.argv[1], sys.argv[2]
@@ -71,11 +71,11 @@ def _cfg_bench(p: argparse.ArgumentParser) -> None:
 def cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
-    from ..fileinfo import read_dz
-    from ..models import MODELS
-    from ..prune import strip
+    from ..codec.fileinfo import read_dz
+    from ..io.serialize import load
+    from ..models import MODELS, load_apps
     from ..runtime import layer_inputs, median_seconds, runtime_table
-    from ..serialize import load
+    from ..techniques.prune import strip
 
     path = existing_file(a.file)
     try:
@@ -85,8 +85,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if not batches or min(batches) < 1 or a.repeats < 1:
         raise ValueError(f"--batch {a.batch!r} / --repeats {a.repeats}: expected positive integers")
     arch = read_dz(path).architecture
-    if arch not in MODELS:
-        raise ValueError(f"{path}: architecture {arch!r} has no known input shape; bench knows {', '.join(MODELS)}")
+    load_apps()
+    spec = MODELS.get(arch or "")
+    if spec is None or spec.example_input is None:
+        known = ", ".join(n for n, s in MODELS.items() if s.example_input is not None)
+        raise ValueError(f"{path}: architecture {arch!r} has no known input shape; bench knows {known}")
+    shape = spec.example_input[1:]
     torch.set_num_threads(a.threads)
     dense = strip(load(path)).eval()
     fast = load(path, runtime=a.runtime)
@@ -94,7 +98,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rows, total = [], []
     with torch.no_grad():
         for b in batches:
-            x = torch.rand(b, 1, 28, 28)
+            x = torch.rand(b, *shape)
             ins = layer_inputs(dense, x)
             dmods, fmods = dict(dense.named_modules()), dict(fast.named_modules())
             for name in layers:
@@ -114,7 +118,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     mem: dict = {"dense_tensor_bytes": layer_bytes(dense), "runtime_tensor_bytes": layer_bytes(fast)}
     if not a.no_rss:
         mem.update(dense_rss_growth=loaded_rss(str(path), "dense"), runtime_rss_growth=loaded_rss(str(path), a.runtime))
-    from .. import _spkernel
+    from ..runtime import _spkernel
 
     kernel = (f"deepzip-c ({_spkernel.isa()})" if _spkernel.available() else
               "torch-csr (deepzip's C kernel is " + ("turned off by DEEPZIP_KERNEL=torch)" if _spkernel.library_path()

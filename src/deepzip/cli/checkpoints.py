@@ -1,7 +1,7 @@
 """Foreign checkpoints on the command line: ``deepzip compress SOURCE`` and ``deepzip decompress`` back.
 
 ``SOURCE`` is a safetensors file, a PyTorch state_dict file or a Hugging Face model folder (see
-:mod:`deepzip.checkpoints_io`); the ``compress`` and ``decompress`` commands of :mod:`.dz` hand over to these
+:mod:`deepzip.io.foreign`); the ``compress`` and ``decompress`` commands of :mod:`.dz` hand over to these
 functions when given one, so there are no new command names to learn.
 """
 
@@ -27,7 +27,7 @@ def _fmt(n: float) -> str:
 
 def compress_source(a: argparse.Namespace) -> int:
     """``deepzip compress SOURCE [-o OUT.dz] [--share-bits B]``."""
-    from ..checkpoints_io import compress_checkpoint
+    from ..io.foreign import compress_checkpoint
 
     src = Path(a.source)
     out = Path(a.output) if a.output else Path(f"{src.name.removesuffix('.safetensors')}.dz")
@@ -73,7 +73,7 @@ def is_checkpoint_dz(path: Path) -> bool:
 def decompress_source(path: Path, output: str, *, max_bytes: int | None) -> int:
     """``deepzip decompress FILE.dz -o OUT`` for a ``.dz`` made from a checkpoint (``--max-bytes`` bounds the total
     the tensors decode to)."""
-    from ..checkpoints_io import decompress_checkpoint
+    from ..io.foreign import decompress_checkpoint
 
     out = decompress_checkpoint(path, output, max_bytes=max_bytes)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size

@@ -27,9 +27,9 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
 @command("distill", "train a student model from a teacher checkpoint (knowledge distillation)")
 @args(_cfg_distill)
 def cmd_distill(a: argparse.Namespace) -> int:
-    from ..checkpoint import save_checkpoint
-    from ..distill import distill
+    from ..io.checkpoint import save_checkpoint
     from ..models import get_model
+    from ..techniques.distill import distill
     from ..train import evaluate
 
     if not a.temperature > 0:

@@ -6,17 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import (
-    _check_output,
-    _common,
-    _data,
-    _progress,
-    _read_args,
-    args,
-    command,
-    existing_file,
-    print_table,
-)
+from ._common import _check_output, _common, _data, _progress, _read_args, args, command, existing_file, print_table
 from .checkpoints import add_source_args, compress_source, decompress_source, is_checkpoint_dz
 
 LAYER_COLUMNS = [
@@ -74,10 +64,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.source:  # a checkpoint file or folder given: compress it as it is (see cli/checkpoints.py)
         return compress_source(a)
 
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..apps.mnist.pipeline import run_pipeline
+    from ..apps.mnist.recipes import train_config
+    from ..io.checkpoint import load_checkpoint, save_checkpoint
     from ..models import get_model
-    from ..pipeline import PipelineConfig, run_pipeline
-    from ..recipes import train_config
+    from ..pipeline import PipelineConfig
     from ..train import evaluate, fit
 
     # with --json (no PATH) stdout carries only the JSON object; the progress sentences go to stderr
@@ -107,7 +98,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         model, _ = load_checkpoint(ckpt, model)
     train, test = _data(a, label_with=model if a.checkpoint else None)
     if not a.checkpoint:
-        from ..recipes import recipe_tag
+        from ..apps.mnist.recipes import recipe_tag
 
         ckpt = default_model_dir() / f"{name}-{recipe_tag(name)}-seed{a.seed}.safetensors"
         if ckpt.exists():
@@ -174,7 +165,7 @@ def _cfg_inspect(p: argparse.ArgumentParser) -> None:
 @command("inspect", "per-layer sizes and bits of a .dz file, from its bytes")
 @args(_cfg_inspect)
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from ..fileinfo import file_report
+    from ..codec.fileinfo import file_report
 
     path = existing_file(a.file)
     rep = file_report(path, max_bytes=a.max_bytes)
@@ -204,10 +195,10 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 def cmd_decompress(a: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..checkpoint import FORMAT, VERSION
-    from ..fileinfo import read_dz
+    from ..codec.fileinfo import read_dz
     from ..fileio import atomic_write
-    from ..serialize import _decoded, _names
+    from ..io.checkpoint import FORMAT, VERSION
+    from ..io.serialize import _decoded, _names
 
     path = existing_file(a.file)
     _check_output(a.output, a.file)

@@ -45,7 +45,7 @@ def _cfg(a: argparse.Namespace, base):
 
 
 def _data(a: argparse.Namespace):
-    from ..g2p_data import G2PSplit, load_g2p
+    from ..apps.g2p.data import G2PSplit, load_g2p
 
     train, dev, test = load_g2p(a.dict_path, check=a.dict_path is None)
     n = getattr(a, "limit_train", None)
@@ -57,20 +57,20 @@ def _data(a: argparse.Namespace):
 
 
 def _pairs(split):
-    from ..g2p_data import encode_phonemes, encode_word
+    from ..apps.g2p.data import encode_phonemes, encode_word
 
     pairs = split.pairs()
     return [encode_word(w) for w, _ in pairs], [encode_phonemes(p) for _, p in pairs]
 
 
 def _load_seq(path: str):
-    from ..g2p_pipeline import load_g2p_model
+    from ..apps.g2p.pipeline import load_g2p_model
 
     return load_g2p_model(path)
 
 
 def _save(model, path: str, meta: dict) -> None:
-    from ..checkpoint import save_checkpoint
+    from ..io.checkpoint import save_checkpoint
 
     model.to("cpu")
     save_checkpoint(model, path, meta=meta)
@@ -87,10 +87,10 @@ def _cfg_train(p: argparse.ArgumentParser) -> None:
 @command("g2p-train", "train a G2P encoder-decoder on CMUdict (the teacher by default)")
 @args(_cfg_train)
 def cmd_g2p_train(a: argparse.Namespace) -> int:
-    from ..g2p_pipeline import evaluate_g2p
-    from ..g2p_recipes import STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN
-    from ..seq import Seq2Seq
-    from ..seqdistill import fit_seq2seq
+    from ..apps.g2p.pipeline import evaluate_g2p
+    from ..apps.g2p.recipes import STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN
+    from ..models.seq2seq import Seq2Seq
+    from ..techniques.seqdistill import fit_seq2seq
 
     size, base = (TEACHER, TEACHER_TRAIN) if a.size == "teacher" else (STUDENT, STUDENT_TRAIN)
     cfg = _cfg(a, base)
@@ -124,11 +124,11 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
 @command("g2p-distill", "train a small G2P student from a teacher (word- or sequence-level KD)")
 @args(_cfg_distill)
 def cmd_g2p_distill(a: argparse.Namespace) -> int:
-    from ..g2p_data import encode_word
-    from ..g2p_pipeline import evaluate_g2p
-    from ..g2p_recipes import STUDENT, STUDENT_TRAIN
-    from ..seq import Seq2Seq
-    from ..seqdistill import distill_seq2seq
+    from ..apps.g2p.data import encode_word
+    from ..apps.g2p.pipeline import evaluate_g2p
+    from ..apps.g2p.recipes import STUDENT, STUDENT_TRAIN
+    from ..models.seq2seq import Seq2Seq
+    from ..techniques.seqdistill import distill_seq2seq
 
     if a.beam < 1:
         raise ValueError(f"--beam {a.beam}: expected >= 1")
@@ -145,7 +145,7 @@ def cmd_g2p_distill(a: argparse.Namespace) -> int:
     t0 = time.time()
     if a.mode in ("seq", "both"):
         words = [encode_word(w) for w in train.words]
-        from ..seqdistill import teacher_targets
+        from ..techniques.seqdistill import teacher_targets
 
         beam_out = teacher_targets(teacher, words, beam=a.beam, cache=a.targets_cache, device=a.device,
                                    progress=_progress(a))
@@ -180,11 +180,11 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
 @command("g2p-compress", "prune + share a G2P student (retraining with the distillation loss) into a .dz file")
 @args(_cfg_compress)
 def cmd_g2p_compress(a: argparse.Namespace) -> int:
-    from .. import serialize
-    from ..g2p_data import encode_word
-    from ..g2p_pipeline import compress_student_, evaluate_g2p
-    from ..g2p_recipes import COMPRESS, STUDENT_TRAIN
-    from ..seqdistill import teacher_targets
+    from ..apps.g2p.data import encode_word
+    from ..apps.g2p.pipeline import compress_student_, evaluate_g2p
+    from ..apps.g2p.recipes import COMPRESS, STUDENT_TRAIN
+    from ..io import serialize
+    from ..techniques.seqdistill import teacher_targets
 
     if a.mode != "labels" and a.teacher is None:
         raise ValueError(f"--mode {a.mode} needs --teacher (or use --mode labels)")
@@ -226,9 +226,9 @@ def _cfg_eval(p: argparse.ArgumentParser) -> None:
 @command("g2p-eval", "WER/PER, size and speed of a G2P checkpoint or .dz file on CMUdict")
 @args(_cfg_eval)
 def cmd_g2p_eval(a: argparse.Namespace) -> int:
-    from ..checkpoint import atomic_write
-    from ..g2p_data import G2PSplit
-    from ..g2p_pipeline import evaluate_g2p, words_per_second
+    from ..apps.g2p.data import G2PSplit
+    from ..apps.g2p.pipeline import evaluate_g2p, words_per_second
+    from ..io.checkpoint import atomic_write
 
     if a.beam < 1 or (a.limit is not None and a.limit < 1):
         raise ValueError(f"--beam {a.beam} / --limit {a.limit}: expected >= 1")
@@ -264,8 +264,8 @@ def _cfg_g2p(p: argparse.ArgumentParser) -> None:
 @command("g2p", "pronounce English words with a G2P model: prints ARPAbet phonemes (stress removed)")
 @args(_cfg_g2p)
 def cmd_g2p(a: argparse.Namespace) -> int:
-    from ..g2p_data import encode_word
-    from ..g2p_pipeline import pronounce
+    from ..apps.g2p.data import encode_word
+    from ..apps.g2p.pipeline import pronounce
 
     if a.beam < 1:
         raise ValueError(f"--beam {a.beam}: expected >= 1")

@@ -113,12 +113,12 @@ def _cfg_decompose(p: argparse.ArgumentParser) -> None:
 def cmd_decompose(a: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import load_checkpoint, save_checkpoint
     from ..errors import LowRankError
-    from ..lowrank import count_macs, decompose_, lowrank_table, tt_linear_
+    from ..io.checkpoint import load_checkpoint, save_checkpoint
+    from ..io.serialize import load as dz_load
+    from ..io.serialize import save as dz_save
     from ..models import get_model
-    from ..serialize import load as dz_load
-    from ..serialize import save as dz_save
+    from ..techniques.lowrank import count_macs, decompose_, lowrank_table, tt_linear_
 
     src = Path(a.checkpoint)
     if not src.is_file():
@@ -171,7 +171,7 @@ def cmd_decompose(a: argparse.Namespace) -> int:
             raise LowRankError(f"--modes {unknown[0]}: no --rank given for that layer")
         tt_linear_(model, spec, skip_larger=not a.keep_larger, progress=_progress(a))
     else:
-        from ..lowrank import convs_only
+        from ..techniques.lowrank import convs_only
 
         def linears(m: torch.nn.Module, fqn: str) -> bool:
             return isinstance(m, torch.nn.Linear)
@@ -210,7 +210,7 @@ def cmd_decompose(a: argparse.Namespace) -> int:
         if a.json == "-":
             print(doc)
             return 0
-        from ..checkpoint import atomic_write
+        from ..io.checkpoint import atomic_write
 
         atomic_write(a.json, lambda tmp: Path(tmp).write_text(doc + "\n"))
     print_table(rows, DECOMPOSE_COLUMNS)

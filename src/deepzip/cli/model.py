@@ -38,7 +38,7 @@ def _cfg_train(p: argparse.ArgumentParser) -> None:
 @command("train", "train a model on MNIST and save a checkpoint")
 @args(_cfg_train)
 def cmd_train(a: argparse.Namespace) -> int:
-    from ..checkpoint import save_checkpoint
+    from ..io.checkpoint import save_checkpoint
     from ..models import get_model
     from ..train import evaluate, fit
 
@@ -82,8 +82,8 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
 @command("prune", "prune a checkpoint by magnitude and retrain")
 @args(_cfg_prune)
 def cmd_prune(a: argparse.Namespace) -> int:
-    from ..checkpoint import save_checkpoint
-    from ..pipeline import PruneSettings, run_prune
+    from ..apps.mnist.pipeline import PruneSettings, run_prune
+    from ..io.checkpoint import save_checkpoint
 
     if a.rounds is not None and a.rounds < 1:
         raise ValueError(f"--rounds {a.rounds}: expected at least 1 prune -> retrain round")
@@ -132,7 +132,7 @@ def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
 @command("evaluate", "test error of a checkpoint or .dz file on MNIST (or --data)")
 @args(_cfg_evaluate)
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from ..data import load_mnist
+    from ..apps.mnist.data import load_mnist
     from ..train import evaluate
 
     path = existing_file(a.file)
@@ -140,9 +140,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         head = f.read(8)
     out: dict = {"file": str(path), "bytes": path.stat().st_size}
     if _is_dz(head):
+        from ..codec.fileinfo import read_dz
         from ..errors import CheckpointError
-        from ..fileinfo import read_dz
-        from ..serialize import load as dz_load
+        from ..io.serialize import load as dz_load
 
         if a.model is None and not read_dz(path, max_bytes=a.max_bytes).architecture:
             raise CheckpointError(f"{path}: holds a plain state_dict and names no architecture; give --model NAME")

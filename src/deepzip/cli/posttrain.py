@@ -44,7 +44,7 @@ def _cfg_ptq(p: argparse.ArgumentParser) -> None:
 def _callable_batches(spec: str) -> list[Any]:
     import importlib
 
-    from ..posttrain import BoundError
+    from ..techniques.posttrain import BoundError
 
     mod, _, fn = spec.partition(":")
     try:
@@ -52,10 +52,6 @@ def _callable_batches(spec: str) -> list[Any]:
     except (ImportError, AttributeError) as e:
         raise BoundError(f"--calibration {spec}: cannot import it ({e})") from None
     return list(f())
-
-
-def _sentences(path: Path) -> list[str]:
-    return [s.strip() for s in path.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
 
 
 @command("ptq", "post-training compression to a quality bound: sensitivities, per-tensor bits, codebooks, .dz")
@@ -67,7 +63,14 @@ def cmd_ptq(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..posttrain import BoundError, PostTrainConfig, compress_to_bound_, distill_, save_posttrained, text_batches
+    from ..techniques.posttrain import (
+        BoundError,
+        PostTrainConfig,
+        compress_to_bound_,
+        distill_,
+        save_posttrained,
+        text_batches,
+    )
 
     cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded
     if a.latent_lr < 0:
@@ -87,7 +90,9 @@ def cmd_ptq(a: argparse.Namespace) -> int:
             return _callable_batches(spec)
         path = existing_file(spec)
         if a.sentence_transformer:
-            sents = _sentences(path)
+            from ..apps.sentence import read_sentences
+
+            sents = read_sentences(path)
             if not sents:
                 raise BoundError(f"{path}: no sentences (the calibration set is empty)")
             return text_batches(model.tokenizer, sents, a.batch, max_length=256)  # similar lengths: less padding
@@ -101,20 +106,12 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         return [t[i:i + a.batch] for i in range(0, len(t), a.batch)]
 
     if a.sentence_transformer:
-        import os
+        from ..apps.sentence import embed, load_sentence_transformer
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        folder = Path(a.sentence_transformer)
-        if not (folder / "modules.json").is_file():
-            raise FileNotFoundError(f"{folder}: not a sentence-transformers folder (no modules.json)")
-        from sentence_transformers import SentenceTransformer
-
-        model: Any = SentenceTransformer(str(folder), device="cpu").eval()
-
-        def forward(m: Any, batch: Any) -> Any:
-            return m(dict(batch))["sentence_embedding"]
+        model: Any = load_sentence_transformer(a.sentence_transformer)
+        forward = embed
     else:
-        from ..checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
         from ..models import get_model, model_name
 
         model, _ = load_checkpoint(existing_file(a.checkpoint), get_model(a.model) if a.model else None)
@@ -130,7 +127,7 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         dis = load_inputs(a.distill_data) if a.distill_data else cal
         losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress,
                           latent_lr=a.latent_lr, schedule=a.schedule)
-        from ..posttrain import _outputs, agreement
+        from ..techniques.posttrain import _outputs, agreement
 
         fwd = forward or (lambda m, b: m(b))
         with torch.no_grad():

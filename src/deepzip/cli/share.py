@@ -66,9 +66,9 @@ def _cfg_share(p: argparse.ArgumentParser) -> None:
 def cmd_share(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checkpoint import save_checkpoint
-    from ..prune import get_mask, prunable_layers
-    from ..share import resolve_bits, share_weights_, sharing_table
+    from ..io.checkpoint import save_checkpoint
+    from ..techniques.prune import get_mask, prunable_layers
+    from ..techniques.share import resolve_bits, share_weights_, sharing_table
     from ..train import evaluate, fit
     from ._common import _arch
 

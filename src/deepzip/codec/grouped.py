@@ -1,5 +1,5 @@
 """The ``grouped`` tensor kind: one float16 codebook per group of rows, Huffman-coded indices, and an
-exact side list of outlier weights (post-training compression, :mod:`deepzip.posttrain`).
+exact side list of outlier weights (post-training compression, :mod:`deepzip.techniques.posttrain`).
 
 A tensor of shape ``(R, ...)`` is viewed as ``R`` rows of ``C = numel / R`` values. Rows
 ``g*rows_per_group .. (g+1)*rows_per_group - 1`` share codebook ``g`` of ``k`` float16 centroids, so there are

@@ -1,5 +1,6 @@
 """The ``tiered`` tensor kind: rows sorted into tiers, one float16 codebook and one Huffman index stream per tier,
-and an exact side list of outlier weights (post-training compression of embedding tables, :mod:`deepzip.posttrain`).
+and an exact side list of outlier weights (post-training compression of embedding tables,
+:mod:`deepzip.techniques.posttrain`).
 
 The ``grouped`` kind shares one Huffman stream between all its rows, so rows stored at different precisions pay
 for the mixture (about 0.3 bit per weight for an embedding table with 10% of its rows fine and 90% coarse).

@@ -10,9 +10,9 @@ import json
 
 import torch
 
-from .data import Dataset
-from .papers import PAPER
-from .train import TrainConfig
+from ...data import Dataset
+from ...papers import PAPER
+from ...train import TrainConfig
 
 __all__ = ["PAPER", "recipe_tag", "train_config", "validation_split"]
 

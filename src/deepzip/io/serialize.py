@@ -2,9 +2,11 @@
 
 What each tensor becomes:
 
-- a weight-shared layer (:class:`deepzip.share.SharedWeight`): its codebook and indices, as ``codebook`` kind, or
+- a weight-shared layer (:class:`deepzip.techniques.share.SharedWeight`): its codebook and indices, as
+  ``codebook`` kind, or
   ``sparse`` kind (gaps + indices of the kept weights) when it was also pruned;
-- a pruned, unshared layer (:class:`deepzip.prune.Mask`): ``sparse`` kind whose codebook is the layer's distinct
+- a pruned, unshared layer (:class:`deepzip.techniques.prune.Mask`): ``sparse`` kind whose codebook is the
+  layer's distinct
   kept values (lossless), or, with more than 2**16 of them, ``planes`` of the kept values behind the mask;
 - every other tensor, of any dtype (bfloat16 included), takes the smallest exact encoding
   (:func:`deepzip.codec.encode_lossless`: raw, Huffman-coded byte planes, planes behind a zero mask, or a codebook);
@@ -18,7 +20,7 @@ and a file whose tensors would decode to more than ``max_bytes`` (default 1 GiB)
 Example:
     >>> import os, tempfile, torch
     >>> from deepzip.models import get_model
-    >>> from deepzip.prune import prune_
+    >>> from deepzip.techniques.prune import prune_
     >>> m = prune_(get_model("lenet300"), sparsity=0.9)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.dz")
     >>> n = save(m, path)
@@ -39,16 +41,17 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import codec, share
+from .. import codec
+from ..codec import DzFile, EncodedTensor
+from ..codec.container import DEFAULT_MAX_BYTES
+from ..codec.fileinfo import read_dz
+from ..errors import CheckpointError, DeepzipError, DeepzipFormatError, LowRankError, UntrustedCodeError
+from ..models import get_model, model_name
+from ..techniques import share
+from ..techniques.lowrank import lowrank_spec, rebuild_
+from ..techniques.prune import Mask, get_mask, remove_parametrization_
 from .checkpoint import LAYER_KINDS, layer_kind
-from .checkpoints_io import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
-from .codec import DzFile, EncodedTensor
-from .codec.container import DEFAULT_MAX_BYTES
-from .errors import CheckpointError, DeepzipError, DeepzipFormatError, LowRankError, UntrustedCodeError
-from .fileinfo import read_dz
-from .lowrank import lowrank_spec, rebuild_
-from .models import get_model, model_name
-from .prune import Mask, get_mask, remove_parametrization_
+from .foreign import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 
 __all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
 
@@ -170,7 +173,8 @@ def save(
 
     A pruned and/or weight-shared model is stored in its compact form automatically. ``config`` (the recipe that
     made the model) and ``architecture`` (default: the name the model was built under) go into the header, and so
-    does the model's low-rank structure (:func:`deepzip.lowrank.lowrank_spec`, as ``extra.lowrank``) when it has
+    does the model's low-rank structure (:func:`deepzip.techniques.lowrank.lowrank_spec`, as ``extra.lowrank``)
+    when it has
     factored layers, so :func:`load` can rebuild it from the base architecture.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
@@ -221,7 +225,7 @@ def load_state_dict(
     """
     f = read_dz(path, max_bytes=max_bytes)
     if isinstance(f.extra, dict) and "checkpoint" in f.extra and not isinstance(path, (bytes, bytearray)):
-        from .checkpoints_io import state_dict_from
+        from .foreign import state_dict_from
 
         return state_dict_from(codec.DzReader(path, max_bytes=max_bytes))
     out: dict[str, torch.Tensor] = {}
@@ -288,8 +292,9 @@ def load(
 ) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
     architecture the file names, given the factored layers the header records (``extra.lowrank``, rebuilt by
-    :func:`deepzip.lowrank.rebuild_`); for a Hugging Face folder's ``.dz``, the transformers model its config.json
-    names (:func:`deepzip.checkpoints_io.hf_model`). For the tensors alone (any file; factored tensors as stored),
+    :func:`deepzip.techniques.lowrank.rebuild_`); for a Hugging Face folder's ``.dz``, the transformers model its
+    config.json
+    names (:func:`deepzip.io.foreign.hf_model`). For the tensors alone (any file; factored tensors as stored),
     use :func:`load_state_dict`.
 
     Args:
@@ -303,7 +308,7 @@ def load(
             codebook indices and 8-bit relative columns (16-bit without the C kernel) where that takes the least
             memory (see :mod:`deepzip.runtime`; no sparse layer is made
             dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
-            (:func:`deepzip.shrink.shrink_`).
+            (:func:`deepzip.techniques.shrink.shrink_`).
 
     Raises:
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
@@ -319,7 +324,7 @@ def load(
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None and isinstance(f.extra, dict) and isinstance(f.extra.get("checkpoint"), dict) \
             and f.extra["checkpoint"].get("kind") == "hf" and not isinstance(path, (bytes, bytearray)):
-        from .checkpoints_io import hf_model  # a Hugging Face folder's .dz: the model its config.json names
+        from .foreign import hf_model  # a Hugging Face folder's .dz: the model its config.json names
 
         return hf_model(path, max_bytes=max_bytes)
     spec = lowrank_of(f)
@@ -329,7 +334,8 @@ def load(
         if not arch:
             raise DeepzipError(
                 f"{where}the file names no architecture, so there is no model to build: pass the model "
-                "(deepzip.load(path, model=MyNet())), or get the tensors with deepzip.serialize.load_state_dict(path) "
+                "(deepzip.load(path, model=MyNet())), or get the tensors with "
+                "deepzip.io.serialize.load_state_dict(path) "
                 "(CLI: deepzip decompress FILE -o OUT.safetensors)")
         try:
             with torch.device("meta") if runtime in ("fast", "small") else contextlib.nullcontext():
@@ -344,12 +350,12 @@ def load(
         except LowRankError as exc:
             raise LowRankError(f"{where}{exc}") from None
     if runtime in ("fast", "small"):
-        from .runtime import from_dz
+        from ..runtime import from_dz
 
         return from_dz(f, model, mode=runtime, where=where)
     model = decode_into_(model, f, where)
     if runtime == "shrunk":
-        from .shrink import shrink_
+        from ..techniques.shrink import shrink_
 
         shrink_(model)
     return model

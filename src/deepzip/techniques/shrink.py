@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from .models import max_pool2
+from ..models import max_pool2
 
 __all__ = ["GatheredLinear", "default_example_input", "shrink_"]
 
@@ -59,10 +59,10 @@ _CHANNEL_METHODS = {"relu", "tanh", "sigmoid", "flatten", "view", "reshape"}
 
 
 def default_example_input(model: nn.Module) -> torch.Tensor | None:
-    """An input for the registry's models (all read 1x28x28 MNIST images); None for a model of unknown origin."""
-    from .models import MODELS, model_name
+    """An input for a registered model (its registered shape); None for a model of unknown origin."""
+    from ..models import example_input
 
-    return torch.zeros(1, 1, 28, 28) if model_name(model) in MODELS else None
+    return example_input(model)
 
 
 class GatheredLinear(nn.Linear):

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import codec
-from .codec.container import DEFAULT_MAX_BYTES
-from .errors import DeepzipFormatError
-from .papers import PAPER
+from .. import codec
+from ..errors import DeepzipFormatError
+from ..papers import PAPER
+from .container import DEFAULT_MAX_BYTES
 
 __all__ = ["file_report", "read_dz"]
 

@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import codec
-from .codec import DzReader, DzWriter, EncodedTensor
-from .codec._tensor import DEFAULT_MAX_BYTES
-from .errors import CheckpointError
-from .fileio import atomic_write
+from .. import codec
+from ..codec import DzReader, DzWriter, EncodedTensor
+from ..codec._tensor import DEFAULT_MAX_BYTES
+from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 __all__ = [
     "SourceCheckpoint",
@@ -297,7 +297,7 @@ def _iter_file(src: SourceCheckpoint, rel: str) -> Iterator[tuple[str, np.ndarra
 # ---------------------------------------------------------------------------------------------------- compress
 def _share(arr: np.ndarray, dtype: str, bits: int, name: str) -> EncodedTensor:
     """k-means weight sharing of one matrix: a codebook whose centroids are exact in ``dtype``."""
-    from ._kmeans import assign, kmeans1d
+    from ..techniques._kmeans import assign, kmeans1d
 
     f = (arr.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else arr
     values = f.reshape(-1)

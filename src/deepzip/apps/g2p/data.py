@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError, InputError
+from ...errors import DataError, InputError
 
 __all__ = [
     "CMUDICT_SHA256",
@@ -95,7 +95,7 @@ class G2PSplit:
 
 # ---------------------------------------------------------------------------------------------------- the file
 def _cache_dir() -> Path:
-    from .data import cache_dir
+    from ...data import cache_dir
 
     return cache_dir("cmudict", "DEEPZIP_G2P_DATA")
 
@@ -110,7 +110,7 @@ def _package_file() -> Path | None:
 
 
 def _check(path: Path) -> None:
-    from .data import sha256_file
+    from ...data import sha256_file
 
     digest = sha256_file(path)
     if digest != CMUDICT_SHA256:

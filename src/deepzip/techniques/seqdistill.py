@@ -7,12 +7,13 @@
   instead of the references (:func:`teacher_targets`, computed once, batched, and cached on disk).
 - **both**: the teacher's beam outputs as targets *and* the word-level loss on them.
 
-Any model works that follows :mod:`deepzip.seq`'s protocol: ``model(src, src_len, tgt_in) -> logits (B, T, V)``
+Any model works that follows :mod:`deepzip.models.seq2seq`'s protocol: ``model(src, src_len, tgt_in) -> logits (B, T,
+V)``
 for training, and ``encode``/``step``/``init_hidden``/``expand``/``select`` for decoding.
 
 Example:
     >>> import torch
-    >>> from deepzip.seq import Seq2Seq, Seq2SeqConfig
+    >>> from deepzip.models.seq2seq import Seq2Seq, Seq2SeqConfig
     >>> s = Seq2Seq(Seq2SeqConfig(src_vocab=8, tgt_vocab=8, emb=4, enc=4, dec=4))
     >>> t = Seq2Seq(Seq2SeqConfig(src_vocab=8, tgt_vocab=8, emb=8, enc=8, dec=8))
     >>> src, tgt = [[3, 4], [5, 6, 7]], [[4, 5], [6]]
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .seq import PAD, decode_many, pad_batch
+from ..models.seq2seq import PAD, decode_many, pad_batch
 
 __all__ = [
     "KD_MODES",

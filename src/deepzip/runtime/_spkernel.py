@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeepzipFormatError
+from ..errors import DeepzipFormatError
 
 __all__ = ["VALUE_DTYPES", "absolute_columns", "available", "check", "encode_steps", "function", "isa", "library_path",
            "spmm"]

@@ -12,9 +12,10 @@ A shared layer's ``weight`` is computed by a :class:`SharedWeight` parametrizati
   values per layer stays <= k whatever the optimizer (momentum, weight decay) does.
 - The multiplication by ``mask`` keeps pruned weights at zero even when they share index 0 with kept weights.
 - The parametrization's ``original`` tensor is no longer used; it is frozen (``requires_grad=False``) so optimizers
-  skip it, and holds the shared weight at the time of sharing (not saved by :mod:`deepzip.checkpoint`).
+  skip it, and holds the shared weight at the time of sharing (not saved by :mod:`deepzip.io.checkpoint`).
 
-Sharing a pruned layer replaces its :class:`deepzip.prune.Mask` by a ``SharedWeight`` holding the same mask, so
+Sharing a pruned layer replaces its :class:`deepzip.techniques.prune.Mask` by a ``SharedWeight`` holding the same
+mask, so
 ``prune.get_mask`` keeps working. ``prune.strip(model)`` bakes the shared values into a plain weight.
 
 Bits per layer: an int for every layer; a preset ``"C/F"`` (``"8/5"``, ``"8/4"``, ``"4/2"``: conv layers get C bits,
@@ -24,7 +25,7 @@ an optional ``"default"`` entry (an int or a preset) for the layers not named. L
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from deepzip.prune import prune_
+    >>> from deepzip.techniques.prune import prune_
     >>> m = prune_(nn.Sequential(nn.Linear(16, 8)), sparsity=0.5)
     >>> _ = share_weights_(m, 2, progress=False)
     >>> w = m[0].weight
@@ -58,7 +59,7 @@ __all__ = [
     "sharing_table",
 ]
 
-#: Layer kinds :func:`pack_layer` produces (read by :mod:`deepzip.checkpoint`).
+#: Layer kinds :func:`pack_layer` produces (read by :mod:`deepzip.io.checkpoint`).
 #: The paper's conv/fc bit settings (Deep Compression, Table 7); any ``"C/F"`` string is accepted.
 PRESETS: tuple[str, ...] = ("8/5", "8/4", "4/2")
 _METHODS = ("kmeans", "linear")
@@ -194,7 +195,7 @@ def share_weights_(
     """Replace each selected layer's weights by at most ``2**bits`` shared values, in place; returns ``model``.
 
     Per layer, the weights that pruning kept (all weights of an unpruned layer) are clustered by exact 1-D k-means
-    (:func:`deepzip._kmeans.kmeans1d`); the layer then computes its weight from the codebook through a
+    (:func:`deepzip.techniques._kmeans.kmeans1d`); the layer then computes its weight from the codebook through a
     :class:`SharedWeight` parametrization whose centroids can be fine-tuned with :func:`deepzip.train.fit`.
     A layer that is already shared is re-clustered from its current values. Special cases:
 

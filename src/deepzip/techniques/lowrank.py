@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from .errors import LowRankError
+from ..errors import LowRankError
 from .prune import resolve_layer
 
 __all__ = [

@@ -16,7 +16,8 @@ and the original model's outputs on calibration inputs); this module picks, per 
 2. **Candidates per tensor.** Uniform grids (zero-centred, step ``std / r``; the used levels are the codebook and
    Huffman codes the indices: entropy-coded scalar quantisation, every weight within half a step, so large weights
    are not sacrificed to the bulk as a k-means codebook does), and Fisher-weighted k-means
-   (:func:`deepzip._kmeans.weighted_kmeans_rows`) at 2..8 bits with one codebook per tensor or per group of rows,
+   (:func:`deepzip.techniques._kmeans.weighted_kmeans_rows`) at 2..8 bits with one codebook per tensor or per group
+   of rows,
    with or without an exact side list of the largest-magnitude weights (outliers); plus float16 as a near-lossless
    top option. Embedding tables also get *tiered* grids: the rows the calibration uses on a fine grid, the others
    on a coarse one, each tier with its own codebook and Huffman stream (the ``tiered`` codec kind). Linear layers
@@ -69,8 +70,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from . import _kmeans, codec
-from .errors import DeepzipError
+from .. import codec
+from ..errors import DeepzipError
+from . import _kmeans
 
 __all__ = [
     "BoundError",

@@ -4,13 +4,13 @@
 input feeding. Why this form: without input feeding the decoder's recurrence does not depend on the attention, so
 training runs the decoder ``nn.GRU`` over the whole target at once (one fused call, no Python loop over time steps),
 which is what makes training on 2 CPU cores practical; decoding steps the same layer one token at a time. Every
-weight matrix is an ``nn.Embedding``/``nn.Linear``/``nn.GRU`` parameter, so :func:`deepzip.prune.prune_`,
-:func:`deepzip.share.share_weights_` and the ``.dz`` file compress all of them.
+weight matrix is an ``nn.Embedding``/``nn.Linear``/``nn.GRU`` parameter, so :func:`deepzip.techniques.prune.prune_`,
+:func:`deepzip.techniques.share.share_weights_` and the ``.dz`` file compress all of them.
 
 A model is named by its architecture string (``"seq2seq:cell=gru,emb=64,enc=256,dec=256,layers=1,src=32,tgt=42"``),
 which the ``.dz`` file stores, so ``deepzip.load(path)`` rebuilds it.
 
-The encoder-decoder protocol that :mod:`deepzip.seqdistill` and the decoders use:
+The encoder-decoder protocol that :mod:`deepzip.techniques.seqdistill` and the decoders use:
 ``model(src, src_len, tgt_in) -> logits (B, T, V)``, ``model.encode(src, src_len) -> state`` and
 ``model.step(tokens (B,), hidden, state) -> (log-probs (B, V), hidden)`` with ``model.init_hidden(state)``,
 ``model.expand(state, k)`` (repeat every row k times) and ``model.select(hidden, rows)``.

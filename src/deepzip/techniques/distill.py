@@ -15,7 +15,7 @@ plain images, where the cache is exact.)
 
 Example:
     >>> import torch
-    >>> from deepzip.data import synthetic_mnist
+    >>> from deepzip.apps.mnist.data import synthetic_mnist
     >>> from deepzip.models import get_model
     >>> from deepzip.train import TrainConfig
     >>> data = synthetic_mnist(256)
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
-from .train import LossFn, TrainConfig, fit, jitter, jitter_augment, predict
+from ..data import Dataset
+from ..train import LossFn, TrainConfig, fit, jitter, jitter_augment, predict
 
 __all__ = [
     "distill", "distill_loss_fn", "distillation_loss", "jitter", "live_teacher", "teacher_logits", "teacher_loss_for",
@@ -129,7 +129,7 @@ def teacher_logits(teacher: nn.Module, data: Dataset | torch.Tensor, batch_size:
         (N, C) float tensor, row ``i`` for example ``i``: the cache :func:`distill_loss_fn` takes.
 
     Example:
-        >>> from deepzip.data import synthetic_mnist
+        >>> from deepzip.apps.mnist.data import synthetic_mnist
         >>> from deepzip.models import get_model
         >>> tuple(teacher_logits(get_model("mlp30"), synthetic_mnist(32)).shape)
         (32, 10)
@@ -290,7 +290,7 @@ def live_teacher(
     hold the unshifted images' targets). Pass both to the same ``fit`` call.
 
     Example:
-        >>> from deepzip.data import synthetic_mnist
+        >>> from deepzip.apps.mnist.data import synthetic_mnist
         >>> from deepzip.models import get_model
         >>> from deepzip.train import TrainConfig, fit, jitter
         >>> loss_fn, aug = live_teacher(get_model("lenet300"), jitter, temperature=4.0, alpha=0.5)
@@ -319,7 +319,7 @@ def teacher_loss_for(
     (the cache is indexed by position).
 
     Example:
-        >>> from deepzip.data import synthetic_mnist
+        >>> from deepzip.apps.mnist.data import synthetic_mnist
         >>> from deepzip.models import get_model
         >>> m, data = get_model("lenet300"), synthetic_mnist(64)
         >>> loss_fn = teacher_loss_for(m, data, temperature=4.0, alpha=0.5)

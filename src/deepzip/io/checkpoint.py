@@ -11,7 +11,7 @@ plain state_dict names for everything else; metadata ``format=deepzip-checkpoint
 Example:
     >>> import tempfile, os
     >>> from deepzip.models import get_model
-    >>> from deepzip.prune import prune_, get_mask
+    >>> from deepzip.techniques.prune import prune_, get_mask
     >>> m = prune_(get_model("lenet300"), sparsity=0.9)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
     >>> save_checkpoint(m, path, meta={"note": "example"})
@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import share
-from .errors import CheckpointError, LowRankError, UntrustedCodeError
-from .fileio import atomic_write
-from .lowrank import lowrank_spec, rebuild_
-from .models import get_model, model_name
-from .prune import Mask, get_mask, remove_parametrization_
+from ..errors import CheckpointError, LowRankError, UntrustedCodeError
+from ..fileio import atomic_write
+from ..models import get_model, model_name
+from ..techniques import share
+from ..techniques.lowrank import lowrank_spec, rebuild_
+from ..techniques.prune import Mask, get_mask, remove_parametrization_
 
 __all__ = [
     "LAYER_KINDS",
@@ -57,7 +57,8 @@ VERSION = 1
 MAX_K = 1 << 16  # the largest codebook a shared layer may have
 
 #: How a layer's weight is held, the one vocabulary of checkpoints and .dz files alike: ``plain`` (a tensor as it
-#: is), ``masked`` (pruned: a :class:`deepzip.prune.Mask`), ``shared`` (a :class:`deepzip.share.SharedWeight`
+#: is), ``masked`` (pruned: a :class:`deepzip.techniques.prune.Mask`), ``shared``
+#: (a :class:`deepzip.techniques.share.SharedWeight`
 #: codebook, with the pruning mask inside).
 LAYER_KINDS: tuple[str, ...] = ("plain", "masked", "shared")
 
@@ -216,7 +217,7 @@ def _refuse_other_formats(p: Path) -> None:
     # is possible there (0x80 included), so recognise it before guessing at other formats.
     if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return
-    from .codec.container import MAGIC
+    from ..codec.container import MAGIC
 
     if head.startswith(MAGIC):
         raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "

@@ -16,9 +16,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from .g2p_data import CMUDICT_SHA256, LETTERS, PHONEMES
-from .seq import Seq2SeqConfig
-from .seqdistill import SeqTrainConfig
+from ...models.seq2seq import Seq2SeqConfig
+from ...techniques.seqdistill import SeqTrainConfig
+from .data import CMUDICT_SHA256, LETTERS, PHONEMES
 
 __all__ = ["COMPRESS", "STUDENT", "STUDENT_TRAIN", "TEACHER", "TEACHER_TRAIN", "G2PCompressConfig", "g2p_recipe_tag"]
 

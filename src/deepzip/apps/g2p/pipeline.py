@@ -4,8 +4,8 @@ distilled student (gradual pruning + k-means sharing, both retrained with the di
 Used by the ``deepzip g2p-*`` commands and ``benchmarks/seq_kd_g2p.py``.
 
 Example:
-    >>> from deepzip.g2p_recipes import STUDENT
-    >>> from deepzip.seq import Seq2Seq
+    >>> from deepzip.apps.g2p.recipes import STUDENT
+    >>> from deepzip.models.seq2seq import Seq2Seq
     >>> m = Seq2Seq(STUDENT)
     >>> len(pronounce(m, ["cat", "dog"]))
     2
@@ -21,13 +21,13 @@ from typing import Any
 
 from torch import nn
 
-from .errors import DeepzipFormatError, InputError
-from .g2p_data import G2PSplit, decode_phonemes, encode_word, phoneme_error_rate, word_error_rate
-from .g2p_recipes import G2PCompressConfig
-from .prune import AGPSchedule, prunable_tensors, prune_
-from .seq import Seq2Seq, decode_many
-from .seqdistill import SeqTrainConfig, fit_seq2seq
-from .share import share_weights_
+from ...errors import DeepzipFormatError, InputError
+from ...models.seq2seq import Seq2Seq, decode_many
+from ...techniques.prune import AGPSchedule, prunable_tensors, prune_
+from ...techniques.seqdistill import SeqTrainConfig, fit_seq2seq
+from ...techniques.share import share_weights_
+from .data import G2PSplit, decode_phonemes, encode_word, phoneme_error_rate, word_error_rate
+from .recipes import G2PCompressConfig
 
 __all__ = ["compress_student_", "evaluate_g2p", "load_g2p_model", "pronounce", "words_per_second"]
 
@@ -65,15 +65,15 @@ def load_g2p_model(path: str | os.PathLike[str]) -> tuple[Seq2Seq, dict[str, Any
         InputError: the file holds a model that is not a G2P encoder-decoder (a LeNet, say).
         DeepzipFormatError / CheckpointError: a damaged or foreign file.
     """
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .serialize import load, read_dz
+    from ...io.checkpoint import load_checkpoint, read_checkpoint
+    from ...io.serialize import load, read_dz
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     with open(p, "rb") as fh:
         head = fh.read(8)
-    from .codec.container import MAGIC
+    from ...codec.container import MAGIC
 
     if head.startswith(MAGIC):
         arch = read_dz(p).architecture or ""
@@ -88,7 +88,7 @@ def load_g2p_model(path: str | os.PathLike[str]) -> tuple[Seq2Seq, dict[str, Any
         arch = str(meta.get("arch", ""))
         if not arch.startswith("seq2seq:"):
             raise InputError(f"{p}: holds a {arch or 'unnamed'} model, not a G2P encoder-decoder (seq2seq:...)")
-        from .seq import build_seq2seq
+        from ...models.seq2seq import build_seq2seq
 
         model, _ = load_checkpoint(p, build_seq2seq(arch))
     assert isinstance(model, Seq2Seq)

@@ -8,7 +8,8 @@ Three ways to hold a Linear or Conv2d weight while the model runs (:data:`KINDS`
 
 and two kernels for the sparse kinds (:data:`KERNELS`):
 
-- ``deepzip-c``: deepzip's own C kernel (:mod:`deepzip._spkernel`, built at install time when a C compiler is there),
+- ``deepzip-c``: deepzip's own C kernel (:mod:`deepzip.runtime._spkernel`, built at install time when a C compiler is
+there),
   on Deep Compression's layout: an 8-bit relative column index per kept weight, so ``csr`` takes 5 bytes and
   ``codebook`` 2 bytes per kept weight, and the indices are read directly (no float values are gathered). Torch's
   sparse CSR and scipy.sparse missed the paper's 3x at AlexNet's fc6 / fc7 shapes, which is why it exists;
@@ -27,7 +28,7 @@ A layer type the runtime does not support stays dense, with a warning naming it.
 Example:
     >>> import torch
     >>> from deepzip.models import get_model
-    >>> from deepzip.prune import prune_, strip
+    >>> from deepzip.techniques.prune import prune_, strip
     >>> m = strip(prune_(get_model("lenet300"), sparsity=0.9)).eval()
     >>> x = torch.rand(4, 1, 28, 28)
     >>> y = m(x)
@@ -50,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _spkernel, codec
-from .codec import DzFile
-from .errors import DeepzipFormatError
+from .. import codec
+from ..codec import DzFile
+from ..errors import DeepzipFormatError
+from . import _spkernel
 
 __all__ = ["KERNELS", "KINDS", "SparseConv2d", "SparseLinear", "from_dz", "kernels_available", "layer_bytes",
            "layer_inputs", "median_seconds", "runtime_table", "sparsify_"]
@@ -106,7 +108,8 @@ class _SparseWeight(nn.Module):
     """A 2-D ``(rows, cols)`` weight in CSR form, as float values (``csr``) or codebook indices (``codebook``), run
     by one of two kernels (:data:`KERNELS`):
 
-    - ``deepzip-c`` (when built, see :mod:`deepzip._spkernel`): 8-bit relative column steps (with zero fillers for
+    - ``deepzip-c`` (when built, see :mod:`deepzip.runtime._spkernel`): 8-bit relative column steps (with zero
+    fillers for
       gaps over 255) + float32 values (5 bytes per kept weight) or uint8 / uint16 codebook indices (2-3 bytes);
     - ``torch-csr``: int32 columns + float32 values (8 bytes), or narrow columns + indices gathered into float values
       at each call (3-4 bytes), for ``torch.sparse.mm``.
@@ -181,7 +184,8 @@ class _SparseWeight(nn.Module):
         return int((self.col if self.kernel == "torch-csr" else self.step).numel())
 
     def _c_arrays(self) -> tuple:
-        """The C kernel's numpy views, checked by :func:`deepzip._spkernel.check` whenever a buffer is new or was
+        """The C kernel's numpy views, checked by :func:`deepzip.runtime._spkernel.check` whenever a buffer is new or
+        was
         modified in place since the last check (a hostile or edited buffer never reaches the C code unchecked)."""
         b = self._buffers  # (not self.crow etc.: nn.Module.__getattr__ costs microseconds per call on small layers)
         ts = (b["crow"], b["step"], b["values"] if self.kind == "csr" else b["indices"], b.get("codebook"))
@@ -297,7 +301,7 @@ class _SparseWeight(nn.Module):
 class SparseLinear(nn.Module):
     """``y = x W^T + b`` with ``W`` as a :class:`_SparseWeight` (torch's CSR @ dense kernel).
 
-    ``in_index`` (optional) selects the input features first, as :class:`deepzip.shrink.GatheredLinear` does.
+    ``in_index`` (optional) selects the input features first, as :class:`deepzip.techniques.shrink.GatheredLinear` does.
     """
 
     def __init__(self, weight: _SparseWeight, bias: torch.Tensor | None,
@@ -372,7 +376,7 @@ def _build(m: Any, kind: str, kernel: str | None = None, name: str = "") -> nn.M
                                        m.dilation, bias=bias is not None, device="meta")
             dense_w = dense_w.reshape(m.out_channels, m.in_channels, *m.kernel_size)
         elif in_index is not None:
-            from .shrink import GatheredLinear
+            from ..techniques.shrink import GatheredLinear
 
             out = GatheredLinear(in_index, dense_w.shape[0], bias is not None, m.original_in_features)
         else:
@@ -466,7 +470,8 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
     """Run each Linear / Conv2d layer in the fastest (or smallest) of ``kinds``, in place; returns ``model``.
 
     Args:
-        model: a model with plain weights (parametrizations baked in, e.g. by :func:`deepzip.prune.strip`) or with
+        model: a model with plain weights (parametrizations baked in, e.g. by :func:`deepzip.techniques.prune.strip`)
+        or with
             runtime layers already.
         example_input: one input; the layers are timed on the shapes it produces, with the batch size set to
             ``batch`` (default: an MNIST image for the registry's models). Without one, Linear layers are timed
@@ -497,7 +502,7 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
     if not kernels:
         raise ValueError(f"kernels: none of them is available here (available: {built})")
     cands_of = [("dense", "")] * ("dense" in kinds) + [(k, e) for k in kinds if k != "dense" for e in kernels]
-    from .shrink import default_example_input
+    from ..techniques.shrink import default_example_input
 
     model.eval()
     if example_input is None:

@@ -1,0 +1,3 @@
+"""The bridge between models and files: deepzip's checkpoints (:mod:`~deepzip.io.checkpoint`), ``.dz`` files of
+models (:mod:`~deepzip.io.serialize`) and foreign checkpoints (:mod:`~deepzip.io.foreign`: any safetensors, torch
+state_dict files, Hugging Face folders)."""
