@@ -28,7 +28,10 @@ import post_training as pt
 from _common import machine, md_table, write_results
 
 from deepzip.techniques import posttrain
-from deepzip.techniques.posttrain import PostTrainConfig, _candidate, _outputs, _set_weights_, agreement
+from deepzip.techniques.posttrain import PostTrainConfig
+from deepzip.techniques.posttrain._allocate import _set_weights_
+from deepzip.techniques.posttrain._calibration import _drop, _outputs
+from deepzip.techniques.posttrain._candidates import _candidate
 
 torch.set_num_threads(1)
 
@@ -42,7 +45,7 @@ def main() -> None:
     ref = _outputs(model, cal, pt.st_forward)
 
     def drop() -> float:
-        return float(1 - agreement(_outputs(model, cal, pt.st_forward), ref).mean())
+        return _drop(_outputs(model, cal, pt.st_forward), ref)
 
     layer0 = [n for n in mods if ".layer.0." in n]
     sub = {n: mods[n] for n in ["0.model.embeddings.word_embeddings.weight", *layer0]}

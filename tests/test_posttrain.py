@@ -155,7 +155,7 @@ def test_distillation_recovers_agreement() -> None:
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
-    import deepzip.techniques.posttrain as pt
+    import time
 
     model, teacher = _mlp(), _mlp()
     res = compress_to_bound_(model, _batches(), PostTrainConfig(max_drop=0.05, min_numel=256))
@@ -172,7 +172,7 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero(monkeypatch) -> None:
         seen.append((self.param_groups[0]["lr"], clock[0]))
         return step(self, *a, **k)
 
-    monkeypatch.setattr(pt.time, "process_time", tick)
+    monkeypatch.setattr(time, "process_time", tick)
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     distill_(model, teacher, res, _batches(4, seed=7), seconds=1.0, lr=1e-3, schedule="cosine")
     start = 0.01  # the first reading: the budget starts when distill_ does
@@ -322,7 +322,7 @@ def test_a_file_with_a_grouped_tensor_says_format_1_2(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------------- session 4
 def _gptq_reference(w: np.ndarray, h: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """GPTQ written out plainly (no blocks, no column reordering): round column j, then spread its error."""
-    from deepzip.techniques.posttrain import _nearest
+    from deepzip.techniques.posttrain._gptq import _nearest
 
     c = w.shape[1]
     hinv = np.linalg.cholesky(np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(c))).T
@@ -336,7 +336,8 @@ def _gptq_reference(w: np.ndarray, h: np.ndarray, cb: np.ndarray) -> np.ndarray:
 
 
 def test_gptq_round_matches_the_plain_algorithm_and_beats_nearest_rounding() -> None:
-    from deepzip.techniques.posttrain import _nearest, gptq_round
+    from deepzip.techniques.posttrain import gptq_round
+    from deepzip.techniques.posttrain._gptq import _nearest
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 24)) + 0.1 * rng.normal(size=(400, 24))  # correlated
@@ -359,7 +360,7 @@ def test_gptq_round_matches_the_plain_algorithm_and_beats_nearest_rounding() -> 
 
 
 def test_grid_candidate_error_is_bounded_and_file_size_is_predicted(tmp_path) -> None:
-    from deepzip.techniques.posttrain import _candidate
+    from deepzip.techniques.posttrain._candidates import _candidate
 
     rng = np.random.default_rng(1)
     w = (rng.standard_t(3, size=(64, 96)) * 0.05).astype(np.float32)  # heavy tails
@@ -377,7 +378,7 @@ def test_grid_candidate_error_is_bounded_and_file_size_is_predicted(tmp_path) ->
 
 
 def test_split_and_per_sample_fisher_match_the_exact_gauss_newton_diagonal() -> None:
-    from deepzip.techniques.posttrain import _split
+    from deepzip.techniques.posttrain._calibration import _split
 
     x = torch.randn(5, 3)
     assert [t.shape for t in _split(x)] == [(1, 3)] * 5

@@ -54,13 +54,40 @@ def _callable_batches(spec: str) -> list[Any]:
     return list(f())
 
 
+def _load_inputs(spec: str, batch: int, tokenizer: Any = None) -> list[Any]:
+    """Batches of ``batch`` inputs from ``spec``: ``module:function``, a text file of sentences (with a
+    sentence-transformer's ``tokenizer``), or a ``.npy`` array (first axis = samples)."""
+    import numpy as np
+    import torch
+
+    from ..techniques.posttrain import BoundError, text_batches
+
+    if ":" in spec and not Path(spec).exists():
+        return _callable_batches(spec)
+    path = existing_file(spec)
+    if tokenizer is not None:
+        from ..apps.sentence import read_sentences
+
+        sents = read_sentences(path)
+        if not sents:
+            raise BoundError(f"{path}: no sentences (the calibration set is empty)")
+        return text_batches(tokenizer, sents, batch, max_length=256)  # similar lengths: less padding
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise BoundError(f"{path}: not a .npy array ({e})") from None
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise BoundError(f"{path}: no samples (the calibration set is empty)")
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return [t[i:i + batch] for i in range(0, len(t), batch)]
+
+
 @command("ptq", "post-training compression to a quality bound: sensitivities, per-tensor bits, codebooks, .dz")
 @args(_cfg_ptq)
 def cmd_ptq(a: argparse.Namespace) -> int:
     import copy
     import dataclasses
 
-    import numpy as np
     import torch
 
     from ..techniques.posttrain import (
@@ -68,8 +95,8 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         PostTrainConfig,
         compress_to_bound_,
         distill_,
+        measure_drop,
         save_posttrained,
-        text_batches,
     )
 
     cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded
@@ -84,27 +111,6 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         raise IsADirectoryError(f"{out}: is a directory")
     forward: Any = None
     arch = None
-
-    def load_inputs(spec: str) -> list[Any]:
-        if ":" in spec and not Path(spec).exists():
-            return _callable_batches(spec)
-        path = existing_file(spec)
-        if a.sentence_transformer:
-            from ..apps.sentence import read_sentences
-
-            sents = read_sentences(path)
-            if not sents:
-                raise BoundError(f"{path}: no sentences (the calibration set is empty)")
-            return text_batches(model.tokenizer, sents, a.batch, max_length=256)  # similar lengths: less padding
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise BoundError(f"{path}: not a .npy array ({e})") from None
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise BoundError(f"{path}: no samples (the calibration set is empty)")
-        t = torch.from_numpy(np.ascontiguousarray(x)).float()
-        return [t[i:i + a.batch] for i in range(0, len(t), a.batch)]
-
     if a.sentence_transformer:
         from ..apps.sentence import embed, load_sentence_transformer
 
@@ -117,21 +123,18 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         model, _ = load_checkpoint(existing_file(a.checkpoint), get_model(a.model) if a.model else None)
         model.eval()
         arch = model_name(model)
-    cal = load_inputs(a.calibration)
+    tokenizer = model.tokenizer if a.sentence_transformer else None
+    cal = _load_inputs(a.calibration, a.batch, tokenizer)
     teacher = copy.deepcopy(model) if a.distill_seconds > 0 else None
     t0 = time.time()
     alloc = dataclasses.replace(cfg, max_drop=cfg.max_drop * (a.relax if teacher else 1.0))
     res = compress_to_bound_(model, cal, alloc,
                              forward=forward, progress=a.progress, log=print)
     if teacher is not None:
-        dis = load_inputs(a.distill_data) if a.distill_data else cal
+        dis = _load_inputs(a.distill_data, a.batch, tokenizer) if a.distill_data else cal
         losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress,
                           latent_lr=a.latent_lr, schedule=a.schedule)
-        from ..techniques.posttrain import _outputs, agreement
-
-        fwd = forward or (lambda m, b: m(b))
-        with torch.no_grad():
-            res.drop = float(1 - agreement(_outputs(model, cal, fwd), _outputs(teacher, cal, fwd)).mean())
+        res.drop = measure_drop(model, teacher, cal, forward)
         print(f"distillation: {len(losses)} steps, calibration drop now {res.drop:.4g}")
         if res.drop > cfg.max_drop:
             raise BoundError(f"max_drop={cfg.max_drop:g} not met after distillation: best reached {res.drop:.4g} "
