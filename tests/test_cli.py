@@ -18,21 +18,24 @@ def run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deepzip.cli", *argv], capture_output=True, text=True, timeout=120)
 
 
+def one_error_line(r: subprocess.CompletedProcess, command: str) -> str:
+    """The run failed the way the CLI promises: exit 2, no traceback, one line on stderr naming the command."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"deepzip {command}: error: "), r.stderr
+    return lines[0]
+
+
 def test_missing_checkpoint_is_one_line_nonzero(tmp_path):
     r = run("evaluate", str(tmp_path / "nope.safetensors"))
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "nope.safetensors" in r.stderr
+    assert "nope.safetensors" in one_error_line(r, "evaluate")
 
 
 def test_foreign_checkpoint_is_one_line_nonzero(tmp_path):
     bad = tmp_path / "foreign.safetensors"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     for argv in (["evaluate", str(bad)], ["prune", str(bad), "-o", str(tmp_path / "o.safetensors")]):
-        r = run(*argv)
-        assert r.returncode != 0, argv
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert "foreign.safetensors" in r.stderr
+        assert "foreign.safetensors" in one_error_line(run(*argv), argv[0])
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -40,7 +43,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     p = tmp_path / "l5.safetensors"
     save_checkpoint(get_model("lenet5"), p)
     r = run("evaluate", str(p), "--model", "lenet300")
-    assert r.returncode != 0 and "does not fit" in r.stderr
+    assert "does not fit" in one_error_line(r, "evaluate")
 
 
 def test_prune_and_evaluate_in_process(tmp_path, monkeypatch):
@@ -82,6 +85,15 @@ def test_evaluate_json_has_required_keys(tmp_path, capsys, monkeypatch):
     assert {"test_error_pct", "params_nonzero", "bytes", "ratio"} <= set(out)
 
 
-@pytest.mark.parametrize("argv", [["prune"], ["train"], ["frobnicate"]])
-def test_usage_errors_exit_nonzero(argv):
-    assert run(*argv).returncode != 0
+@pytest.mark.parametrize("argv, error", [
+    (["prune"], "deepzip prune: error: the following arguments are required: checkpoint, -o/--output"),
+    (["train"], "deepzip train: error: the following arguments are required: -o/--output"),
+    (["frobnicate"], "deepzip: error: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_usage_errors_exit_2_with_one_error_line(argv, error):
+    """argparse's usage summary, then one error line naming what is wrong; no traceback."""
+    r = run(*argv)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines[-1].startswith(error) and [x for x in lines if "error" in x] == [lines[-1]], r.stderr
+    assert lines[0].startswith("usage: deepzip") and all(x.startswith(" ") for x in lines[1:-1]), r.stderr
