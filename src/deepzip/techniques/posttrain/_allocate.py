@@ -122,31 +122,11 @@ def compress_to_bound_(
         def drop_now() -> float:
             return _drop(_outputs(model, batches, fwd), ref)
 
-        hulls: dict[str, list[Candidate]] = {}
-        for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
-            if candidates is not None:
-                able = any(c.gptq for c in candidates[n])
-                mine = [c for c in candidates[n] if _allowed(c, cfg, able)]
-            else:
-                mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n),
-                                   counts=(counts or {}).get(n), fisher_counts=(fisher_counts or {}).get(n))
-            if not mine:
-                raise BoundError(f"{n}: no storage option left by the configuration")
-            hulls[n] = _hull(mine)
+        hulls = _hulls(mods, orig, fisher, cfg, candidates, grams, counts, fisher_counts, progress)
         secs["candidates"] = time.perf_counter() - t0 - secs["sensitivity"]
         if not cfg.per_layer:
             return _uniform(model, mods, hulls, orig, cfg, drop_now, secs, say)
-        # per-layer sensitivity: the candidate nearest 3 bits per weight applied alone, measured for real
-        alpha: dict[str, float] = dict(sensitivity or {})
-        for n in tqdm([n for n in mods if n not in alpha], desc="layer sensitivity", disable=not progress,
-                      leave=False):
-            h = hulls[n]
-            probe = min(h[1:] or h, key=lambda c: abs(c.nbytes * 8 / orig[n].size - 3.0))
-            _set_weights_(mods, {n: probe.weight(orig[n].shape)})
-            d = max(drop_now(), 0.0)
-            _set_weights_(mods, {n: orig[n]})
-            seen = probe.error - probe.unseen_error  # the calibration measures the damage to the rows it uses
-            alpha[n] = d / seen if seen > 0 else 0.0
+        alpha = _layer_sensitivities(mods, hulls, orig, drop_now, dict(sensitivity or {}), progress)
         secs["layer_sensitivity"] = time.perf_counter() - t0 - secs["sensitivity"] - secs["candidates"]
         say(f"sensitivities of {len(mods)} tensors measured in {time.perf_counter() - t0:.0f} s")
 
@@ -155,35 +135,85 @@ def compress_to_bound_(
             _set_weights_(mods, {n: hulls[n][i].weight(orig[n].shape) for n, i in pick.items()})
             return drop_now() + sum(alpha.get(n, 0.0) * hulls[n][i].unseen_error for n, i in pick.items())
 
-        best = {n: 0 for n in hulls}
-        d0 = apply(best)
-        if d0 > cfg.max_drop:
+        try:
+            pick, drop = _search_budget(hulls, alpha, cfg.max_drop, apply, say)
+        except BoundError:
             _set_weights_(mods, orig)
-            size = sum(h[0].nbytes for h in hulls.values())
-            raise BoundError(f"max_drop={cfg.max_drop:g} cannot be met: the most accurate choice for every tensor "
-                             f"({size / 1e6:.2f} MB) already loses {d0:.4g} (mean cosine {1 - d0:.5f})")
-        # search the predicted budget for the cheapest choice whose measured drop stays within the bound
-        lo, lo_pick, lo_drop = 0.0, best, d0
-        hi = None
-        budget = cfg.max_drop
-        for _ in range(9):
-            pick = _greedy(hulls, alpha, budget)
-            d = apply(pick)
-            say(f"budget {budget:.4g}: measured drop {d:.4g}, "
-                f"{sum(hulls[n][i].nbytes for n, i in pick.items()) / 1e6:.3f} MB")
-            if d <= cfg.max_drop:
-                lo, lo_pick, lo_drop = budget, pick, d
-            else:
-                hi = budget
-            budget = budget * 2 if hi is None else (lo + hi) / 2
-            if hi is not None and hi - lo < 0.05 * hi:
-                break
-        apply(lo_pick)
+            raise
+        apply(pick)
         secs["allocation"] = time.perf_counter() - t0 - sum(secs.values())
-        choices = {n: hulls[n][i] for n, i in lo_pick.items()}
-        return PostTrainResult(choices, lo_drop, sum(c.nbytes for c in choices.values()), alpha, hulls, secs)
+        choices = {n: hulls[n][i] for n, i in pick.items()}
+        return PostTrainResult(choices, drop, sum(c.nbytes for c in choices.values()), alpha, hulls, secs)
     finally:
         model.train(was_training)
+
+
+def _hulls(mods: dict[str, nn.Module], orig: dict[str, np.ndarray], fisher: dict[str, np.ndarray],
+           cfg: PostTrainConfig, candidates: dict[str, list[Candidate]] | None, grams: dict[str, np.ndarray] | None,
+           counts: dict[str, np.ndarray] | None, fisher_counts: dict[str, np.ndarray] | None,
+           progress: bool) -> dict[str, list[Candidate]]:
+    """Per tensor, the lower convex hull of the candidates ``cfg`` offers (from ``candidates`` when given)."""
+    hulls: dict[str, list[Candidate]] = {}
+    for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
+        if candidates is not None:
+            able = any(c.gptq for c in candidates[n])
+            mine = [c for c in candidates[n] if _allowed(c, cfg, able)]
+        else:
+            mine = _candidates(n, orig[n], fisher[n], cfg, gram=(grams or {}).get(n),
+                               counts=(counts or {}).get(n), fisher_counts=(fisher_counts or {}).get(n))
+        if not mine:
+            raise BoundError(f"{n}: no storage option left by the configuration")
+        hulls[n] = _hull(mine)
+    return hulls
+
+
+def _layer_sensitivities(mods: dict[str, nn.Module], hulls: dict[str, list[Candidate]], orig: dict[str, np.ndarray],
+                         drop_now: Callable[[], float], known: dict[str, float], progress: bool) -> dict[str, float]:
+    """Per tensor, measured drop per unit of predicted error (alpha): the candidate nearest 3 bits per weight
+    applied alone and measured for real; tensors in ``known`` keep their value."""
+    alpha = dict(known)
+    for n in tqdm([n for n in mods if n not in alpha], desc="layer sensitivity", disable=not progress, leave=False):
+        h = hulls[n]
+        probe = min(h[1:] or h, key=lambda c: abs(c.nbytes * 8 / orig[n].size - 3.0))
+        _set_weights_(mods, {n: probe.weight(orig[n].shape)})
+        d = max(drop_now(), 0.0)
+        _set_weights_(mods, {n: orig[n]})
+        seen = probe.error - probe.unseen_error  # the calibration measures the damage to the rows it uses
+        alpha[n] = d / seen if seen > 0 else 0.0
+    return alpha
+
+
+def _search_budget(hulls: dict[str, list[Candidate]], alpha: dict[str, float], max_drop: float,
+                   apply: Callable[[dict[str, int]], float],
+                   say: Callable[[str], None]) -> tuple[dict[str, int], float]:
+    """The cheapest hull indices whose measured drop (``apply``) is within ``max_drop``, and that drop: the
+    predicted budget of :func:`_greedy` is doubled until the bound is missed, then bisected (9 measurements at most).
+
+    Raises:
+        BoundError: the most accurate choice for every tensor already misses the bound.
+    """
+    best = {n: 0 for n in hulls}
+    d0 = apply(best)
+    if d0 > max_drop:
+        size = sum(h[0].nbytes for h in hulls.values())
+        raise BoundError(f"max_drop={max_drop:g} cannot be met: the most accurate choice for every tensor "
+                         f"({size / 1e6:.2f} MB) already loses {d0:.4g} (mean cosine {1 - d0:.5f})")
+    lo, lo_pick, lo_drop = 0.0, best, d0
+    hi = None
+    budget = max_drop
+    for _ in range(9):
+        pick = _greedy(hulls, alpha, budget)
+        d = apply(pick)
+        say(f"budget {budget:.4g}: measured drop {d:.4g}, "
+            f"{sum(hulls[n][i].nbytes for n, i in pick.items()) / 1e6:.3f} MB")
+        if d <= max_drop:
+            lo, lo_pick, lo_drop = budget, pick, d
+        else:
+            hi = budget
+        budget = budget * 2 if hi is None else (lo + hi) / 2
+        if hi is not None and hi - lo < 0.05 * hi:
+            break
+    return lo_pick, lo_drop
 
 
 def _uniform(model: nn.Module, mods: dict[str, nn.Module], hulls: dict[str, list[Candidate]],
