@@ -304,6 +304,21 @@ def test_cli_ptq_writes_a_loadable_file(tmp_path, lenet_ckpt, capsys) -> None:
     assert "smaller than fp32" in capsys.readouterr().out
 
 
+def test_cli_ptq_with_distillation_reports_the_drop_of_the_file_it_writes(tmp_path, lenet_ckpt, capsys) -> None:
+    import json
+
+    from deepzip.io.checkpoint import load_checkpoint
+
+    out, doc = tmp_path / "d.dz", tmp_path / "d.json"
+    rc = main(["ptq", "--checkpoint", str(lenet_ckpt), "--calibration", str(tmp_path / "cal.npy"), "--max-drop",
+               "0.02", "--distill-seconds", "0.3", "--no-gptq", "-o", str(out), "--json", str(doc)])
+    assert rc == 0 and "distillation:" in capsys.readouterr().out
+    x = torch.from_numpy(np.load(tmp_path / "cal.npy"))
+    original, _ = load_checkpoint(lenet_ckpt)
+    drop = json.loads(doc.read_text())["drop"]
+    assert drop <= 0.02 and drop == pytest.approx(measure_drop(load(out), original, [x]), abs=1e-9)
+
+
 @pytest.mark.parametrize("case", ["empty", "shape", "bound", "latent"])
 def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) -> None:
     cal = tmp_path / "cal.npy"
