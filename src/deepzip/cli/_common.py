@@ -191,13 +191,28 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="shift training images by up to PIXELS (2 if no number; 0 = off; default: the model's recipe)")
 
 
-def _load_model(path: str, arch: str | None, trust_code: bool = False):
-    """A checkpoint into ``arch`` (typed by the user, so trusted) or into the architecture the file names (a
-    ``package.module:factory`` there only with ``--trust-code``)."""
-    from ..io.checkpoint import load_checkpoint
+def _load_model(path: str, arch: str | None, trust_code: bool = False, max_bytes: int | None = 1 << 30, *,
+                images: bool = True):
+    """Any checkpoint (:func:`deepzip.io.reader.load_model`: a .dz, a deepzip checkpoint, any safetensors, a
+    state_dict file, a Hugging Face folder) into ``arch`` (typed by the user, so trusted) or into the architecture
+    the file names (a ``package.module:factory`` there only with ``--trust-code``); ``images``: the command feeds it
+    images, so another application's model (a G2P encoder-decoder, a transformers model) is refused in one line."""
+    from ..io.reader import load_model
     from ..models import get_model
 
-    return load_checkpoint(path, get_model(arch, trust_code=True) if arch else None, trust_code=trust_code)
+    model, meta = load_model(path, get_model(arch, trust_code=True) if arch else None, trust_code=trust_code,
+                             max_bytes=max_bytes)
+    if images:
+        from ..errors import InputError
+        from ..models.seq2seq import Seq2Seq
+
+        if isinstance(model, Seq2Seq):
+            raise InputError(f"{path}: holds a G2P encoder-decoder ({_arch(model)}), not an image classifier; "
+                             "deepzip g2p-eval reads it")
+        if type(model).__module__.split(".")[0] == "transformers":
+            raise InputError(f"{path}: holds a Hugging Face {type(model).__name__}, not an image classifier; "
+                             "deepzip ptq --sentence-transformer and deepzip compress read it")
+    return model, meta
 
 
 def _arch(model) -> str | None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from functools import partial
 
-from ._common import args, command, existing_file, print_table
+from ._common import _load_model, _read_args, args, command, print_table
 
 # Run in a fresh interpreter, so that what a load adds to the resident set is the model and nothing else.
 _RSS_CHILD = r"""
@@ -57,40 +57,58 @@ def loaded_rss(path: str, runtime: str) -> int:
 
 
 def _cfg_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
+    p.add_argument("file", help="the model: a .dz file, a checkpoint (deepzip's, any safetensors, a torch state_dict "
+                                "file) or a Hugging Face folder")
+    p.add_argument("--model", default=None, help="architecture to load into (default: the one the file names)")
     p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
     p.add_argument("--runtime", default="fast", choices=["fast", "small"], help="the compressed runtime's mode")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (the median counts)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-rss", action="store_true", help="skip the resident-set measurement (two fresh processes)")
     p.add_argument("--json", action="store_true")
+    _read_args(p)
 
 
 @command("bench", "latency per layer and in all, dense vs the compressed runtime, and the loaded model's memory")
 @args(_cfg_bench)
 def cmd_bench(a: argparse.Namespace) -> int:
-    import torch
+    import tempfile
+    from pathlib import Path
 
-    from ..codec.fileinfo import read_dz
-    from ..io.serialize import load
-    from ..models import MODELS, load_apps
-    from ..runtime import layer_inputs, median_seconds, runtime_table
-    from ..techniques.prune import strip
+    from ..io.reader import checkpoint_kind
+    from ..io.serialize import save
+    from ..models import MODELS, load_apps, model_name
 
-    path = existing_file(a.file)
     try:
         batches = [int(b) for b in a.batch.split(",")]
     except ValueError:
         raise ValueError(f"--batch {a.batch!r}: expected comma-separated integers, e.g. 1,64") from None
     if not batches or min(batches) < 1 or a.repeats < 1:
         raise ValueError(f"--batch {a.batch!r} / --repeats {a.repeats}: expected positive integers")
-    arch = read_dz(path).architecture
+    model, _ = _load_model(a.file, a.model, a.trust_code, a.max_bytes, images=False)
+    arch = model_name(model)
     load_apps()
     spec = MODELS.get(arch or "")
     if spec is None or spec.example_input is None:
         known = ", ".join(n for n, s in MODELS.items() if s.example_input is not None)
-        raise ValueError(f"{path}: architecture {arch!r} has no known input shape; bench knows {known}")
-    shape = spec.example_input[1:]
+        raise ValueError(f"{a.file}: architecture {arch!r} has no known input shape; bench knows {known}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(a.file)
+        if checkpoint_kind(path) != "dz" or a.model:  # the runtimes load a .dz file: this model, written as one
+            path = Path(tmp) / "model.dz"
+            save(model, path)
+        return _bench(a, str(a.file), path, arch, spec.example_input[1:], batches)
+
+
+def _bench(a: argparse.Namespace, given: str, path, arch: str | None, shape: tuple[int, ...],
+           batches: list[int]) -> int:
+    """The measurements of ``deepzip bench`` on the ``.dz`` file ``path`` (``given``: the file the user named)."""
+    import torch
+
+    from ..io.serialize import load
+    from ..runtime import layer_inputs, median_seconds, runtime_table
+    from ..techniques.prune import strip
+
     torch.set_num_threads(a.threads)
     dense = strip(load(path)).eval()
     fast = load(path, runtime=a.runtime)
@@ -123,7 +141,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     kernel = (f"deepzip-c ({_spkernel.isa()})" if _spkernel.available() else
               "torch-csr (deepzip's C kernel is " + ("turned off by DEEPZIP_KERNEL=torch)" if _spkernel.library_path()
                                                      else "not built: reinstall with a C compiler)"))
-    out = {"file": str(path), "architecture": arch, "runtime": a.runtime, "threads": a.threads, "kernel": kernel,
+    out = {"file": given, "architecture": arch, "runtime": a.runtime, "threads": a.threads, "kernel": kernel,
            "repeats": a.repeats, "layers": rows, "model": total, "resident_memory": mem,
            "runtime_layers": runtime_table(fast)}
     if a.json:

@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import _check_output, _common, _data, _load_model, _train_args, _train_cfg, args, command, print_table
+from ._common import (
+    _check_output,
+    _common,
+    _data,
+    _load_model,
+    _read_args,
+    _train_args,
+    _train_cfg,
+    args,
+    command,
+    print_table,
+)
 
 
 def _cfg_distill(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors)")
+    p.add_argument("--teacher", required=True, help="the teacher: a checkpoint (deepzip's, any safetensors, a torch "
+                                                     "state_dict file), a .dz file or a Hugging Face folder")
     p.add_argument("--teacher-model", default=None, help="teacher architecture when the checkpoint names none")
     p.add_argument("--student", default="mlp800", help="lenet300, lenet5, mlp800, mlp30, ... or pkg.mod:factory")
     p.add_argument("-T", "--temperature", type=float, default=20.0, help="softmax temperature (default 20)")
     p.add_argument("--alpha", type=float, default=0.9,
                    help="weight of the soft-target term; 1-alpha goes to the labels (default 0.9)")
     p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.safetensors)")
-    p.add_argument("--trust-code", dest="trust_code", action="store_true",
-                   help="let a teacher checkpoint that names its architecture as package.module:factory import it")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the teacher every step instead of caching its logits once")
+    _read_args(p)
     _train_args(p)
     _common(p)
 
@@ -37,7 +48,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if not 0.0 <= a.alpha <= 1.0:
         raise ValueError(f"--alpha {a.alpha}: expected a weight in [0, 1]")
     _check_output(a.output, a.teacher)
-    teacher, _ = _load_model(a.teacher, a.teacher_model, a.trust_code)
+    teacher, _ = _load_model(a.teacher, a.teacher_model, a.trust_code, a.max_bytes)
     student = get_model(a.student, trust_code=True)  # the user's own --student: trusted
     train, test = _data(a, label_with=teacher)
     cfg = _train_cfg(a, a.student)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import _common, _is_dz, _progress, args, command, print_table
+from ._common import _common, _load_model, _progress, _read_args, args, command, print_table
 
 DECOMPOSE_COLUMNS = [
     ("layer", "layer", ""), ("kind", "kind", ""), ("ranks", "ranks", ""), ("params_before", "params", "d"),
@@ -88,7 +88,8 @@ def _parse_modes(text: str | None) -> dict[str, tuple[tuple[int, ...], tuple[int
 
 
 def _cfg_decompose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a checkpoint (.safetensors) or a .dz file")
+    p.add_argument("checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict file), "
+                                      "a .dz file or a Hugging Face folder")
     p.add_argument("-o", "--output", required=True,
                    help="the decomposed model: a .dz file (a .safetensors name writes a checkpoint)")
     p.add_argument("--method", choices=["tucker2", "svd", "tt"], default="tucker2",
@@ -105,6 +106,7 @@ def _cfg_decompose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture when the file names none")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write the per-layer rows as JSON (to stdout without PATH, instead of the table)")
+    _read_args(p)
     _common(p)
 
 
@@ -114,15 +116,13 @@ def cmd_decompose(a: argparse.Namespace) -> int:
     import torch
 
     from ..errors import LowRankError
-    from ..io.checkpoint import load_checkpoint, save_checkpoint
-    from ..io.serialize import load as dz_load
+    from ..io.checkpoint import save_checkpoint
     from ..io.serialize import save as dz_save
-    from ..models import get_model
     from ..techniques.lowrank import count_macs, decompose_, lowrank_table, tt_linear_
 
     src = Path(a.checkpoint)
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such file")
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
     out = Path(a.output)
     if out.exists() and out.resolve() == src.resolve():
         raise LowRankError(f"-o {out}: the output would overwrite the input; write to another file")
@@ -130,14 +130,7 @@ def cmd_decompose(a: argparse.Namespace) -> int:
         shape = tuple(int(v) for v in a.input_shape.split(","))
     except ValueError:
         raise LowRankError(f"--input-shape {a.input_shape!r}: expected C,H,W integers") from None
-    with open(src, "rb") as f:
-        head = f.read(8)
-    if _is_dz(head):
-        model = dz_load(src, model=None if a.model is None else get_model(a.model))
-        if isinstance(model, dict):
-            raise LowRankError(f"{src}: the file names no architecture; give --model NAME")
-    else:
-        model, _ = load_checkpoint(src, get_model(a.model) if a.model else None)
+    model, _ = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes, images=False)
     x = torch.zeros(1, *shape)
     try:
         before = count_macs(model, x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from ._common import (
     _arch,
@@ -12,8 +13,6 @@ from ._common import (
     _common,
     _data,
     _effective_params,
-    _fresh,
-    _is_dz,
     _load_model,
     _parse_layer_values,
     _progress,
@@ -22,7 +21,6 @@ from ._common import (
     _train_cfg,
     args,
     command,
-    existing_file,
     print_table,
 )
 
@@ -61,7 +59,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cfg_prune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict file), "
+                                      "a .dz file or a Hugging Face folder")
     p.add_argument("-o", "--output", required=True)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", help="fraction pruned: 0.92, or per layer fc1=0.92,fc2=0.91,fc3=0.74")
@@ -71,8 +70,7 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["iterative", "agp"], default="iterative")
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--scan-plot", default=None, help="write the sensitivity scan plot (PNG) here")
-    p.add_argument("--trust-code", dest="trust_code", action="store_true",
-                   help="let a checkpoint that names its architecture as package.module:factory import it")
+    _read_args(p)
     _train_args(p)
     _common(p)
 
@@ -92,7 +90,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     sparsity = _parse_layer_values(a.sparsity, "sparsity") if a.sparsity else None
     quality = _parse_layer_values(a.quality, "quality") if a.quality else None
     # a bad checkpoint fails before any data is fetched
-    model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
+    model, meta = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes)
     train, test = _data(a, label_with=model)
     settings = PruneSettings(
         sparsity=sparsity,
@@ -122,7 +120,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- evaluate
 def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a checkpoint (.safetensors) or a compressed file (.dz)")
+    p.add_argument("file", help="the model: a .dz file, a checkpoint (deepzip's, any safetensors, a torch "
+                                 "state_dict file) or a Hugging Face folder")
     p.add_argument("--model", default=None, help="architecture to load into (default: the one the file names)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the sentence")
     _read_args(p)
@@ -135,21 +134,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..apps.mnist.data import load_mnist
     from ..train import evaluate
 
-    path = existing_file(a.file)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    out: dict = {"file": str(path), "bytes": path.stat().st_size}
-    if _is_dz(head):
-        from ..codec.fileinfo import read_dz
-        from ..errors import CheckpointError
-        from ..io.serialize import load as dz_load
-
-        if a.model is None and not read_dz(path, max_bytes=a.max_bytes).architecture:
-            raise CheckpointError(f"{path}: holds a plain state_dict and names no architecture; give --model NAME")
-        model = dz_load(path, model=None if a.model is None else _fresh(a.model), trust_code=a.trust_code,
-                        max_bytes=a.max_bytes)
-    else:
-        model, _ = _load_model(str(path), a.model, a.trust_code)
+    model, _ = _load_model(a.file, a.model, a.trust_code, a.max_bytes)
+    path = Path(a.file)
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    out: dict = {"file": str(path), "bytes": size}
     # --data: the test split of the user's data (labels needed: with inputs only there is nothing to compare with)
     test = _data(a)[1] if a.data else load_mnist("test", a.data_dir, quiet=a.quiet)
     res = evaluate(model, test)

@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import args, command, existing_file
+from ._common import _load_model, _read_args, args, command, existing_file
 
 
 def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a deepzip checkpoint (.safetensors from deepzip train)")
+    src.add_argument("--checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict "
+                                          "file), a .dz file or a Hugging Face folder")
     src.add_argument("--sentence-transformer", metavar="DIR", help="a sentence-transformers model folder")
     p.add_argument("--model", default=None, help="architecture of --checkpoint when it names none (e.g. lenet300)")
     p.add_argument("--calibration", required=True,
@@ -39,6 +40,7 @@ def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the per-tensor choices as JSON here")
     p.add_argument("--progress", action="store_true", help="progress bars while sensitivities are measured")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _read_args(p)
 
 
 def _callable_batches(spec: str) -> list[Any]:
@@ -117,10 +119,9 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         model: Any = load_sentence_transformer(a.sentence_transformer)
         forward = embed
     else:
-        from ..io.checkpoint import load_checkpoint
-        from ..models import get_model, model_name
+        from ..models import model_name
 
-        model, _ = load_checkpoint(existing_file(a.checkpoint), get_model(a.model) if a.model else None)
+        model, _ = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes, images=False)
         model.eval()
         arch = model_name(model)
     tokenizer = model.tokenizer if a.sentence_transformer else None

@@ -14,6 +14,7 @@ from ._common import (
     _data,
     _load_model,
     _progress,
+    _read_args,
     _train_args,
     _train_cfg,
     args,
@@ -43,7 +44,8 @@ def parse_bits(text: str) -> int | str | dict[str, int | str]:
 
 
 def _cfg_share(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a (pruned) checkpoint (.safetensors)")
+    p.add_argument("checkpoint", help="a (pruned) model: a checkpoint (deepzip's, any safetensors, a torch state_dict "
+                                      "file), a .dz file or a Hugging Face folder")
     p.add_argument("-o", "--output", required=True, help="shared checkpoint to write (.safetensors)")
     p.add_argument("--bits", default="8/5",
                    help="bits per index: 8/5 (conv/fc, the paper's), 8/4, 4/2, 6, fc1=6,fc2=5, or 8/5,fc3=6")
@@ -55,8 +57,7 @@ def _cfg_share(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write per-layer weight histograms with the centroids marked (PNG) into DIR")
-    p.add_argument("--trust-code", dest="trust_code", action="store_true",
-                   help="let a checkpoint that names its architecture as package.module:factory import it")
+    _read_args(p)
     _train_args(p)
     _common(p)
 
@@ -74,7 +75,7 @@ def cmd_share(a: argparse.Namespace) -> int:
 
     bits = parse_bits(a.bits)
     _check_output(a.output, a.checkpoint)
-    model, meta = _load_model(a.checkpoint, a.model, a.trust_code)
+    model, meta = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes)
     resolve_bits(model, bits)  # bad bits or layer names fail here, before the data loads
     train, test = _data(a, label_with=model)
     arch = _arch(model)

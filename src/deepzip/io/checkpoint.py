@@ -26,30 +26,34 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import CheckpointError, LowRankError, UntrustedCodeError
+from ..codec._tensor import DEFAULT_MAX_BYTES
+from ..errors import CheckpointError
 from ..fileio import atomic_write
-from ..models import get_model, model_name
+from ..models import model_name
 from ..techniques import share
-from ..techniques.lowrank import lowrank_spec, rebuild_
+from ..techniques.lowrank import lowrank_spec
 from ..techniques.prune import Mask, get_mask, remove_parametrization_
 
 __all__ = [
     "LAYER_KINDS",
     "CheckpointError",
     "atomic_write",
+    "checkpoint_records",
+    "is_deepzip_checkpoint",
     "layer_kind",
     "load_checkpoint",
     "pack_layer",
     "read_checkpoint",
     "save_checkpoint",
     "unpack_layer_",
+    "unpack_layers_",
 ]
 
 FORMAT = "deepzip-checkpoint"
@@ -185,117 +189,68 @@ def save_checkpoint(
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Raw tensors and metadata of a checkpoint (safetensors), with clear errors for missing or foreign files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_checkpoint(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Raw tensors and metadata of any checkpoint :func:`deepzip.io.reader.read_tensors` reads (a deepzip
+    checkpoint's compact parts as stored)."""
+    from .reader import read_tensors
 
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    _refuse_other_formats(p)
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{p}: not a deepzip/safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    return tensors, metadata
+    return read_tensors(path, max_bytes=max_bytes)
 
 
-def _refuse_other_formats(p: Path) -> None:
-    """A clear hint for files that are not safetensors at all: a ``.dz`` file, a torch.save (pickle) file."""
-    try:
-        with open(p, "rb") as f:
-            head = f.read(9)
-        size = p.stat().st_size
-    except OSError:
-        return
-    # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
-    # is possible there (0x80 included), so recognise it before guessing at other formats.
-    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
-        return
-    from ..codec.container import MAGIC
-
-    if head.startswith(MAGIC):
-        raise CheckpointError(f"{p}: is a compressed .dz file, not a safetensors checkpoint; commands that read "
-                              "models take it as it is (deepzip evaluate), or turn it into one with "
-                              f"`deepzip decompress {p} -o model.safetensors`")
-    if head.startswith(b"PK\x03\x04") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-        raise CheckpointError(f"{p}: looks like a torch.save (pickle) file, which deepzip never loads (unpickling "
-                              "runs code); if you trust it, convert it: safetensors.torch.save_file("
-                              "torch.load(path, weights_only=True), 'model.safetensors')")
+def is_deepzip_checkpoint(metadata: Mapping[str, str]) -> bool:
+    """Whether a safetensors file's metadata is a deepzip checkpoint's (else it is a plain state_dict)."""
+    return metadata.get("format") == FORMAT or ("format" not in metadata and "layers" in metadata)
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False,
-    rebuild: bool = False,
-) -> tuple[nn.Module, dict]:
-    """Load a checkpoint into ``model`` (or a fresh model of the architecture it names); returns (model, meta).
-
-    A plain safetensors state_dict (no deepzip metadata) loads too when ``model`` is given. An architecture named
-    ``"package.module:factory"`` is imported and built only with ``trust_code=True`` (that runs the module's code).
-    Factored layers the checkpoint records (``lowrank`` metadata) are rebuilt on a fresh model; a given ``model``
-    must already have them unless ``rebuild=True`` (then its dense layers are replaced as the record says).
+def checkpoint_records(metadata: Mapping[str, str], where: str) -> tuple[dict, dict, list]:
+    """``(layers, meta, lowrank spec)`` of a deepzip checkpoint's metadata, checked.
 
     Raises:
-        CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
-        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
+        CheckpointError: bad JSON, wrong types, or a newer version than this deepzip reads; naming ``where``.
     """
-    tensors, metadata = read_checkpoint(path)
-    if metadata.get("format") not in (None, FORMAT):
-        raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
     try:
         version = int(metadata.get("version", VERSION))
         layers = json.loads(metadata.get("layers", "{}"))
         meta = json.loads(metadata.get("meta", "{}"))
         spec = json.loads(metadata.get("lowrank", "[]"))
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from None
+        raise CheckpointError(f"{where}: bad checkpoint metadata ({exc})") from None
     if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {version} is newer than this deepzip reads ({VERSION})")
-    if not isinstance(layers, dict) or not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: bad checkpoint metadata (layers/meta are not objects)")
-    if model is None:
-        arch = metadata.get("arch") or ""
-        if not arch:
-            raise CheckpointError(f"{path}: the checkpoint names no architecture; give the model (--model NAME)")
-        try:
-            model = get_model(arch, trust_code=trust_code)
-        except UntrustedCodeError as exc:
-            raise UntrustedCodeError(f"{path}: {exc}") from None
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        given = False
-    else:
-        given = True
-    if spec:
-        try:
-            rebuild_(model, spec, swap=rebuild or not given)
-        except LowRankError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{where}: checkpoint version {version} is newer than this deepzip reads ({VERSION})")
+    if not isinstance(layers, dict) or not isinstance(meta, dict) or not isinstance(spec, list):
+        raise CheckpointError(f"{where}: bad checkpoint metadata (layers/meta are not objects, lowrank not a list)")
+    return layers, meta, spec
+
+
+def unpack_layers_(model: nn.Module, tensors: dict[str, torch.Tensor], layers: Mapping[str, Any], where: str) -> None:
+    """Rebuild the compact (masked, shared) layers a deepzip checkpoint records in ``model``, in place, taking their
+    parts out of ``tensors`` (what is left are plain state_dict entries).
+
+    Raises:
+        CheckpointError: a layer the model lacks, a shape that does not fit, damaged parts; naming the layer.
+    """
     modules = dict(model.named_modules())
     for name, info in layers.items():
         module = modules.get(name)
-        where = f"{path}: {name}.weight"
+        at = f"{where}: {name}.weight"
         if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise CheckpointError(f"{where}: the model has no such layer")
+            raise CheckpointError(f"{at}: the model has no such layer")
         shape = list(module.weight.shape)
         if not isinstance(info, dict) or info.get("shape") != shape:
-            raise CheckpointError(f"{where}: shape {info.get('shape') if isinstance(info, dict) else info} "
+            raise CheckpointError(f"{at}: shape {info.get('shape') if isinstance(info, dict) else info} "
                                   f"does not fit the model's {shape}")
         parts = {k[len(name) + 8:]: v for k, v in tensors.items() if k.startswith(f"{name}.weight.")}
         for k in parts:
             tensors.pop(f"{name}.weight.{k}")
         if info.get("kind") == "masked":
             if "values" not in parts or "mask_bits" not in parts:
-                raise CheckpointError(f"{where}: masked layer lacks values or mask_bits")
-            mask = _unpack_mask(parts["mask_bits"], shape, where)
+                raise CheckpointError(f"{at}: masked layer lacks values or mask_bits")
+            mask = _unpack_mask(parts["mask_bits"], shape, at)
             values = parts["values"]
             if values.numel() != int(mask.sum()):
-                raise CheckpointError(f"{where}: {values.numel()} values for {int(mask.sum())} kept weights")
+                raise CheckpointError(f"{at}: {values.numel()} values for {int(mask.sum())} kept weights")
             with torch.no_grad():
                 remove_parametrization_(module, leave_parametrized=False)
                 dense = torch.zeros(shape, dtype=module.weight.dtype)
@@ -306,20 +261,23 @@ def load_checkpoint(
             try:
                 unpack_layer_(module, parts)
             except (ValueError, KeyError, RuntimeError) as exc:
-                raise CheckpointError(f"{where}: {exc}") from None
+                raise CheckpointError(f"{at}: {exc}") from None
         else:
-            raise CheckpointError(f"{where}: unknown layer kind {info.get('kind')!r}")
-    own = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: does not fit the model ({len(missing)} missing, e.g. {missing[:3]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})"
-        )
-    for key, value in tensors.items():
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise CheckpointError(
-                f"{path}: {key} has shape {tuple(value.shape)}, the model's is {tuple(own[key].shape)}")
-    model.load_state_dict(tensors, strict=False)
-    return model, meta
+            raise CheckpointError(f"{at}: unknown layer kind {info.get('kind')!r}")
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_code: bool = False,
+    rebuild: bool = False, max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> tuple[nn.Module, dict]:
+    """Load any checkpoint into ``model`` (or a fresh model of the architecture the file names); returns
+    (model, meta): :func:`deepzip.io.reader.load_model`, the one reader (a deepzip checkpoint, any safetensors,
+    a torch state_dict file read with ``weights_only=True``, a Hugging Face folder, a ``.dz`` file).
+
+    Raises:
+        CheckpointError: missing, foreign or corrupted file, unknown architecture, or tensors that do not fit.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
+    """
+    from .reader import load_model
+
+    return load_model(path, model, trust_code=trust_code, rebuild=rebuild, max_bytes=max_bytes)

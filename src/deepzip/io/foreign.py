@@ -57,11 +57,16 @@ from ..fileio import atomic_write
 
 __all__ = [
     "SourceCheckpoint",
+    "check_torch_zip",
     "compress_checkpoint",
     "decompress_checkpoint",
+    "hf_build",
     "hf_model",
     "numpy_to_tensor",
     "open_source",
+    "read_hf_folder",
+    "read_safetensors",
+    "safetensors_metadata",
     "tensor_to_numpy",
 ]
 
@@ -178,15 +183,80 @@ def _iter_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
             yield name, arr, dtype, None
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (strings to strings; ``{}`` without), its header bounds checked."""
+    _, header, _ = read_safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path}: __metadata__ is not a map of strings to strings")
+    return meta
+
+
+def read_safetensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file (any producer) and its metadata, with the bounds of
+    :func:`read_safetensors_header` and at most ``max_bytes`` of tensor data (None: no limit) checked before
+    anything is allocated.
+
+    Raises:
+        CheckpointError: not safetensors, truncated, an unsupported dtype, or more data than ``max_bytes``.
+    """
+    _, header, _ = read_safetensors_header(path)
+    meta = safetensors_metadata(path)
+    data = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    if max_bytes is not None and data > max_bytes:
+        raise CheckpointError(f"{path}: its tensors hold {data} bytes, more than the limit of {max_bytes} "
+                              f"(max_bytes; CLI --max-bytes)")
+    tensors = {name: numpy_to_tensor(arr, dtype) for name, arr, dtype, _ in _iter_safetensors(path)}
+    order = [k for k in header if k != "__metadata__"]  # the header's order, not the data's
+    return {k: tensors[k] for k in order}, meta
+
+
 # ---------------------------------------------------------------------------------------------------- state_dict
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
+def check_torch_zip(path: Path, max_bytes: int | None = None) -> None:
+    """Bounds of a ``torch.save`` zip archive, checked before torch reads it: every record stored (uncompressed,
+    as torch writes them) and inside the file, the tensor data at most ``max_bytes`` (None: no limit).
+
+    Raises:
+        CheckpointError: not a zip archive (truncated?), a compressed or out-of-file record, too much data.
+    """
     import zipfile
 
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch file (a damaged or truncated zip archive: {e})") \
+            from None
+    data = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size \
+                or info.header_offset + info.file_size > size:
+            raise CheckpointError(f"{path}: {info.filename}: a compressed or out-of-file record ({info.file_size} "
+                                  f"bytes at {info.header_offset} in a {size}-byte file); torch.save writes neither")
+        if "/data/" in info.filename:
+            data += info.file_size
+    if max_bytes is not None and data > max_bytes:
+        raise CheckpointError(f"{path}: its tensors hold {data} bytes, more than the limit of {max_bytes} "
+                              f"(max_bytes; CLI --max-bytes)")
+
+
+def _torch_load(path: Path, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """A state_dict file read with ``torch.load(weights_only=True)`` (a file that needs code to unpickle is refused),
+    its zip archive's bounds checked first (:func:`check_torch_zip`); only the zip format (torch >= 1.6) is read, as
+    the legacy format's sizes cannot be checked before torch allocates them."""
+    import pickle
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a readable PyTorch file (not the zip archive torch.save has written since "
+                              "torch 1.6: re-save it with torch.save(torch.load(path, weights_only=True), path))")
+    check_torch_zip(path, max_bytes)
     kw: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
     try:
         try:
-            obj = torch.load(path, mmap=zipfile.is_zipfile(path), **kw)  # mmap: tensors stay on disk until read
+            obj = torch.load(path, mmap=True, **kw)  # mmap: tensors stay on disk until read
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
@@ -579,56 +649,101 @@ def state_dict_from(reader: DzReader) -> dict[str, torch.Tensor]:
 
 
 def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> torch.nn.Module:
-    """The Hugging Face model a ``.dz`` of an HF folder holds, built from its config.json by ``transformers``.
-
-    The class is the config's ``architectures[0]``, looked up in the installed ``transformers`` (never code from
-    the file; ``trust_remote_code`` is never set), and must be a ``PreTrainedModel``.
+    """The Hugging Face model a ``.dz`` of an HF folder holds, built from its config.json by ``transformers``
+    (:func:`hf_build`).
 
     Raises:
-        CheckpointError: not an HF folder's ``.dz``; transformers missing; an unknown architecture; tensors that
-            do not fit the model (naming them).
+        CheckpointError: not an HF folder's ``.dz``; see :func:`hf_build`.
     """
     reader = DzReader(path, max_bytes=max_bytes)
     rec = _checkpoint_record(reader)
     if rec["kind"] != "hf" or "config.json" not in rec.get("aux", {}):
         raise CheckpointError(f"{path}: not made from a Hugging Face folder with a config.json")
     try:
-        import transformers
-    except ImportError:
-        raise CheckpointError(f"{path}: rebuilding a Hugging Face model needs transformers "
-                              f"(pip install 'deepzip[hf]')") from None
-    try:
         config = json.loads(_aux_bytes(reader, rec, "config.json"))
     except ValueError as e:
         raise CheckpointError(f"{path}: config.json is not JSON ({e})") from None
+    return hf_build(config, lambda: state_dict_from(reader), where=str(path))
+
+
+def read_hf_folder(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, config)`` of a Hugging Face model folder: every weight file's tensors (read as
+    :func:`read_safetensors` and :func:`_torch_load` read them, ``max_bytes`` bounding them all together) and its
+    config.json.
+
+    Raises:
+        CheckpointError: see :func:`open_source`; a bad config.json; a weight file as those readers refuse it.
+    """
+    source = open_source(path)
+    if source.kind != "hf":
+        raise CheckpointError(f"{path}: not a Hugging Face model folder")
+    try:
+        config = json.loads((source.root / "config.json").read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{source.root / 'config.json'}: not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source.root / 'config.json'}: not a JSON object")
+    sd: dict[str, torch.Tensor] = {}
+    left = max_bytes
+    for rel in source.weights:
+        if "/" in rel:  # a sentence-transformers module's weights (Dense, ...): not the transformer's own
+            continue
+        wpath = source.path(rel)
+        part = read_safetensors(wpath, left)[0] if _file_format(rel) == "safetensors" else _torch_load(wpath, left)
+        if left is not None:
+            left -= sum(t.numel() * t.element_size() for t in part.values())
+        sd.update(part)
+    return sd, config
+
+
+def hf_build(
+    config: dict[str, Any], state_dict: Any, *, where: str = ""
+) -> torch.nn.Module:
+    """The transformers model ``config`` names (``architectures[0]``, looked up in the installed ``transformers``,
+    never code from a file; ``trust_remote_code`` is never set), loaded with ``state_dict()`` (a callable, called
+    once the class is known).
+
+    Raises:
+        CheckpointError: transformers missing; an unknown architecture; tensors that do not fit the model (naming
+            the first of them).
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{where}: rebuilding a Hugging Face model needs transformers "
+                              f"(pip install 'deepzip[hf]')") from None
     archs = config.get("architectures") or []
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise CheckpointError(f"{path}: config.json names architecture {archs[:1]}, not a transformers model class")
+        raise CheckpointError(f"{where}: config.json names architecture {archs[:1]}, not a transformers model class")
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "config.json").write_text(json.dumps(config))
         cfg = transformers.AutoConfig.from_pretrained(d)
     model = cls(cfg)
-    sd = state_dict_from(reader)
+    sd = state_dict()
     own = model.state_dict()
     buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
     for k in [k for k in sd if k not in own and k in buffers]:
         del sd[k]
-    unexpected = sorted(set(sd) - set(own))
+    unexpected = [k for k in sd if k not in own]
     if unexpected:
-        raise CheckpointError(f"{path}: tensors do not fit {archs[0]}: unexpected {unexpected[:3]}")
+        raise CheckpointError(f"{where}: does not fit {archs[0]}: the file's {unexpected[0]} is not in the model "
+                              f"({len(unexpected)} such tensors)")
     for k, v in sd.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{path}: {k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} "
-                                  f"in {archs[0]}")
+            raise CheckpointError(f"{where}: does not fit {archs[0]}: {k} has shape {tuple(v.shape)} in the file, "
+                                  f"{tuple(own[k].shape)} in the model")
     model.load_state_dict(sd, strict=False)
     with contextlib.suppress(AttributeError):
         model.tie_weights()
     now = model.state_dict()
     loaded = {now[k].data_ptr() for k in sd if k in now and now[k].numel()}
-    missing = [k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded]
+    missing = sorted(k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded)
     if missing:
-        raise CheckpointError(f"{path}: {archs[0]} has tensors the file lacks: {sorted(missing)[:3]}")
+        raise CheckpointError(f"{where}: does not fit {archs[0]}: {missing[0]} is missing from the file "
+                              f"({len(missing)} such tensors)")
     dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
     if len(dtype) == 1:
         model.to(dtype.pop())

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from ...errors import DeepzipFormatError, InputError
+from ...errors import InputError
 from ...models.seq2seq import Seq2Seq, decode_many
 from ...techniques.prune import AGPSchedule, prunable_tensors, prune_
 from ...techniques.seqdistill import SeqTrainConfig, fit_seq2seq
@@ -65,32 +65,13 @@ def load_g2p_model(path: str | os.PathLike[str]) -> tuple[Seq2Seq, dict[str, Any
         InputError: the file holds a model that is not a G2P encoder-decoder (a LeNet, say).
         DeepzipFormatError / CheckpointError: a damaged or foreign file.
     """
-    from ...io.checkpoint import load_checkpoint, read_checkpoint
-    from ...io.serialize import load, read_dz
+    from ...io.reader import architecture_of, load_model
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file")
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    from ...codec.container import MAGIC
-
-    if head.startswith(MAGIC):
-        arch = read_dz(p).architecture or ""
-        if not arch.startswith("seq2seq:"):
-            raise InputError(f"{p}: holds a {arch or 'unnamed'} model, not a G2P encoder-decoder (seq2seq:...)")
-        model = load(p)
-    else:
-        try:
-            _, meta = read_checkpoint(p)
-        except Exception as exc:
-            raise DeepzipFormatError(f"{p}: neither a .dz file nor a deepzip checkpoint ({exc})") from None
-        arch = str(meta.get("arch", ""))
-        if not arch.startswith("seq2seq:"):
-            raise InputError(f"{p}: holds a {arch or 'unnamed'} model, not a G2P encoder-decoder (seq2seq:...)")
-        from ...models.seq2seq import build_seq2seq
-
-        model, _ = load_checkpoint(p, build_seq2seq(arch))
+    arch = architecture_of(p) or ""  # what the file names, nothing built yet
+    if not arch.startswith("seq2seq:"):
+        raise InputError(f"{p}: holds a {arch or 'unnamed'} model, not a G2P encoder-decoder (seq2seq:...)")
+    model, _ = load_model(p)
     assert isinstance(model, Seq2Seq)
     return model.eval(), {"bytes": p.stat().st_size, "arch": arch}
 

@@ -1,0 +1,313 @@
+"""The one checkpoint reader: every command and function that takes a model file reads it here.
+
+What it reads (recognised by content; where the content is not recognised, by the name's suffix, so that the reader
+of that kind names the fault):
+
+- ``dz``: a ``.dz`` file (:func:`deepzip.save`, ``deepzip compress``), loaded by :func:`deepzip.io.serialize.load`;
+- ``deepzip``: a deepzip checkpoint (safetensors whose metadata says ``format=deepzip-checkpoint``: masks, codebooks,
+  factored layers and the architecture's name, :mod:`deepzip.io.checkpoint`);
+- ``safetensors``: any other safetensors file, a state_dict (e.g. ``safetensors.torch.save_file(model.state_dict(),
+  path)``, metadata ``{"format": "pt"}``);
+- ``state_dict``: a ``torch.save(model.state_dict(), path)`` file, read with ``torch.load(weights_only=True)``;
+- ``hf``: a Hugging Face model folder (config.json and weights).
+
+Every kind gets the same checks: sizes bounded before anything is allocated (``max_bytes``, the file's own length),
+no pickle beyond ``weights_only``, no code imported unless ``trust_code`` (a file naming ``package.module:factory``),
+and the tensors checked against the model, the first one that does not fit named in one line. A plain state_dict
+names no architecture: the caller gives the model (CLI: ``--model NAME``).
+
+Example:
+    >>> import os, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> from deepzip.models import get_model
+    >>> path = os.path.join(tempfile.mkdtemp(), "plain.safetensors")
+    >>> save_file(get_model("lenet300").state_dict(), path, metadata={"format": "pt"})
+    >>> checkpoint_kind(path)
+    'safetensors'
+    >>> model, meta = load_model(path, get_model("lenet300", seed=1))
+    >>> bool(torch.equal(model.fc1.weight, get_model("lenet300").fc1.weight)), meta
+    (True, {})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..codec._tensor import DEFAULT_MAX_BYTES
+from ..codec.container import MAGIC
+from ..errors import CheckpointError, DeepzipFormatError, LowRankError, UntrustedCodeError
+from ..models import MODELS, get_model, load_apps, model_name
+from ..techniques.lowrank import rebuild_
+from ..techniques.prune import remove_parametrization_
+from . import foreign
+from .checkpoint import checkpoint_records, is_deepzip_checkpoint, unpack_layers_
+
+__all__ = ["ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_tensors_", "load_model", "read_tensors"]
+
+#: The kinds of file :func:`load_model` reads, and how each is called in messages.
+KINDS: dict[str, str] = {
+    "dz": "a .dz file",
+    "deepzip": "a deepzip checkpoint",
+    "safetensors": "a safetensors state_dict",
+    "state_dict": "a torch state_dict file",
+    "hf": "a Hugging Face model folder",
+}
+#: What a file of no known kind is told.
+ACCEPTED = ("a .dz file, a safetensors file (a deepzip checkpoint or any state_dict), a torch.save(state_dict) file "
+            "(read with weights_only=True) or a Hugging Face model folder (config.json and weights)")
+
+_SUFFIXES = {".dz": "dz", ".safetensors": "safetensors", ".pt": "state_dict", ".pth": "state_dict",
+             ".bin": "state_dict"}
+
+
+def checkpoint_kind(path: str | os.PathLike[str]) -> str:
+    """Which of :data:`KINDS` ``path`` is (``deepzip`` and ``safetensors`` told apart by the metadata).
+
+    Raises:
+        CheckpointError: no such file or folder; a folder without config.json; a file of no kind deepzip reads (the
+            message lists those it reads); a legacy (pre-1.6, not zip) torch file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: a folder without config.json; deepzip reads {ACCEPTED}")
+        return "hf"
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint (no such file or folder)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+        size = p.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    if head.startswith(MAGIC):
+        return "dz"
+    # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
+    # is possible there (0x80, "P" included), so recognise it before guessing at other formats.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "deepzip" if is_deepzip_checkpoint(foreign.safetensors_metadata(p)) else "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "state_dict"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise CheckpointError(f"{p}: a legacy (pre-1.6, not zip) torch.save file, whose sizes cannot be checked "
+                              "before torch allocates them; re-save it with torch.save(torch.load(path, "
+                              "weights_only=True), path)")
+    kind = _SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise CheckpointError(f"{p}: not a file deepzip reads (it begins {head[:8]!r}); deepzip reads {ACCEPTED}")
+    if kind == "safetensors":  # not recognised as one: its reader says what is wrong with it
+        foreign.read_safetensors_header(p)
+    return kind
+
+
+def read_tensors(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of any kind of checkpoint, nothing built: a deepzip checkpoint's compact parts as
+    stored, a ``.dz`` file's tensors decoded (metadata: its ``arch``), a folder's weights (metadata: its
+    ``architectures[0]`` as ``hf_arch``).
+
+    Raises:
+        CheckpointError / DeepzipFormatError: as :func:`checkpoint_kind`, or a damaged, truncated or too large file.
+    """
+    p = Path(path)
+    kind = checkpoint_kind(p)
+    if kind == "dz":
+        from .serialize import load_state_dict
+
+        arch = _dz_header(p, max_bytes).architecture
+        return load_state_dict(p, max_bytes=max_bytes), {"arch": arch} if arch else {}
+    if kind in ("deepzip", "safetensors"):
+        return foreign.read_safetensors(p, max_bytes)
+    if kind == "state_dict":
+        return foreign._torch_load(p, max_bytes), {}
+    sd, config = foreign.read_hf_folder(p, max_bytes=max_bytes)
+    archs = config.get("architectures") or []
+    return sd, {"hf_arch": str(archs[0])} if archs else {}
+
+
+def architecture_of(path: str | os.PathLike[str]) -> str | None:
+    """The architecture a file names (``.dz`` header, deepzip checkpoint metadata, a folder's config.json
+    ``architectures[0]`` as ``"hf:Name"``), read without building or decoding anything; None for a plain state_dict.
+    """
+    p = Path(path)
+    kind = checkpoint_kind(p)
+    if kind == "dz":
+        return _dz_header(p, None).architecture or None
+    if kind == "deepzip":
+        return foreign.safetensors_metadata(p).get("arch") or None
+    if kind == "hf":
+        archs = _hf_config(p).get("architectures") or []
+        return f"hf:{archs[0]}" if archs else None
+    return None
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    trust_code: bool = False,
+    rebuild: bool = False,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> tuple[nn.Module, dict]:
+    """Load any checkpoint (see :data:`KINDS`) into ``model``, or into a fresh model of the architecture the file
+    names; returns ``(model, meta)`` (``meta``: a deepzip checkpoint's free-form record, else ``{}``).
+
+    Args:
+        path: the file or folder.
+        model: the model to load into (a plain state_dict names no architecture: then it is needed).
+        trust_code: build an architecture the file names as ``"package.module:factory"`` (runs that module's code).
+        rebuild: a deepzip checkpoint's factored layers replace ``model``'s dense ones (else ``model`` must already
+            have them); a model built here always gets them.
+        max_bytes: the most bytes the file's tensors may take (default 1 GiB), checked before any is allocated;
+            None: no limit.
+
+    Raises:
+        CheckpointError: a missing, foreign, damaged or too large file; a file of no kind deepzip reads; a file
+            naming no architecture without ``model``; tensors that do not fit (the first one named).
+        DeepzipFormatError: a damaged ``.dz`` file.
+        UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
+        LowRankError: a ``.dz`` holds factored layers the given model lacks.
+    """
+    p = Path(path)
+    kind = checkpoint_kind(p)
+    where = str(p)
+    if kind == "dz":
+        return _load_dz(p, model, trust_code=trust_code, max_bytes=max_bytes), {}
+    if kind == "hf":
+        sd, config = foreign.read_hf_folder(p, max_bytes=max_bytes)
+        if model is None:
+            return foreign.hf_build(config, lambda: sd, where=where), {}
+        return fit_tensors_(model, sd, where), {}
+    metadata: dict[str, str] = {}
+    if kind == "state_dict":
+        tensors = foreign._torch_load(p, max_bytes)
+    else:
+        tensors, metadata = foreign.read_safetensors(p, max_bytes)
+    layers: dict = {}
+    meta: dict = {}
+    spec: list = []
+    if kind == "deepzip":
+        layers, meta, spec = checkpoint_records(metadata, where)
+    given = model is not None
+    if model is None:
+        model = _build(metadata.get("arch") or "", kind, trust_code, where)
+    if spec:
+        try:
+            rebuild_(model, spec, swap=rebuild or not given)
+        except LowRankError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+    unpack_layers_(model, tensors, layers, where)
+    return fit_tensors_(model, tensors, where), meta
+
+
+def fit_tensors_(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str = "") -> nn.Module:
+    """Load a plain state_dict into ``model`` in place after checking that every name and shape fits; returns it.
+
+    A layer whose weight is parametrized (a mask, a codebook) and which the state_dict holds as a plain tensor
+    becomes a plain layer with that tensor.
+
+    Raises:
+        CheckpointError: one line naming the first tensor (in the model's order) that is missing or of another shape,
+            else the first the model does not have, with the counts of each.
+    """
+    for mname, module in model.named_modules():
+        for tname in list(getattr(module, "parametrizations", {}) or {}):
+            if f"{mname}.{tname}" in tensors or (not mname and tname in tensors):
+                remove_parametrization_(module, leave_parametrized=True, tensor=tname)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    theirs = {k: tuple(v.shape) for k, v in tensors.items()}
+    problem = fit_problem(own, theirs, model)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}" if where else problem)
+    model.load_state_dict(dict(tensors), strict=False)
+    return model
+
+
+def fit_problem(own: Mapping[str, tuple], theirs: Mapping[str, tuple], model: nn.Module | None = None) -> str | None:
+    """Why tensors named ``theirs`` (name -> shape) do not fit a model's ``own``, in one line naming the first that
+    does not (in the model's order: missing or another shape; then the first the model lacks); None when they fit."""
+    name = model_name(model) if model is not None else None
+    what = f"the model {name}" if name else f"the model ({type(model).__name__})" if model is not None else "the model"
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    counts = f"{len(missing)} missing, {len(unexpected)} not in the model"
+    for k, shape in own.items():
+        if k not in theirs:
+            return f"does not fit {what}: {k} {list(shape)} is missing from the file ({counts})"
+        if theirs[k] != shape:
+            return f"does not fit {what}: {k} has shape {list(theirs[k])} in the file, {list(shape)} in the model"
+    if unexpected:
+        return f"does not fit {what}: the file's {unexpected[0]} {list(theirs[unexpected[0]])} is not in the model " \
+               f"({counts})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _build(arch: str, kind: str, trust_code: bool, where: str) -> nn.Module:
+    """A fresh model of the architecture a file names (``package.module:factory`` only with ``trust_code``)."""
+    if not arch:
+        load_apps()
+        raise CheckpointError(f"{where}: {KINDS[kind]} that names no architecture; give --model NAME (one of "
+                              f"{', '.join(MODELS)}, or package.module:factory) or, in Python, model=")
+    try:
+        return get_model(arch, trust_code=trust_code)
+    except UntrustedCodeError as exc:
+        raise UntrustedCodeError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
+def _dz_header(p: Path, max_bytes: int | None):  # -> DzReader (the header, nothing decoded)
+    from ..codec import DzReader
+
+    try:
+        return DzReader(p, max_bytes=max_bytes)
+    except DeepzipFormatError as exc:
+        raise DeepzipFormatError(f"{p}: {exc}") from None
+
+
+def _hf_config(p: Path) -> dict:
+    import json
+
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{p / 'config.json'}: not JSON ({e})") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _effective_shapes(model: nn.Module) -> dict[str, tuple]:
+    """Every tensor's name and shape as a ``.dz`` file stores it (a parametrized weight under its own name)."""
+    out = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    for mname, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tname in module.parametrizations:  # type: ignore[union-attr]
+                out[f"{mname}.{tname}" if mname else tname] = tuple(getattr(module, tname).shape)
+    order = [k.replace(".parametrizations.", ".").removesuffix(".original") for k in model.state_dict()]
+    return {k: out[k] for k in dict.fromkeys(order) if k in out}
+
+
+def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: int | None) -> nn.Module:
+    from .serialize import load
+
+    r = _dz_header(p, max_bytes)
+    extra = r.extra if isinstance(r.extra, dict) else {}
+    rec = extra.get("checkpoint")
+    hf = isinstance(rec, dict) and rec.get("kind") == "hf"
+    if model is None and not r.architecture and not hf:
+        _build("", "dz", trust_code, str(p))
+    if model is not None and not extra.get("lowrank"):  # factored files: load() checks the structure, by layer
+        aliases = extra.get("aliases", {}) if isinstance(extra.get("aliases"), dict) else {}
+        theirs = {n: tuple(r.entry(n).shape) for n in r.names}
+        theirs.update({k: theirs[v] for k, v in aliases.items() if v in theirs and k not in theirs})
+        problem = fit_problem(_effective_shapes(model), theirs, model)
+        if problem:
+            raise CheckpointError(f"{p}: {problem}")
+    return load(p, model, trust_code=trust_code, max_bytes=max_bytes)
