@@ -376,15 +376,141 @@ def test_decompress_keeps_the_architecture_for_evaluate(tmp_path):
     assert torch.equal(loaded(x), m(x)) and meta["source"] == "a.dz"
 
 
-def test_dz_or_pickle_where_safetensors_is_expected_hints(tmp_path):
-    dz = tmp_path / "m.dz"
-    save(get_model("lenet300"), dz)
-    with pytest.raises(CheckpointError, match=r"is a compressed .dz file.*deepzip decompress"):
-        load_checkpoint(dz)
-    pt = tmp_path / "m.pt"
-    torch.save(get_model("lenet300").state_dict(), pt)
-    with pytest.raises(CheckpointError, match=r"torch.save \(pickle\) file, which deepzip never loads"):
-        load_checkpoint(pt)
+def test_load_checkpoint_reads_a_dz_and_a_state_dict_file_as_any_reader_does(tmp_path):
+    """One reader: load_checkpoint takes what deepzip.load and `deepzip compress SOURCE` take (a .dz; a torch.save
+    state_dict, read with weights_only=True, which names no architecture)."""
+    m = get_model("lenet300", seed=3)
+    x = torch.rand(2, 1, 28, 28)
+    save(m, tmp_path / "m.dz")
+    assert torch.equal(load_checkpoint(tmp_path / "m.dz")[0](x), m(x))
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"m.pt: a torch state_dict file that names no architecture; give "
+                                              r"--model NAME"):
+        load_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "m.pt", get_model("lenet300"))[0](x), m(x))
+
+
+# ------------------------------------------------------------------------------------------------ 12b. every reader
+
+
+class _Evil:
+    """Unpickling it would create a folder (a visible side effect of code run by pickle)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def _plain_sd() -> dict[str, torch.Tensor]:
+    return get_model("mlp30", seed=1).state_dict()
+
+
+def _safetensors_with_header(path: Path, edit) -> None:
+    """A safetensors file of mlp30 whose header JSON ``edit`` changes (the data left as it is)."""
+    from safetensors.torch import save_file
+
+    save_file(_plain_sd(), path)
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+
+
+def _make_hostile(name: str, d: Path) -> Path:
+    """Crafted files for every reader; each is refused by every command in one line."""
+    from safetensors.torch import save_file
+
+    if name == "truncated.safetensors":
+        save_file(_plain_sd(), d / name)
+        (d / name).write_bytes((d / name).read_bytes()[:60_000])
+    elif name == "truncated.pt":
+        torch.save(_plain_sd(), d / name)
+        (d / name).write_bytes((d / name).read_bytes()[:60_000])
+    elif name == "truncated.dz":
+        save(get_model("mlp30"), d / name)
+        (d / name).write_bytes((d / name).read_bytes()[:20_000])
+    elif name == "lying.safetensors":  # a shape larger than its data
+        _safetensors_with_header(d / name, lambda h: h["layers.0.weight"].__setitem__("shape", [3000, 784]))
+    elif name == "deflated.pt":  # a torch zip whose records are compressed (a zip bomb's way): never read
+        import zipfile
+
+        torch.save(_plain_sd(), d / "src.pt")
+        with zipfile.ZipFile(d / "src.pt") as src, zipfile.ZipFile(d / name, "w", zipfile.ZIP_DEFLATED) as out:
+            for info in src.infolist():
+                out.writestr(info.filename, src.read(info))
+        (d / "src.pt").unlink()
+    elif name == "bomb.dz":  # valid by the format, with checksums: 2 GiB of zeros from ~130 KB
+        (d / name).write_bytes(hostile.sparse_bomb(1 << 29))
+    elif name == "huge_shape.dz":
+        (d / name).write_bytes(hostile.huge_shape())
+    elif name == "pickle.pt":
+        torch.save({**_plain_sd(), "evil": _Evil(d / "pickle-ran")}, d / name)
+    elif name == "legacy.pt":
+        torch.save(_plain_sd(), d / name, _use_new_zipfile_serialization=False)
+    elif name == "os_abort.dz":
+        (d / name).write_bytes(hostile.named_architecture("os:abort"))
+    elif name == "os_abort.safetensors":  # a deepzip checkpoint naming code
+        save_checkpoint(get_model("mlp30"), d / name, arch="os:abort")
+    elif name == "os_abort_plain.safetensors":  # any safetensors whose metadata names code
+        save_file(_plain_sd(), d / name, metadata={"arch": "os:abort"})
+    elif name == "random":
+        (d / name).write_bytes(np.random.default_rng(0).bytes(4096))
+    return d / name
+
+
+HOSTILE = {  # file -> what the one line says (after the file's name)
+    "truncated.safetensors": r"layers.\d.\w+: data offsets .* \(truncated\?\)",
+    "truncated.pt": r"not a readable PyTorch file \(a damaged or truncated zip archive",
+    "truncated.dz": r"truncated|shorter|header says",
+    "lying.safetensors": r"layers.0.weight: data offsets \d+..\d+ do not fit shape \[3000, 784\]",
+    "deflated.pt": r"a compressed or out-of-file record",
+    "bomb.dz": r"decodes to 2147483648 bytes, more than the limit of 1073741824",
+    "huge_shape.dz": r"is impossible",
+    "pickle.pt": r"needs code to unpickle, refused",
+    "legacy.pt": r"a legacy \(pre-1.6, not zip\) torch.save file",
+    "os_abort.dz": r"model 'os:abort' names code to import",
+    "os_abort.safetensors": r"model 'os:abort' names code to import",
+    "os_abort_plain.safetensors": r"model 'os:abort' names code to import",
+    "random": r"not a file deepzip reads .*; deepzip reads a .dz file, a safetensors file",
+}
+
+
+def _command(name: str, path: Path, d: Path, model: list[str]) -> list[str]:
+    out = str(d / "out")
+    return {
+        "evaluate": ["evaluate", str(path), *model],
+        "prune": ["prune", str(path), "-o", out, *model, "--sparsity", "0.5", "-q"],
+        "share": ["share", str(path), "-o", out, *model, "--no-finetune", "-q"],
+        "ptq": ["ptq", "--checkpoint", str(path), "--calibration", str(d / "cal.npy"), "-o", out, *model],
+        "decompose": ["decompose", str(path), "-o", out, *model, "-q"],
+        "bench": ["bench", str(path), *model, "--no-rss"],
+        "distill": ["distill", "--teacher", str(path), "-o", out, "--student", "mlp30",
+                    *(["--teacher-model", model[1]] if model else []), "-q"],
+    }[name]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prune", "share", "ptq", "decompose", "bench", "distill"])
+def test_every_reading_command_refuses_every_crafted_file_in_one_line(tmp_path, capsys, command):
+    """The same crafted files, through each command: exit 2, one line naming the file and the fault, no traceback,
+    nothing written, no code run (os:abort would end the test run)."""
+    np.save(tmp_path / "cal.npy", np.zeros((4, 1, 28, 28), np.float32))
+    for name, pattern in HOSTILE.items():
+        d = tmp_path / name.replace(".", "_")
+        d.mkdir()
+        (d / "cal.npy").write_bytes((tmp_path / "cal.npy").read_bytes())
+        path = _make_hostile(name, d)
+        before = sorted(p.name for p in d.iterdir())
+        model = [] if name.startswith("os_abort") else ["--model", "mlp30"]  # the file's own name is what is tested
+        assert cli.main(_command(command, path, d, model)) == 2, (command, name)
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (command, name, err)
+        assert err.startswith(f"deepzip {command}: error: {path}"), (command, name, err)
+        assert __import__("re").search(pattern, err), (command, name, err)
+        assert sorted(p.name for p in d.iterdir()) == before, (command, name)  # nothing written, no pickle-ran
 
 
 # ------------------------------------------------------------------------------------------------ 13. texts

@@ -39,9 +39,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..codec import DzFile
 from ..codec._tensor import DEFAULT_MAX_BYTES
 from ..codec.container import MAGIC
-from ..errors import CheckpointError, DeepzipFormatError, LowRankError, UntrustedCodeError
+from ..codec.fileinfo import read_dz
+from ..errors import CheckpointError, LowRankError, UntrustedCodeError
 from ..models import MODELS, get_model, load_apps, model_name
 from ..techniques.lowrank import rebuild_
 from ..techniques.prune import remove_parametrization_
@@ -183,6 +185,8 @@ def load_model(
     if kind == "hf":
         sd, config = foreign.read_hf_folder(p, max_bytes=max_bytes)
         if model is None:
+            if not config.get("architectures"):
+                _build("", kind, trust_code, where)  # says: give the model
             return foreign.hf_build(config, lambda: sd, where=where), {}
         return fit_tensors_(model, sd, where), {}
     metadata: dict[str, str] = {}
@@ -264,13 +268,9 @@ def _build(arch: str, kind: str, trust_code: bool, where: str) -> nn.Module:
         raise CheckpointError(f"{where}: {exc}") from None
 
 
-def _dz_header(p: Path, max_bytes: int | None):  # -> DzReader (the header, nothing decoded)
-    from ..codec import DzReader
-
-    try:
-        return DzReader(p, max_bytes=max_bytes)
-    except DeepzipFormatError as exc:
-        raise DeepzipFormatError(f"{p}: {exc}") from None
+def _dz_header(p: Path, max_bytes: int | None) -> DzFile:
+    """A ``.dz`` file read and checked as :func:`deepzip.io.serialize.load` reads it (nothing decoded yet)."""
+    return read_dz(p, max_bytes=max_bytes)
 
 
 def _hf_config(p: Path) -> dict:
@@ -305,7 +305,7 @@ def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: i
         _build("", "dz", trust_code, str(p))
     if model is not None and not extra.get("lowrank"):  # factored files: load() checks the structure, by layer
         aliases = extra.get("aliases", {}) if isinstance(extra.get("aliases"), dict) else {}
-        theirs = {n: tuple(r.entry(n).shape) for n in r.names}
+        theirs = {n: tuple(t.shape) for n, t in r.tensors.items()}
         theirs.update({k: theirs[v] for k, v in aliases.items() if v in theirs and k not in theirs})
         problem = fit_problem(_effective_shapes(model), theirs, model)
         if problem:
