@@ -443,6 +443,14 @@ def _make_hostile(name: str, d: Path) -> Path:
             for info in src.infolist():
                 out.writestr(info.filename, src.read(info))
         (d / "src.pt").unlink()
+    elif name == "short_record.pt":  # the pickle claims more bytes than a tensor's record holds
+        import zipfile
+
+        torch.save(_plain_sd(), d / "src.pt")
+        with zipfile.ZipFile(d / "src.pt") as src, zipfile.ZipFile(d / name, "w", zipfile.ZIP_STORED) as out:
+            for info in src.infolist():
+                out.writestr(info.filename, src.read(info)[:8] if info.filename.endswith("/data/0") else src.read(info))
+        (d / "src.pt").unlink()
     elif name == "bomb.dz":  # valid by the format, with checksums: 2 GiB of zeros from ~130 KB
         (d / name).write_bytes(hostile.sparse_bomb(1 << 29))
     elif name == "huge_shape.dz":
@@ -468,6 +476,7 @@ HOSTILE = {  # file -> what the one line says (after the file's name)
     "truncated.dz": r"truncated|shorter|header says",
     "lying.safetensors": r"layers.0.weight: data offsets \d+..\d+ do not fit shape \[3000, 784\]",
     "deflated.pt": r"a compressed or out-of-file record",
+    "short_record.pt": r"layers.0.weight: its storage '0' is 94080 bytes, its record holds 8 bytes",
     "bomb.dz": r"decodes to 2147483648 bytes, more than the limit of 1073741824",
     "huge_shape.dz": r"is impossible",
     "pickle.pt": r"needs code to unpickle, refused",

@@ -175,6 +175,14 @@ def test_distill_teacher(tmp_path, capsys, synthetic, kind):
 # ------------------------------------------------------------------------------------------------ bad input
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_bytes_bounds_every_kind_before_reading(tmp_path, capsys, synthetic, kind):
+    path = write(kind, tmp_path)
+    err = _one_line(capsys, "evaluate", path, "--model", ARCH, "--max-bytes", "10K")
+    assert "more than the limit of 10240" in err and path in err
+    assert cli.main(["evaluate", path, "--model", ARCH, "--max-bytes", "1M", "--json", "-q"]) == 0  # 95 KB is fine
+
+
 def _one_line(capsys, *argv: str) -> str:
     assert cli.main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
