@@ -229,3 +229,20 @@ def test_an_apps_command_given_another_apps_file(tmp_path, capsys):
     assert "holds a lenet300 model, not a G2P encoder-decoder" in err
     err = _one_line(capsys, "g2p", write("state_dict", tmp_path), "hello")
     assert "holds a unnamed model, not a G2P encoder-decoder" in err
+
+
+def test_compress_source_tells_kinds_apart_as_the_reader_does(tmp_path, capsys):
+    """`deepzip compress SOURCE` recognises files with the reader's own checks, so it refuses what every command
+    refuses, with the same line."""
+    (tmp_path / "notes.txt").write_text("just some text\n")
+    err = _one_line(capsys, "compress", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "n.dz"))
+    assert "notes.txt: not a file deepzip reads" in err and ACCEPTED in err
+    torch.save(source_model().state_dict(), tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    err = _one_line(capsys, "compress", str(tmp_path / "legacy.bin"), "-o", str(tmp_path / "l.dz"))
+    assert "a legacy (pre-1.6, not zip) torch.save file" in err
+    dz = write("dz", tmp_path)
+    err = _one_line(capsys, "compress", dz, "-o", str(tmp_path / "again.dz"))
+    assert "already a .dz file" in err
+    sd = write("state_dict", tmp_path)
+    assert cli.main(["compress", sd, "-o", str(tmp_path / "sd.dz")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy.bin", "model.dz", "model.pt", "notes.txt", "sd.dz"]

@@ -78,7 +78,6 @@ TORCH_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float1
                 torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
 _FROM_NAME = {v: k for k, v in TORCH_DTYPES.items()}
 _MAX_ST_HEADER = 100 << 20  # safetensors' own bound on the header JSON
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 MAX_AUX_BYTES = 32 << 20  # other files of a folder (tokenizer, config) ride in the .dz header, xz-compressed
 
 
@@ -384,11 +383,13 @@ def open_source(path: str | os.PathLike[str]) -> SourceCheckpoint:
     """
     p = Path(path)
     if p.is_file():
-        with open(p, "rb") as f:
-            head = f.read(8)
-        if p.suffix == ".safetensors" or (len(head) == 8 and head[:1] != b"P" and p.suffix not in WEIGHT_SUFFIXES):
-            return SourceCheckpoint("safetensors", p, [p.name])
-        return SourceCheckpoint("state_dict", p, [p.name])
+        from .reader import checkpoint_kind  # one way of telling kinds apart, for every reader
+
+        kind = checkpoint_kind(p)
+        if kind == "dz":
+            raise CheckpointError(f"{p}: already a .dz file (deepzip inspect shows it; deepzip decompress gives back "
+                                  "the checkpoint it was made from)")
+        return SourceCheckpoint("state_dict" if kind == "state_dict" else "safetensors", p, [p.name])
     if not p.is_dir():
         raise CheckpointError(f"{p}: no such file or folder")
     if not (p / "config.json").is_file():
