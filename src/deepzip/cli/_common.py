@@ -221,13 +221,6 @@ def _arch(model) -> str | None:
     return model_name(model)
 
 
-def _fresh(name: str):
-    """A model named on the command line (the user's own words: a package.module:factory there is trusted)."""
-    from ..models import get_model
-
-    return get_model(name, trust_code=True)
-
-
 def _effective_params(model) -> dict:
     """Every parameter as the model uses it (parametrized weights evaluated)."""
     out = {}
@@ -238,14 +231,6 @@ def _effective_params(model) -> dict:
             for pname in module.parametrizations:
                 out[f"{mname}.{pname}"] = getattr(module, pname).detach()
     return {k: v for k, v in out.items() if ".parametrizations." not in k}
-
-
-def _is_dz(head: bytes) -> bool:
-    try:
-        from ..codec.container import MAGIC
-    except ImportError:
-        return False
-    return head.startswith(MAGIC)
 
 
 def _parse_layer_values(text: str, what: str) -> float | dict[str, float]:
