@@ -246,3 +246,15 @@ def test_compress_source_tells_kinds_apart_as_the_reader_does(tmp_path, capsys):
     sd = write("state_dict", tmp_path)
     assert cli.main(["compress", sd, "-o", str(tmp_path / "sd.dz")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy.bin", "model.dz", "model.pt", "notes.txt", "sd.dz"]
+
+
+def test_an_image_command_given_a_hugging_face_model(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+    assert cli.main(["compress", str(tmp_path / "bert"), "-o", str(tmp_path / "bert.dz")]) == 0
+    capsys.readouterr()
+    for path in (tmp_path / "bert", tmp_path / "bert.dz"):  # the folder and its .dz: the same reader, the same line
+        err = _one_line(capsys, "evaluate", str(path))
+        assert f"{path}: holds a Hugging Face BertModel, not an image classifier" in err
