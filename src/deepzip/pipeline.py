@@ -298,7 +298,8 @@ class StageStore:
         if not path.exists():
             return None
         try:  # rebuild=True: a stage after decomposition holds factored layers the fresh model may not have yet
-            loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)), rebuild=True)
+            # its own stage file, as large as the model: no decode limit (a large model would re-run every stage)
+            loaded, meta = load_checkpoint(path, copy.deepcopy(_fresh_like(model)), rebuild=True, max_bytes=None)
         except CheckpointError:
             return None  # another structure: from another config, so not ours to resume
         if meta.get("stage_key") != self.config.stage_key(stage, self.source):
