@@ -225,8 +225,9 @@ def test_an_apps_command_given_another_apps_file(tmp_path, capsys):
     assert "holds a G2P encoder-decoder (seq2seq:" in err and "not an image classifier" in err
     lenet = tmp_path / "lenet.dz"
     save(get_model("lenet300"), lenet)
-    err = _one_line(capsys, "g2p", str(lenet), "hello")
-    assert "holds a lenet300 model, not a G2P encoder-decoder" in err
+    for argv in (["g2p-eval", str(lenet)], ["g2p", str(lenet), "hello"]):
+        err = _one_line(capsys, *argv)
+        assert "holds a lenet300 model, not a G2P encoder-decoder" in err
     err = _one_line(capsys, "g2p", write("state_dict", tmp_path), "hello")
     assert "holds a unnamed model, not a G2P encoder-decoder" in err
 
