@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import lzma
@@ -54,19 +53,15 @@ from ..codec import DzReader, DzWriter, EncodedTensor
 from ..codec._tensor import DEFAULT_MAX_BYTES
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+from .torchfile import read_torch_state_dict
 
 __all__ = [
     "SourceCheckpoint",
-    "check_torch_zip",
     "compress_checkpoint",
     "decompress_checkpoint",
-    "hf_build",
     "hf_model",
     "numpy_to_tensor",
     "open_source",
-    "read_hf_folder",
-    "read_safetensors",
-    "safetensors_metadata",
     "tensor_to_numpy",
 ]
 
@@ -182,168 +177,13 @@ def _iter_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
             yield name, arr, dtype, None
 
 
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (strings to strings; ``{}`` without), its header bounds checked."""
-    _, header, _ = read_safetensors_header(path)
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise CheckpointError(f"{path}: __metadata__ is not a map of strings to strings")
-    return meta
-
-
-def read_safetensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor of a safetensors file (any producer) and its metadata, with the bounds of
-    :func:`read_safetensors_header` and at most ``max_bytes`` of tensor data (None: no limit) checked before
-    anything is allocated.
-
-    Raises:
-        CheckpointError: not safetensors, truncated, an unsupported dtype, or more data than ``max_bytes``.
-    """
-    _, header, _ = read_safetensors_header(path)
-    meta = safetensors_metadata(path)
-    data = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
-    if max_bytes is not None and data > max_bytes:
-        raise CheckpointError(f"{path}: its tensors hold {data} bytes, more than the limit of {max_bytes} "
-                              f"(max_bytes; CLI --max-bytes)")
-    tensors = {name: numpy_to_tensor(arr, dtype) for name, arr, dtype, _ in _iter_safetensors(path)}
-    order = [k for k in header if k != "__metadata__"]  # the header's order, not the data's
-    return {k: tensors[k] for k in order}, meta
-
-
 # ---------------------------------------------------------------------------------------------------- state_dict
-def check_torch_zip(path: Path, max_bytes: int | None = None) -> None:
-    """Bounds of a ``torch.save`` zip archive, checked before torch allocates or maps anything: every record stored
-    (uncompressed, as torch writes them) and inside the file; each storage the pickle names exactly as large as its
-    record (a dry run of the ``weights_only`` unpickler on meta storages: no data read, nothing allocated); the
-    tensor data at most ``max_bytes`` (None: no limit).
-
-    Raises:
-        CheckpointError: not a zip archive (truncated?), a compressed or out-of-file record, a storage its record
-            does not hold, too much data.
-        pickle.UnpicklingError: the pickle needs code (as ``torch.load(weights_only=True)`` raises it).
-    """
-    import zipfile
-
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-            for info in infos:
-                if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size \
-                        or info.header_offset + info.file_size > size:
-                    raise CheckpointError(f"{path}: {info.filename}: a compressed or out-of-file record "
-                                          f"({info.file_size} bytes at {info.header_offset} in a {size}-byte file); "
-                                          "torch.save writes neither")
-            pkl = next((i for i in infos if i.filename.endswith("data.pkl")), None)
-            if pkl is None or pkl.file_size > _MAX_ST_HEADER:
-                raise CheckpointError(f"{path}: no data.pkl record of at most {_MAX_ST_HEADER} bytes; not a "
-                                      "torch.save file")
-            text = z.read(pkl)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: not a readable PyTorch file (a damaged or truncated zip archive: {e})") \
-            from None
-    prefix = pkl.filename[: -len("data.pkl")] + "data/"
-    records = {i.filename[len(prefix):]: i.file_size for i in infos if i.filename.startswith(prefix)}
-    claims = _storage_claims(text, str(path))
-    if claims is None:  # torch's private unpickler moved: torch.load without mmap checks record sizes itself
-        return
-    total = 0
-    for key, (nbytes, name) in claims.items():
-        if records.get(key) != nbytes:
-            raise CheckpointError(f"{path}: {name}: its storage {key!r} is {nbytes} bytes, its record holds "
-                                  f"{records.get(key, 'no')} bytes (a damaged or crafted file)")
-        total += nbytes
-    if max_bytes is not None and total > max_bytes:
-        raise CheckpointError(f"{path}: its tensors hold {total} bytes, more than the limit of {max_bytes} "
-                              f"(max_bytes; CLI --max-bytes)")
-
-
-def _storage_claims(pickle_bytes: bytes, where: str) -> dict[str, tuple[int, str]] | None:
-    """Storage key -> (bytes the pickle says it holds, a tensor name using it), by torch's ``weights_only``
-    unpickler run on meta storages (no data read, nothing allocated); None where that private API is missing."""
-    import io
-
-    try:
-        from torch import _weights_only_unpickler as wo
-        from torch._utils import _element_size
-    except ImportError:
-        return None
-    claims: dict[str, int] = {}
-    storages: dict[int, str] = {}
-
-    def persistent_load(saved_id: Any) -> Any:
-        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and saved_id[0] == "storage"):
-            raise CheckpointError(f"{where}: a persistent id {str(saved_id)[:80]} that is not a storage")
-        _, storage_type, key, _, numel = saved_id
-        dtype = getattr(storage_type, "dtype", storage_type)
-        if not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or numel < 0 or not isinstance(key, str):
-            raise CheckpointError(f"{where}: storage {str(saved_id)[:80]} is malformed")
-        claims[key] = numel * _element_size(dtype)
-        meta = torch.UntypedStorage(claims[key], device="meta")
-        storages[meta._cdata] = key
-        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
-
-    u = wo.Unpickler(io.BytesIO(pickle_bytes), encoding="utf-8")
-    u.persistent_load = persistent_load  # type: ignore[method-assign]
-    try:
-        obj = u.load()
-    except RuntimeError as e:  # a view beyond its storage, say
-        raise CheckpointError(f"{where}: not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
-    names: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(v, torch.Tensor):
-                names.setdefault(storages.get(v.untyped_storage()._cdata, ""), str(k))
-    return {key: (n, names.get(key, f"storage {key}")) for key, n in claims.items()}
-
-
-def _torch_load(path: Path, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
-    """A state_dict file read with ``torch.load(weights_only=True)`` (a file that needs code to unpickle is refused),
-    its zip archive's bounds checked first (:func:`check_torch_zip`); only the zip format (torch >= 1.6) is read, as
-    the legacy format's sizes cannot be checked before torch allocates them."""
-    import pickle
-
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"PK\x03\x04":
-        raise CheckpointError(f"{path}: not a readable PyTorch file (not the zip archive torch.save has written since "
-                              "torch 1.6: re-save it with torch.save(torch.load(path, weights_only=True), path))")
-    kw: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
-    try:
-        check_torch_zip(path, max_bytes)
-        try:
-            obj = torch.load(path, mmap=True, **kw)  # mmap: tensors stay on disk until read
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, **kw)
-    except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "").split(" was not")[0]
-        raise CheckpointError(
-            f"{path}: needs code to unpickle, refused (deepzip loads state_dicts with weights_only=True: {first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict (name -> tensor)")
-    for k, v in obj.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{path}: {k!r} holds a {type(v).__name__}, expected a tensor; "
-                                  f"save model.state_dict() alone")
-    return obj
-
-
 def _storage_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 def _iter_state_dict(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
-    sd = _torch_load(path)
+    sd = read_torch_state_dict(path)
     for name, t in sd.items():
         arr, dtype = tensor_to_numpy(t, f"{path}: {name}")
         yield name, arr, dtype, _storage_key(t) if t.numel() else None
@@ -712,10 +552,10 @@ def state_dict_from(reader: DzReader) -> dict[str, torch.Tensor]:
 
 def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> torch.nn.Module:
     """The Hugging Face model a ``.dz`` of an HF folder holds, built from its config.json by ``transformers``
-    (:func:`hf_build`).
+    (:func:`deepzip.io.reader.hf_build`).
 
     Raises:
-        CheckpointError: not an HF folder's ``.dz``; see :func:`hf_build`.
+        CheckpointError: not an HF folder's ``.dz``; see :func:`deepzip.io.reader.hf_build`.
     """
     reader = DzReader(path, max_bytes=max_bytes)
     rec = _checkpoint_record(reader)
@@ -725,88 +565,6 @@ def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MA
         config = json.loads(_aux_bytes(reader, rec, "config.json"))
     except ValueError as e:
         raise CheckpointError(f"{path}: config.json is not JSON ({e})") from None
+    from .reader import hf_build
+
     return hf_build(config, lambda: state_dict_from(reader), where=str(path))
-
-
-def read_hf_folder(
-    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, config)`` of a Hugging Face model folder: every weight file's tensors (read as
-    :func:`read_safetensors` and :func:`_torch_load` read them, ``max_bytes`` bounding them all together) and its
-    config.json.
-
-    Raises:
-        CheckpointError: see :func:`open_source`; a bad config.json; a weight file as those readers refuse it.
-    """
-    source = open_source(path)
-    if source.kind != "hf":
-        raise CheckpointError(f"{path}: not a Hugging Face model folder")
-    try:
-        config = json.loads((source.root / "config.json").read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{source.root / 'config.json'}: not JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{source.root / 'config.json'}: not a JSON object")
-    sd: dict[str, torch.Tensor] = {}
-    left = max_bytes
-    for rel in source.weights:
-        if "/" in rel:  # a sentence-transformers module's weights (Dense, ...): not the transformer's own
-            continue
-        wpath = source.path(rel)
-        part = read_safetensors(wpath, left)[0] if _file_format(rel) == "safetensors" else _torch_load(wpath, left)
-        if left is not None:
-            left -= sum(t.numel() * t.element_size() for t in part.values())
-        sd.update(part)
-    return sd, config
-
-
-def hf_build(
-    config: dict[str, Any], state_dict: Any, *, where: str = ""
-) -> torch.nn.Module:
-    """The transformers model ``config`` names (``architectures[0]``, looked up in the installed ``transformers``,
-    never code from a file; ``trust_remote_code`` is never set), loaded with ``state_dict()`` (a callable, called
-    once the class is known).
-
-    Raises:
-        CheckpointError: transformers missing; an unknown architecture; tensors that do not fit the model (naming
-            the first of them).
-    """
-    try:
-        import transformers
-    except ImportError:
-        raise CheckpointError(f"{where}: rebuilding a Hugging Face model needs transformers "
-                              f"(pip install 'deepzip[hf]')") from None
-    archs = config.get("architectures") or []
-    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise CheckpointError(f"{where}: config.json names architecture {archs[:1]}, not a transformers model class")
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.json").write_text(json.dumps(config))
-        cfg = transformers.AutoConfig.from_pretrained(d)
-    model = cls(cfg)
-    sd = state_dict()
-    own = model.state_dict()
-    buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
-    for k in [k for k in sd if k not in own and k in buffers]:
-        del sd[k]
-    unexpected = [k for k in sd if k not in own]
-    if unexpected:
-        raise CheckpointError(f"{where}: does not fit {archs[0]}: the file's {unexpected[0]} is not in the model "
-                              f"({len(unexpected)} such tensors)")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{where}: does not fit {archs[0]}: {k} has shape {tuple(v.shape)} in the file, "
-                                  f"{tuple(own[k].shape)} in the model")
-    model.load_state_dict(sd, strict=False)
-    with contextlib.suppress(AttributeError):
-        model.tie_weights()
-    now = model.state_dict()
-    loaded = {now[k].data_ptr() for k in sd if k in now and now[k].numel()}
-    missing = sorted(k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded)
-    if missing:
-        raise CheckpointError(f"{where}: does not fit {archs[0]}: {missing[0]} is missing from the file "
-                              f"({len(missing)} such tensors)")
-    dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
-    if len(dtype) == 1:
-        model.to(dtype.pop())
-    return model.eval()

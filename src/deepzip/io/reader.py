@@ -31,9 +31,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,8 +53,12 @@ from ..techniques.lowrank import rebuild_
 from ..techniques.prune import remove_parametrization_
 from . import foreign
 from .checkpoint import checkpoint_records, is_deepzip_checkpoint, unpack_layers_
+from .torchfile import read_torch_state_dict
 
-__all__ = ["ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_tensors_", "load_model", "read_tensors"]
+__all__ = [
+    "ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_problem", "fit_tensors_", "hf_build", "load_model",
+    "read_hf_folder", "read_safetensors", "read_tensors", "safetensors_metadata",
+]
 
 #: The kinds of file :func:`load_model` reads, and how each is called in messages.
 KINDS: dict[str, str] = {
@@ -93,7 +101,7 @@ def checkpoint_kind(path: str | os.PathLike[str]) -> str:
     # A safetensors file opens with its header's length (u64, little-endian) and the header's "{": any first byte
     # is possible there (0x80, "P" included), so recognise it before guessing at other formats.
     if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
-        return "deepzip" if is_deepzip_checkpoint(foreign.safetensors_metadata(p)) else "safetensors"
+        return "deepzip" if is_deepzip_checkpoint(safetensors_metadata(p)) else "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "state_dict"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -126,10 +134,10 @@ def read_tensors(
         arch = _dz_header(p, max_bytes).architecture
         return load_state_dict(p, max_bytes=max_bytes), {"arch": arch} if arch else {}
     if kind in ("deepzip", "safetensors"):
-        return foreign.read_safetensors(p, max_bytes)
+        return read_safetensors(p, max_bytes)
     if kind == "state_dict":
-        return foreign._torch_load(p, max_bytes), {}
-    sd, config = foreign.read_hf_folder(p, max_bytes=max_bytes)
+        return read_torch_state_dict(p, max_bytes), {}
+    sd, config = read_hf_folder(p, max_bytes=max_bytes)
     archs = config.get("architectures") or []
     return sd, {"hf_arch": str(archs[0])} if archs else {}
 
@@ -143,7 +151,7 @@ def architecture_of(path: str | os.PathLike[str]) -> str | None:
     if kind == "dz":
         return _dz_header(p, None).architecture or None
     if kind == "deepzip":
-        return foreign.safetensors_metadata(p).get("arch") or None
+        return safetensors_metadata(p).get("arch") or None
     if kind == "hf":
         archs = _hf_config(p).get("architectures") or []
         return f"hf:{archs[0]}" if archs else None
@@ -183,17 +191,17 @@ def load_model(
     if kind == "dz":
         return _load_dz(p, model, trust_code=trust_code, max_bytes=max_bytes), {}
     if kind == "hf":
-        sd, config = foreign.read_hf_folder(p, max_bytes=max_bytes)
+        sd, config = read_hf_folder(p, max_bytes=max_bytes)
         if model is None:
             if not config.get("architectures"):
                 _build("", kind, trust_code, where)  # says: give the model
-            return foreign.hf_build(config, lambda: sd, where=where), {}
+            return hf_build(config, lambda: sd, where=where), {}
         return fit_tensors_(model, sd, where), {}
     metadata: dict[str, str] = {}
     if kind == "state_dict":
-        tensors = foreign._torch_load(p, max_bytes)
+        tensors = read_torch_state_dict(p, max_bytes)
     else:
-        tensors, metadata = foreign.read_safetensors(p, max_bytes)
+        tensors, metadata = read_safetensors(p, max_bytes)
     layers: dict = {}
     meta: dict = {}
     spec: list = []
@@ -253,6 +261,116 @@ def fit_problem(own: Mapping[str, tuple], theirs: Mapping[str, tuple], model: nn
     return None
 
 
+# ---------------------------------------------------------------------------------------------------- files
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (strings to strings; ``{}`` without), its header bounds checked."""
+    _, header, _ = foreign.read_safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{path}: __metadata__ is not a map of strings to strings")
+    return meta
+
+
+def read_safetensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file (any producer) and its metadata, with the bounds of
+    :func:`deepzip.io.foreign.read_safetensors_header` and at most ``max_bytes`` of tensor data (None: no limit)
+    checked before anything is allocated.
+
+    Raises:
+        CheckpointError: not safetensors, truncated, an unsupported dtype, or more data than ``max_bytes``.
+    """
+    _, header, _ = foreign.read_safetensors_header(path)
+    meta = safetensors_metadata(path)
+    data = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    if max_bytes is not None and data > max_bytes:
+        raise CheckpointError(f"{path}: its tensors hold {data} bytes, more than the limit of {max_bytes} "
+                              f"(max_bytes; CLI --max-bytes)")
+    tensors = {name: foreign.numpy_to_tensor(arr, dtype) for name, arr, dtype, _ in foreign._iter_safetensors(path)}
+    order = [k for k in header if k != "__metadata__"]  # the header's order, not the data's
+    return {k: tensors[k] for k in order}, meta
+
+
+def read_hf_folder(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, config)`` of a Hugging Face model folder: every weight file's tensors (read as
+    :func:`read_safetensors` and :func:`deepzip.io.torchfile.read_torch_state_dict` read them, ``max_bytes``
+    bounding them all together) and its config.json.
+
+    Raises:
+        CheckpointError: see :func:`deepzip.io.foreign.open_source`; a bad config.json; a weight file as those
+            readers refuse it.
+    """
+    source = foreign.open_source(path)
+    if source.kind != "hf":
+        raise CheckpointError(f"{path}: not a Hugging Face model folder")
+    config = _hf_config(source.root)
+    sd: dict[str, torch.Tensor] = {}
+    left = max_bytes
+    for rel in source.weights:
+        if "/" in rel:  # a sentence-transformers module's weights (Dense, ...): not the transformer's own
+            continue
+        wpath = source.path(rel)
+        part = (read_safetensors(wpath, left)[0] if rel.endswith(".safetensors")
+                else read_torch_state_dict(wpath, left))
+        if left is not None:
+            left -= sum(t.numel() * t.element_size() for t in part.values())
+        sd.update(part)
+    return sd, config
+
+
+def hf_build(
+    config: dict[str, Any], state_dict: Any, *, where: str = ""
+) -> torch.nn.Module:
+    """The transformers model ``config`` names (``architectures[0]``, looked up in the installed ``transformers``,
+    never code from a file; ``trust_remote_code`` is never set), loaded with ``state_dict()`` (a callable, called
+    once the class is known).
+
+    Raises:
+        CheckpointError: transformers missing; an unknown architecture; tensors that do not fit the model (naming
+            the first of them).
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{where}: rebuilding a Hugging Face model needs transformers "
+                              f"(pip install 'deepzip[hf]')") from None
+    archs = config.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"{where}: config.json names architecture {archs[:1]}, not a transformers model class")
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "config.json").write_text(json.dumps(config))
+        cfg = transformers.AutoConfig.from_pretrained(d)
+    model = cls(cfg)
+    sd = state_dict()
+    own = model.state_dict()
+    buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
+    for k in [k for k in sd if k not in own and k in buffers]:
+        del sd[k]
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CheckpointError(f"{where}: does not fit {archs[0]}: the file's {unexpected[0]} is not in the model "
+                              f"({len(unexpected)} such tensors)")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{where}: does not fit {archs[0]}: {k} has shape {tuple(v.shape)} in the file, "
+                                  f"{tuple(own[k].shape)} in the model")
+    model.load_state_dict(sd, strict=False)
+    with contextlib.suppress(AttributeError):
+        model.tie_weights()
+    now = model.state_dict()
+    loaded = {now[k].data_ptr() for k in sd if k in now and now[k].numel()}
+    missing = sorted(k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded)
+    if missing:
+        raise CheckpointError(f"{where}: does not fit {archs[0]}: {missing[0]} is missing from the file "
+                              f"({len(missing)} such tensors)")
+    dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
+    if len(dtype) == 1:
+        model.to(dtype.pop())
+    return model.eval()
+
+
 # ---------------------------------------------------------------------------------------------------- helpers
 def _build(arch: str, kind: str, trust_code: bool, where: str) -> nn.Module:
     """A fresh model of the architecture a file names (``package.module:factory`` only with ``trust_code``)."""
@@ -274,13 +392,14 @@ def _dz_header(p: Path, max_bytes: int | None) -> DzFile:
 
 
 def _hf_config(p: Path) -> dict:
-    import json
-
+    """A folder's config.json, a JSON object."""
     try:
         config = json.loads((p / "config.json").read_text())
     except (ValueError, OSError) as e:
         raise CheckpointError(f"{p / 'config.json'}: not JSON ({e})") from None
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{p / 'config.json'}: not a JSON object")
+    return config
 
 
 def _effective_shapes(model: nn.Module) -> dict[str, tuple]:
