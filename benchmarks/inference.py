@@ -260,8 +260,8 @@ def lenet(path: Path, repeats: int) -> tuple[list[dict], list[dict], dict]:
                      "speedup_b1": lat[1]["original (dense)"] / lat[1][k],
                      "speedup_b64": lat[64]["original (dense)"] / lat[64][k],
                      "tensor_bytes": layer_bytes(m), "rss_growth_bytes": rss,
-                     "layers": ", ".join(f"{r['layer']} {r['kind']}"
-                                         + (f" ({r['kernel']})" if r["kind"] != "dense" else "")
+                     "layers": ", ".join(f"{r['layer']} {r['form']}"
+                                         + (f" ({r['kernel']})" if r["form"] != "dense" else "")
                                          for r in runtime_table(m))})
         print(rows[-1], flush=True)
     extra = {}
@@ -304,7 +304,7 @@ if how == "dense":
 else:
     with torch.device("meta"):
         model = nn.Sequential(*[nn.Linear(cols, rows, bias=False) for _ in range(nlayers)])
-    model = deepzip.runtime.from_dz(deepzip.io.serialize.read_dz(path), model, mode=how)
+    model = deepzip.io.serialize.load(path, model=model, runtime=how)
     held = deepzip.runtime.layer_bytes(model)
 peak = hwm_kib()
 print(json.dumps({"base_kib": base, "peak_kib": peak, "held_bytes": held}))

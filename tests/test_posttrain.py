@@ -15,7 +15,7 @@ from deepzip import codec
 from deepzip.cli import main
 from deepzip.codec.grouped import varint_decode, varint_encode
 from deepzip.errors import DeepzipFormatError
-from deepzip.io.serialize import load
+from deepzip.io.serialize import load, save_posttrained
 from deepzip.techniques._kmeans import weighted_kmeans_rows
 from deepzip.techniques.posttrain import (
     BoundError,
@@ -26,7 +26,6 @@ from deepzip.techniques.posttrain import (
     distill_,
     fisher_diagonal,
     measure_drop,
-    save_posttrained,
     target_tensors,
     text_batches,
     unseen_scale,

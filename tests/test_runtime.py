@@ -10,7 +10,7 @@ from torch import nn
 
 import deepzip
 from deepzip.models import get_model
-from deepzip.runtime import KINDS, SparseConv2d, SparseLinear, runtime_table, sparsify_
+from deepzip.runtime import FORMS, SparseConv2d, SparseLinear, runtime_table, sparsify_
 from deepzip.techniques.prune import prune_, strip
 from deepzip.techniques.share import share_weights_
 
@@ -22,18 +22,18 @@ def _compressed(name: str) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_each_kind_gives_the_dense_outputs(name: str, kind: str) -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_each_form_gives_the_dense_outputs(name: str, form: str) -> None:
     m = strip(_compressed(name))
     x = torch.rand(5, 1, 28, 28)
     with torch.no_grad():
         ref = m(x)
-        sparsify_(m, kinds=[kind], repeats=1)
+        sparsify_(m, forms=[form], repeats=1)
         out = m(x)
     assert torch.allclose(out, ref, atol=1e-5, rtol=0)
-    kinds = {r["kind"] for r in runtime_table(m)}
-    assert kinds == {kind}
-    if kind == "codebook":  # 4-bit codebooks: uint8 indices; uint8 column steps (C kernel) or int16 columns (torch)
+    forms = {r["form"] for r in runtime_table(m)}
+    assert forms == {form}
+    if form == "codebook":  # 4-bit codebooks: uint8 indices; uint8 column steps (C kernel) or int16 columns (torch)
         layer = m.fc1 if name == "lenet300" else m.conv2
         cols = layer.sparse.step if layer.sparse.kernel == "deepzip-c" else layer.sparse.col
         assert layer.sparse.indices.dtype == torch.uint8
@@ -94,14 +94,14 @@ def test_unsupported_layer_stays_dense_with_a_warning() -> None:
     ref = m(x)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        sparsify_(m, x[:1], kinds=["csr"], repeats=1)
+        sparsify_(m, x[:1], forms=["csr"], repeats=1)
     assert any("c: Conv1d is not supported" in str(x.message) for x in w)
     assert isinstance(m.c, nn.Conv1d) and isinstance(m.fc, SparseLinear)
     assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
 
 
 def test_fast_mode_installs_the_fastest_candidate_of_each_layer(monkeypatch) -> None:
-    """Timings come from a fake clock that makes a different (kind, kernel) the fastest in each layer: the layers
+    """Timings come from a fake clock that makes a different (form, kernel) the fastest in each layer: the layers
     the model then runs (read off the modules, not the report) are those, and the outputs stay the dense ones."""
     import deepzip.runtime as rt
 
@@ -109,7 +109,7 @@ def test_fast_mode_installs_the_fastest_candidate_of_each_layer(monkeypatch) -> 
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         ref = m(x)
-    tags = ["dense"] + [f"{k}:{e}" for k in KINDS if k != "dense" for e in rt.kernels_available()]
+    tags = ["dense"] + [f"{k}:{e}" for k in FORMS if k != "dense" for e in rt.kernels_available()]
     layer_no = {300: 0, 100: 1, 10: 2}  # lenet300's fc1, fc2, fc3 by output width
     fastest = {f"fc{i + 1}": tags[(i + 1) % len(tags)] for i in range(3)}  # a different winner per layer
 
@@ -117,14 +117,14 @@ def test_fast_mode_installs_the_fastest_candidate_of_each_layer(monkeypatch) -> 
         layer = fn.func
         fn()  # each candidate still runs
         sp = getattr(layer, "sparse", None)
-        tag = f"{sp.kind}:{sp.kernel}" if sp is not None else "dense"
+        tag = f"{sp.form}:{sp.kernel}" if sp is not None else "dense"
         i = layer_no[sp.shape[0] if sp is not None else layer.weight.shape[0]]
         return 1e-3 if tag == fastest[f"fc{i + 1}"] else 2e-3 + 1e-4 * tags.index(tag)
 
     monkeypatch.setattr(rt, "median_seconds", fake_seconds)
     rows: list[dict] = []
     sparsify_(m, repeats=3, report=rows)
-    runs = {r["layer"]: r["kind"] if r["kind"] == "dense" else f"{r['kind']}:{r['kernel']}" for r in runtime_table(m)}
+    runs = {r["layer"]: r["form"] if r["form"] == "dense" else f"{r['form']}:{r['kernel']}" for r in runtime_table(m)}
     assert runs == fastest
     assert all(r["ms"][fastest[r["layer"]]] == 1.0 and len(r["ms"]) == len(tags) for r in rows)
     with torch.no_grad():

@@ -42,14 +42,14 @@ SHAPES = [  # (rows, cols, kept fraction, what it tests)
 
 
 @pytest.mark.parametrize("kernel", ALL)
-@pytest.mark.parametrize("kind", ["csr", "codebook"])
+@pytest.mark.parametrize("form", ["csr", "codebook"])
 @pytest.mark.parametrize("rows,cols,keep,what", SHAPES)
-def test_outputs_equal_the_dense_product(kernel: str, kind: str, rows: int, cols: int, keep: float,
+def test_outputs_equal_the_dense_product(kernel: str, form: str, rows: int, cols: int, keep: float,
                                          what: str) -> None:
     if kernel not in kernels_available():
         pytest.skip("the C kernel is not built")
     w = _weight(rows, cols, keep, seed=rows * cols)
-    layer = SparseLinear(_SparseWeight.from_dense(w, kind, kernel=kernel, name="t"), None)
+    layer = SparseLinear(_SparseWeight.from_dense(w, form, kernel=kernel, name="t"), None)
     assert layer.sparse.kernel == kernel and layer.sparse.nnz == int((w != 0).sum())
     for batch in (1, 7, 64):
         x = torch.randn(batch, cols)
@@ -67,9 +67,9 @@ def test_fillers_and_conversions_keep_the_weight() -> None:
     w[0, 0], w[0, 1499] = 1.0, -1.0  # a gap of 1499 columns: five fillers in row 0
     sw = _SparseWeight.from_dense(w, "codebook", kernel="deepzip-c")
     assert sw.entries > sw.nnz and float(sw.codebook[-1]) == 0.0  # fillers point at an appended zero centroid
-    for kind in ("csr", "codebook"):
+    for form in ("csr", "codebook"):
         for kernel in ALL:
-            assert torch.equal(sw.converted(kind, kernel).dense(), w)
+            assert torch.equal(sw.converted(form, kernel).dense(), w)
     w = torch.zeros(2, 600)
     w[0, :256] = torch.arange(1, 257) / 64  # 256 distinct non-zero values and a gap of 343: the zero is the 257th
     w[0, 599] = 1.0
@@ -91,7 +91,7 @@ def test_fast_mode_times_both_kernels_and_the_fallback_when_forced_off(monkeypat
     x = torch.randn(4, 400)
     ref = model(x).detach()
     rows: list[dict] = []
-    sparsify_(model, x[:1], kinds=["csr", "codebook"], report=rows, repeats=2)
+    sparsify_(model, x[:1], forms=["csr", "codebook"], report=rows, repeats=2)
     assert set(rows[0]["ms"]) == {f"{k}:{e}" for k in ("csr", "codebook") for e in ALL}
     assert runtime_table(model)[0]["kernel"] == rows[0]["kernel"]
     assert model.apply(lambda m: None) is model  # nn.Module.apply still works through the runtime layers
@@ -99,15 +99,15 @@ def test_fast_mode_times_both_kernels_and_the_fallback_when_forced_off(monkeypat
     monkeypatch.setenv("DEEPZIP_KERNEL", "torch")  # as without a compiler: torch's CSR, silently
     assert kernels_available() == ["torch-csr"]
     model = torch.nn.Sequential(lin).eval()
-    sparsify_(model, x[:1], kinds=["csr"], repeats=1)
+    sparsify_(model, x[:1], forms=["csr"], repeats=1)
     assert runtime_table(model)[0]["kernel"] == "torch-csr"
     assert torch.allclose(model(x), ref, atol=1e-5)
     assert _SparseWeight.from_dense(lin.weight, "csr").kernel == "torch-csr"
 
 
 # ------------------------------------------------------------------------------------------------ hostile arrays
-def _c_layer(kind: str = "codebook") -> SparseLinear:
-    return SparseLinear(_SparseWeight.from_dense(_weight(12, 40, 0.3, seed=5), kind, kernel="deepzip-c",
+def _c_layer(form: str = "codebook") -> SparseLinear:
+    return SparseLinear(_SparseWeight.from_dense(_weight(12, 40, 0.3, seed=5), form, kernel="deepzip-c",
                                                  name="evil.fc"), None)
 
 
@@ -192,11 +192,11 @@ def test_random_corruptions_are_refused_or_computed_exactly() -> None:
     rng = np.random.default_rng(0)
     refused = 0
     for trial in range(300):
-        kind = ("csr", "codebook")[trial % 2]
-        layer = SparseLinear(_SparseWeight.from_dense(_weight(9, 30, 0.4, seed=trial), kind, kernel="deepzip-c",
+        form = ("csr", "codebook")[trial % 2]
+        layer = SparseLinear(_SparseWeight.from_dense(_weight(9, 30, 0.4, seed=trial), form, kernel="deepzip-c",
                                                       name="fuzz"), None)
         sw = layer.sparse
-        target = (sw.crow, sw.step, sw.indices if kind == "codebook" else sw.step)[rng.integers(3)]
+        target = (sw.crow, sw.step, sw.indices if form == "codebook" else sw.step)[rng.integers(3)]
         with torch.no_grad():
             for _ in range(rng.integers(1, 4)):
                 i = int(rng.integers(target.numel()))
@@ -210,7 +210,7 @@ def test_random_corruptions_are_refused_or_computed_exactly() -> None:
             continue
         crow, step = sw.crow.numpy(), sw.step.numpy()
         cols = _spkernel.absolute_columns(crow, step)
-        vals = sw.values.numpy() if kind == "csr" else sw.codebook.numpy()[sw.indices.numpy()]
+        vals = sw.values.numpy() if form == "csr" else sw.codebook.numpy()[sw.indices.numpy()]
         w = np.zeros((9, 30), np.float64)
         np.add.at(w, (np.repeat(np.arange(9), np.diff(crow)), cols), vals)
         _check_close(out, torch.from_numpy(w), x)

@@ -26,7 +26,7 @@ _LAZY: dict[str, str] = {
     "load": "io.serialize", "save": "io.serialize",
     "share_weights_": "techniques.share",
     "PostTrainConfig": "techniques.posttrain", "compress_to_bound_": "techniques.posttrain",
-    "save_posttrained": "techniques.posttrain",
+    "save_posttrained": "io.serialize",
     "shrink_": "techniques.shrink",
     "sparsify_": "runtime",
     "TrainConfig": "train", "evaluate": "train", "fit": "train",
@@ -53,11 +53,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .errors import CheckpointError, DataError, DeepzipError, DeepzipFormatError, InputError, UntrustedCodeError
     from .io.checkpoint import load_checkpoint, save_checkpoint
-    from .io.serialize import load, save
+    from .io.serialize import load, save, save_posttrained
     from .models import get_model, register_model
     from .runtime import sparsify_
     from .techniques.lowrank import TTLinear, decompose_, tt_linear_
-    from .techniques.posttrain import PostTrainConfig, compress_to_bound_, save_posttrained
+    from .techniques.posttrain import PostTrainConfig, compress_to_bound_
     from .techniques.prune import AGPSchedule, prunable_tensors, prune_, sensitivity_scan, sparsity_table, strip
     from .techniques.share import share_weights_
     from .techniques.shrink import shrink_

@@ -124,12 +124,12 @@ def _bench(a: argparse.Namespace, given: str, path, arch: str | None, shape: tup
                 d = median_seconds(partial(dmods[name], xi), a.repeats)
                 f = median_seconds(partial(fmods[name], xi), a.repeats)
                 rt = next(r for r in runtime_table(fast) if r["layer"] == name)
-                rows.append({"batch": b, "layer": name, "kind": f"{type(fmods[name]).__name__}/{rt['kind']}",
+                rows.append({"batch": b, "layer": name, "form": f"{type(fmods[name]).__name__}/{rt['form']}",
                              "kernel": rt["kernel"], "dense_ms": 1e3 * d,
                     "runtime_ms": 1e3 * f, "speedup": d / f})
             d = median_seconds(partial(dense, x), a.repeats)
             f = median_seconds(partial(fast, x), a.repeats)
-            total.append({"batch": b, "layer": "(model)", "kind": "", "dense_ms": 1e3 * d, "runtime_ms": 1e3 * f,
+            total.append({"batch": b, "layer": "(model)", "form": "", "dense_ms": 1e3 * d, "runtime_ms": 1e3 * f,
                           "speedup": d / f})
     from ..runtime import layer_bytes
 
@@ -147,7 +147,7 @@ def _bench(a: argparse.Namespace, given: str, path, arch: str | None, shape: tup
     if a.json:
         print(json.dumps(out, default=str))
         return 0
-    print_table(rows + total, [("batch", "batch", ""), ("layer", "layer", ""), ("kind", "runtime kind", ""),
+    print_table(rows + total, [("batch", "batch", ""), ("layer", "layer", ""), ("form", "runtime form", ""),
                                ("kernel", "kernel", ""),
                                ("dense_ms", "dense ms", ".4f"), ("runtime_ms", "runtime ms", ".4f"),
                                ("speedup", "speed-up", ".2f")])

@@ -92,13 +92,13 @@ def cmd_ptq(a: argparse.Namespace) -> int:
 
     import torch
 
+    from ..io.serialize import save_posttrained
     from ..techniques.posttrain import (
         BoundError,
         PostTrainConfig,
         compress_to_bound_,
         distill_,
         measure_drop,
-        save_posttrained,
     )
 
     cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded

@@ -49,6 +49,8 @@ __all__ = [
     "decode_grouped",
     "encode_grouped",
     "fail",
+    "grouped_parts",
+    "outliers",
     "pack_outliers",
     "stream_within",
     "varint_decode",
@@ -135,18 +137,24 @@ def check_outliers(t: EncodedTensor, nout: int, numel: int) -> dict:
     return {"outlier_pos": info}
 
 
-def apply_outliers(t: EncodedTensor, out: np.ndarray) -> np.ndarray:
-    """Write the exact outliers of ``t`` over the flat decoded array ``out`` (in place; returned)."""
-    nout = t.meta["outliers"]
+def outliers(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, values)`` of the exact outliers of ``t``: int64 flat positions, increasing; float32 values."""
+    nout, numel = t.meta["outliers"], math.prod(t.shape)
     try:
         deltas = varint_decode(huffman.unpack_stream(t.sections["outlier_pos"]))
     except (DeepzipFormatError, ValueError) as e:
         raise fail(t, "outlier_pos", str(e)) from None
     pos = np.cumsum(deltas)
-    if pos.size != nout or (pos.size and (pos[-1] >= out.size or (np.diff(pos) <= 0).any())):
+    if pos.size != nout or (pos.size and (pos[-1] >= numel or (np.diff(pos) <= 0).any())):
         raise fail(t, "outlier_pos", f"{pos.size} positions (header says {nout}) not increasing inside "
-                                     f"{out.size} elements")
-    out[pos] = np.frombuffer(t.sections["outlier_val"], "<f4")
+                                     f"{numel} elements")
+    return pos, np.frombuffer(t.sections["outlier_val"], "<f4").astype(np.float32)
+
+
+def apply_outliers(t: EncodedTensor, out: np.ndarray) -> np.ndarray:
+    """Write the exact outliers of ``t`` over the flat decoded array ``out`` (in place; returned)."""
+    pos, val = outliers(t)
+    out[pos] = val
     return out
 
 
@@ -250,8 +258,9 @@ def check_grouped(t: EncodedTensor) -> dict[str, dict]:
     return info
 
 
-def decode_grouped(t: EncodedTensor) -> np.ndarray:
-    """The dense float32 array of a grouped tensor.
+def grouped_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codebooks, indices, books)`` of a grouped tensor: float32 ``(G, k)``, int64 ``(R, C)`` entries in each
+    row's codebook, int64 ``(R,)`` the codebook of each row (outliers: :func:`outliers`).
 
     Raises:
         DeepzipFormatError: malformed sections, naming the tensor and section.
@@ -266,6 +275,15 @@ def decode_grouped(t: EncodedTensor) -> np.ndarray:
         raise fail(t, "indices", str(e)) from None
     if idx.size and idx.max() >= k:
         raise fail(t, "indices", f"index {idx.max()} outside the codebook of {k}")
-    group = np.arange(rows) // rpg  # (R,)
+    return cb, idx, np.arange(rows) // rpg
+
+
+def decode_grouped(t: EncodedTensor) -> np.ndarray:
+    """The dense float32 array of a grouped tensor.
+
+    Raises:
+        DeepzipFormatError: malformed sections, naming the tensor and section.
+    """
+    cb, idx, group = grouped_parts(t)
     out = np.take_along_axis(cb[group], idx, axis=1).reshape(-1)  # (R*C,)
     return apply_outliers(t, out).reshape(t.shape)

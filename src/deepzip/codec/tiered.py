@@ -51,7 +51,7 @@ from .grouped import (
 if TYPE_CHECKING:
     from ._tensor import EncodedTensor
 
-__all__ = ["MAX_TIERS", "META_KEYS", "SECTIONS", "check_tiered", "decode_tiered", "encode_tiered"]
+__all__ = ["MAX_TIERS", "META_KEYS", "SECTIONS", "check_tiered", "decode_tiered", "encode_tiered", "tiered_parts"]
 
 SECTIONS = ("tiers", "codebooks", "indices", "outlier_pos", "outlier_val")
 META_KEYS = ("k", "tiers", "outliers")
@@ -154,8 +154,9 @@ def check_tiered(t: EncodedTensor) -> dict[str, dict]:
     return info
 
 
-def decode_tiered(t: EncodedTensor) -> np.ndarray:
-    """The dense float32 array of a tiered tensor.
+def tiered_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codebooks, indices, tiers)`` of a tiered tensor: float32 ``(T, k)``, int64 ``(R, C)`` entries in each
+    row's codebook, int64 ``(R,)`` the tier of each row (outliers: :func:`deepzip.codec.grouped.outliers`).
 
     Raises:
         DeepzipFormatError: malformed sections, naming the tensor and section.
@@ -171,7 +172,7 @@ def decode_tiered(t: EncodedTensor) -> np.ndarray:
         raise fail(t, "tiers", str(e)) from None
     if tier.size and tier.max() >= n_tiers:
         raise fail(t, "tiers", f"tier {tier.max()} outside 0..{n_tiers - 1}")
-    out = np.empty((rows, cols), np.float32)
+    idx = np.empty((rows, cols), np.int64)
     for i, s in enumerate(_split_streams(t, n_tiers)):
         sel = np.flatnonzero(tier == i)
         count = huffman.stream_info(s)["count"]  # valid: check_tiered read it
@@ -179,10 +180,21 @@ def decode_tiered(t: EncodedTensor) -> np.ndarray:
             raise fail(t, f"indices[{i}]", f"{count} indices for the {sel.size} rows of tier {i} "
                                            f"({sel.size * cols} needed)")
         try:
-            idx = huffman.unpack_stream(s).astype(np.int64)
+            part = huffman.unpack_stream(s).astype(np.int64)
         except DeepzipFormatError as e:
             raise fail(t, f"indices[{i}]", str(e)) from None
-        if idx.size and idx.max() >= k:
-            raise fail(t, f"indices[{i}]", f"index {idx.max()} outside the codebook of {k}")
-        out[sel] = cb[i][idx].reshape(sel.size, cols)
-    return apply_outliers(t, out.reshape(-1)).reshape(t.shape)
+        if part.size and part.max() >= k:
+            raise fail(t, f"indices[{i}]", f"index {part.max()} outside the codebook of {k}")
+        idx[sel] = part.reshape(sel.size, cols)
+    return cb, idx, tier
+
+
+def decode_tiered(t: EncodedTensor) -> np.ndarray:
+    """The dense float32 array of a tiered tensor.
+
+    Raises:
+        DeepzipFormatError: malformed sections, naming the tensor and section.
+    """
+    cb, idx, tier = tiered_parts(t)
+    out = np.take_along_axis(cb[tier], idx, axis=1).reshape(-1)
+    return apply_outliers(t, out).reshape(t.shape)

@@ -40,6 +40,8 @@ from ..models import model_name
 from ..techniques import share
 from ..techniques.lowrank import lowrank_spec
 from ..techniques.prune import Mask, get_mask, remove_parametrization_
+from ..techniques.walk import chain
+from .serialize import LAYER_KINDS, layer_kind
 
 __all__ = [
     "LAYER_KINDS",
@@ -59,29 +61,6 @@ __all__ = [
 FORMAT = "deepzip-checkpoint"
 VERSION = 1
 MAX_K = 1 << 16  # the largest codebook a shared layer may have
-
-#: How a layer's weight is held, the one vocabulary of checkpoints and .dz files alike: ``plain`` (a tensor as it
-#: is), ``masked`` (pruned: a :class:`deepzip.techniques.prune.Mask`), ``shared``
-#: (a :class:`deepzip.techniques.share.SharedWeight`
-#: codebook, with the pruning mask inside).
-LAYER_KINDS: tuple[str, ...] = ("plain", "masked", "shared")
-
-
-def layer_kind(module: nn.Module, where: str = "weight", *, tensor: str = "weight") -> str:
-    """Which of :data:`LAYER_KINDS` ``module``'s ``tensor`` (its weight, or an RNN matrix) is; ``where`` names it
-    in the error.
-
-    Raises:
-        ValueError: the weight has a parametrization deepzip does not save (strip it first).
-    """
-    if not parametrize.is_parametrized(module, tensor):
-        return "plain"
-    if share.is_shared(module, tensor):
-        return "shared"
-    if all(isinstance(p, Mask) for p in module.parametrizations[tensor]):  # type: ignore[union-attr]
-        return "masked"
-    raise CheckpointError(f"{where}: unsupported parametrization; strip() it before saving")
-
 
 def _index_dtype(k: int) -> torch.dtype:
     if k <= 1 << 8:
@@ -161,6 +140,10 @@ def save_checkpoint(
             raise CheckpointError(f"{name}.{other[0]}: compressed recurrent weights go into a .dz file "
                                   "(deepzip.save), not a checkpoint")
     for name, module in compact.items():
+        foreign = chain(module)[0]
+        if foreign:  # its inputs are not the weight: the .dz file stores them as they are
+            raise CheckpointError(f"{name}.weight: computed by {type(foreign[0]).__name__}; save it to a .dz file "
+                                  "(deepzip.save), or strip() it for a checkpoint")
         kind = layer_kind(module, f"{name}.weight")
         if kind == "shared":
             layers[name] = {"kind": kind, "shape": list(module.weight.shape)}

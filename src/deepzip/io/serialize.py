@@ -1,16 +1,26 @@
 """The one bridge between models and the torch-free codec: model -> encoded layers -> ``.dz`` file -> model.
 
+Used by :func:`save` / :func:`load` (``deepzip.save`` / ``deepzip.load``), post-training files
+(:func:`save_posttrained`) and the inference runtime (``load(..., runtime=...)`` hands
+:func:`deepzip.runtime.assemble_` arrays, never a file). Weights are found by the one walker
+(:mod:`deepzip.techniques.walk`); how each is held and stored is one table, :data:`LAYER_KINDS`; whether a file fits
+a model is one check, :func:`check_fits`, whose messages name the tensor.
+
 What each tensor becomes:
 
 - a weight-shared layer (:class:`deepzip.techniques.share.SharedWeight`): its codebook and indices, as
   ``codebook`` kind, or
-  ``sparse`` kind (gaps + indices of the kept weights) when it was also pruned;
+  ``sparse`` kind (gaps + indices of the kept weights) when it was also pruned; post-training's codebooks per group
+  or tier of rows (the same parametrization) as ``grouped`` / ``tiered``;
 - a pruned, unshared layer (:class:`deepzip.techniques.prune.Mask`): ``sparse`` kind whose codebook is the
   layer's distinct
   kept values (lossless), or, with more than 2**16 of them, ``planes`` of the kept values behind the mask;
 - every other tensor, of any dtype (bfloat16 included), takes the smallest exact encoding
   (:func:`deepzip.codec.encode_lossless`: raw, Huffman-coded byte planes, planes behind a zero mask, or a codebook);
-- a tensor sharing storage with an earlier one (tied weights) is stored once and tied again on load.
+- a tensor sharing storage with an earlier one (tied weights) is stored once and tied again on load;
+- a weight computed by a parametrization that is not deepzip's (``weight_norm``, ``spectral_norm``, a user's): its
+  inputs, as the plain tensors of the state_dict (``fc.parametrizations.weight.original0`` ...); pruned on top, the
+  masked weight too (its positions rebuild the mask over the user's parametrization).
 
 Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
 again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
@@ -34,7 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,21 +55,24 @@ from torch.nn.utils import parametrize
 
 from .. import codec
 from ..codec import DzFile, EncodedTensor
+from ..codec._tensor import MAX_CODEBOOK
 from ..codec.container import DEFAULT_MAX_BYTES
 from ..codec.fileinfo import read_dz
+from ..codec.grouped import grouped_parts, outliers
+from ..codec.tiered import tiered_parts
 from ..errors import CheckpointError, DeepzipError, DeepzipFormatError, LowRankError, UntrustedCodeError
 from ..models import get_model, model_name
 from ..techniques import share
 from ..techniques.lowrank import lowrank_spec, rebuild_
-from ..techniques.prune import Mask, get_mask, remove_parametrization_
-from .checkpoint import LAYER_KINDS, layer_kind
+from ..techniques.prune import Mask, clone_model, get_mask, remove_own_, remove_parametrization_
+from ..techniques.walk import chain, parametrized_tensors
 from .foreign import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 
-__all__ = ["decode_into_", "encode_model", "load", "load_state_dict", "save"]
+__all__ = ["LAYER_KINDS", "LayerKind", "check_fits", "decode_into_", "encode_model", "layer_kind", "load",
+           "load_state_dict", "save", "save_posttrained"]
 
-_MAX_CODEBOOK = 1 << 16
 
-
+# ---------------------------------------------------------------------------------------------------- encodings
 def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTensor | None:
     """A codebook of ``w``'s distinct (kept) values, when there are at most 2**16 of them."""
     kept = w[mask] if mask is not None else w.ravel()
@@ -65,7 +80,7 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
         return codec.encode_sparse(np.zeros(1, np.float32), np.zeros(w.shape, np.int64), np.zeros(w.shape, bool),
                                    name=name)
     values, inverse = np.unique(kept, return_inverse=True)
-    if values.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
+    if values.size > MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
         return None
     indices = np.zeros(w.shape, np.int64)
     if mask is not None:
@@ -77,24 +92,139 @@ def _lossless(name: str, w: np.ndarray, mask: np.ndarray | None) -> EncodedTenso
 def _encode_plain(name: str, t: torch.Tensor) -> EncodedTensor:
     """The smallest exact encoding of any tensor (any dtype deepzip stores; see codec.encode_lossless).
 
-    A pruned weight can be -0.0 (a negative weight times a zero mask): it is stored as a pruned zero, +0.0.
+    A pruned weight can be -0.0 (a negative weight times a zero mask): it is stored as a pruned zero, +0.0. A
+    float32 tensor whose values are all float16 values (post-training's float16 choice) may be stored as float16,
+    ``extra.dtypes`` recording float32 (:func:`save`), when that is smaller.
     """
     arr, dtype = tensor_to_numpy(t, name)
-    return codec.encode_lossless(arr, name=name, dtype=dtype, signed_zeros=False)  # value-exact, as torch.equal
+    enc = codec.encode_lossless(arr, name=name, dtype=dtype, signed_zeros=False)  # value-exact, as torch.equal
+    if dtype == "float32" and arr.size and np.array_equal(half := arr.astype(np.float16), arr):
+        enc = min(enc, codec.encode_lossless(half, name=name, dtype="float16", signed_zeros=False),
+                  key=lambda e: e.nbytes)
+    return enc
 
 
-def _parametrized(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """``(layer name, layer, tensor name)`` of every parametrized tensor (a ``weight``, or an RNN's matrices)."""
-    return [(mname, module, tname) for mname, module in model.named_modules()
-            if mname and parametrize.is_parametrized(module)
-            for tname in module.parametrizations]  # type: ignore[union-attr]
+def _encode_masked(name: str, module: nn.Module, tensor: str) -> EncodedTensor:
+    """A pruned weight: the distinct kept values as a codebook behind the positions (``sparse``), or with more than
+    2**16 of them the kept values' byte planes behind the mask (``planes``), or ``dense`` if smaller."""
+    mask_t = get_mask(module, tensor)
+    assert mask_t is not None
+    w = getattr(module, tensor).detach().cpu().float().numpy()
+    mask = mask_t.cpu().numpy()
+    enc = _lossless(name, w, mask)
+    if enc is None:  # too many distinct values for a codebook: the kept values' planes behind the mask
+        enc = min(codec.encode_planes(w, name=name, mask=mask), codec.encode_dense(w, name=name),
+                  key=lambda e: e.nbytes)
+    return enc
 
 
+def _encode_shared(name: str, module: nn.Module, tensor: str) -> EncodedTensor:
+    """A codebook layer: one codebook as ``codebook`` (or ``sparse`` when pruned too); post-training's codebooks
+    per group or tier of rows as ``grouped`` / ``tiered`` (float16 codebooks, exact outliers)."""
+    books = share.get_codebooks(module, tensor)
+    if books is None:
+        centroids, indices, mask = share.get_codebook(module, tensor)
+        if mask.all():
+            return codec.encode_codebook(centroids, indices, name=name)
+        return codec.encode_sparse(centroids, indices, mask, name=name)
+    if books["layout"] == "tiered":
+        return codec.encode_tiered(books["codebooks"], books["books"], books["labels"], books["outlier_pos"],
+                                   books["outlier_val"], name=name)
+    rows_per_group = int((books["books"] == 0).sum())  # groups of equal size, the last one possibly shorter
+    return codec.encode_grouped(books["codebooks"], books["labels"], rows_per_group, books["outlier_pos"],
+                                books["outlier_val"], name=name)
+
+
+# ---------------------------------------------------------------------------------------------------- rebuilding
+def _rebuild_masked(module: nn.Module, tensor: str, f: DzFile, key: str) -> None:
+    """A :class:`~deepzip.techniques.prune.Mask` from the stored positions, over the stored values (or, under a
+    foreign parametrization whose inputs the file holds, over what that computes)."""
+    w = _decoded(f, key)
+    mask = w != 0 if f.tensors[key].kind in ("dense", "planes") else torch.from_numpy(f.decode_parts(key)[2])
+    if not chain(module, tensor)[0]:
+        with torch.no_grad():
+            getattr(module, tensor).copy_(w.to(getattr(module, tensor).dtype))
+    parametrize.register_parametrization(module, tensor, Mask(mask))
+
+
+def _rebuild_shared(module: nn.Module, tensor: str, f: DzFile, key: str) -> None:
+    """A :class:`~deepzip.techniques.share.SharedWeight`: one codebook, or codebooks per group / tier of rows."""
+    enc = f.tensors[key]
+    if enc.kind in ("grouped", "tiered"):
+        cb, labels, books = (grouped_parts if enc.kind == "grouped" else tiered_parts)(enc)
+        pos, val = outliers(enc)
+        share.set_codebooks_(module, cb, labels.reshape(enc.shape), books, layout=enc.kind, outlier_pos=pos,
+                             outlier_val=val, tensor=tensor)
+    else:
+        share.set_codebook_(module, *f.decode_parts(key), tensor=tensor)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One row of :data:`LAYER_KINDS`: how a weight is held in the model and how the file stores it.
+
+    Attributes:
+        parametrization: deepzip's parametrization loading rebuilds on the weight (None: a plain tensor).
+        storage: the codec encodings the file may hold for it (None: any).
+        encode: ``encode(name, module, tensor) -> EncodedTensor`` (None: plain, by :func:`_encode_plain`).
+        rebuild: ``rebuild(module, tensor, file, name)`` puts the parametrization back (None: loaded as a tensor).
+    """
+
+    parametrization: type[nn.Module] | None
+    storage: tuple[str, ...] | None
+    encode: Callable[[str, nn.Module, str], EncodedTensor] | None
+    rebuild: Callable[[nn.Module, str, DzFile, str], None] | None
+
+
+#: The one layer-kind table: layer kind -> what loading rebuilds and how a ``.dz`` file (``extra.layers``) stores the
+#: tensor. The kind strings are part of the file format, and deepzip's safetensors checkpoints
+#: (:mod:`deepzip.io.checkpoint`, which store a layer their own way) use the same ones.
+LAYER_KINDS: dict[str, LayerKind] = {
+    "plain": LayerKind(None, None, None, None),
+    "masked": LayerKind(Mask, ("sparse", "planes", "dense"), _encode_masked, _rebuild_masked),
+    "shared": LayerKind(share.SharedWeight, ("codebook", "sparse", "grouped", "tiered"), _encode_shared,
+                        _rebuild_shared),
+}
+
+
+def layer_kind(module: nn.Module, where: str = "weight", *, tensor: str = "weight") -> str:
+    """Which of :data:`LAYER_KINDS` ``module``'s ``tensor`` (its weight, or an RNN matrix) is; ``where`` names it
+    in the error. A weight under foreign parametrizations only (weight_norm, ...) is ``plain``: the file holds their
+    inputs as they are.
+
+    Raises:
+        CheckpointError: the weight has a parametrization of deepzip's that is not saved (strip it first).
+    """
+    own = chain(module, tensor)[1]
+    if not own:
+        return "plain"
+    if any(isinstance(p, share.SharedWeight) for p in own):
+        return "shared"
+    if all(isinstance(p, Mask) for p in own):
+        return "masked"
+    name = next(type(p).__name__ for p in own if not isinstance(p, Mask))
+    raise CheckpointError(f"{where}: parametrization {name} is not saved; strip() it before saving")
+
+
+# ---------------------------------------------------------------------------------------------------- names
 def _split_key(key: str, modules: Mapping[str, nn.Module]) -> tuple[nn.Module | None, str]:
     """``"enc.rnn.weight_hh_l0"`` -> (the module ``enc.rnn``, ``"weight_hh_l0"``); (None, "") when not a layer's."""
     mname, _, tname = key.rpartition(".")
     module = modules.get(mname) if mname else None
     return (module, tname) if module is not None else (None, "")
+
+
+def _own_state_keys(model: nn.Module) -> set[str]:
+    """The state_dict entries deepzip's parametrizations hold (masks, codebooks, and the ``original`` they read):
+    the layer kinds store them. A foreign parametrization's inputs (weight_norm's ``original0/1``) are not here."""
+    keys = set()
+    for mname, module, tname in parametrized_tensors(model):
+        n_foreign = len(chain(module, tname)[0])
+        for k in module.parametrizations[tname].state_dict():  # type: ignore[index,union-attr]
+            head = k.split(".", 1)[0]
+            if (head.startswith("original") and not n_foreign) or (head.isdigit() and int(head) >= n_foreign):
+                keys.add(f"{mname}.parametrizations.{tname}.{k}")
+    return keys
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -114,35 +244,23 @@ def encode_model(
 ) -> tuple[dict[str, EncodedTensor], dict[str, str]]:
     """Encode every tensor of a model (or a plain state_dict). Returns (encoded tensors, layer kinds by weight name).
 
-    Tensors sharing storage with an earlier one are not encoded again: they are put in ``aliases`` (name -> the
-    name stored) when given, and dropped otherwise.
+    Each tensor under one of deepzip's parametrizations is encoded by its :data:`LAYER_KINDS` row, every other
+    state_dict entry (a foreign parametrization's inputs too) as ``plain``. Tensors sharing storage with an earlier
+    one are not encoded again: they are put in ``aliases`` (name -> the name stored) when given, and dropped
+    otherwise.
     """
     aliases = {} if aliases is None else aliases
     tensors: dict[str, EncodedTensor] = {}
     kinds: dict[str, str] = {}
     if isinstance(model, nn.Module):
-        for mname, module, tname in _parametrized(model):
+        for mname, module, tname in parametrized_tensors(model):
             key = f"{mname}.{tname}"  # "fc1.weight", or a recurrent layer's "encoder.weight_hh_l0"
             kind = layer_kind(module, key, tensor=tname)
-            if kind == "shared":
-                centroids, indices, mask = share.get_codebook(module, tname)
-                if mask.all():
-                    tensors[key] = codec.encode_codebook(centroids, indices, name=key)
-                else:
-                    tensors[key] = codec.encode_sparse(centroids, indices, mask, name=key)
-                kinds[key] = "shared"
-            else:  # masked
-                mask_t = get_mask(module, tname)
-                assert mask_t is not None
-                w = getattr(module, tname).detach().cpu().float().numpy()
-                mask = mask_t.cpu().numpy()
-                enc = _lossless(key, w, mask)
-                if enc is None:  # too many distinct values for a codebook: the kept values' planes behind the mask
-                    enc = min(codec.encode_planes(w, name=key, mask=mask), codec.encode_dense(w, name=key),
-                              key=lambda e: e.nbytes)
-                tensors[key] = enc
-                kinds[key] = "masked"
-        state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+            encode = LAYER_KINDS[kind].encode
+            assert encode is not None  # a parametrized tensor of deepzip's is never plain
+            tensors[key], kinds[key] = encode(key, module, tname), kind
+        drop = _own_state_keys(model)
+        state = {k: v for k, v in model.state_dict().items() if k not in drop}
     else:
         state = dict(model)
     aliases.clear()
@@ -193,6 +311,42 @@ def save(
                        extra={**(extra or {}), "layers": kinds, **more})
 
 
+def save_posttrained(model: nn.Module, result: Any, path: str | os.PathLike[str], *,
+                     architecture: str | None = None, config: dict | None = None) -> int:
+    """Write a model compressed by :func:`deepzip.techniques.posttrain.compress_to_bound_` (and perhaps
+    :func:`~deepzip.techniques.posttrain.distill_`) to a ``.dz`` file, atomically; returns the bytes written.
+
+    The file is what :func:`save` writes for the model with each chosen codebook in place, as the
+    :class:`~deepzip.techniques.share.SharedWeight` it is (layer kind ``shared``, stored ``grouped`` or ``tiered``):
+    :func:`load` gives back a model whose codebooks can be fine-tuned, and saving that model again writes the same
+    bytes. Tensors chosen as float16 and every other tensor take their smallest exact encoding. ``model`` itself is
+    not changed.
+
+    Args:
+        model: the compressed model.
+        result: the :class:`~deepzip.techniques.posttrain.PostTrainResult` of its compression.
+        path: the file to write.
+        architecture: the architecture name for the header (default: the name the model was built under).
+        config: the recipe, for the header.
+
+    Raises:
+        CheckpointError: a tensor of the result that is not the weight of a layer of ``model``.
+    """
+    twin = clone_model(model)
+    modules = dict(twin.named_modules())
+    for key, choice in result.choices.items():
+        module, tname = _split_key(key, modules)
+        weight = getattr(module, tname, None) if module is not None else None
+        if not isinstance(weight, torch.Tensor):
+            raise CheckpointError(f"{key}: a tensor of the post-training result that the model does not have")
+        if choice.bits:  # codebooks: the parametrization that load() rebuilds, so both write the same bytes
+            share.set_codebooks_(module, **choice.codebook_parts(tuple(weight.shape)), tensor=tname)  # type: ignore
+        else:  # float16 values, as chosen
+            with torch.no_grad():
+                weight.copy_(torch.from_numpy(choice.weight(tuple(weight.shape))))
+    return save(twin, path, config=config, architecture=architecture)
+
+
 def _state_dtypes(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, str]:
     state = model.state_dict() if isinstance(model, nn.Module) else model
     return {k: TORCH_DTYPES.get(v.dtype, "") for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -201,7 +355,7 @@ def _state_dtypes(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, st
 
 def _layer_kinds(f: DzFile) -> dict[str, str]:
     kinds = f.extra.get("layers", {}) if isinstance(f.extra, dict) else {}
-    if not isinstance(kinds, dict) or any(v not in LAYER_KINDS for v in kinds.values()):
+    if not isinstance(kinds, dict) or any(not isinstance(v, str) or v not in LAYER_KINDS for v in kinds.values()):
         raise DeepzipFormatError("header: extra.layers is not a map of layer kinds")
     return kinds
 
@@ -238,40 +392,123 @@ def load_state_dict(
     return out
 
 
+def check_fits(stored: Mapping[str, tuple[int, ...]], model: nn.Module, *, layers: Mapping[str, str] | None = None,
+               encodings: Mapping[str, str] | None = None, where: str = "", missing_ok: bool = False,
+               what: str = "the model") -> None:
+    """The one "does the file fit the model" check: every tensor of ``model`` is stored, nothing else is, shapes
+    agree, and each layer kind is stored in an encoding its :data:`LAYER_KINDS` row lists.
+
+    Args:
+        stored: name -> shape of what the file holds.
+        model: the model (after the parametrizations the file replaces are taken off, see :func:`decode_into_`).
+        layers: name -> layer kind of the entries that rebuild a parametrization (their name is the parametrized
+            tensor's, ``"fc1.weight"``, which a layer under a foreign parametrization does not list in its
+            state_dict).
+        encodings: name -> codec kind of each stored tensor, checked against ``layers``.
+        where: prefix of the messages (the file).
+        missing_ok: the model may have tensors the file lacks (tied ones, which the caller ties and checks itself).
+        what: the model in the messages (default: ``the model NAME``, its registry name or class).
+
+    Raises:
+        CheckpointError: (a ValueError) one line naming the first tensor, in the model's order, that is missing
+            or of another shape, else the first the model lacks, with the counts of each.
+        DeepzipFormatError: a layer kind stored in an encoding its row does not list, naming the tensor.
+    """
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    for name, kind in (layers or {}).items():  # a layer entry names its parametrized tensor, not a state_dict entry
+        module, tname = _split_key(name, modules) if kind != "plain" and name not in own else (None, "")
+        t = getattr(module, tname, None) if module is not None else None
+        if isinstance(t, torch.Tensor):
+            own[name] = tuple(t.shape)
+    if what == "the model":
+        registered = model_name(model)
+        what = f"the model {registered}" if registered else f"the model ({type(model).__name__})"
+    missing = [] if missing_ok else [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    counts, lacking = f"{len(missing)} missing, {len(unexpected)} not in the model", set(missing)
+    for k, shape in own.items():  # the first that does not fit, in the model's order; then what the model lacks
+        if k in stored and tuple(stored[k]) != shape:
+            raise CheckpointError(f"{where}does not fit {what}: {k} has shape {list(stored[k])} in the file, "
+                                  f"{list(shape)} in the model")
+        if k in lacking:
+            raise CheckpointError(f"{where}does not fit {what}: {k} {list(shape)} is missing from the file ({counts})")
+    if unexpected:
+        raise CheckpointError(f"{where}does not fit {what}: the file's {unexpected[0]} {list(stored[unexpected[0]])} "
+                              f"is not in the model ({counts})")
+    for name, kind in (layers or {}).items():
+        storage, enc = LAYER_KINDS[kind].storage, (encodings or {}).get(name)
+        if storage is not None and enc is not None and enc not in storage:
+            raise DeepzipFormatError(f"{where}{name}: layer kind {kind!r} stored as {enc!r}, expected one of "
+                                     f"{', '.join(storage)}")
+
+
+def _check_file_fits(f: DzFile, model: nn.Module, where: str) -> None:
+    """:func:`check_fits` for a read file: its names (tied ones too), shapes, layer kinds and encodings."""
+    aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
+    stored = {n: f.tensors[aliases.get(n, n)] for n in _names(f)}
+    check_fits({n: tuple(t.shape) for n, t in stored.items()}, model, layers=_layer_kinds(f),
+               encodings={n: t.kind for n, t in stored.items()}, where=where)
+
+
+def _prepare_(model: nn.Module, names: set[str]) -> None:
+    """Take off the parametrizations the file replaces: deepzip's always; a foreign one too (baked) unless the file
+    holds its inputs (``<layer>.parametrizations.<tensor>.original0`` ...), i.e. was saved with it."""
+    for mname, module in list(model.named_modules()):
+        for tname in list(getattr(module, "parametrizations", {}) or {}):
+            prefix = f"{mname}.parametrizations.{tname}."
+            if any(n.startswith(prefix) for n in names):
+                remove_own_(module, tname)
+            else:
+                remove_parametrization_(module, leave_parametrized=True, tensor=tname)
+
+
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     """Load a read ``.dz`` file into ``model`` in place, rebuilding masks and trainable codebooks."""
     kinds = _layer_kinds(f)
-    modules = dict(model.named_modules())
-    for _, holder, tname in _parametrized(model):
-        remove_parametrization_(holder, leave_parametrized=True, tensor=tname)
-    own = {k: v for k, v in model.state_dict().items()}
     names = _names(f)
-    missing, unexpected = sorted(set(own) - set(names)), sorted(set(names) - set(own))
-    if missing or unexpected:
-        msg = f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        raise CheckpointError(msg[:500])
+    _prepare_(model, set(names))
+    _check_file_fits(f, model, where)
+    modules = dict(model.named_modules())
     plain: dict[str, torch.Tensor] = {}
-    aliases = f.extra.get("aliases", {})
+    own = model.state_dict()
     for key in names:
-        enc = f.tensors[aliases.get(key, key)]
-        if tuple(enc.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
-        kind = kinds.get(key, "plain")
-        module, tname = _split_key(key, modules) if kind != "plain" else (None, "")
-        if kind == "shared" and module is not None:
-            centroids, indices, mask = f.decode_parts(key)
-            share.set_codebook_(module, centroids, indices, mask, tensor=tname)
-        elif kind == "masked" and module is not None:
-            w = _decoded(f, key).to(own[key].dtype)
-            with torch.no_grad():
-                getattr(module, tname).copy_(w)
-            parametrize.register_parametrization(module, tname, Mask(
-                w != 0 if enc.kind in ("dense", "planes") else torch.from_numpy(f.decode_parts(key)[2])))
+        rebuild = LAYER_KINDS[kinds.get(key, "plain")].rebuild
+        module, tname = _split_key(key, modules) if rebuild is not None else (None, "")
+        if rebuild is not None and module is not None:
+            try:
+                rebuild(module, tname, f, key)
+            except DeepzipError:
+                raise
+            except ValueError as exc:  # parts that do not make the parametrization (a crafted file)
+                raise DeepzipFormatError(f"{where}{key}: {exc}") from None
         else:
             plain[key] = _decoded(f, key).to(own[key].dtype)
     model.load_state_dict(plain, strict=False)
     return model
+
+
+def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str) -> nn.Module:
+    """``model`` (on the meta device) built for inference by :func:`deepzip.runtime.assemble_`: a sparse Linear /
+    Conv2d weight goes over as its kept entries (never a full-size tensor), every other tensor decoded."""
+    from ..runtime import assemble_, supports
+
+    _check_file_fits(f, model, where)
+    modules = dict(model.named_modules())
+    own = model.state_dict()
+    plain: dict[str, torch.Tensor] = {}
+    kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
+    for key in _names(f):
+        enc = f.tensors[aliases.get(key, key)]
+        lname = key.removesuffix(".weight") if key.endswith(".weight") else ""
+        if enc.kind == "sparse" and lname in modules and supports(modules[lname]):
+            cb, pos, sym = codec.decode_kept(enc)
+            assert pos is not None  # the sparse kind lists its positions
+            kept[lname] = (cb, pos, sym)
+        else:
+            plain[key] = _decoded(f, key).to(own[key].dtype)
+    return assemble_(model, plain, kept, mode=mode, where=where)
 
 
 def lowrank_of(f: DzFile) -> list[dict]:
@@ -350,9 +587,7 @@ def load(
         except LowRankError as exc:
             raise LowRankError(f"{where}{exc}") from None
     if runtime in ("fast", "small"):
-        from ..runtime import from_dz
-
-        return from_dz(f, model, mode=runtime, where=where)
+        return _runtime_model(f, model, runtime, where)
     model = decode_into_(model, f, where)
     if runtime == "shrunk":
         from ..techniques.shrink import shrink_

@@ -1,12 +1,14 @@
 """Runtime layers that execute pruned and weight-shared layers without densifying them, chosen per layer by speed.
 
-Three ways to hold a Linear or Conv2d weight while the model runs (:data:`KINDS`):
+Three forms in which a Linear or Conv2d weight is held while the model runs (:data:`FORMS`; "form", not "kind": the
+codec's kinds are how a tensor is encoded in a file, the layer kinds of :mod:`deepzip.io.serialize` which
+parametrization a weight has):
 
 - ``dense``: the ordinary float32 weight (what a layer that is faster dense keeps);
 - ``csr``: the kept weights as float32 values in compressed rows;
 - ``codebook``: the kept weights as uint8 (or 16-bit) indices into the layer's codebook.
 
-and two kernels for the sparse kinds (:data:`KERNELS`):
+and two kernels for the sparse forms (:data:`KERNELS`):
 
 - ``deepzip-c``: deepzip's own C kernel (:mod:`deepzip.runtime._spkernel`, built at install time when a C compiler is
 there),
@@ -21,8 +23,9 @@ CSR and :func:`runtime_table` says ``kernel: torch-csr``.
 
 :func:`sparsify_` converts a model in place, timing each layer's candidates on an input of the shape it actually sees
 (medians of repeats) and keeping the fastest (``mode="fast"``) or the smallest (``mode="small"``).
-:func:`from_dz` builds such a model straight from a read ``.dz`` file: the kept positions and indices go from the
-codec into CSR arrays, and no tensor of the full weight's size is ever made for a sparse layer.
+:func:`assemble_` builds such a model from the arrays :func:`deepzip.load` reads off a ``.dz`` file: the kept
+positions and indices go from the codec into CSR arrays, and no tensor of the full weight's size is ever made for a
+sparse layer.
 A layer type the runtime does not support stays dense, with a warning naming it.
 
 Example:
@@ -51,15 +54,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import codec
-from ..codec import DzFile
 from ..errors import DeepzipFormatError
+from ..techniques.walk import set_module
 from . import _spkernel
 
-__all__ = ["KERNELS", "KINDS", "SparseConv2d", "SparseLinear", "from_dz", "kernels_available", "layer_bytes",
-           "layer_inputs", "median_seconds", "runtime_table", "sparsify_"]
+__all__ = [
+    "FORMS",
+    "KERNELS",
+    "SparseConv2d",
+    "SparseLinear",
+    "assemble_",
+    "kernels_available",
+    "layer_bytes",
+    "layer_inputs",
+    "median_seconds",
+    "runtime_table",
+    "sparsify_",
+    "supports",
+]
 
-KINDS = ("dense", "csr", "codebook")
+FORMS = ("dense", "csr", "codebook")
 KERNELS = ("deepzip-c", "torch-csr")
 
 
@@ -121,7 +135,7 @@ class _SparseWeight(nn.Module):
         super().__init__()
         self.shape = (int(shape[0]), int(shape[1]))
         self.name = name
-        self.kind = "csr" if values is not None else "codebook"
+        self.form = "csr" if values is not None else "codebook"
         if values is None:
             assert codebook is not None and indices is not None
             codebook = np.ascontiguousarray(codebook, np.float32).reshape(-1)
@@ -188,7 +202,7 @@ class _SparseWeight(nn.Module):
         was
         modified in place since the last check (a hostile or edited buffer never reaches the C code unchecked)."""
         b = self._buffers  # (not self.crow etc.: nn.Module.__getattr__ costs microseconds per call on small layers)
-        ts = (b["crow"], b["step"], b["values"] if self.kind == "csr" else b["indices"], b.get("codebook"))
+        ts = (b["crow"], b["step"], b["values"] if self.form == "csr" else b["indices"], b.get("codebook"))
         # the views in self._arrays keep the checked tensors alive, so an id here is never a reused one
         seen = (self.shape, *((id(t), t._version, t.data_ptr()) for t in ts if t is not None))
         if seen != self._seen:
@@ -214,12 +228,12 @@ class _SparseWeight(nn.Module):
             keep = None
         else:
             col = _spkernel.absolute_columns(crow, self.step.numpy())
-            v = self.values.numpy() if self.kind == "csr" else self.codebook.numpy()[self.indices.numpy()]
+            v = self.values.numpy() if self.form == "csr" else self.codebook.numpy()[self.indices.numpy()]
             keep = v != 0  # fillers (and kept weights whose value is 0, which change nothing)
             rid = np.repeat(np.arange(self.shape[0]), np.diff(crow))[keep]  # each kept entry's row
             crow = np.searchsorted(rid, np.arange(self.shape[0] + 1))
             col = col[keep]
-        if self.kind == "csr":
+        if self.form == "csr":
             values = self.values.numpy()
             return crow, col, values if keep is None else values[keep], None, None
         idx = self.indices.numpy().astype(np.int64)
@@ -227,7 +241,7 @@ class _SparseWeight(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """The weight as a torch sparse CSR tensor (``codebook`` or the C layout: built for this call)."""
-        if self.kind == "csr" and self.kernel == "torch-csr":
+        if self.form == "csr" and self.kernel == "torch-csr":
             if self._csr is None:  # shares the buffers' memory
                 self._csr = _csr(self.crow, self.col, self.values, self.shape)
             return self._csr
@@ -257,10 +271,10 @@ class _SparseWeight(nn.Module):
         return self.matrix().to_dense()
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, {self.kernel}, shape={self.shape}, nnz={self.nnz}"
+        return f"{self.form}, {self.kernel}, shape={self.shape}, nnz={self.nnz}"
 
     @classmethod
-    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, kind: str,
+    def from_positions(cls, shape: tuple[int, int], positions: np.ndarray, form: str,
                        codebook: np.ndarray, indices: np.ndarray, *, kernel: str | None = None,
                        name: str = "") -> _SparseWeight:
         """From flat kept positions (increasing) and their codebook indices; O(kept) memory."""
@@ -272,25 +286,25 @@ class _SparseWeight(nn.Module):
         rows = positions // shape[1]
         crow = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(np.int32)  # (rows + 1,)
         col = (positions - rows * shape[1]).astype(np.int32)
-        if kind == "csr":
+        if form == "csr":
             return cls(shape, crow, col, codebook.astype(np.float32)[indices], kernel=kernel, name=name)
         return cls(shape, crow, col, None, codebook, indices, kernel=kernel, name=name)
 
     @classmethod
-    def from_dense(cls, w: torch.Tensor, kind: str, *, kernel: str | None = None, name: str = "") -> _SparseWeight:
+    def from_dense(cls, w: torch.Tensor, form: str, *, kernel: str | None = None, name: str = "") -> _SparseWeight:
         """From a dense 2-D weight (``codebook``: its distinct non-zero values become the codebook)."""
         a = w.detach().cpu().float().numpy()
         pos = np.flatnonzero(a)
         vals = a.reshape(-1)[pos]
-        if kind == "csr":
+        if form == "csr":
             return cls.from_positions(a.shape, pos, "csr", vals, np.arange(vals.size), kernel=kernel, name=name)
         cb, idx = np.unique(vals, return_inverse=True)
         return cls.from_positions(a.shape, pos, "codebook", cb, idx, kernel=kernel, name=name)
 
-    def converted(self, kind: str, kernel: str | None) -> _SparseWeight:
-        """This weight as ``kind`` run by ``kernel``, from its kept weights (never through a dense matrix)."""
+    def converted(self, form: str, kernel: str | None) -> _SparseWeight:
+        """This weight as ``form`` run by ``kernel``, from its kept weights (never through a dense matrix)."""
         crow, col, values, cb, idx = self.csr_arrays()
-        if kind == "csr":
+        if form == "csr":
             v = values if values is not None else cb[idx]  # type: ignore[index]
             return _SparseWeight(self.shape, crow, col, v, kernel=kernel, name=self.name)
         if values is not None:
@@ -356,21 +370,26 @@ def _supported_conv(m: nn.Module) -> bool:
             and not isinstance(m.padding, str))
 
 
-def _build(m: Any, kind: str, kernel: str | None = None, name: str = "") -> nn.Module:
-    """``m`` (a Linear/Conv2d or one of ours) as a layer of ``kind`` run by ``kernel`` (default: the best built)."""
+def supports(m: nn.Module) -> bool:
+    """Whether the runtime runs layer ``m``'s weight sparse: a Linear, or a Conv2d with one group, zero padding."""
+    return isinstance(m, nn.Linear) or _supported_conv(m)
+
+
+def _build(m: Any, form: str, kernel: str | None = None, name: str = "") -> nn.Module:
+    """``m`` (a Linear/Conv2d or one of ours) as a layer of ``form`` run by ``kernel`` (default: the best built)."""
     weight = None
     if isinstance(m, SparseLinear | SparseConv2d):
-        if kind == m.sparse.kind and kernel in (None, m.sparse.kernel):
+        if form == m.sparse.form and kernel in (None, m.sparse.kernel):
             return m
-        if kind != "dense":
-            weight = m.sparse.converted(kind, kernel)
-        dense_w = m.sparse.dense() if kind == "dense" else None
+        if form != "dense":
+            weight = m.sparse.converted(form, kernel)
+        dense_w = m.sparse.dense() if form == "dense" else None
     else:
         dense_w = m.weight.detach()
     bias = m.bias.detach() if m.bias is not None else None
     in_index = getattr(m, "in_index", None)
     conv = isinstance(m, nn.Conv2d | SparseConv2d)
-    if kind == "dense":
+    if form == "dense":
         if conv:
             out: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                                        m.dilation, bias=bias is not None, device="meta")
@@ -386,29 +405,29 @@ def _build(m: Any, kind: str, kernel: str | None = None, name: str = "") -> nn.M
             out.bias = nn.Parameter(bias.clone(), requires_grad=False)
         return out
     if weight is None:
-        weight = _SparseWeight.from_dense(dense_w.reshape(dense_w.shape[0], -1), kind, kernel=kernel, name=name)
+        weight = _SparseWeight.from_dense(dense_w.reshape(dense_w.shape[0], -1), form, kernel=kernel, name=name)
     if conv:
         return SparseConv2d(m, weight, bias)  # type: ignore[arg-type]
     return SparseLinear(weight, bias, in_index, getattr(m, "original_in_features", None))
 
 
-def _predicted_bytes(m: nn.Module, kind: str, kernel: str | None) -> int:
-    """Bytes ``m``'s weight would take as ``kind`` run by ``kernel``, from its shape and counts (nothing is built;
+def _predicted_bytes(m: nn.Module, form: str, kernel: str | None) -> int:
+    """Bytes ``m``'s weight would take as ``form`` run by ``kernel``, from its shape and counts (nothing is built;
     the C layout's rare filler entries are not counted)."""
     if isinstance(m, SparseLinear | SparseConv2d):
         (rows, cols), nnz = m.sparse.shape, m.sparse.nnz
-        k = (m.sparse.codebook.numel() if m.sparse.kind == "codebook"
+        k = (m.sparse.codebook.numel() if m.sparse.form == "codebook"
              else int(torch.unique(m.sparse.values).numel()))
     else:
         w = m.weight.detach()
         rows, cols = w.shape[0], w[0].numel()
         nz = w[w != 0]
         nnz, k = int(nz.numel()), int(torch.unique(nz).numel())
-    if kind == "dense":
+    if form == "dense":
         return 4 * rows * cols
     width = lambda n: 1 if n <= 1 << 8 else 2 if n <= 1 << 15 else 4  # noqa: E731 - _narrow's choice
-    col_bytes = 1 if kernel == "deepzip-c" else 4 if kind == "csr" else width(cols)  # a step, or a column index
-    if kind == "csr":
+    col_bytes = 1 if kernel == "deepzip-c" else 4 if form == "csr" else width(cols)  # a step, or a column index
+    if form == "csr":
         return 4 * (rows + 1) + (col_bytes + 4) * nnz
     idx_bytes = (1 if k <= 1 << 8 else 2) if kernel == "deepzip-c" and k < 1 << 16 else width(k)
     return 4 * (rows + 1) + nnz * (col_bytes + idx_bytes) + 4 * k
@@ -459,15 +478,10 @@ def _unsupported(name: str, m: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and w.dim() >= 2 and bool((w == 0).any())
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
 def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mode: str = "fast",
-              batch: int = 1, kinds: Sequence[str] = KINDS, kernels: Sequence[str] | None = None,
+              batch: int = 1, forms: Sequence[str] = FORMS, kernels: Sequence[str] | None = None,
               repeats: int = 7, report: list[dict] | None = None) -> nn.Module:
-    """Run each Linear / Conv2d layer in the fastest (or smallest) of ``kinds``, in place; returns ``model``.
+    """Run each Linear / Conv2d layer in the fastest (or smallest) of ``forms``, in place; returns ``model``.
 
     Args:
         model: a model with plain weights (parametrizations baked in, e.g. by :func:`deepzip.techniques.prune.strip`)
@@ -479,29 +493,29 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         mode: ``"fast"`` (the lowest median latency) or ``"small"`` (the fewest bytes, from the counts: only the
             chosen form is built, so a sparse layer is never made dense on the way).
         batch: the batch size to choose for (sparse layers win at batch 1 and often lose at large batches).
-        kinds: candidates, from :data:`KINDS`.
-        kernels: the kernels a sparse kind may run on, from :data:`KERNELS` (default: those built, see
-            :func:`kernels_available`); ``"fast"`` times each (kind, kernel) pair, ``"small"`` counts bytes.
+        forms: candidates, from :data:`FORMS`.
+        kernels: the kernels a sparse form may run on, from :data:`KERNELS` (default: those built, see
+            :func:`kernels_available`); ``"fast"`` times each (form, kernel) pair, ``"small"`` counts bytes.
         repeats: timed calls per candidate (the median counts).
-        report: if given, one row per layer is appended: ``layer``, ``kind``, ``kernel`` (``""`` for dense),
-            ``bytes``, ``ms`` (per candidate, keyed ``"dense"`` or ``"kind:kernel"``).
+        report: if given, one row per layer is appended: ``layer``, ``form``, ``kernel`` (``""`` for dense),
+            ``bytes``, ``ms`` (per candidate, keyed ``"dense"`` or ``"form:kernel"``).
 
     Returns:
         ``model``, in eval mode.
 
     Raises:
-        ValueError: an unknown mode or kind.
+        ValueError: an unknown mode or form.
     """
     if mode not in ("fast", "small"):
         raise ValueError(f"mode={mode!r}, expected 'fast' or 'small'")
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise ValueError(f"kinds={list(kinds)}, expected a non-empty subset of {KINDS}")
+    bad = [k for k in forms if k not in FORMS]
+    if bad or not forms:
+        raise ValueError(f"forms={list(forms)}, expected a non-empty subset of {FORMS}")
     built = kernels_available()
     kernels = built if kernels is None else [k for k in kernels if k in built]
     if not kernels:
         raise ValueError(f"kernels: none of them is available here (available: {built})")
-    cands_of = [("dense", "")] * ("dense" in kinds) + [(k, e) for k in kinds if k != "dense" for e in kernels]
+    cands_of = [("dense", "")] * ("dense" in forms) + [(k, e) for k in forms if k != "dense" for e in kernels]
     from ..techniques.shrink import default_example_input
 
     model.eval()
@@ -527,17 +541,17 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
         if shape is None:
             if report is not None:
                 sp = getattr(m, "sparse", None)
-                report.append({"layer": name, "kind": getattr(sp, "kind", "dense"), "kernel": getattr(sp, "kernel", ""),
+                report.append({"layer": name, "form": getattr(sp, "form", "dense"), "kernel": getattr(sp, "kernel", ""),
                                "bytes": layer_bytes(m), "ms": {}, "note": "not timed: input shape unknown"})
             continue
         if mode == "small":  # sizes follow from the counts: build only the smallest candidate, time nothing
             size = {c: _predicted_bytes(m, *c) for c in cands_of}
-            kind, kernel = min(cands_of, key=lambda c: size[c])
-            new = _build(m, kind, kernel or None, name)
+            form, kernel = min(cands_of, key=lambda c: size[c])
+            new = _build(m, form, kernel or None, name)
             if new is not m:
-                _set_module(model, name, new)
+                set_module(model, name, new)
             if report is not None:
-                report.append({"layer": name, "kind": kind, "kernel": kernel, "bytes": layer_bytes(new), "ms": {}})
+                report.append({"layer": name, "form": form, "kernel": kernel, "bytes": layer_bytes(new), "ms": {}})
             continue
         x = torch.rand(shape)
         cands = {c: _build(m, c[0], c[1] or None, name) for c in cands_of}
@@ -547,69 +561,58 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
                 ms[c] = 1e3 * median_seconds(functools.partial(layer, x), repeats)
         best = min(cands, key=lambda c: ms[c])
         if cands[best] is not m:
-            _set_module(model, name, cands[best])
+            set_module(model, name, cands[best])
         if report is not None:
-            report.append({"layer": name, "kind": best[0], "kernel": best[1], "bytes": layer_bytes(cands[best]),
+            report.append({"layer": name, "form": best[0], "kernel": best[1], "bytes": layer_bytes(cands[best]),
                            "ms": {":".join(filter(None, c)): t for c, t in ms.items()}})
         del cands  # the losers (a dense copy of a big layer, say) go now, not after the next layer's are built
     return model
 
 
 def runtime_table(model: nn.Module) -> list[dict]:
-    """Per Linear / Conv2d / runtime layer: ``layer``, ``kind``, ``kernel`` (``deepzip-c``, ``torch-csr``, or
+    """Per Linear / Conv2d / runtime layer: ``layer``, ``form``, ``kernel`` (``deepzip-c``, ``torch-csr``, or
     ``torch-dense``), ``shape``, ``kept`` (non-zeros), ``bytes``."""
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, SparseLinear | SparseConv2d):
-            rows.append({"layer": name, "kind": m.sparse.kind, "kernel": m.sparse.kernel,
+            rows.append({"layer": name, "form": m.sparse.form, "kernel": m.sparse.kernel,
                          "shape": list(m.sparse.shape), "kept": m.sparse.nnz, "bytes": layer_bytes(m)})
         elif isinstance(m, nn.Linear | nn.Conv2d):
-            rows.append({"layer": name, "kind": "dense", "kernel": "torch-dense", "shape": list(m.weight.shape),
+            rows.append({"layer": name, "form": "dense", "kernel": "torch-dense", "shape": list(m.weight.shape),
                          "kept": int((m.weight != 0).sum()), "bytes": layer_bytes(m)})
     return rows
 
 
-def from_dz(f: DzFile, model: nn.Module, *, mode: str = "fast", example_input: torch.Tensor | None = None,
-            batch: int = 1, where: str = "") -> nn.Module:
-    """Build ``model``'s layers straight from a read ``.dz`` file into runtime layers; returns ``model``.
+def assemble_(model: nn.Module, plain: dict[str, torch.Tensor],
+              kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, mode: str = "fast",
+              example_input: torch.Tensor | None = None, batch: int = 1, where: str = "") -> nn.Module:
+    """Build ``model``'s layers from arrays (what :func:`deepzip.load` hands over from a ``.dz`` file); returns it.
 
-    ``model`` may live on the ``meta`` device (no memory): every tensor is replaced by one from the file. Sparse and
-    codebook tensors of Linear / Conv2d weights go from the codec's kept positions and indices into CSR arrays
-    without a full-size intermediate; then :func:`sparsify_` picks each layer's kind by ``mode``.
+    ``model`` may live on the ``meta`` device (no memory): every tensor is replaced. The weight of each layer named
+    in ``kept`` (a Linear or a Conv2d that :func:`supports`) goes from its kept entries straight into CSR arrays,
+    without a full-size intermediate; every other tensor is taken from ``plain`` (state_dict names). Then
+    :func:`sparsify_` picks each layer's form by ``mode``.
+
+    Args:
+        model: the model, its tensors' shapes already checked against the arrays'.
+        plain: state_dict name -> tensor.
+        kept: layer name -> ``(codebook (k,), flat positions of the kept weights (increasing), their indices)``.
+        mode, example_input, batch: as for :func:`sparsify_`.
+        where: prefix of error messages (the file's name).
 
     Raises:
-        DeepzipFormatError: a malformed tensor. ValueError: the file does not fit the model.
+        DeepzipFormatError: a malformed sparse weight. ValueError: a tensor of the model not given.
     """
     modules = dict(model.named_modules())
-    own = dict(model.state_dict())
-    missing, unexpected = sorted(set(own) - set(f.tensors)), sorted(set(f.tensors) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{where}does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for key, enc in f.tensors.items():
-        if tuple(enc.shape) != tuple(own[key].shape):
-            raise ValueError(
-                f"{where}{key}: shape {tuple(enc.shape)} in the file, {tuple(own[key].shape)} in the model")
-    plain: dict[str, torch.Tensor] = {}
-    sparse_layers: dict[str, _SparseWeight] = {}
-    kind0 = "codebook" if mode == "small" else "csr"
-    for key, enc in f.tensors.items():
-        lname = key[:-7] if key.endswith(".weight") else None
-        layer = modules.get(lname) if lname is not None else None
-        if (enc.kind == "sparse" and layer is not None
-                and (isinstance(layer, nn.Linear) or _supported_conv(layer))):
-            cb, pos, sym = codec.decode_kept(enc)
-            assert pos is not None
-            rows = enc.shape[0]
-            sparse_layers[lname] = _SparseWeight.from_positions((rows, enc.numel // rows), pos, kind0, cb, sym,
-                                                                name=f"{where}{lname}")
-        else:
-            plain[key] = torch.from_numpy(np.array(f.decode(key))).to(own[key].dtype)
-    for lname, sw in sparse_layers.items():
+    form = "codebook" if mode == "small" else "csr"
+    for lname, (cb, pos, sym) in kept.items():
         layer = modules[lname]
-        bkey = f"{lname}.bias"
-        bias = plain.pop(bkey) if bkey in plain else None
-        _set_module(model, lname, SparseConv2d(layer, sw, bias) if isinstance(layer, nn.Conv2d)  # type: ignore
-                    else SparseLinear(sw, bias))
+        rows = layer.weight.shape[0]
+        sw = _SparseWeight.from_positions((rows, layer.weight[0].numel()), pos, form, cb, sym,
+                                          name=f"{where}{lname}")
+        bias = plain.pop(f"{lname}.bias", None)
+        set_module(model, lname, SparseConv2d(layer, sw, bias) if isinstance(layer, nn.Conv2d)  # type: ignore
+                   else SparseLinear(sw, bias))
     model.load_state_dict(plain, strict=False, assign=True)
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_meta:

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LowRankError
 from .prune import resolve_layer
+from .walk import prunable_layers, set_module
 
 __all__ = [
     "METHODS",
@@ -385,11 +386,6 @@ def _n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def _check_rank(where: str, r: Any) -> int:
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
         raise LowRankError(f"{where}: rank={r!r}, expected an integer >= 1")
@@ -418,8 +414,8 @@ def _check_fits(name: str, module: nn.Module, r: int | ConvRanks) -> None:
 
 
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))
-            and not isinstance(_parent(model, name), (Tucker2Conv, SVDLinear))}
+    return prunable_layers(model, lambda m, name: isinstance(m, (nn.Conv2d, nn.Linear))
+                           and not isinstance(_parent(model, name), (Tucker2Conv, SVDLinear)))
 
 
 def _parent(model: nn.Module, name: str) -> nn.Module | None:
@@ -632,7 +628,7 @@ def factorize_(model: nn.Module, plan: Sequence[Mapping[str, Any]], *, hooi_iter
             approx = second.double() @ first.double()
             new = _svd_linear(module, first, second)  # type: ignore[arg-type]
         row["rel_error"] = _rel_error(w, approx)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     _record(model, rows)
     return model
 
@@ -867,7 +863,7 @@ def tt_linear_(
         else:
             with torch.no_grad():
                 row["rel_error"] = _rel_error(module.weight.detach(), tt.full_weight())
-            _set_module(model, name, tt)
+            set_module(model, name, tt)
         rows.append(row)
     _record(model, rows)
     return model
@@ -1036,7 +1032,7 @@ def rebuild_(model: nn.Module, spec: Sequence[Mapping[str, Any]], *, swap: bool 
                            device=w.device, dtype=w.dtype).train(have.training)
         todo.append((name, new))
     for name, new in todo:
-        _set_module(model, name, new)
+        set_module(model, name, new)
     return model
 
 

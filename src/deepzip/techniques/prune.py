@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from .walk import FilterFn, Own, chain, prunable_layers, prunable_tensors, weight_names
+
 __all__ = [
     "SCAN_SPARSITIES",
     "AGPSchedule",
@@ -48,6 +50,7 @@ __all__ = [
     "prunable_layers",
     "prunable_tensors",
     "prune_",
+    "remove_own_",
     "remove_parametrization_",
     "resolve_layer",
     "sensitivity_scan",
@@ -56,11 +59,9 @@ __all__ = [
     "weight_names",
 ]
 
-FilterFn = Callable[[nn.Module, str], bool]
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.RNNBase)
 
 
-class Mask(nn.Module):
+class Mask(Own):
     """Parametrization ``weight = original * mask``; ``mask`` is a bool buffer of the weight's shape."""
 
     mask: torch.Tensor
@@ -73,61 +74,9 @@ class Mask(nn.Module):
         return original * self.mask
 
 
-def _default_filter(module: nn.Module, name: str) -> bool:
-    return isinstance(module, _PRUNABLE)
-
-
-def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Module]:
-    """Layers whose ``weight`` may be compressed, by dotted name (default: Linear, Conv and Embedding layers).
-
-    Recurrent layers have no ``weight``; :func:`prunable_tensors` lists their matrices."""
-    keep = filter_fn or _default_filter
-    return {
-        name: m for name, m in model.named_modules()
-        if name and isinstance(getattr(m, "weight", None), torch.Tensor) and keep(m, name)
-    }
-
-
-def weight_names(module: nn.Module) -> list[str]:
-    """The compressible tensors of one layer: ``["weight"]``, or for ``nn.RNN/GRU/LSTM`` every weight matrix
-    (``weight_ih_l0``, ``weight_hh_l0``, ``weight_ih_l0_reverse``, ``weight_hr_l0`` ...; biases stay plain).
-
-    A recurrent layer is compressed per matrix, not per gate block: each matrix is one parameter of the layer (one
-    parametrization, one tensor in the file), and the gate blocks of one matrix see the same input, so their
-    weights have the same scale; a codebook per gate would cost 3-4x the (small) codebooks for no measured gain.
-    """
-    if isinstance(module, nn.RNNBase):
-        return [n for n in module._flat_weights_names if n.startswith("weight_")]
-    return ["weight"] if isinstance(getattr(module, "weight", None), torch.Tensor) else []
-
-
-def prunable_tensors(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, tuple[nn.Module, str]]:
-    """Compressible tensors by name -> ``(module, tensor name)``: a layer's ``weight`` under the layer's name
-    (``"fc1"``), a recurrent layer's matrices under ``"<layer>.<tensor>"`` (``"encoder.weight_hh_l0"``).
-
-    Example:
-        >>> from torch import nn
-        >>> list(prunable_tensors(nn.Sequential(nn.Embedding(5, 4), nn.GRU(4, 3))))
-        ['0', '1.weight_ih_l0', '1.weight_hh_l0']
-    """
-    keep = filter_fn or _default_filter
-    out: dict[str, tuple[nn.Module, str]] = {}
-    for name, m in model.named_modules():
-        if name and keep(m, name):
-            for t in weight_names(m):
-                out[name if t == "weight" else f"{name}.{t}"] = (m, t)
-    return out
-
-
-def _parametrizations(module: nn.Module, tensor: str = "weight") -> list[nn.Module]:
-    if not parametrize.is_parametrized(module, tensor):
-        return []
-    return list(module.parametrizations[tensor])  # type: ignore[index,arg-type]
-
-
 def get_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor | None:
     """The keep-mask of a layer's ``tensor`` (bool, of its shape), or ``None`` when it is not pruned."""
-    for p in _parametrizations(module, tensor):
+    for p in chain(module, tensor)[1]:
         mask = getattr(p, "mask", None)
         if isinstance(mask, torch.Tensor):
             return mask
@@ -182,7 +131,8 @@ def prune_(
         sparsity: fraction in [0, 1] of each layer's weights to be zero afterwards: one float for all layers or a
             dict of dotted layer names. Layers not named are left alone.
         quality: alternatively, prune ``|w| <= quality * std(kept weights of the layer)`` (Han et al.'s rule).
-        filter_fn: ``filter_fn(module, name)`` selects layers (default: Linear and Conv).
+        filter_fn: ``filter_fn(module, name)`` selects layers (default: :data:`deepzip.techniques.walk.LAYER_TYPES`:
+            Linear, every Conv and ConvTranspose, Embedding, recurrent matrices).
 
     Raises:
         ValueError: sparsity outside [0, 1], a negative quality, an unknown layer name, a non-float weight,
@@ -204,8 +154,10 @@ def prune_(
         w = getattr(*layers[name])
         if not torch.is_floating_point(w):
             raise ValueError(f"{name}.weight: dtype {w.dtype} is not floating point; cannot prune it")
-        if any(not isinstance(p, Mask) for p in _parametrizations(*layers[name])):
-            raise ValueError(f"{name}.weight: already weight-shared; prune before sharing")
+        shared = [p for p in chain(*layers[name])[1] if not isinstance(p, Mask)]
+        if shared:
+            raise ValueError(f"{name}.weight: already weight-shared ({type(shared[0]).__name__}); prune before "
+                             "sharing")
 
     with torch.no_grad():
         for name in {**targets, **qualities}:
@@ -234,9 +186,12 @@ def _set_mask(module: nn.Module, mask: torch.Tensor, tensor: str = "weight") -> 
     if existing is not None:
         existing.copy_(mask)
     else:
-        parametrize.register_parametrization(module, tensor, Mask(mask))
-    # Zero the stored original too: the file then holds exact zeros and a later strip() needs no mask.
-    module.parametrizations[tensor].original.mul_(mask)  # type: ignore[index,union-attr]
+        parametrize.register_parametrization(module, tensor, Mask(mask))  # on top of any foreign ones
+    if not chain(module, tensor)[0]:
+        # Zero the stored original too: the file then holds exact zeros and a later strip() needs no mask. (Under a
+        # foreign parametrization, weight_norm say, the inputs are not the weight: zeroing them would change the kept
+        # weights, so the mask alone zeroes them.)
+        module.parametrizations[tensor].original.mul_(mask)  # type: ignore[index,union-attr]
 
 
 def _own_class_(module: nn.Module) -> None:
@@ -260,6 +215,23 @@ def remove_parametrization_(module: nn.Module, *, leave_parametrized: bool = Tru
     if parametrize.is_parametrized(module, tensor):
         _own_class_(module)
         parametrize.remove_parametrizations(module, tensor, leave_parametrized=leave_parametrized)
+
+
+def remove_own_(module: nn.Module, tensor: str = "weight") -> None:
+    """Remove deepzip's parametrizations (masks, codebooks) of ``module.<tensor>``, keeping the user's.
+
+    Without foreign parametrizations the tensor becomes a plain one holding its current value; with some
+    (weight_norm, say) deepzip's are taken off the top of the chain and the weight is the foreign chain's again.
+    """
+    foreign, own = chain(module, tensor)
+    if not own:
+        return
+    if not foreign:
+        remove_parametrization_(module, leave_parametrized=True, tensor=tensor)
+        return
+    plist = module.parametrizations[tensor]  # type: ignore[index,union-attr]
+    for i in reversed(range(len(foreign), len(plist))):  # type: ignore[arg-type]
+        del plist[i]  # type: ignore[union-attr]
 
 
 def clone_model(model: nn.Module) -> nn.Module:

@@ -16,7 +16,14 @@ A shared layer's ``weight`` is computed by a :class:`SharedWeight` parametrizati
 
 Sharing a pruned layer replaces its :class:`deepzip.techniques.prune.Mask` by a ``SharedWeight`` holding the same
 mask, so
-``prune.get_mask`` keeps working. ``prune.strip(model)`` bakes the shared values into a plain weight.
+``prune.get_mask`` keeps working. ``prune.strip(model)`` bakes the shared values into a plain weight. A codebook is
+the whole weight: sharing a weight-normalised layer (or one under any other parametrization) bakes that
+parametrization first.
+
+``SharedWeight`` is deepzip's one codebook representation: post-training compression
+(:mod:`deepzip.techniques.posttrain`) puts its codebooks per group or tier of rows, with exact outliers, into the
+same class (:func:`set_codebooks_`; ``(G, k)`` centroids, ``indices`` into their flattened form), so a post-training
+file reloads with codebooks that train like these.
 
 Bits per layer: an int for every layer; a preset ``"C/F"`` (``"8/5"``, ``"8/4"``, ``"4/2"``: conv layers get C bits,
 all other layers F bits, the paper's notation); or a dict of dotted layer names (``"fc1"`` or ``"fc1.weight"``) with
@@ -46,84 +53,122 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from .prune import FilterFn, get_mask, prunable_tensors, remove_parametrization_, resolve_layer
+from ..codec._tensor import MAX_CODEBOOK
+from .prune import get_mask, remove_parametrization_, resolve_layer
+from .walk import FilterFn, Own, chain, prunable_tensors
 
 __all__ = [
     "PRESETS",
     "SharedWeight",
     "get_codebook",
+    "get_codebooks",
     "is_shared",
     "resolve_bits",
     "set_codebook_",
+    "set_codebooks_",
     "share_weights_",
     "sharing_table",
 ]
 
-#: Layer kinds :func:`pack_layer` produces (read by :mod:`deepzip.io.checkpoint`).
 #: The paper's conv/fc bit settings (Deep Compression, Table 7); any ``"C/F"`` string is accepted.
 PRESETS: tuple[str, ...] = ("8/5", "8/4", "4/2")
 _METHODS = ("kmeans", "linear")
 _INITS = ("linear", "density", "random")
-_MAX_K = 1 << 16
 
 Bits = int | str | Mapping[str, "int | str"]
 
 
 class _Gather(torch.autograd.Function):
-    """``centroids[indices]`` whose backward sums the gradient per centroid with ``bincount`` (in float64, in a fixed
-    order): the default backward of indexing scatter-adds in parallel, so the same run could end with centroids
-    that differ in the last bit, and a file that differs from run to run."""
+    """``centroids.flatten()[indices]`` whose backward sums the gradient per centroid with ``bincount`` (in float64,
+    in a fixed order): the default backward of indexing scatter-adds in parallel, so the same run could end with
+    centroids that differ in the last bit, and a file that differs from run to run."""
 
     @staticmethod
     def forward(ctx: Any, centroids: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(indices)
-        ctx.k = centroids.numel()
-        return centroids[indices]
+        ctx.shape = centroids.shape
+        return centroids.reshape(-1)[indices]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (indices,) = ctx.saved_tensors
-        sums = torch.bincount(indices.reshape(-1).long(), weights=grad.reshape(-1).double(), minlength=ctx.k)
-        return sums.to(grad.dtype), None
+        k = math.prod(ctx.shape)
+        sums = torch.bincount(indices.reshape(-1).long(), weights=grad.reshape(-1).double(), minlength=k)
+        return sums.to(grad.dtype).reshape(ctx.shape), None
 
 
-class SharedWeight(nn.Module):
-    """Parametrization ``weight = centroids[indices] * mask``.
+class SharedWeight(Own):
+    """Parametrization ``weight = centroids.flatten()[indices] * mask``, exact outliers written over it.
+
+    The one codebook representation of deepzip: k-means weight sharing makes it with one codebook (``(k,)``
+    centroids); post-training compression (:mod:`deepzip.techniques.posttrain`) with one codebook per group of rows
+    or per tier of rows (``(G, k)`` centroids, ``books`` giving each row's codebook, ``layout`` saying how the file
+    stores them) and exact outliers. Either way the centroids are trained by :func:`deepzip.train.fit` and the
+    indices, mask and outliers stay.
 
     Args:
-        centroids: (k,) the shared values; becomes a trainable ``nn.Parameter``.
-        indices: weight-shaped cluster index of every weight (int64; anything at pruned positions, stored as 0).
+        centroids: (k,) shared values, or (G, k): G codebooks of k values; becomes a trainable ``nn.Parameter``.
+        indices: weight-shaped index of every weight into the flattened centroids (int64; anything at pruned
+            positions, stored as 0): for (G, k) centroids, ``books[row] * k + label``.
         mask: weight-shaped bool keep-mask (all True for a layer that was not pruned).
+        books: (R,) the codebook of each row (first dimension) of the weight; only with (G, k) centroids.
+        layout: with (G, k) centroids, how the file stores them: ``"grouped"`` (consecutive rows in equal groups)
+            or ``"tiered"`` (any row -> codebook map); ``""`` for (k,) centroids.
+        outlier_pos: (n,) distinct flat positions whose value is ``outlier_val`` instead of the codebook's.
+        outlier_val: (n,) float32, not trained.
     """
 
     centroids: nn.Parameter
     indices: torch.Tensor
     mask: torch.Tensor
+    books: torch.Tensor | None
+    outlier_pos: torch.Tensor | None
+    outlier_val: torch.Tensor | None
 
-
-    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, *,
+                 books: torch.Tensor | None = None, layout: str = "", outlier_pos: torch.Tensor | None = None,
+                 outlier_val: torch.Tensor | None = None) -> None:
         super().__init__()
         mask = mask.detach().to(torch.bool).clone()
+        self.layout = layout
         self.centroids = nn.Parameter(centroids.detach().clone())
         # index 0 at pruned positions: a valid gather target whose value the mask then zeroes
         self.register_buffer("indices", torch.where(mask, indices.detach().to(torch.int64), 0))
         self.register_buffer("mask", mask)
+        # only with several codebooks: a one-codebook layer's state_dict keeps its three entries (None buffers are
+        # not saved)
+        z = torch.zeros(0, dtype=torch.int64, device=mask.device)
+        parts = {"books": z if books is None else books.detach().to(torch.int64).clone(),
+                 "outlier_pos": z if outlier_pos is None else outlier_pos.detach().to(torch.int64),
+                 "outlier_val": (z if outlier_val is None else outlier_val.detach()).to(centroids.dtype)}
+        for name, t in parts.items():
+            self.register_buffer(name, t if layout else None)
+
+    def _pruned(self) -> bool:
+        """Whether the mask drops anything (checked again whenever the mask buffer is replaced or written)."""
+        seen = (self.mask.data_ptr(), self.mask._version)
+        if getattr(self, "_seen", None) != seen:
+            self._seen, self._drops = seen, not bool(self.mask.all())
+        return self._drops
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        # (k,)[weight-shaped] -> weight-shaped; the backward sums gradients per cluster (eq. 3)
-        return _Gather.apply(self.centroids, self.indices) * self.mask
+        # (k,) or (G, k) [weight-shaped] -> weight-shaped; the backward sums gradients per centroid (eq. 3)
+        w = _Gather.apply(self.centroids, self.indices)
+        if self._pruned():  # (an all-True mask changes nothing and would cost half the step of a large layer)
+            w = w * self.mask
+        if self.outlier_pos is not None and self.outlier_pos.numel():
+            w = w.reshape(-1).index_put((self.outlier_pos,), self.outlier_val).reshape(w.shape)
+        return w
 
     def extra_repr(self) -> str:
-        return f"k={self.centroids.numel()}, kept={int(self.mask.sum())}/{self.mask.numel()}"
+        books = f", {self.layout} {tuple(self.centroids.shape)}" if self.layout else ""
+        n = 0 if self.outlier_pos is None else self.outlier_pos.numel()
+        out = f", outliers={n}" if n else ""
+        return f"k={self.centroids.numel()}{books}{out}, kept={int(self.mask.sum())}/{self.mask.numel()}"
 
 
 def _shared(module: nn.Module, tensor: str = "weight") -> SharedWeight | None:
-    if not parametrize.is_parametrized(module, tensor):
-        return None
-    for p in module.parametrizations[tensor]:  # type: ignore[index,union-attr]
-        if isinstance(p, SharedWeight):
-            return p
-    return None
+    return next((p for p in chain(module, tensor)[1] if isinstance(p, SharedWeight)), None)
 
 
 def is_shared(module: nn.Module, tensor: str = "weight") -> bool:
@@ -213,7 +258,8 @@ def share_weights_(
             or ``"random"`` (Forgy).
         method: ``"kmeans"``, or ``"linear"``: uniform fixed-point quantisation to ``2**bits`` evenly spaced levels
             over [min, max] of the kept weights (the simple baseline; same parametrization).
-        filter_fn: ``filter_fn(module, name)`` selects layers (default: Linear and Conv).
+        filter_fn: ``filter_fn(module, name)`` selects layers (default: :data:`deepzip.techniques.walk.LAYER_TYPES`:
+            Linear, every Conv and ConvTranspose, Embedding, recurrent matrices).
         seed: seed of ``init="random"``.
         progress: show a progress bar over the layers.
 
@@ -265,13 +311,51 @@ def share_weights_(
     return model
 
 
-def _dense(centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return centroids[indices] * mask
+def _as_tensor(x: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+
+
+def _install_(module: nn.Module, tensor: str, p: SharedWeight) -> nn.Module:
+    """Make ``p`` the parametrization of ``module.<tensor>``, replacing any (a foreign one such as weight_norm too:
+    the codebook is the whole weight)."""
+    weight = getattr(module, tensor)
+    p = p.to(weight.device)
+    with torch.no_grad():
+        p.centroids.data = p.centroids.data.to(weight.dtype)
+        if p.outlier_val is not None:
+            p.outlier_val = p.outlier_val.to(weight.dtype)
+        # deep-copy safe (prune._own_class_); a chain of several inputs (weight_norm's g and v) cannot be left
+        # unparametrized, so it is baked first
+        remove_parametrization_(module, leave_parametrized=bool(chain(module, tensor)[0]), tensor=tensor)
+        # `original` becomes unused: it holds the shared weight at this moment (so a stray read sees sane values)
+        getattr(module, tensor).copy_(p(getattr(module, tensor)))
+        parametrize.register_parametrization(module, tensor, p)
+    module.parametrizations[tensor].original.requires_grad_(False)  # type: ignore[index,union-attr]
+    return module
+
+
+def _check_indices(idx: torch.Tensor, m: torch.Tensor, shape: tuple[int, ...], k: int) -> torch.Tensor:
+    if tuple(idx.shape) != shape or tuple(m.shape) != shape:
+        raise ValueError(f"indices {tuple(idx.shape)} / mask {tuple(m.shape)} do not fit the weight's shape {shape}")
+    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
+        raise ValueError(f"indices: dtype {idx.dtype}, expected integers")
+    idx = torch.where(m.to(torch.bool), idx.to(torch.int64), 0)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= k):
+        raise ValueError(f"indices out of range [0, {k}) (min {int(idx.min())}, max {int(idx.max())})")
+    return idx
+
+
+def _check_centroids(c: torch.Tensor, ndim: int) -> None:
+    if c.ndim != ndim or not 1 <= c.shape[-1] <= MAX_CODEBOOK or not c.numel():
+        want = "(k,)" if ndim == 1 else "(G, k)"
+        raise ValueError(f"codebook of shape {tuple(c.shape)}, expected {want} with 1 <= k <= {MAX_CODEBOOK}")
+    if not torch.is_floating_point(c) or not torch.isfinite(c).all():
+        raise ValueError("codebook: expected finite floating-point centroids")
 
 
 def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any, *, tensor: str = "weight") -> nn.Module:
     """Make ``module.<tensor>`` (default ``weight``) the shared weight ``centroids[indices] * mask``, replacing any
-    parametrization.
+    parametrization (a foreign one such as weight_norm too: the codebook is the whole weight).
 
     Used by :func:`share_weights_` and when loading a compressed file.
 
@@ -288,48 +372,87 @@ def set_codebook_(module: nn.Module, centroids: Any, indices: Any, mask: Any, *,
         ValueError: shapes that do not fit the weight, an empty or too large codebook, non-finite centroids,
             non-integer indices or indices out of range.
     """
-    weight = getattr(module, tensor)
-    shape = tuple(weight.shape)
-    c = torch.as_tensor(np.asarray(centroids) if not isinstance(centroids, torch.Tensor) else centroids)
-    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-    if c.ndim != 1 or not 1 <= c.numel() <= _MAX_K:
-        raise ValueError(f"codebook of shape {tuple(c.shape)}, expected (k,) with 1 <= k <= {_MAX_K}")
-    if not torch.is_floating_point(c) or not torch.isfinite(c).all():
-        raise ValueError("codebook: expected finite floating-point centroids")
-    if tuple(idx.shape) != shape or tuple(m.shape) != shape:
-        raise ValueError(f"indices {tuple(idx.shape)} / mask {tuple(m.shape)} do not fit the weight's shape {shape}")
-    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
-        raise ValueError(f"indices: dtype {idx.dtype}, expected integers")
-    m = m.to(torch.bool)
-    idx = torch.where(m, idx.to(torch.int64), 0)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= c.numel()):
-        raise ValueError(f"indices out of range [0, {c.numel()}) (min {int(idx.min())}, max {int(idx.max())})")
-    device = weight.device
-    c = c.to(device=device, dtype=weight.dtype)
-    idx, m = idx.to(device), m.to(device)
-    with torch.no_grad():
-        remove_parametrization_(module, leave_parametrized=False, tensor=tensor)  # deep-copy safe (prune._own_class_)
-        # `original` becomes unused: it holds the shared weight at this moment (so a stray read sees sane values)
-        getattr(module, tensor).copy_(_dense(c, idx, m))
-        parametrize.register_parametrization(module, tensor, SharedWeight(c, idx, m))
-    module.parametrizations[tensor].original.requires_grad_(False)  # type: ignore[index,union-attr]
-    return module
+    shape = tuple(getattr(module, tensor).shape)
+    c, m = _as_tensor(centroids), _as_tensor(mask).to(torch.bool)
+    _check_centroids(c, 1)
+    idx = _check_indices(_as_tensor(indices), m, shape, c.numel())
+    return _install_(module, tensor, SharedWeight(c, idx, m))
+
+
+def set_codebooks_(module: nn.Module, codebooks: Any, labels: Any, books: Any, *, layout: str,
+                   outlier_pos: Any = None, outlier_val: Any = None, tensor: str = "weight") -> nn.Module:
+    """Make ``module.<tensor>`` computed from one codebook per group (or tier) of rows, with exact outliers.
+
+    The post-training form (:mod:`deepzip.techniques.posttrain`), in the same :class:`SharedWeight`
+    parametrization as :func:`set_codebook_`'s: row ``r`` of the weight takes its values from
+    ``codebooks[books[r]]``.
+
+    Args:
+        module: a layer with a ``weight``.
+        codebooks: (G, k) float values, finite, 1 <= k <= 65536.
+        labels: weight-shaped integers in [0, k): each weight's entry in its row's codebook.
+        books: (R,) integers in [0, G): the codebook of each row (first dimension).
+        layout: ``"grouped"`` or ``"tiered"``: how a ``.dz`` file stores them (see :mod:`deepzip.codec.grouped`,
+            :mod:`deepzip.codec.tiered`).
+        outlier_pos: flat positions written with ``outlier_val`` (exact) over the codebook values.
+        outlier_val: their values.
+
+    Raises:
+        ValueError: shapes or values that do not fit, naming the part.
+    """
+    shape = tuple(getattr(module, tensor).shape)
+    c, lab, bk = _as_tensor(codebooks), _as_tensor(labels), _as_tensor(books).reshape(-1).to(torch.int64)
+    _check_centroids(c, 2)
+    if layout not in ("grouped", "tiered"):
+        raise ValueError(f"layout={layout!r}, expected 'grouped' or 'tiered'")
+    if not shape or bk.numel() != shape[0] or (bk.numel() and (int(bk.min()) < 0 or int(bk.max()) >= c.shape[0])):
+        raise ValueError(f"books: {bk.numel()} row codebooks in [0, {c.shape[0]}) expected for shape {shape}")
+    m = torch.ones(shape, dtype=torch.bool)
+    lab = _check_indices(lab, m, shape, c.shape[1])
+    flat = bk.reshape(-1, *[1] * (len(shape) - 1)) * c.shape[1] + lab  # (R, ...) index into the flat centroids
+    pos = _as_tensor(np.zeros(0, np.int64) if outlier_pos is None else outlier_pos).reshape(-1).to(torch.int64)
+    val = _as_tensor(np.zeros(0, np.float32) if outlier_val is None else outlier_val).reshape(-1).float()
+    if pos.numel() != val.numel() or (pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= m.numel())):
+        raise ValueError(f"outliers: {pos.numel()} positions in [0, {m.numel()}) and {val.numel()} values expected")
+    return _install_(module, tensor, SharedWeight(c, flat, m, books=bk, layout=layout, outlier_pos=pos,
+                                                  outlier_val=val))
 
 
 def get_codebook(module: nn.Module, tensor: str = "weight") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The codebook of a shared layer: ``(centroids float32 (k,), indices int64 weight-shaped, mask bool)``.
 
-    Indices at pruned positions are 0. Raises ValueError when the layer is not shared.
+    Indices at pruned positions are 0. Several codebooks (:func:`set_codebooks_`) come flattened into one, their
+    outliers appended as entries of their own. Raises ValueError when the layer is not shared, or when that one
+    codebook would exceed 2**16 entries.
     """
     p = _shared(module, tensor)
     if p is None:
         raise ValueError(f"{type(module).__name__}: weight is not shared (call share_weights_ first)")
-    return (
-        p.centroids.detach().float().cpu().numpy().copy(),
-        p.indices.detach().cpu().numpy().copy(),
-        p.mask.detach().cpu().numpy().copy(),
-    )
+    centroids = p.centroids.detach().float().cpu().numpy().reshape(-1).copy()
+    indices = p.indices.detach().cpu().numpy().copy()
+    if p.outlier_pos is not None and p.outlier_val is not None and p.outlier_pos.numel():
+        n = p.outlier_pos.numel()
+        indices.reshape(-1)[p.outlier_pos.cpu().numpy()] = centroids.size + np.arange(n)
+        centroids = np.concatenate([centroids, p.outlier_val.detach().float().cpu().numpy()])
+    if centroids.size > MAX_CODEBOOK:
+        raise ValueError(f"{type(module).__name__}: {centroids.size} codebook values and outliers, more than one "
+                         f"codebook holds ({MAX_CODEBOOK}); store it in a .dz file (deepzip.save)")
+    return centroids, indices, p.mask.detach().cpu().numpy().copy()
+
+
+def get_codebooks(module: nn.Module, tensor: str = "weight") -> dict[str, Any] | None:
+    """The parts :func:`set_codebooks_` takes, read back: ``codebooks`` (G, k) float32, ``labels`` (weight-shaped
+    int64), ``books`` (R,), ``layout``, ``outlier_pos``, ``outlier_val``; None for a layer with one codebook or none.
+    """
+    p = _shared(module, tensor)
+    if p is None or not p.layout or p.books is None or p.outlier_pos is None or p.outlier_val is None:
+        return None
+    cb = p.centroids.detach().float().cpu().numpy()
+    books = p.books.cpu().numpy()
+    flat = p.indices.cpu().numpy()
+    labels = flat - books.reshape(-1, *[1] * (flat.ndim - 1)) * cb.shape[1]
+    return {"codebooks": cb, "labels": labels, "books": books, "layout": p.layout,
+            "outlier_pos": p.outlier_pos.cpu().numpy(), "outlier_val": p.outlier_val.detach().float().cpu().numpy()}
 
 
 # ---------------------------------------------------------------------------------------------------- reports

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.nn.utils import parametrize
 
 from ..models import max_pool2
+from .prune import strip
 
 __all__ = ["GatheredLinear", "default_example_input", "shrink_"]
 
@@ -330,9 +330,7 @@ def shrink_(model: nn.Module, example_input: torch.Tensor | None = None, *,
     """
     model.eval()
     rows: list[dict] = [] if report is None else report
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    strip(model)  # masks and codebooks baked into plain weights (deep-copy safe)
     if example_input is None:
         example_input = default_example_input(model)
     notes: dict[str, str] = {}

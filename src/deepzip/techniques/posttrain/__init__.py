@@ -46,8 +46,10 @@ floor: weaker, since it cannot tell which layers the outputs depend on.
 The steps live in private modules, re-exported here: ``_types`` (:class:`PostTrainConfig`, :class:`Candidate`,
 :class:`PostTrainResult`, :class:`BoundError`), ``_calibration`` (batches, outputs, :func:`agreement`,
 :func:`measure_drop`, :func:`text_batches`), ``_sensitivity`` (1, and the row usage of embedding tables), ``_gptq``
-and ``_candidates`` (2), ``_allocate`` (3 and 4, :func:`compress_to_bound_`), ``_distill`` (5, :func:`distill_`),
-``_save`` (:func:`save_posttrained`).
+and ``_candidates`` (2), ``_allocate`` (3 and 4, :func:`compress_to_bound_`), ``_distill`` (5, :func:`distill_`). The
+file is written by the model <-> file bridge, :func:`deepzip.io.serialize.save_posttrained` (a technique knows no
+bytes), with each codebook choice as the :class:`deepzip.techniques.share.SharedWeight` it is fine-tuned and reloaded
+as.
 
 Example:
     >>> import torch
@@ -65,7 +67,6 @@ from ._calibration import agreement, measure_drop, target_tensors, text_batches
 from ._candidates import make_candidates
 from ._distill import distill_
 from ._gptq import gptq_factor, gptq_round
-from ._save import save_posttrained
 from ._sensitivity import fisher_diagonal, input_grams, row_counts, unseen_scale, usage_fisher
 from ._types import BoundError, Candidate, Forward, PostTrainConfig, PostTrainResult
 
@@ -86,7 +87,6 @@ __all__ = [
     "make_candidates",
     "measure_drop",
     "row_counts",
-    "save_posttrained",
     "target_tensors",
     "text_batches",
     "unseen_scale",

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..walk import prunable_layers
 from ._types import BoundError, Forward
 
 
@@ -111,13 +112,12 @@ def measure_drop(model: nn.Module, reference: nn.Module, batches: Iterable[Any] 
 def target_tensors(model: nn.Module, min_numel: int = 1024) -> dict[str, nn.Module]:
     """The modules whose ``weight`` post-training compression stores: Linear, Embedding and Conv layers (any module
     with a floating weight of >= 2 dims), with at least ``min_numel`` weights, keyed by ``"name.weight"``."""
-    out = {}
-    for name, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if (isinstance(w, torch.Tensor) and w.ndim >= 2 and torch.is_floating_point(w) and w.numel() >= min_numel
-                and not parametrize.is_parametrized(m)):
-            out[f"{name}.weight"] = m
-    return out
+    def keep(m: nn.Module, name: str) -> bool:
+        w = m.weight
+        return bool(w.ndim >= 2 and torch.is_floating_point(w) and w.numel() >= min_numel
+                    and not parametrize.is_parametrized(m))
+
+    return {f"{name}.weight": m for name, m in prunable_layers(model, keep).items()}
 
 
 def _split(batch: Any, size: int = 1) -> list[Any]:

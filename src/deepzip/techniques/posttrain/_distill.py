@@ -15,13 +15,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..share import set_codebooks_
+from ..walk import Own
 from ._calibration import _default_forward
 from ._candidates import _stored_bytes
-from ._save import _Codebook
 from ._types import BoundError, Candidate, Forward, PostTrainResult
 
 
-class _Rounded(nn.Module):
+class _Rounded(Own):
     """Parametrization for quantisation-aware distillation of a one-codebook tensor: a float ``latent`` copy of the
     weights is rounded to the nearest codebook value in the forward pass, with the straight-through gradient
     (``w = codebook[nearest(latent)] + latent - stop_grad(latent)``), so the indices themselves can change; the
@@ -30,7 +31,7 @@ class _Rounded(nn.Module):
     def __init__(self, cand: Candidate, shape: Sequence[int]) -> None:
         super().__init__()
         assert cand.codebooks is not None and cand.codebooks.shape[0] == 1
-        self.codebooks = nn.Parameter(torch.from_numpy(cand.codebooks.astype(np.float32)))  # (1, k)
+        self.centroids = nn.Parameter(torch.from_numpy(cand.codebooks.astype(np.float32)))  # (1, k)
         self.latent = nn.Parameter(torch.from_numpy(cand.weight(shape).astype(np.float32).reshape(-1)))
         self.register_buffer("pos", torch.from_numpy(np.asarray(cand.outlier_pos, np.int64)))
         self.register_buffer("val", torch.from_numpy(np.asarray(cand.outlier_val, np.float32)))
@@ -39,14 +40,14 @@ class _Rounded(nn.Module):
     def indices(self) -> torch.Tensor:
         """(numel,) index of the codebook value nearest each latent weight."""
         with torch.no_grad():
-            cb = self.codebooks.reshape(-1)
+            cb = self.centroids.reshape(-1)
             s, perm = cb.sort()
             if s.numel() == 1:
                 return torch.zeros(self.latent.shape, dtype=torch.long)
             return perm[torch.searchsorted((s[1:] + s[:-1]) / 2, self.latent.detach())]
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        w = self.codebooks.reshape(-1)[self.indices()] + self.latent - self.latent.detach()
+        w = self.centroids.reshape(-1)[self.indices()] + self.latent - self.latent.detach()
         if self.pos.numel():
             w = w.index_put((self.pos,), self.val)
         return w.reshape(self.shape)
@@ -211,11 +212,13 @@ def _optimizer(model: nn.Module, mods: dict[str, nn.Module], result: PostTrainRe
             params.append(m.weight)
         else:
             rounded = latent_lr > 0 and c.codebooks is not None and c.codebooks.shape[0] == 1
-            par = _Rounded(c, m.weight.shape) if rounded else _Codebook(c, m.weight.shape)
-            parametrize.register_parametrization(m, "weight", par, unsafe=True)
+            if rounded:
+                parametrize.register_parametrization(m, "weight", _Rounded(c, m.weight.shape), unsafe=True)
+                m.parametrizations["weight"].original.requires_grad_(False)  # type: ignore[index,union-attr]
+            else:  # the codebook parametrization a loaded post-training file gets too: codebooks train, indices stay
+                set_codebooks_(m, **c.codebook_parts(m.weight.shape))
             p = m.parametrizations["weight"]  # type: ignore[index,union-attr]
-            p.original.requires_grad_(False)
-            params.append(p[0].codebooks)
+            params.append(p[0].centroids)
             if rounded:
                 latents.append(p[0].latent)
     taken = {id(q) for q in params + latents + frozen} | {
@@ -270,7 +273,7 @@ def _store_back_(mods: dict[str, nn.Module], result: PostTrainResult) -> None:
                 m.weight.copy_(torch.from_numpy(c.fp16.astype(np.float32)))
                 continue
             par = m.parametrizations["weight"][0]  # type: ignore[index,union-attr]
-            c.codebooks = par.codebooks.detach().cpu().numpy().astype(np.float16)
+            c.codebooks = par.centroids.detach().cpu().numpy().astype(np.float16)
             if isinstance(par, _Rounded):
                 k = c.codebooks.shape[1]
                 labels = par.indices().cpu().numpy().reshape(c.labels.shape)  # type: ignore[union-attr]

@@ -145,6 +145,14 @@ class Candidate:
             return self.row_tiers.astype(np.int64)
         return np.arange(rows) // (self.rows_per_group or rows)
 
+    def codebook_parts(self, shape: Sequence[int]) -> dict[str, Any]:
+        """This candidate (bits > 0) as :func:`deepzip.techniques.share.set_codebooks_`'s arguments: the
+        parametrization that fine-tunes its codebooks, and that a saved file is loaded back into."""
+        assert self.codebooks is not None and self.labels is not None
+        return {"codebooks": self.codebooks.astype(np.float32), "labels": self.labels.reshape(shape),
+                "books": self.row_codebook(), "layout": "grouped" if self.row_tiers is None else "tiered",
+                "outlier_pos": self.outlier_pos, "outlier_val": self.outlier_val}
+
     def encode(self, name: str, shape: Sequence[int]) -> codec.EncodedTensor:
         """The tensor as stored in a ``.dz`` file (``grouped`` or ``tiered`` kind, or dense float16)."""
         if self.bits == 0:
