@@ -121,6 +121,11 @@ def test_errors_name_the_layer_and_the_real_cause(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"m.dz: does not fit the model \(_Zoo\): deconv.weight has shape "
                                               r"\[4, 6, 3, 3\] in the file, \[4, 5, 3, 3\] in the model"):
         load(tmp_path / "m.dz", model=other)
+    prune_(other, sparsity=0.5)
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(_Zoo\): deconv.bias has shape \[6\]"):
+        load(tmp_path / "m.dz", model=other)  # (a pruned layer lists its bias first)
+    assert all(get_mask(getattr(other, n)) is not None for n in LAYERS)  # checked before anything changed
+    assert len(chain(other.wn)[0]) == 1
 
 
 def test_layer_kind_table_names_what_is_rebuilt_and_how_it_is_stored(tmp_path) -> None:

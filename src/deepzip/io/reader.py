@@ -41,18 +41,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..codec import DzFile
 from ..codec._tensor import DEFAULT_MAX_BYTES
 from ..codec.container import MAGIC
 from ..codec.fileinfo import read_dz
 from ..errors import CheckpointError, LowRankError, UntrustedCodeError
-from ..models import MODELS, get_model, load_apps, model_name
+from ..models import MODELS, get_model, load_apps
 from ..techniques.lowrank import rebuild_
 from ..techniques.prune import remove_parametrization_
 from . import foreign
 from .checkpoint import checkpoint_records, is_deepzip_checkpoint, unpack_layers_
+from .serialize import check_file_fits, fit_problem  # the one "does not fit" check and wording
 from .torchfile import read_torch_state_dict
 
 __all__ = [
@@ -242,25 +242,6 @@ def fit_tensors_(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: s
     return model
 
 
-def fit_problem(own: Mapping[str, tuple], theirs: Mapping[str, tuple], model: nn.Module | None = None) -> str | None:
-    """Why tensors named ``theirs`` (name -> shape) do not fit a model's ``own``, in one line naming the first that
-    does not (in the model's order: missing or another shape; then the first the model lacks); None when they fit."""
-    name = model_name(model) if model is not None else None
-    what = f"the model {name}" if name else f"the model ({type(model).__name__})" if model is not None else "the model"
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    counts = f"{len(missing)} missing, {len(unexpected)} not in the model"
-    for k, shape in own.items():
-        if k not in theirs:
-            return f"does not fit {what}: {k} {list(shape)} is missing from the file ({counts})"
-        if theirs[k] != shape:
-            return f"does not fit {what}: {k} has shape {list(theirs[k])} in the file, {list(shape)} in the model"
-    if unexpected:
-        return f"does not fit {what}: the file's {unexpected[0]} {list(theirs[unexpected[0]])} is not in the model " \
-               f"({counts})"
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------- files
 def safetensors_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file (strings to strings; ``{}`` without), its header bounds checked."""
@@ -348,14 +329,11 @@ def hf_build(
     buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
     for k in [k for k in sd if k not in own and k in buffers]:
         del sd[k]
-    unexpected = [k for k in sd if k not in own]
-    if unexpected:
-        raise CheckpointError(f"{where}: does not fit {archs[0]}: the file's {unexpected[0]} is not in the model "
-                              f"({len(unexpected)} such tensors)")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{where}: does not fit {archs[0]}: {k} has shape {tuple(v.shape)} in the file, "
-                                  f"{tuple(own[k].shape)} in the model")
+    # the file may lack tensors the model ties to others (an output head): those are checked after tie_weights
+    problem = fit_problem({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()},
+                          what=archs[0], missing_ok=True)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
     model.load_state_dict(sd, strict=False)
     with contextlib.suppress(AttributeError):
         model.tie_weights()
@@ -402,17 +380,6 @@ def _hf_config(p: Path) -> dict:
     return config
 
 
-def _effective_shapes(model: nn.Module) -> dict[str, tuple]:
-    """Every tensor's name and shape as a ``.dz`` file stores it (a parametrized weight under its own name)."""
-    out = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".parametrizations." not in k}
-    for mname, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for tname in module.parametrizations:  # type: ignore[union-attr]
-                out[f"{mname}.{tname}" if mname else tname] = tuple(getattr(module, tname).shape)
-    order = [k.replace(".parametrizations.", ".").removesuffix(".original") for k in model.state_dict()]
-    return {k: out[k] for k in dict.fromkeys(order) if k in out}
-
-
 def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: int | None) -> nn.Module:
     from .serialize import load
 
@@ -423,10 +390,5 @@ def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: i
     if model is None and not r.architecture and not hf:
         _build("", "dz", trust_code, str(p))
     if model is not None and not extra.get("lowrank"):  # factored files: load() checks the structure, by layer
-        aliases = extra.get("aliases", {}) if isinstance(extra.get("aliases"), dict) else {}
-        theirs = {n: tuple(t.shape) for n, t in r.tensors.items()}
-        theirs.update({k: theirs[v] for k, v in aliases.items() if v in theirs and k not in theirs})
-        problem = fit_problem(_effective_shapes(model), theirs, model)
-        if problem:
-            raise CheckpointError(f"{p}: {problem}")
+        check_file_fits(r, model, f"{p}: ")  # the bridge's check, before anything is decoded
     return load(p, model, trust_code=trust_code, max_bytes=max_bytes)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +68,8 @@ from ..techniques.prune import Mask, clone_model, get_mask, remove_own_, remove_
 from ..techniques.walk import chain, parametrized_tensors
 from .foreign import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 
-__all__ = ["LAYER_KINDS", "LayerKind", "check_fits", "decode_into_", "encode_model", "layer_kind", "load",
-           "load_state_dict", "save", "save_posttrained"]
+__all__ = ["LAYER_KINDS", "LayerKind", "check_file_fits", "check_fits", "decode_into_", "encode_model", "fit_problem",
+           "layer_kind", "load", "load_state_dict", "save", "save_posttrained"]
 
 
 # ---------------------------------------------------------------------------------------------------- encodings
@@ -392,50 +392,64 @@ def load_state_dict(
     return out
 
 
+def fit_problem(own: Mapping[str, tuple], theirs: Mapping[str, tuple], model: nn.Module | None = None, *,
+                what: str | None = None, missing_ok: bool = False) -> str | None:
+    """Why tensors named ``theirs`` (name -> shape) do not fit a model's ``own``, in one line naming the first that
+    does not (in the model's order: missing or another shape; then the first the model lacks), with the counts;
+    None when they fit. ``what``: the model in the line (default: ``the model NAME``, its registry name or class);
+    ``missing_ok``: the model may have tensors the file lacks (tied ones, which the caller ties and checks itself).
+    The words of every "does not fit" in deepzip (:func:`check_fits`, :mod:`deepzip.io.reader`).
+    """
+    if what is None:
+        name = model_name(model) if model is not None else None
+        what = f"the model {name}" if name else f"the model ({type(model).__name__})" if model is not None \
+            else "the model"
+    missing = [] if missing_ok else [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    counts = f"{len(missing)} missing, {len(unexpected)} not in the model"
+    for k, shape in own.items():
+        if k not in theirs:
+            if missing_ok:
+                continue
+            return f"does not fit {what}: {k} {list(shape)} is missing from the file ({counts})"
+        if tuple(theirs[k]) != tuple(shape):
+            return f"does not fit {what}: {k} has shape {list(theirs[k])} in the file, {list(shape)} in the model"
+    if unexpected:
+        return f"does not fit {what}: the file's {unexpected[0]} {list(theirs[unexpected[0]])} is not in the model " \
+               f"({counts})"
+    return None
+
+
 def check_fits(stored: Mapping[str, tuple[int, ...]], model: nn.Module, *, layers: Mapping[str, str] | None = None,
-               encodings: Mapping[str, str] | None = None, where: str = "", missing_ok: bool = False,
-               what: str = "the model") -> None:
+               encodings: Mapping[str, str] | None = None, where: str = "") -> None:
     """The one "does the file fit the model" check: every tensor of ``model`` is stored, nothing else is, shapes
     agree, and each layer kind is stored in an encoding its :data:`LAYER_KINDS` row lists.
 
     Args:
         stored: name -> shape of what the file holds.
-        model: the model (after the parametrizations the file replaces are taken off, see :func:`decode_into_`).
+        model: the model, as it is: the parametrizations the file replaces count as taken off (see
+            :func:`decode_into_`), and nothing is changed, so a file that does not fit leaves the model as it was.
         layers: name -> layer kind of the entries that rebuild a parametrization (their name is the parametrized
             tensor's, ``"fc1.weight"``, which a layer under a foreign parametrization does not list in its
             state_dict).
         encodings: name -> codec kind of each stored tensor, checked against ``layers``.
         where: prefix of the messages (the file).
-        missing_ok: the model may have tensors the file lacks (tied ones, which the caller ties and checks itself).
-        what: the model in the messages (default: ``the model NAME``, its registry name or class).
 
     Raises:
         CheckpointError: (a ValueError) one line naming the first tensor, in the model's order, that is missing
-            or of another shape, else the first the model lacks, with the counts of each.
+            or of another shape, else the first the model lacks, with the counts of each (:func:`fit_problem`).
         DeepzipFormatError: a layer kind stored in an encoding its row does not list, naming the tensor.
     """
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    own = _expected_shapes(model, stored)
     modules = dict(model.named_modules())
     for name, kind in (layers or {}).items():  # a layer entry names its parametrized tensor, not a state_dict entry
         module, tname = _split_key(name, modules) if kind != "plain" and name not in own else (None, "")
         t = getattr(module, tname, None) if module is not None else None
         if isinstance(t, torch.Tensor):
             own[name] = tuple(t.shape)
-    if what == "the model":
-        registered = model_name(model)
-        what = f"the model {registered}" if registered else f"the model ({type(model).__name__})"
-    missing = [] if missing_ok else [k for k in own if k not in stored]
-    unexpected = [k for k in stored if k not in own]
-    counts, lacking = f"{len(missing)} missing, {len(unexpected)} not in the model", set(missing)
-    for k, shape in own.items():  # the first that does not fit, in the model's order; then what the model lacks
-        if k in stored and tuple(stored[k]) != shape:
-            raise CheckpointError(f"{where}does not fit {what}: {k} has shape {list(stored[k])} in the file, "
-                                  f"{list(shape)} in the model")
-        if k in lacking:
-            raise CheckpointError(f"{where}does not fit {what}: {k} {list(shape)} is missing from the file ({counts})")
-    if unexpected:
-        raise CheckpointError(f"{where}does not fit {what}: the file's {unexpected[0]} {list(stored[unexpected[0]])} "
-                              f"is not in the model ({counts})")
+    problem = fit_problem(own, stored, model)
+    if problem:
+        raise CheckpointError(f"{where}{problem}")
     for name, kind in (layers or {}).items():
         storage, enc = LAYER_KINDS[kind].storage, (encodings or {}).get(name)
         if storage is not None and enc is not None and enc not in storage:
@@ -443,32 +457,67 @@ def check_fits(stored: Mapping[str, tuple[int, ...]], model: nn.Module, *, layer
                                      f"{', '.join(storage)}")
 
 
-def _check_file_fits(f: DzFile, model: nn.Module, where: str) -> None:
-    """:func:`check_fits` for a read file: its names (tied ones too), shapes, layer kinds and encodings."""
+def check_file_fits(f: DzFile, model: nn.Module, where: str = "") -> None:
+    """:func:`check_fits` for a read ``.dz`` file: its names (tied ones too), shapes, layer kinds and encodings."""
     aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
     stored = {n: f.tensors[aliases.get(n, n)] for n in _names(f)}
     check_fits({n: tuple(t.shape) for n, t in stored.items()}, model, layers=_layer_kinds(f),
                encodings={n: t.kind for n, t in stored.items()}, where=where)
 
 
-def _prepare_(model: nn.Module, names: set[str]) -> None:
-    """Take off the parametrizations the file replaces: deepzip's always; a foreign one too (baked) unless the file
-    holds its inputs (``<layer>.parametrizations.<tensor>.original0`` ...), i.e. was saved with it."""
-    for mname, module in list(model.named_modules()):
+def _replaced(model: nn.Module, names: Collection[str]) -> list[tuple[str, nn.Module, str, bool]]:
+    """Every parametrized tensor as ``(layer name, layer, tensor, keeps_foreign)``: a file holding ``names`` keeps
+    its foreign parametrizations (weight_norm ...) when it holds their inputs (``<layer>.parametrizations.<tensor>.``
+    ``original0`` ...), i.e. was saved with them; else the whole chain is replaced by the file's tensor."""
+    out = []
+    for mname, module in model.named_modules():
         for tname in list(getattr(module, "parametrizations", {}) or {}):
-            prefix = f"{mname}.parametrizations.{tname}."
-            if any(n.startswith(prefix) for n in names):
-                remove_own_(module, tname)
-            else:
-                remove_parametrization_(module, leave_parametrized=True, tensor=tname)
+            prefix = f"{mname}.parametrizations.{tname}." if mname else f"parametrizations.{tname}."
+            keeps = bool(chain(module, tname)[0]) and any(n.startswith(prefix) for n in names)
+            out.append((mname, module, tname, keeps))
+    return out
+
+
+def _expected_shapes(model: nn.Module, names: Collection[str]) -> dict[str, tuple[int, ...]]:
+    """The state_dict names and shapes ``model`` has once :func:`_prepare_` has taken off what a file holding
+    ``names`` replaces, in state_dict order; ``model`` is not changed."""
+    fold: dict[str, str | None] = {}  # state key -> the plain tensor it becomes (None: it goes)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for mname, module, tname, keeps in _replaced(model, names):
+        prefix = f"{mname}.parametrizations.{tname}." if mname else f"parametrizations.{tname}."
+        n_foreign = len(chain(module, tname)[0])
+        for k in module.parametrizations[tname].state_dict():  # type: ignore[index,union-attr]
+            head = k.split(".", 1)[0]
+            if not keeps:
+                fold[prefix + k] = f"{mname}.{tname}" if mname else tname
+            elif head.isdigit() and int(head) >= n_foreign:  # deepzip's own on top of the kept foreign chain
+                fold[prefix + k] = None
+        shapes[f"{mname}.{tname}" if mname else tname] = tuple(getattr(module, tname).shape)
+    out: dict[str, tuple[int, ...]] = {}
+    for k, v in model.state_dict().items():
+        if k not in fold:
+            out[k] = tuple(v.shape)
+        elif (name := fold[k]) is not None:
+            out.setdefault(name, shapes[name])
+    return out
+
+
+def _prepare_(model: nn.Module, names: Collection[str]) -> None:
+    """Take off the parametrizations a file holding ``names`` replaces (see :func:`_replaced`): deepzip's always, the
+    foreign ones too (baked) unless the file keeps them."""
+    for _, module, tname, keeps in _replaced(model, names):
+        if keeps:
+            remove_own_(module, tname)
+        else:
+            remove_parametrization_(module, leave_parametrized=True, tensor=tname)
 
 
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     """Load a read ``.dz`` file into ``model`` in place, rebuilding masks and trainable codebooks."""
     kinds = _layer_kinds(f)
     names = _names(f)
+    check_file_fits(f, model, where)  # before anything changes: a file that does not fit leaves the model as it was
     _prepare_(model, set(names))
-    _check_file_fits(f, model, where)
     modules = dict(model.named_modules())
     plain: dict[str, torch.Tensor] = {}
     own = model.state_dict()
@@ -493,7 +542,7 @@ def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str) -> nn.Mod
     Conv2d weight goes over as its kept entries (never a full-size tensor), every other tensor decoded."""
     from ..runtime import assemble_, supports
 
-    _check_file_fits(f, model, where)
+    check_file_fits(f, model, where)
     modules = dict(model.named_modules())
     own = model.state_dict()
     plain: dict[str, torch.Tensor] = {}
