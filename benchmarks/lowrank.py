@@ -1,7 +1,7 @@
 """Low-rank decomposition end to end on MNIST: speed, FLOPs and error of Tucker-2 (EVBMF ranks), tensor-train layers
 trained from scratch, and low-rank composed with Deep Compression (prune -> share -> Huffman) into one .dz file.
 
-Parts (``--parts``, default all three):
+Parts (``--parts``, default all four):
 
 - ``cnn``: LeNet-5 and a wider CNN (``cnn4``: 3x3 convs of 32, 64, 128, 128 channels), trained here, then
   decomposed (Tucker-2 of the convs, EVBMF ranks as Kim et al. 2016; also SVD of LeNet-5's fc1, and kept-energy
@@ -19,6 +19,10 @@ Parts (``--parts``, default all three):
   sparsities each; bytes of each ``.dz`` file side by side, and the smallest of each under 0.80% test error.
   Every file is loaded back with ``deepzip.load(path)`` alone (no user code rebuilds the factored model) and its
   test error measured again.
+- ``ttconv``: tensor-train convolutions (Garipov et al. 2016) in a CNN trained from scratch with TT-conv + TT-FC
+  layers vs its dense twin, TT-conv only vs Tucker-2 at matched parameters, TT-SVD + fine-tuning vs from scratch,
+  reloads, latency and Deep Compression on top (``benchmarks/lowrank_ttconv.py``); its own results files,
+  ``benchmarks/results/lowrank_ttconv.{json,md}``.
 
 Training runs on ``--device`` (cuda if you have one); latency is always measured on the CPU with
 ``torch.set_num_threads(1)``. Runs: ``python benchmarks/lowrank.py --device cuda`` writes
@@ -65,7 +69,7 @@ from deepzip.techniques.lowrank import (
 )
 from deepzip.train import TrainConfig, evaluate, fit, jitter_augment
 
-PARTS = ("cnn", "tt", "combined")
+PARTS = ("cnn", "tt", "combined", "ttconv")
 TT_IN, TT_OUT = (4, 7, 4, 7), (4, 8, 4, 8)  # 784 in, 1024 out
 TRAIN = {"lenet5": dict(epochs=20, lr=0.02, weight_decay=5e-4, jitter=2),
          "cnn4": dict(epochs=12, lr=0.02, weight_decay=5e-4, jitter=2)}
@@ -493,7 +497,7 @@ def write(parts: dict[str, dict], commands: list[str], results: Path, note: str 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: cnn, tt, combined")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: cnn, tt, combined, ttconv")
     ap.add_argument("--device", default="cpu", help="where to train (cpu, cuda); latency is always CPU")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs of the CNNs (default per model)")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs after decomposition")
@@ -516,10 +520,34 @@ def main() -> None:
     ap.add_argument("--merge", nargs="+", default=None, help="merge DIR/lowrank_*.json into the results files")
     ap.add_argument("--retime", default=None, help="time the cnn part of DIR/lowrank_cnn.json again (latency only)")
     ap.add_argument("--note", default=None, help="with --merge: a Notes section (how the run was shortened, ...)")
+    ap.add_argument("--ttconv-epochs", type=int, default=4, help="ttconv: training epochs of every net")
+    ap.add_argument("--ttconv-finetune-epochs", type=int, default=1, help="ttconv: fine-tuning after TT-SVD")
+    ap.add_argument("--ttconv-ranks", default="8,12/8,4,16", help="ttconv: TT ranks of the TT-conv + TT-FC nets "
+                    "(8: conv and fc; 12/8: conv 12, fc 8)")
+    ap.add_argument("--ttconv-only-rank", type=int, default=8, help="ttconv: rank of the TT-conv-only net")
+    ap.add_argument("--ttconv-svd-rank", default="12/8", help="ttconv: ranks (conv/fc) of the TT-SVD of the dense twin")
+    ap.add_argument("--ttconv-dc-rank", default="12/8", help="ttconv: ranks (conv/fc) of the TT net that Deep "
+                    "Compression acts on (one of --ttconv-ranks)")
+    ap.add_argument("--ttconv-subset", type=int, default=30000,
+                    help="ttconv: train on this many images of a fixed random order (0: all 60,000)")
+    ap.add_argument("--ttconv-no-conv-only", action="store_true", help="ttconv: skip the conv-only pair")
+    ap.add_argument("--ttconv-render", default=None, metavar="JSON",
+                    help="ttconv: write the Markdown of a results JSON again (with --note), nothing run")
+    ap.add_argument("--ttconv-train-only", action="store_true", help="ttconv: train (and cache) the nets, no more")
     ap.add_argument("--quick", action="store_true", help="smoke run: synthetic data, tiny epochs, temp folder")
     a = ap.parse_args()
     argv = ["'(the Notes section)'" if i and sys.argv[i - 1] == "--note" else v for i, v in enumerate(sys.argv)]
     command = "python benchmarks/lowrank.py " + " ".join(argv[1:])
+    if a.ttconv_render:
+        from lowrank_ttconv import write_ttconv, write_ttconv_trained
+
+        doc = json.loads(Path(a.ttconv_render).read_text())
+        doc["note"] = a.note
+        doc.setdefault("commands", [doc["command"]])
+        if command not in doc["commands"]:
+            doc["commands"].append(command)
+        (write_ttconv if "dc" in doc else write_ttconv_trained)(doc, Path(a.ttconv_render).parent)
+        return
     if a.merge:
         parts, commands = {}, []
         for d in a.merge:
@@ -536,6 +564,7 @@ def main() -> None:
     if a.quick:
         train_d, test = synthetic_mnist(512, seed=0), synthetic_mnist(256, seed=1)
         a.epochs, a.finetune_epochs, a.tt_epochs, a.reps, a.prune_rounds = 1, 1, 1, 5, 1
+        a.ttconv_epochs = 1
     else:
         train_d, test = load_mnist("train", quiet=True), load_mnist("test", quiet=True)
     train_d, test = to(train_d, a.device), to(test, a.device)
@@ -554,6 +583,16 @@ def main() -> None:
             parts[part] = part_tt(train_d, test, a)
         elif part == "combined":
             parts[part] = part_combined(train_d, test, a, trained, folder)
+        elif part == "ttconv":  # its own results files: lowrank_ttconv.{json,md}
+            from lowrank_ttconv import part_ttconv, write_ttconv, write_ttconv_trained
+
+            doc = part_ttconv(train_d, test, a, folder)
+            doc.update(part=part, command=command, machine=machine, commit=_common.git_sha(),
+                       seconds=time.time() - t0, note=a.note)
+            (write_ttconv_trained if a.ttconv_train_only else write_ttconv)(doc, folder if a.quick else
+                                                                          _common.RESULTS)
+            print(f"part {part}: {time.time() - t0:.0f}s", flush=True)
+            continue
         else:
             raise SystemExit(f"unknown part {part!r}; known: {', '.join(PARTS)}")
         parts[part].update(part=part, command=command, machine=machine, commit=_common.git_sha(),
@@ -563,7 +602,7 @@ def main() -> None:
             out = Path(a.partial)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"lowrank_{part}.json").write_text(json.dumps(parts[part], indent=1, default=str) + "\n")
-    if not a.partial:
+    if not a.partial and parts:
         write(parts, [command], folder if a.quick else _common.RESULTS)
 
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from deepzip import cli
-from deepzip.cli.lowrank import parse_rank, tt_modes
 from deepzip.io.checkpoint import save_checkpoint
 from deepzip.io.serialize import load
 from deepzip.models import get_model
-from deepzip.techniques.lowrank import Tucker2Conv, lowrank_spec
+from deepzip.techniques.lowrank import TTConv2d, TTLinear, Tucker2Conv, lowrank_spec, parse_rank, tt_modes
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +49,18 @@ def test_svd_energy_and_tt_print_a_table(ckpt, tmp_path, capsys) -> None:
     assert "1x4x4x1" in capsys.readouterr().out
 
 
+def test_tt_convs_and_linears_by_energy_reload_from_the_file(ckpt, tmp_path, capsys) -> None:
+    out = tmp_path / "tt.dz"
+    assert cli.main(["decompose", str(ckpt), "-o", str(out), "-q", "--factorization", "tt", "--rank", "energy=0.9",
+                     "--modes", "conv2=4x5:5x10", "--tt-cores", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    kinds = {r["layer"]: (r["kind"], r["skipped"]) for r in doc["layers"]}
+    assert kinds["conv2"] == ("ttconv", "") and kinds["fc1"] == ("tt", "")
+    m = load(out)  # the file alone rebuilds both kinds
+    assert isinstance(m.conv2, TTConv2d) and m.conv2.in_modes == (4, 5) and isinstance(m.fc1, TTLinear)
+    assert doc["total"]["params_after"] == sum(p.numel() for p in m.parameters())
+
+
 @pytest.mark.parametrize(("argv", "pattern"), [
     (["--rank", "conv2=60x4"], "conv2: R_out=60 exceeds the layer's 50 output channels"),
     (["--rank", "conv2=0x4"], r"conv2: ranks=\(0, 4\)"),
@@ -57,8 +68,11 @@ def test_svd_energy_and_tt_print_a_table(ckpt, tmp_path, capsys) -> None:
     (["--method", "svd", "--rank", "fc1=600"], r"fc1: rank=600 exceeds min\(out, in\)=500"),
     (["--method", "svd", "--rank", "conv2=4"], "conv2: a Conv2d, not a Linear"),
     (["--method", "tt", "--rank", "fc1=4", "--modes", "fc1=8x10x10:5x10x11"],
-     r"fc1: modes \(8, 10, 10\) x \(5, 10, 11\) give 800 x 550, the layer is 800 x 500"),
-    (["--method", "tt"], "TT ranks are not chosen by VBMF"),
+     r"fc1: modes \(8, 10, 10\) x \(5, 10, 11\) give 800 x 550 features, the layer has 800 in, 500 out"),
+    (["--factorization", "tt", "--rank", "conv2=4", "--modes", "conv2=4x5:5x5"],
+     r"conv2: modes \(4, 5\) x \(5, 5\) give 20 x 25 channels, the layer has 20 in, 50 out"),
+    (["--factorization", "tt", "--rank", "conv2=4x4"], "conv2: rank 4x4, expected one largest TT rank"),
+    (["--factorization", "tt", "--rank", "conv2=4", "--modes", "fc1=8x10x10:5x10x10"], "--modes fc1: that layer"),
     (["--rank", "energy=2"], "energy=2.0"),
     (["--rank", "fc1"], "expected vbmf, energy=F"),
     (["--rank", "conv9=4x4"], "conv9: unknown layer"),

@@ -58,6 +58,7 @@ from .techniques.prune import (
     clone_model,
     iterative_prune_,
     prunable_layers,
+    prunable_tensors,
     resolve_layer,
     sensitivity_scan,
 )
@@ -67,7 +68,7 @@ __all__ = ["STAGES", "PipelineConfig", "StageStore", "compress_", "file_report"]
 
 STAGES = ("decompose", "prune", "share", "encode")
 #: ``PipelineConfig.decompose`` values: which layers the decompose stage factors.
-DECOMPOSE = ("tucker2", "svd", "tucker2+svd")
+DECOMPOSE = ("tucker2", "svd", "tucker2+svd", "tt")
 CONFIG_VERSION = 1
 #: Part of every stage key: bump it when a change to deepzip makes a stage produce something else from the same
 #: config and model (2: sparsity allocation stops exactly at the target), so old stage checkpoints are not resumed.
@@ -87,7 +88,7 @@ class PipelineConfig:
     version: int = CONFIG_VERSION
     model: str = "lenet300"
     # low-rank decomposition before pruning (None: no such stage); prune -> share -> Huffman then act on the factors
-    decompose: str | None = None  # "tucker2" (convs), "svd" (linear layers) or "tucker2+svd"
+    decompose: str | None = None  # "tucker2" (convs), "svd" (linear layers), "tucker2+svd", "tt" (both, TT)
     decompose_ranks: str | dict[str, Any] = "vbmf"  # "vbmf", "energy=0.9", or {layer: r or [R_out, R_in]}
     decompose_epochs: int | None = None  # fine-tuning after it; None: the model's retraining recipe
     # pruning
@@ -187,7 +188,8 @@ class PipelineConfig:
         if not isinstance(self.bits_choices, (tuple, list)) or not self.bits_choices or any(
                 isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16 for b in self.bits_choices):
             raise bad("bits_choices", self.bits_choices, "a list of integers in 1..16")
-        layers = prunable_layers(model) if model is not None else None
+        # layers, and the tensors of layers with several (an RNN's matrices, a TT layer's cores "fc1.cores.0")
+        layers = {**prunable_layers(model), **prunable_tensors(model)} if model is not None else None
         if self.sparsity is not None:
             if not isinstance(self.sparsity, dict):
                 raise bad("sparsity", self.sparsity, "a map of layer names to fractions")
@@ -242,7 +244,9 @@ class PipelineConfig:
         method, energy, ranks = self.decompose_settings()
         if model is not None:  # names, kinds and sizes of explicit ranks, energy range: without computing factors
             try:
-                choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=lambda m, fqn: False)
+                tt = "tt" if self.decompose == "tt" else None
+                choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=lambda m, fqn: False,
+                             conv_factorization=tt or "tucker2", linear_factorization=tt or "svd")
             except ValueError as exc:  # LowRankError, or an unknown layer name
                 raise LowRankError(f"config.decompose_ranks: {exc}") from None
 
@@ -351,8 +355,10 @@ def compress_(
         def decompose() -> dict[str, Any]:
             method, energy, ranks = config.decompose_settings()
             keep = {"tucker2": convs_only, "svd": lambda m, fqn: isinstance(m, nn.Linear),
-                    "tucker2+svd": convs_and_linears}[config.decompose]
-            plan = choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=keep)
+                    "tucker2+svd": convs_and_linears, "tt": convs_and_linears}[config.decompose]
+            tt = "tt" if config.decompose == "tt" else None
+            plan = choose_ranks(model, method, energy=energy, ranks=ranks, filter_fn=keep,
+                                conv_factorization=tt or "tucker2", linear_factorization=tt or "svd")
             n = len(lowrank_table(model))
             factorize_(model, plan, progress=progress)
             rows = lowrank_table(model)[n:]
@@ -416,7 +422,7 @@ def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[
                    progress: bool) -> dict[str, float]:
     base = error_fn(model)
     scan = sensitivity_scan(model, error_fn, SCAN_SPARSITIES, progress=progress)
-    weights = {n: m.weight.numel() for n, m in prunable_layers(model).items()}
+    weights = {n: getattr(m, t).numel() for n, (m, t) in prunable_tensors(model).items()}
     return allocate_sparsities(scan, weights, config.target_sparsity, baseline_error=base)
 
 
@@ -426,7 +432,7 @@ def _scan_bits(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.
     ``(1 + bits_tolerance)`` of the unshared model's."""
     base = error_fn(model)
     chosen: dict[str, int] = {}
-    for name in prunable_layers(model):
+    for name in prunable_tensors(model):
         chosen[name] = max(config.bits_choices)
         for b in sorted(config.bits_choices):
             trial = clone_model(model)

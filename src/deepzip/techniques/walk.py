@@ -7,6 +7,8 @@ find weight tensors here, so they agree on the layers users have:
   ``weight``, listed under the layer's dotted name (``"fc1"``);
 - ``nn.RNN/GRU/LSTM``: every weight matrix (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l0`` ...),
   under ``"<layer>.<tensor>"`` (biases stay plain);
+- a module that names its own tensors in ``compressible_tensors`` (a TT layer's cores, ``TTCores``): each of them,
+  under ``"<module>.<tensor>"`` (``"fc1.cores.0"``);
 - any of them with the weight computed by a parametrization (``torch.nn.utils.parametrizations.weight_norm``,
   ``spectral_norm``, a user's own): the *computed* weight is what deepzip compresses.
 
@@ -58,8 +60,9 @@ class Own(nn.Module):
 
 
 def default_filter(module: nn.Module, name: str) -> bool:
-    """The layers compressed when no ``filter_fn`` is given: :data:`LAYER_TYPES`."""
-    return isinstance(module, LAYER_TYPES)
+    """The layers compressed when no ``filter_fn`` is given: :data:`LAYER_TYPES`, and holders of
+    ``compressible_tensors``."""
+    return isinstance(module, LAYER_TYPES) or bool(getattr(module, "compressible_tensors", ()))
 
 
 def weight_names(module: nn.Module) -> list[str]:
@@ -72,6 +75,9 @@ def weight_names(module: nn.Module) -> list[str]:
     """
     if isinstance(module, nn.RNNBase):
         return [n for n in module._flat_weights_names if n.startswith("weight_")]
+    own = getattr(module, "compressible_tensors", None)  # a holder of weights without one ``weight`` (TT cores)
+    if own:
+        return list(own)
     return ["weight"] if isinstance(getattr(module, "weight", None), torch.Tensor) else []
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ...models import max_pool2, register_model
 
-__all__ = ["CNN4", "MLP", "MNIST_MODELS", "LeNet5", "LeNet300", "register"]
+__all__ = ["CNN4", "CNNBN", "MLP", "MNIST_MODELS", "LeNet5", "LeNet300", "register"]
 
 
 class LeNet300(nn.Module):
@@ -80,6 +80,33 @@ class CNN4(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class CNNBN(nn.Module):
+    """The MNIST twin of Garipov et al.'s CIFAR-10 conv-fc net, for tensor-train layers: 3x3 convs of 16, 32, 64
+    channels (padding 1, no bias, batch norm, ReLU; max-pool 2 after the 1st and 2nd), fc 3136 -> 512 (batch norm,
+    ReLU), fc 512 -> 10 (1,635,434 parameters with the batch norms, 3.5 M multiply-adds an image, narrow enough to
+    train on one CPU core). Channel counts are powers of two and 3136 = 8*8*7*7, so every layer factors into TT
+    modes; the first conv (one input channel) and the last fc stay dense, as in the paper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.conv3 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(64)
+        self.fc1 = nn.Linear(64 * 7 * 7, 512, bias=False)
+        self.bn4 = nn.BatchNorm1d(512)
+        self.fc2 = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = max_pool2(F.relu(self.bn1(self.conv1(x))))  # (B, 16, 14, 14)
+        x = max_pool2(F.relu(self.bn2(self.conv2(x))))  # (B, 32, 7, 7)
+        x = F.relu(self.bn3(self.conv3(x)))  # (B, 64, 7, 7)
+        x = F.relu(self.bn4(self.fc1(x.flatten(1))))  # (B, 512)
+        return self.fc2(x)
+
+
 class MLP(nn.Module):
     """A ReLU MLP on flattened 28x28 images, with optional dropout (input and hidden) as in Hinton et al. 2015."""
 
@@ -103,6 +130,7 @@ MNIST_MODELS: dict[str, Callable[[], nn.Module]] = {
     "lenet300": LeNet300,
     "lenet5": LeNet5,
     "cnn4": CNN4,
+    "cnnbn": CNNBN,
     "mlp1200": lambda: MLP((1200, 1200), dropout=0.2, input_dropout=0.1),  # light: it must fit (a KD teacher)
     "mlp800": lambda: MLP((800, 800)),
     "mlp30": lambda: MLP((30, 30)),
