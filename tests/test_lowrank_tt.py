@@ -113,8 +113,8 @@ def test_tt_svd_at_full_rank_reproduces_the_kernel_and_the_outputs() -> None:
     # truncation: fewer parameters, an error that shrinks as the ranks grow, exact again at the full ranks
     errors = []
     for r in (1, 2, 4, 8, 16):
-        w = TTConv2d.from_conv(conv, (2, 4), (3, 4), ranks=r).kernel()
-        errors.append(float((w - conv.weight).norm() / conv.weight.norm()))
+        w = TTConv2d.from_conv(conv, (2, 4), (3, 4), ranks=r).kernel().detach()
+        errors.append(float((w - conv.weight.detach()).norm() / conv.weight.detach().norm()))
     assert all(b <= a + 1e-12 for a, b in zip(errors, errors[1:])) and errors[0] > 0.1
 
 

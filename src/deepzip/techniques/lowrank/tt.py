@@ -12,6 +12,7 @@ are the module plumbing around them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -349,8 +350,11 @@ class TTConv2d(nn.Module):
                                f"{out_channels} out")
         d = len(self.in_modes)
         self.ranks: tuple[int, ...] = (*_check_ranks(where, ranks, d), 1)
-        try:  # nn.Conv2d checks and normalises the geometry (a meta conv: no memory)
-            geom = nn.Conv2d(1, 1, kernel_size, stride, padding, dilation, padding_mode=padding_mode, device="meta")
+        try:  # nn.Conv2d checks and normalises the geometry (a meta conv: no memory; its init may warn on size 0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                geom = nn.Conv2d(1, 1, kernel_size, stride, padding, dilation, padding_mode=padding_mode,
+                                 device="meta")
         except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
             raise LowRankError(f"{where}: bad geometry ({exc})") from None
         if min(geom.kernel_size) < 1 or min(geom.stride) < 1 or min(geom.dilation) < 1:
