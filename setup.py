@@ -1,7 +1,11 @@
-"""Build the optional C kernel of deepzip's sparse runtime (src/deepzip/runtime/_spmv.c; see deepzip/runtime/_spkernel.py).
+"""Build deepzip's two optional C extensions; everything else is in pyproject.toml.
 
-Everything else is in pyproject.toml. The extension is optional: without a C compiler the install still succeeds and
-the runtime uses torch's sparse CSR kernel instead (``deepzip.runtime.runtime_table`` reports which one runs).
+- ``deepzip.runtime._spmv``: the sparse runtime's kernel (src/deepzip/runtime/_spmv.c; see runtime/_spkernel.py).
+  Without it the runtime uses torch's sparse CSR kernel (``deepzip.runtime.runtime_table`` reports which one runs).
+- ``deepzip.codec._huffc``: the codec's compiled entropy stage (src/deepzip/codec/_huffc.c; see codec/_fast.py).
+  Without it the codec runs its numpy code, which writes and reads the same bytes, only slower.
+
+Both are optional: without a C compiler the install still succeeds.
 """
 
 import sys
@@ -10,4 +14,7 @@ from setuptools import Extension, setup
 
 # Portable flags only (no -march=native: the wheel must run on any CPU of its platform).
 flags = [] if sys.platform == "win32" else ["-O3", "-fno-wrapv", "-std=c99", "-fvisibility=hidden"]
-setup(ext_modules=[Extension("deepzip.runtime._spmv", ["src/deepzip/runtime/_spmv.c"], extra_compile_args=flags, optional=True)])
+setup(ext_modules=[
+    Extension("deepzip.runtime._spmv", ["src/deepzip/runtime/_spmv.c"], extra_compile_args=flags, optional=True),
+    Extension("deepzip.codec._huffc", ["src/deepzip/codec/_huffc.c"], extra_compile_args=flags, optional=True),
+])

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import huffman
+from . import _fast, huffman
 
 __all__ = ["BLOCK", "PLANE_DTYPES", "decode_planes", "encode_planes", "planes_size", "storage_dtype"]
 
@@ -93,39 +93,53 @@ def _split(values: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.
     return v[m], np.packbits(m)
 
 
+def _split_block(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(planes, counts)`` of one block of values: planes (size, n) uint8 (plane ``i`` = byte ``i`` of the rotated
+    values), counts (size, 256) their histograms. One compiled pass, or numpy (the same arrays)."""
+    size = storage_dtype(dtype).itemsize
+    u = np.ascontiguousarray(values).reshape(-1).view(_UINT[size])
+    fast = _fast.split(u, dtype in _FLOATS)
+    if fast is not None:
+        return fast
+    bits = _bits(u, dtype)
+    planes = np.empty((size, bits.size), np.uint8)
+    for i in range(size):
+        planes[i] = _plane(bits, i)
+    return planes, np.stack([np.bincount(p, minlength=256) for p in planes]).astype(np.int64)
+
+
 def _blocks(kept: np.ndarray, dtype: str, block: int):  # type: ignore[no-untyped-def]
-    """Yield (block index, rotated unsigned view of one block): temporaries of one block only."""
+    """Yield (block index, planes, counts) of one block at a time (temporaries of one block only)."""
     for j, s in enumerate(range(0, kept.size, block)):
-        yield j, _bits(kept[s : s + block], dtype)
+        yield j, *_split_block(kept[s : s + block], dtype)
 
 
 def planes_size(values: np.ndarray, dtype: str, mask: np.ndarray | None = None, block: int = BLOCK) -> int:
     """Exact bytes of the sections :func:`encode_planes` would write (computed from histograms, nothing coded)."""
     kept, packed = _split(values, mask)
     total = _best(packed)[1] if packed is not None else 0
-    size = storage_dtype(dtype).itemsize
-    for _, blk in _blocks(kept, dtype, block):
-        total += sum(c[1] for c in _block_choices(blk, size, packed is not None))
+    for _, _, counts in _blocks(kept, dtype, block):
+        total += sum(c[1] for c in _block_choices(counts, packed is not None))
     return total
 
 
-def _block_choices(blk: np.ndarray, size: int, masked: bool) -> list[tuple[int, int]]:
-    """Per plane of one block: (0 raw | 1 Huffman | 2 constant, stored bytes).
+def _block_choices(counts: np.ndarray, masked: bool) -> list[tuple[int, int]]:
+    """Per plane of one block, from its histograms (size, 256): (0 raw | 1 Huffman | 2 constant, stored bytes).
 
     A constant plane (every byte equal) is stored as that one byte. Without a mask not every plane of a block may be
     constant (the block's bytes must bound its element count), so then the first plane is Huffman-coded instead;
     behind a mask, the mask's bytes bound the count (a bool tensor: the mask, and one constant byte).
     """
     out = []
-    for i in range(size):
-        p = _plane(blk, i)
-        if p.size and p.min() == p.max():
+    for c in counts:
+        n = int(c.sum())
+        if n and np.count_nonzero(c) == 1:
             out.append((2, 1))
         else:
-            code, n = _best(p)
-            out.append((int(code), n))
+            h = huffman.stream_size(c) if n else 0
+            out.append((1, h) if n and h < n else (0, n))
     if out and not masked and all(c == 2 for c, _ in out):
-        out[0] = (1, huffman.stream_size(np.bincount(_plane(blk, 0), minlength=256)))
+        out[0] = (1, huffman.stream_size(counts[0]))
     return out
 
 
@@ -159,13 +173,14 @@ def encode_planes(
     if packed is not None:
         mask_coded, _ = _best(packed)
         sections["mask"] = huffman.pack_stream(packed, alphabet=256) if mask_coded else packed.tobytes()
-    for j, blk in _blocks(kept, dtype, block):
+    for j, planes, counts in _blocks(kept, dtype, block):
         flags = 0
-        for i, (how, _) in enumerate(_block_choices(blk, size, packed is not None)):
-            p = _plane(blk, i)
+        for i, (how, _) in enumerate(_block_choices(counts, packed is not None)):
+            p = planes[i]
             flags |= int(how > 0) << i
-            sections[f"b{j}p{i}"] = (np.ascontiguousarray(p).tobytes() if how == 0 else
-                                     huffman.pack_stream(p, alphabet=256) if how == 1 else bytes(p[:1]))
+            sections[f"b{j}p{i}"] = (p.tobytes() if how == 0 else
+                                     huffman.pack_stream(p, alphabet=256, counts=counts[i]) if how == 1 else
+                                     bytes(p[:1]))
         coded.append(flags)
     meta = {"block": block, "kept": int(kept.size), "masked": int(packed is not None),
             "mask_coded": int(mask_coded), "coded": coded}
@@ -179,26 +194,30 @@ def section_names(meta: dict[str, Any], dtype: str) -> list[str]:
     return (["mask"] if meta["masked"] else []) + [f"b{j}p{i}" for j in range(blocks) for i in range(size)]
 
 
-def _unplane(data: bytes, coded: bool, count: int, where: str) -> np.ndarray:
+def _unplane(data: bytes, coded: bool, out: np.ndarray, where: str) -> None:
+    """Decode one plane section into ``out`` (uint8, its element count), checked."""
     from ..errors import DeepzipFormatError
 
+    count = out.size
     if coded and len(data) == 1:  # a constant plane
-        return np.full(count, data[0], np.uint8)
+        out.fill(data[0])
+        return
     if coded:
         try:
-            info = huffman.stream_info(data)
+            info = huffman.stream_info(data, payload=False)
         except DeepzipFormatError as e:
             raise DeepzipFormatError(f"{where}: {e}") from None
         if info["count"] != count or info["alphabet"] > 256:
             raise DeepzipFormatError(f"{where}: {info['count']} symbols over {info['alphabet']}, expected "
                                      f"{count} over at most 256")
         try:
-            return huffman.unpack_stream(data).astype(np.uint8)
+            huffman.unpack_stream(data, out=out)
         except DeepzipFormatError as e:
             raise DeepzipFormatError(f"{where}: {e}") from None
+        return
     if len(data) != count:
         raise DeepzipFormatError(f"{where}: {len(data)} raw bytes, expected {count}")
-    return np.frombuffer(data, np.uint8)
+    out[:] = np.frombuffer(data, np.uint8)
 
 
 def decode_planes(
@@ -212,18 +231,26 @@ def decode_planes(
     kept, block = meta["kept"], meta["block"]
     mask = None
     if meta["masked"]:
-        packed = _unplane(sections["mask"], bool(meta["mask_coded"]), (n + 7) // 8, f"{name}/mask")
+        packed = np.empty((n + 7) // 8, np.uint8)
+        _unplane(sections["mask"], bool(meta["mask_coded"]), packed, f"{name}/mask")
         mask = np.unpackbits(packed, count=n).astype(bool)
         if int(mask.sum()) != kept:
             raise DeepzipFormatError(f"{name}/mask: {int(mask.sum())} kept elements, meta says kept={kept}")
     u = np.empty(kept, _UINT[sd.itemsize])
-    ub = u.view(np.uint8).reshape(-1, sd.itemsize)
+    rotate = dtype in _FLOATS
+    merged = True
     for j, s in enumerate(range(0, kept, block)):
         count = min(block, kept - s)
+        planes = np.empty((sd.itemsize, count), np.uint8)  # one block's planes: the only temporary
         for i in range(sd.itemsize):
-            ub[s : s + count, i] = _unplane(sections[f"b{j}p{i}"], bool(meta["coded"][j] >> i & 1), count,
-                                            f"{name}/b{j}p{i}")
-    _unrotate_(u, dtype)
+            _unplane(sections[f"b{j}p{i}"], bool(meta["coded"][j] >> i & 1), planes[i], f"{name}/b{j}p{i}")
+        merged = _fast.merge(planes, u[s : s + count], rotate)
+        if not merged:
+            ub = u[s : s + count].view(np.uint8).reshape(-1, sd.itemsize)
+            for i in range(sd.itemsize):
+                ub[:, i] = planes[i]
+    if not merged:
+        _unrotate_(u, dtype)
     if dtype == "bool" and kept and int(u.max()) > 1:
         raise DeepzipFormatError(f"{name}: bool values other than 0 and 1")
     vals = u.view(sd)

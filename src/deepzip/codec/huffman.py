@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 from ..errors import DeepzipFormatError
+from . import _fast
 
 __all__ = [
     "MAX_CODE_LENGTH",
@@ -176,12 +177,24 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     return data, nbits
 
 
-def _encode(symbols: np.ndarray, lengths: np.ndarray, sync: int) -> tuple[bytes, int, np.ndarray]:
-    """:func:`encode`, plus the bit offsets of symbols ``sync, 2*sync, ...`` when ``sync`` > 0."""
+def _encode(
+    symbols: np.ndarray, lengths: np.ndarray, sync: int, counts: np.ndarray | None = None
+) -> tuple[bytes, int, np.ndarray]:
+    """:func:`encode`, plus the bit offsets of symbols ``sync, 2*sync, ...`` when ``sync`` > 0.
+
+    ``counts`` (the symbols' histogram, when the caller has it) sizes the output of the compiled coder; both coders
+    write the same bytes, and bad symbols always raise from the numpy code.
+    """
     lengths = np.asarray(lengths)
     codes = canonical_codes(lengths)
     lens = lengths.astype(np.int64)
     s = np.asarray(symbols).reshape(-1)
+    if _fast.available() and s.size:
+        c = counts if counts is not None and len(counts) == lens.size else _fast.count(s, lens.size)
+        if c is not None:
+            fast = _fast.encode(s, codes, lens, sync, int((np.asarray(c, np.int64) * lens).sum()))
+            if fast is not None:
+                return fast
     if s.size and (s.min() < 0 or s.max() >= lens.size):
         raise ValueError(f"symbols outside the alphabet 0..{lens.size - 1}")
     # Checks and the total length a chunk at a time: no int64 temporary of the stream's full length.
@@ -269,6 +282,10 @@ def decode(
         raise DeepzipFormatError(f"{nbits} bits claimed but only {avail} present")
     if count > nbits:
         raise DeepzipFormatError(f"{count} symbols cannot fit in {nbits} bits")
+    if exact:  # the compiled decoder answers only when its result is exactly this function's; else numpy decides
+        fast = _fast.decode(data, 0, nbits, lengths, count, sync_offsets, sync, out_dtype)
+        if fast is not None:
+            return fast
     try:
         order, ls, left = _sorted_codes(lengths)
     except ValueError as e:
@@ -427,7 +444,10 @@ def mean_code_length(counts: np.ndarray, lengths: np.ndarray) -> float:
 # --- the stream as stored in a section -------------------------------------------------------------
 
 
-def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: int = MAX_CODE_LENGTH) -> bytes:
+def pack_stream(
+    symbols: np.ndarray, alphabet: int | None = None, max_length: int = MAX_CODE_LENGTH,
+    counts: np.ndarray | None = None,
+) -> bytes:
     """Huffman-code a symbol array into a self-describing section (layout in docs/FORMAT.md).
 
     Layout (little-endian): u64 count, u64 nbits, u32 alphabet A, u16 sync interval, u16 0,
@@ -437,6 +457,7 @@ def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: in
         symbols: non-negative integers (read flat).
         alphabet: number of code lengths to store (default: max symbol + 1); must exceed every symbol.
         max_length: code length limit, at most 24.
+        counts: the symbols' histogram over ``alphabet`` when the caller has it (it must be right: it sets the code).
 
     Example:
         >>> unpack_stream(pack_stream(np.array([2, 2, 0]))).tolist()
@@ -451,11 +472,14 @@ def pack_stream(symbols: np.ndarray, alphabet: int | None = None, max_length: in
         raise ValueError(f"symbol {int(s.max())} outside alphabet of {alphabet}")
     if max_length > MAX_CODE_LENGTH:
         raise ValueError(f"max_length={max_length}, expected at most {MAX_CODE_LENGTH}")
-    counts = np.zeros(alphabet, np.int64)
-    for i in range(0, s.size, _ENCODE_CHUNK):  # by chunks: bincount makes an intp copy of its input
-        counts += np.bincount(s[i : i + _ENCODE_CHUNK], minlength=alphabet)
+    if counts is None or len(counts) != alphabet:
+        counts = _fast.count(s, alphabet) if s.size else None
+    if counts is None:
+        counts = np.zeros(alphabet, np.int64)
+        for i in range(0, s.size, _ENCODE_CHUNK):  # by chunks: bincount makes an intp copy of its input
+            counts += np.bincount(s[i : i + _ENCODE_CHUNK], minlength=alphabet)
     lengths = code_lengths(counts, max_length)
-    data, nbits, offs = _encode(s, lengths, SYNC_INTERVAL)
+    data, nbits, offs = _encode(s, lengths, SYNC_INTERVAL, counts)
     deltas = np.diff(np.concatenate(([0], offs))).astype("<u2")
     head = _STREAM_HEAD.pack(s.size, nbits, alphabet, SYNC_INTERVAL, 0)
     return head + lengths.tobytes() + deltas.tobytes() + data
@@ -471,12 +495,16 @@ def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> int:
     return STREAM_HEADER_SIZE + counts.size + 2 * nsync + (nbits + 7) // 8
 
 
-def stream_info(data: bytes) -> dict:
+def stream_info(data: bytes, payload: bool = True) -> dict:
     """Validate a packed stream's layout without decoding it.
+
+    Args:
+        data: the section.
+        payload: include the payload (a copy of the coded bits).
 
     Returns:
         dict with ``count``, ``nbits``, ``alphabet``, ``sync``, ``lengths`` (np.uint8 array),
-        ``sync_offsets`` (int64 array) and ``payload`` (bytes).
+        ``sync_offsets`` (int64 array) and ``payload`` (bytes; absent with ``payload=False``).
 
     Raises:
         DeepzipFormatError: sizes that disagree with the section length, lengths over 24 bits, etc.
@@ -517,29 +545,50 @@ def stream_info(data: bytes) -> dict:
     offsets = np.cumsum(deltas)
     if nsync and (deltas.min() == 0 or offsets[-1] >= nbits):
         raise DeepzipFormatError("sync offsets are not increasing within the stream")
-    return {
-        "count": count,
-        "nbits": nbits,
-        "alphabet": alphabet,
-        "sync": sync,
-        "lengths": lengths,
-        "sync_offsets": offsets,
-        "payload": bytes(data[o + 2 * nsync :]),
-    }
+    info = {"count": count, "nbits": nbits, "alphabet": alphabet, "sync": sync, "lengths": lengths,
+            "sync_offsets": offsets}
+    if payload:
+        info["payload"] = bytes(data[o + 2 * nsync :])
+    return info
 
 
-def unpack_stream(data: bytes) -> np.ndarray:
+def _payload_at(info: dict) -> int:
+    """Where a checked stream's payload starts in its section."""
+    return STREAM_HEADER_SIZE + info["alphabet"] + 2 * info["sync_offsets"].size
+
+
+def unpack_stream(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     """Decode a section written by :func:`pack_stream`.
+
+    Args:
+        data: the section.
+        out: optional contiguous 1-d array of the stream's count (uint8, uint16 or int32, wide enough for the
+            alphabet) to decode into; returned.
 
     Raises:
         DeepzipFormatError: the section is malformed; messages say what is wrong.
     """
-    info = stream_info(data)
-    return decode(
-        info["payload"],
+    info = stream_info(data, payload=False)
+    if out is not None and (out.ndim != 1 or out.size != info["count"] or not out.flags.c_contiguous
+                            or out.dtype not in (np.uint8, np.uint16, np.int32)):
+        raise ValueError(f"out: expected a contiguous 1-d uint8/uint16/int32 array of {info['count']} symbols")
+    if info["count"]:
+        dtype = out.dtype.type if out is not None else np.uint16 if info["alphabet"] <= 1 << 16 else np.int32
+        fast = _fast.decode(data, _payload_at(info), info["nbits"], info["lengths"], info["count"],
+                            info["sync_offsets"], info["sync"], dtype, out)
+        if fast is not None:
+            return fast
+    sym = decode(
+        bytes(data[_payload_at(info) :]),
         info["lengths"],
         info["count"],
         nbits=info["nbits"],
         sync_offsets=info["sync_offsets"],
         sync=info["sync"],
     )
+    if out is None:
+        return sym
+    if sym.size and int(sym.max()) > np.iinfo(out.dtype).max:
+        raise DeepzipFormatError(f"symbol {int(sym.max())} does not fit in {out.dtype}")
+    out[:] = sym
+    return out
