@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "count", "decode", "encode", "merge", "sparse_fill", "split"]
+__all__ = ["available", "code_lengths", "count", "decode", "encode", "merge", "sparse_fill", "split"]
 
 _LIB: ctypes.CDLL | None = None
 _LOADED = False
@@ -37,6 +37,7 @@ _SIGNATURES = {
     "dz_split": (_P, _I64, _I, _I, _P, _P),
     "dz_merge": (_P, _I64, _I, _I, _P),
     "dz_sparse_fill": (_P, _I64, _P, _I64, _P, _I, _P, _I, _I64, _I64),
+    "dz_code_lengths": (_P, _I64, _I, _P),
 }
 
 
@@ -91,6 +92,18 @@ def count(symbols: np.ndarray, alphabet: int) -> np.ndarray | None:
     if lib.dz_count(s.ctypes.data, s.size, s.itemsize, alphabet, counts.ctypes.data) != 0:
         return None
     return counts[:alphabet]
+
+
+def code_lengths(counts: np.ndarray, max_length: int) -> np.ndarray | None:
+    """``huffman.code_lengths(counts, max_length)`` (the same lengths), or None: ask numpy."""
+    lib = _lib()
+    if lib is None:
+        return None
+    c = np.ascontiguousarray(counts, np.int64)
+    lengths = np.zeros(c.size, np.uint8)
+    if c.ndim != 1 or lib.dz_code_lengths(c.ctypes.data, c.size, max_length, lengths.ctypes.data) != 0:
+        return None
+    return lengths
 
 
 def encode(

@@ -85,6 +85,16 @@ EXPORT int64_t dz_count(const void *sym, int64_t n, int isz, int64_t alphabet, i
         free(c);
         return 0;
     }
+    if (isz == 2 && alphabet >= 65536) { /* uint16 patterns: no range check, two counters a pass */
+        const uint16_t *s = (const uint16_t *)sym;
+        int64_t i = 0;
+        for (; i + 2 <= n; i += 2) {
+            counts[s[i]]++;
+            counts[s[i + 1]]++;
+        }
+        if (i < n) counts[s[i]]++;
+        return 0;
+    }
     for (int64_t i = 0; i < n; i++) {
         int64_t v = sym_at(sym, isz, i);
         if (v < 0 || v >= alphabet) return -1;
@@ -171,6 +181,95 @@ EXPORT int64_t dz_encode(const void *sym, int64_t n, int isz, const uint64_t *co
     if (fill > 0) store_be64(p, acc); /* the last bits, zero-padded */
     free(tab);
     return missing ? -1 : (int64_t)(p - out) * 8 + fill;
+}
+
+/* ------------------------------------------------------------------------------------------------- code lengths */
+
+typedef struct {
+    int64_t count;
+    int64_t sym;
+} Leaf;
+
+static int leaf_cmp(const void *a, const void *b) {
+    const Leaf *x = (const Leaf *)a, *y = (const Leaf *)b;
+    if (x->count != y->count) return x->count < y->count ? -1 : 1;
+    return x->sym < y->sym ? -1 : x->sym > y->sym; /* stable: ties in symbol order */
+}
+
+/* huffman.code_lengths, step for step (the same lengths, ties included): package-merge over levels =
+ * min(max_length, n - 1); each level merges the leaves with the pairwise sums of the level below, leaves before
+ * packages of equal weight; then the first 2n - 2 items of the top level are selected, a selected package selecting
+ * its two children one level down. Returns 0, or -1 (more used symbols than 2**max_length, or no memory). */
+EXPORT int64_t dz_code_lengths(const int64_t *counts, int64_t size, int max_length, uint8_t *lengths) {
+    int64_t n = 0;
+    for (int64_t a = 0; a < size; a++) {
+        if (counts[a] < 0) return -1;
+        lengths[a] = 0;
+        n += counts[a] != 0;
+    }
+    if (n == 0) return 0;
+    if (n == 1) {
+        for (int64_t a = 0; a < size; a++)
+            if (counts[a]) lengths[a] = 1;
+        return 0;
+    }
+    if (max_length < 1 || max_length > 32 || (max_length < 62 && n > ((int64_t)1 << max_length))) return -1;
+    Leaf *leaf = (Leaf *)malloc((size_t)n * sizeof(Leaf));
+    int levels = (int)(max_length < n - 1 ? max_length : n - 1);
+    int64_t *w = (int64_t *)malloc((size_t)n * sizeof(int64_t));
+    int64_t *prev = (int64_t *)malloc((size_t)(2 * n) * sizeof(int64_t));
+    int64_t *next = (int64_t *)malloc((size_t)(2 * n) * sizeof(int64_t));
+    uint8_t *isleaf = (uint8_t *)malloc((size_t)levels * (size_t)(2 * n)); /* per merged level: leaf or package */
+    int64_t *lsize = (int64_t *)malloc((size_t)levels * sizeof(int64_t));
+    int64_t *depth = (int64_t *)calloc((size_t)(n + 1), sizeof(int64_t));
+    int64_t r = -1;
+    if (!leaf || !w || !prev || !next || !isleaf || !lsize || !depth) goto done;
+    int64_t k = 0;
+    for (int64_t a = 0; a < size; a++)
+        if (counts[a]) leaf[k].count = counts[a], leaf[k].sym = a, k++;
+    qsort(leaf, (size_t)n, sizeof(Leaf), leaf_cmp);
+    for (k = 0; k < n; k++) w[k] = prev[k] = leaf[k].count;
+    int64_t psize = n;
+    /* level 0 (the deepest) is the leaves alone */
+    lsize[0] = n;
+    memset(isleaf, 1, (size_t)n);
+    for (int l = 1; l < levels; l++) {
+        int64_t npk = psize / 2, i = 0, j = 0, o = 0;
+        uint8_t *fl = isleaf + (size_t)l * (size_t)(2 * n);
+        while (i < n || j < npk) {
+            if (j >= npk || (i < n && w[i] <= prev[2 * j] + prev[2 * j + 1])) {
+                next[o] = w[i++];
+                fl[o++] = 1;
+            } else {
+                next[o] = prev[2 * j] + prev[2 * j + 1];
+                j++;
+                fl[o++] = 0;
+            }
+        }
+        lsize[l] = o;
+        int64_t *t = prev;
+        prev = next;
+        next = t;
+        psize = o;
+    }
+    int64_t take = 2 * n - 2;
+    for (int l = levels - 1; l >= 0; l--) {
+        const uint8_t *fl = isleaf + (size_t)l * (size_t)(2 * n);
+        int64_t lim = take < lsize[l] ? take : lsize[l], nleaf = 0;
+        for (int64_t q = 0; q < lim; q++) nleaf += fl[q];
+        depth[0] += 1;
+        depth[nleaf] -= 1;
+        take = 2 * (take - nleaf);
+    }
+    int64_t d = 0;
+    for (k = 0; k < n; k++) {
+        d += depth[k];
+        lengths[leaf[k].sym] = (uint8_t)d;
+    }
+    r = 0;
+done:
+    free(leaf), free(w), free(prev), free(next), free(isleaf), free(lsize), free(depth);
+    return r;
 }
 
 /* ---------------------------------------------------------------------------------------------------- decoding */
@@ -421,30 +520,47 @@ static int64_t chain_multi(const Table *t, const Multi *m, const uint8_t *d, uin
         }                                                                                                           \
     } while (0)
 
-/* decode_u8 with the multi-symbol table: four chunks in lockstep while all have four symbols left */
+/* decode_u8 with the multi-symbol table: W chunks in lockstep (independent dependency chains) while all have four
+ * symbols left, then each chunk's rest alone */
+#define W 4
 static int decode_multi(const Table *t, const uint8_t *d, int64_t nbytes, int64_t nbits, int64_t count,
                         const int64_t *starts, int64_t nchunks, int64_t sync, uint8_t *out) {
     Multi *m = (Multi *)malloc(sizeof(Multi) << MB);
     if (!m) return -1;
     multi_build(t, m);
     int64_t c = 0;
-    for (; c + 4 <= nchunks; c += 4) {
-        if ((c + 3) * sync + sync > count) break;
-        if ((starts[c + 3] + sync * MAXLEN) / 8 + 8 > nbytes) break;
-        uint64_t p0 = (uint64_t)starts[c], p1 = (uint64_t)starts[c + 1], p2 = (uint64_t)starts[c + 2],
-                 p3 = (uint64_t)starts[c + 3];
-        uint8_t *o0 = out + c * sync, *o1 = o0 + sync, *o2 = o1 + sync, *o3 = o2 + sync;
-        int64_t r0 = sync, r1 = sync, r2 = sync, r3 = sync;
-        while (r0 >= 4 && r1 >= 4 && r2 >= 4 && r3 >= 4) {
-            MSTEP(0);
-            MSTEP(1);
-            MSTEP(2);
-            MSTEP(3);
+    for (; c + W <= nchunks; c += W) {
+        if ((c + W - 1) * sync + sync > count) break;
+        if ((starts[c + W - 1] + sync * MAXLEN) / 8 + 8 > nbytes) break;
+        uint64_t p[W];
+        uint8_t *o[W];
+        int64_t r[W];
+        for (int q = 0; q < W; q++) p[q] = (uint64_t)starts[c + q], o[q] = out + (c + q) * sync, r[q] = sync;
+        for (;;) {
+            int live = 1;
+            for (int q = 0; q < W; q++) live &= r[q] >= 4;
+            if (!live) break;
+            for (int q = 0; q < W; q++) {
+                uint32_t w = window_fast(d, p[q]);
+                const Multi *e = &m[w >> (32 - MB)];
+                if (e->n) {
+                    memcpy(o[q], e->s, 4); /* four bytes stored, n kept: r >= 4 keeps the store inside the chunk */
+                    o[q] += e->n;
+                    r[q] -= e->n;
+                    p[q] += e->len;
+                } else {
+                    uint32_t e1 = single(t, w);
+                    if (!(e1 & 255)) goto fail;
+                    *o[q]++ = (uint8_t)(e1 >> 8);
+                    r[q]--;
+                    p[q] += e1 & 255;
+                }
+            }
         }
-        int64_t e0 = chain_multi(t, m, d, p0, r0, o0), e1 = chain_multi(t, m, d, p1, r1, o1),
-                e2 = chain_multi(t, m, d, p2, r2, o2), e3 = chain_multi(t, m, d, p3, r3, o3);
-        int64_t want3 = c + 4 < nchunks ? starts[c + 4] : nbits;
-        if (e0 != starts[c + 1] || e1 != starts[c + 2] || e2 != starts[c + 3] || e3 != want3) goto fail;
+        for (int q = 0; q < W; q++) {
+            int64_t want = c + q + 1 < nchunks ? starts[c + q + 1] : nbits;
+            if (chain_multi(t, m, d, p[q], r[q], o[q]) != want) goto fail;
+        }
     }
     free(m);
     for (; c < nchunks; c++) { /* the last chunks: bounds-checked reads */
@@ -491,64 +607,77 @@ EXPORT int64_t dz_decode(const uint8_t *data, int64_t nbytes, int64_t nbits, con
 /* planes[i * n + e] = byte i (little-endian) of value e, rotated first when rot; counts[i * 256 + b] += histogram of
  * plane i (counts zeroed by the caller). */
 EXPORT int64_t dz_split(const uint8_t *vals, int64_t n, int isz, int rot, uint8_t *planes, int64_t *counts) {
-    uint32_t *c = (uint32_t *)calloc((size_t)isz * 512, sizeof(uint32_t)); /* two sub-histograms per plane */
+    /* four sub-histograms per plane, element e counting into sub-histogram e % 4: runs of equal bytes (the exponent
+     * plane has a handful of values) do not wait on one counter */
+    uint32_t *c = (uint32_t *)calloc((size_t)isz * 1024, sizeof(uint32_t));
     if (!c) return -1;
     for (int64_t s = 0; s < n; s += 1 << 30) { /* uint32 counters: flush every 2**30 elements */
         int64_t end = n - s > (1 << 30) ? s + (1 << 30) : n;
+        int64_t e = s;
         if (isz == 2) {
             const uint16_t *v = (const uint16_t *)vals;
-            for (int64_t e = s; e < end; e++) {
+            uint8_t *q0 = planes, *q1 = planes + n;
+            for (; e + 4 <= end; e += 4)
+                for (int k = 0; k < 4; k++) {
+                    uint16_t x = v[e + k];
+                    if (rot) x = ROTL(uint16_t, 16, x);
+                    q0[e + k] = (uint8_t)x;
+                    q1[e + k] = (uint8_t)(x >> 8);
+                    c[k * 256 + (x & 255)]++;
+                    c[1024 + k * 256 + (x >> 8)]++;
+                }
+            for (; e < end; e++) {
                 uint16_t x = v[e];
                 if (rot) x = ROTL(uint16_t, 16, x);
-                uint8_t b0 = (uint8_t)x, b1 = (uint8_t)(x >> 8);
-                planes[e] = b0;
-                planes[n + e] = b1;
-                {
-                    int h = (int)(e & 1) * 256;
-                    c[h + b0]++;
-                    c[512 + h + b1]++;
-                }
+                q0[e] = (uint8_t)x;
+                q1[e] = (uint8_t)(x >> 8);
+                c[x & 255]++;
+                c[1024 + (x >> 8)]++;
             }
         } else if (isz == 4) {
             const uint32_t *v = (const uint32_t *)vals;
-            for (int64_t e = s; e < end; e++) {
+            for (; e + 4 <= end; e += 4)
+                for (int k = 0; k < 4; k++) {
+                    uint32_t x = v[e + k];
+                    if (rot) x = ROTL(uint32_t, 32, x);
+                    for (int i = 0; i < 4; i++) {
+                        uint8_t b = (uint8_t)(x >> (8 * i));
+                        planes[i * n + e + k] = b;
+                        c[i * 1024 + k * 256 + b]++;
+                    }
+                }
+            for (; e < end; e++) {
                 uint32_t x = v[e];
                 if (rot) x = ROTL(uint32_t, 32, x);
-                uint8_t b0 = (uint8_t)x, b1 = (uint8_t)(x >> 8), b2 = (uint8_t)(x >> 16), b3 = (uint8_t)(x >> 24);
-                planes[e] = b0;
-                planes[n + e] = b1;
-                planes[2 * n + e] = b2;
-                planes[3 * n + e] = b3;
-                {
-                    int h = (int)(e & 1) * 256;
-                    c[h + b0]++;
-                    c[512 + h + b1]++;
-                    c[1024 + h + b2]++;
-                    c[1536 + h + b3]++;
+                for (int i = 0; i < 4; i++) {
+                    uint8_t b = (uint8_t)(x >> (8 * i));
+                    planes[i * n + e] = b;
+                    c[i * 1024 + b]++;
                 }
             }
         } else if (isz == 8) {
             const uint64_t *v = (const uint64_t *)vals;
-            for (int64_t e = s; e < end; e++) {
+            for (; e < end; e++) {
                 uint64_t x = v[e];
                 if (rot) x = ROTL(uint64_t, 64, x);
                 for (int i = 0; i < 8; i++) {
                     uint8_t b = (uint8_t)(x >> (8 * i));
                     planes[i * n + e] = b;
-                    c[i * 512 + (int)(e & 1) * 256 + b]++;
+                    c[i * 1024 + (int)(e & 3) * 256 + b]++;
                 }
             }
         } else {
-            for (int64_t e = s; e < end; e++) {
+            for (; e < end; e++) {
                 planes[e] = vals[e];
-                c[(int)(e & 1) * 256 + vals[e]]++;
+                c[(int)(e & 3) * 256 + vals[e]]++;
             }
         }
         for (int i = 0; i < isz; i++)
-                for (int b = 0; b < 256; b++) {
-                    counts[i * 256 + b] += (int64_t)c[i * 512 + b] + c[i * 512 + 256 + b];
-                    c[i * 512 + b] = c[i * 512 + 256 + b] = 0;
-                }
+            for (int b = 0; b < 256; b++) {
+                uint32_t *ci = c + i * 1024;
+                counts[i * 256 + b] += (int64_t)ci[b] + ci[256 + b] + ci[512 + b] + ci[768 + b];
+                ci[b] = ci[256 + b] = ci[512 + b] = ci[768 + b] = 0;
+            }
     }
     free(c);
     return 0;

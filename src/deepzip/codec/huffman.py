@@ -61,6 +61,9 @@ _ENCODE_CHUNK = 1 << 20  # a multiple of SYNC_INTERVAL
 _SMALL_STREAM_BITS = 1 << 16  # below this, decode by pointer doubling over all bit positions
 
 
+_RECENT: dict[tuple[bytes, int], np.ndarray] = {}  # the last code lengths computed by the compiled stage
+
+
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
     """Optimal prefix-code lengths for symbol counts, no longer than ``max_length`` (package-merge).
 
@@ -85,6 +88,18 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
         raise ValueError(f"max_length={max_length}, expected 1..32")
     if counts.size and counts.min() < 0:
         raise ValueError("counts: negative count")
+    if counts.dtype.kind in "iu" and counts.size and counts.max() < 1 << 62:
+        if counts.size <= 4096:  # planes ask twice for the same histogram (to size, then to code): remember it
+            key = (counts.astype(np.int64).tobytes(), max_length)
+            hit = _RECENT.get(key)
+            if hit is not None:
+                return hit.copy()
+        fast = _fast.code_lengths(counts, max_length)
+        if fast is not None:
+            if counts.size <= 4096:
+                _RECENT.pop(next(iter(_RECENT))) if len(_RECENT) >= 64 else None
+                _RECENT[key] = fast.copy()
+            return fast
     lengths = np.zeros(counts.size, np.uint8)
     used = np.flatnonzero(counts)
     n = used.size
@@ -557,18 +572,19 @@ def _payload_at(info: dict) -> int:
     return STREAM_HEADER_SIZE + info["alphabet"] + 2 * info["sync_offsets"].size
 
 
-def unpack_stream(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+def unpack_stream(data: bytes, out: np.ndarray | None = None, info: dict | None = None) -> np.ndarray:
     """Decode a section written by :func:`pack_stream`.
 
     Args:
         data: the section.
         out: optional contiguous 1-d array of the stream's count (uint8, uint16 or int32, wide enough for the
             alphabet) to decode into; returned.
+        info: ``stream_info(data)`` when the caller has it already.
 
     Raises:
         DeepzipFormatError: the section is malformed; messages say what is wrong.
     """
-    info = stream_info(data, payload=False)
+    info = stream_info(data, payload=False) if info is None else info
     if out is not None and (out.ndim != 1 or out.size != info["count"] or not out.flags.c_contiguous
                             or out.dtype not in (np.uint8, np.uint16, np.int32)):
         raise ValueError(f"out: expected a contiguous 1-d uint8/uint16/int32 array of {info['count']} symbols")
