@@ -23,7 +23,9 @@ RLIMIT_AS = their address space after start-up + the cap; each case's peak Pytho
 tracemalloc on every 10th case (it slows a case ~4x); the address-space cap holds for every case.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/fuzz.py --cases 100000 --workers 1``
-(``--quick`` for 3,000 cases). Results: benchmarks/results/fuzz.json and fuzz.md.
+(``--quick`` for 3,000 cases; ``--seconds S`` stops after the batch that passes S seconds and reports the cases
+actually run). ``DEEPZIP_CODEC=numpy`` fuzzes the numpy decoders instead of the compiled stage. Results:
+benchmarks/results/fuzz.json and fuzz.md.
 """
 
 from __future__ import annotations
@@ -365,6 +367,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1, help="(only 1 is implemented: the machine is shared)")
     ap.add_argument("--name", default="fuzz")
+    ap.add_argument("--seconds", type=float, default=None, help="stop after the batch that passes this wall time")
     a = ap.parse_args()
     cases = 3000 if a.quick else a.cases
     pool = Pool(a.seed)
@@ -373,8 +376,12 @@ def main() -> None:
     peak = (0, -1, 0)
     slowest = (0.0, -1)
     t0 = time.perf_counter()
-    for lo in range(0, cases, BATCH):
-        hi = min(cases, lo + BATCH)
+    planned = cases
+    for lo in range(0, planned, BATCH):
+        if a.seconds is not None and time.perf_counter() - t0 > a.seconds:
+            cases = lo  # the cases actually run
+            break
+        hi = min(planned, lo + BATCH)
         res = pool.run(lo, hi, CASE_TIMEOUT * 2 + 60)
         if res is None:  # the worker died or hung: replay the batch one case at a time to name the case
             for i in range(lo, hi):
@@ -410,8 +417,14 @@ def main() -> None:
                f"a {peak[2]:,}-byte file) with max_bytes = "
                f"{MAX_BYTES / 2**20:.0f} MiB; every case under RLIMIT_AS = start-up address space + "
                f"{MEM_CAP / 2**20:.0f} MiB and a {CASE_TIMEOUT:.0f} s alarm")
+    from deepzip.codec import _fast
+
+    verdict += (f"; decoders: {'compiled stage (codec/_huffc.c)' if _fast.available() else 'numpy'}"
+                + (f"; stopped by --seconds {a.seconds:.0f} after {cases:,} of {planned:,} planned cases"
+                   if cases < planned else ""))
     print(verdict)
-    cmd = f"OMP_NUM_THREADS=1 python benchmarks/fuzz.py --cases {cases} --seed {a.seed}"
+    cmd = (f"OMP_NUM_THREADS=1 python benchmarks/fuzz.py --cases {planned} --seed {a.seed}"
+           + (f" --seconds {a.seconds:.0f}" if a.seconds is not None else ""))
     write_results(a.name, rows, cmd, title="Fuzzing the .dz reader (read, decode, stats, load)",
                   sections={"Verdict": verdict + "\n", "Failures (first 50)": "\n".join(
                       f"- case {i} ({f}): {m}" for i, f, m in notes[:50]) + "\n" if notes else "none\n",

@@ -520,47 +520,49 @@ static int64_t chain_multi(const Table *t, const Multi *m, const uint8_t *d, uin
         }                                                                                                           \
     } while (0)
 
-/* decode_u8 with the multi-symbol table: W chunks in lockstep (independent dependency chains) while all have four
- * symbols left, then each chunk's rest alone */
-#define W 4
+#define MSTEP(q)                                                                                                    \
+    do {                                                                                                            \
+        uint32_t w = window_fast(d, p##q);                                                                          \
+        const Multi *e = &m[w >> (32 - MB)];                                                                        \
+        if (e->n) {                                                                                                 \
+            memcpy(o##q, e->s, 4); /* four bytes stored, n kept: r >= 4 keeps the store inside the chunk */         \
+            o##q += e->n;                                                                                           \
+            r##q -= e->n;                                                                                           \
+            p##q += e->len;                                                                                         \
+        } else {                                                                                                    \
+            uint32_t e1 = single(t, w);                                                                             \
+            if (!(e1 & 255)) goto fail;                                                                             \
+            *o##q++ = (uint8_t)(e1 >> 8);                                                                           \
+            r##q--;                                                                                                 \
+            p##q += e1 & 255;                                                                                       \
+        }                                                                                                           \
+    } while (0)
+
+/* decode_u8 with the multi-symbol table: four chunks in lockstep (independent dependency chains, each in its own
+ * registers) while all have four symbols left, then each chunk's rest alone */
 static int decode_multi(const Table *t, const uint8_t *d, int64_t nbytes, int64_t nbits, int64_t count,
                         const int64_t *starts, int64_t nchunks, int64_t sync, uint8_t *out) {
     Multi *m = (Multi *)malloc(sizeof(Multi) << MB);
     if (!m) return -1;
     multi_build(t, m);
     int64_t c = 0;
-    for (; c + W <= nchunks; c += W) {
-        if ((c + W - 1) * sync + sync > count) break;
-        if ((starts[c + W - 1] + sync * MAXLEN) / 8 + 8 > nbytes) break;
-        uint64_t p[W];
-        uint8_t *o[W];
-        int64_t r[W];
-        for (int q = 0; q < W; q++) p[q] = (uint64_t)starts[c + q], o[q] = out + (c + q) * sync, r[q] = sync;
-        for (;;) {
-            int live = 1;
-            for (int q = 0; q < W; q++) live &= r[q] >= 4;
-            if (!live) break;
-            for (int q = 0; q < W; q++) {
-                uint32_t w = window_fast(d, p[q]);
-                const Multi *e = &m[w >> (32 - MB)];
-                if (e->n) {
-                    memcpy(o[q], e->s, 4); /* four bytes stored, n kept: r >= 4 keeps the store inside the chunk */
-                    o[q] += e->n;
-                    r[q] -= e->n;
-                    p[q] += e->len;
-                } else {
-                    uint32_t e1 = single(t, w);
-                    if (!(e1 & 255)) goto fail;
-                    *o[q]++ = (uint8_t)(e1 >> 8);
-                    r[q]--;
-                    p[q] += e1 & 255;
-                }
-            }
+    for (; c + 4 <= nchunks; c += 4) {
+        if ((c + 3) * sync + sync > count) break;
+        if ((starts[c + 3] + sync * MAXLEN) / 8 + 8 > nbytes) break;
+        uint64_t p0 = (uint64_t)starts[c], p1 = (uint64_t)starts[c + 1], p2 = (uint64_t)starts[c + 2],
+                 p3 = (uint64_t)starts[c + 3];
+        uint8_t *o0 = out + c * sync, *o1 = o0 + sync, *o2 = o1 + sync, *o3 = o2 + sync;
+        int64_t r0 = sync, r1 = sync, r2 = sync, r3 = sync;
+        while (r0 >= 4 && r1 >= 4 && r2 >= 4 && r3 >= 4) {
+            MSTEP(0);
+            MSTEP(1);
+            MSTEP(2);
+            MSTEP(3);
         }
-        for (int q = 0; q < W; q++) {
-            int64_t want = c + q + 1 < nchunks ? starts[c + q + 1] : nbits;
-            if (chain_multi(t, m, d, p[q], r[q], o[q]) != want) goto fail;
-        }
+        int64_t want3 = c + 4 < nchunks ? starts[c + 4] : nbits;
+        if (chain_multi(t, m, d, p0, r0, o0) != starts[c + 1] || chain_multi(t, m, d, p1, r1, o1) != starts[c + 2] ||
+            chain_multi(t, m, d, p2, r2, o2) != starts[c + 3] || chain_multi(t, m, d, p3, r3, o3) != want3)
+            goto fail;
     }
     free(m);
     for (; c < nchunks; c++) { /* the last chunks: bounds-checked reads */

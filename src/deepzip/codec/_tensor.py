@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeepzipFormatError
-from . import _planes, grouped, huffman, sparse, tiered
+from . import _fast, _planes, grouped, huffman, sparse, tiered
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DENSE_DTYPES",
     "KINDS",
+    "KIND_TABLE",
     "EncodedTensor",
+    "Kind",
     "check",
     "decode",
     "decode_kept",
@@ -28,20 +31,9 @@ __all__ = [
     "tensor_stats",
 ]
 
-KINDS = ("dense", "codebook", "sparse", "planes", "grouped", "tiered")
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "dense": ("data",),
-    "codebook": ("codebook", "indices"),
-    "sparse": ("codebook", "indices", "gaps"),
-    "grouped": grouped.SECTIONS,  # per-row-group codebooks + outliers (codec/grouped.py)
-    "tiered": tiered.SECTIONS,  # per-tier codebooks and index streams + outliers (codec/tiered.py)
-}
-META_KEYS = {"dense": (), "codebook": ("k",), "sparse": ("k", "gap_width", "kept"),
-             "planes": ("block", "kept", "masked", "mask_coded"), "grouped": grouped.META_KEYS,
-             "tiered": tiered.META_KEYS}
 # "bfloat16" (format 1.1) has no numpy dtype: its arrays are uint16 bit patterns (see _planes.storage_dtype).
 DENSE_DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "bfloat16")
-MAX_CODEBOOK = 1 << 16
+MAX_CODEBOOK = huffman.MAX_CODEBOOK
 MAX_NDIM = 64
 #: Default bound on the bytes a read file may decode to (all tensors together): 1 GiB, i.e. 256M float32 weights
 #: (VGG-16 has 138M). The header's shapes are checked against it before anything is allocated; callers raise it
@@ -272,7 +264,7 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
     Raises:
         DeepzipFormatError: naming the tensor and section.
     """
-    if t.kind not in KINDS:
+    if t.kind not in KIND_TABLE:
         raise _fail(t, None, f"unknown kind {t.kind!r}, expected one of {KINDS}")
     if (
         not isinstance(t.shape, tuple)
@@ -294,30 +286,48 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
             f"shape {list(t.shape)} decodes to {decoded_nbytes(t)} bytes, more than the limit of {max_bytes} "
             "(max_bytes; raise it if you trust the file)",
         )
-    if t.kind == "planes":
-        return _check_planes(t)
-    if set(t.sections) != set(SECTIONS[t.kind]):
-        raise _fail(
-            t, None, f"sections {sorted(t.sections)}, expected {sorted(SECTIONS[t.kind])} for kind {t.kind}"
-        )
-    for key in META_KEYS[t.kind]:
+    return KIND_TABLE[t.kind].check(t)
+
+
+def _check_fixed(t: EncodedTensor) -> None:
+    """A kind with fixed sections and int meta keys: both as its table entry says."""
+    kind = KIND_TABLE[t.kind]
+    if set(t.sections) != set(kind.sections):
+        raise _fail(t, None, f"sections {sorted(t.sections)}, expected {sorted(kind.sections)} for kind {t.kind}")
+    _check_meta_ints(t)
+
+
+def _check_meta_ints(t: EncodedTensor) -> None:
+    for key in KIND_TABLE[t.kind].meta_keys:
         v = t.meta.get(key) if isinstance(t.meta, dict) else None
         if not isinstance(v, int) or isinstance(v, bool):
             raise _fail(t, None, f"meta.{key} is {v!r}, expected an int")
+
+
+def _check_dense(t: EncodedTensor) -> dict[str, dict]:
+    _check_fixed(t)
+    if t.dtype not in DENSE_DTYPES:
+        raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {DENSE_DTYPES}")
+    want = t.numel * _planes.storage_dtype(t.dtype).itemsize
+    if len(t.sections["data"]) != want:
+        raise _fail(t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}")
+    return {}
+
+
+def _check_grouped(t: EncodedTensor) -> dict[str, dict]:
+    _check_fixed(t)
+    return grouped.check_grouped(t)
+
+
+def _check_tiered(t: EncodedTensor) -> dict[str, dict]:
+    _check_fixed(t)
+    return tiered.check_tiered(t)
+
+
+def _check_shared(t: EncodedTensor) -> dict[str, dict]:
+    """The codebook and sparse kinds: a float32 codebook, an index stream, and (sparse) a gap stream."""
+    _check_fixed(t)
     n = t.numel
-    if t.kind == "dense":
-        if t.dtype not in DENSE_DTYPES:
-            raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {DENSE_DTYPES}")
-        want = n * _planes.storage_dtype(t.dtype).itemsize
-        if len(t.sections["data"]) != want:
-            raise _fail(
-                t, "data", f"{len(t.sections['data'])} bytes, shape {list(t.shape)} of {t.dtype} needs {want}"
-            )
-        return {}
-    if t.kind == "grouped":
-        return grouped.check_grouped(t)
-    if t.kind == "tiered":
-        return tiered.check_tiered(t)
     if t.dtype != "float32":
         raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
     k = t.meta["k"]
@@ -367,10 +377,7 @@ def check(t: EncodedTensor, max_bytes: int | None = None) -> dict[str, dict]:
 
 def _check_planes(t: EncodedTensor) -> dict[str, dict]:
     meta = t.meta if isinstance(t.meta, dict) else {}
-    for key in META_KEYS["planes"]:
-        v = meta.get(key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise _fail(t, None, f"meta.{key} is {v!r}, expected an int")
+    _check_meta_ints(t)
     if t.dtype not in _planes.PLANE_DTYPES:
         raise _fail(t, None, f"dtype {t.dtype!r}, expected one of {_planes.PLANE_DTYPES}")
     n, kept, block = t.numel, meta["kept"], meta["block"]
@@ -427,7 +434,7 @@ def decode_parts(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind in ("dense", "planes", "grouped", "tiered"):
+    if not KIND_TABLE[t.kind].shared:
         raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     cb, pos, sym = _kept(t)
     if t.kind == "codebook":
@@ -450,8 +457,8 @@ def decode_kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.nda
         DeepzipFormatError: malformed sections. ValueError: a dense tensor.
     """
     check(t)
-    if t.kind == "dense":
-        raise ValueError(f"{_where(t.name)}: dense tensors have no codebook")
+    if not KIND_TABLE[t.kind].shared:
+        raise ValueError(f"{_where(t.name)}: {t.kind} tensors have no single codebook")
     return _kept(t)
 
 
@@ -486,15 +493,27 @@ def decode(t: EncodedTensor) -> np.ndarray:
         DeepzipFormatError: malformed sections, naming the tensor and section.
     """
     check(t)
-    if t.kind == "dense":
-        sd = _planes.storage_dtype(t.dtype)
-        return np.frombuffer(t.sections["data"], sd).astype(sd.newbyteorder("=")).reshape(t.shape)
-    if t.kind == "planes":
-        return _planes.decode_planes(t.meta, t.sections, t.shape, t.dtype, _where(t.name))
-    if t.kind == "grouped":
-        return grouped.decode_grouped(t)
-    if t.kind == "tiered":
-        return tiered.decode_tiered(t)
+    return KIND_TABLE[t.kind].decode(t)
+
+
+def _decode_dense(t: EncodedTensor) -> np.ndarray:
+    sd = _planes.storage_dtype(t.dtype)
+    return np.frombuffer(t.sections["data"], sd).astype(sd.newbyteorder("=")).reshape(t.shape)
+
+
+def _decode_planes(t: EncodedTensor) -> np.ndarray:
+    return _planes.decode_planes(t.meta, t.sections, t.shape, t.dtype, _where(t.name))
+
+
+def _decode_shared(t: EncodedTensor) -> np.ndarray:
+    if t.kind == "sparse" and _fast.available():  # compiled: the kept entries written straight into the output
+        cb = np.frombuffer(t.sections["codebook"], "<f4").astype(np.float32)
+        symbols, gaps = _decode_stream(t, "indices"), _decode_stream(t, "gaps")
+        out = np.zeros(t.numel, np.float32)
+        kept = _fast.sparse_fill(out, cb, symbols, gaps, t.meta["gap_width"])
+        if kept is not None and kept == t.meta["kept"]:
+            return out.reshape(t.shape)
+        del out, symbols, gaps  # numpy below finds (and names) what is wrong, in its own memory
     cb, pos, sym = _kept(t)
     if pos is None:
         return cb[sym].reshape(t.shape)
@@ -585,3 +604,43 @@ def tensor_stats(t: EncodedTensor, entropy: bool = True) -> dict[str, Any]:
             gaps = _decode_stream(t, "gaps")
             s["gap_entropy_bits"] = huffman.entropy_bits(np.bincount(gaps)) if gaps.size else 0.0
     return s
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What the codec does with one tensor kind: the one table every dispatch reads (:data:`KIND_TABLE`).
+
+    Attributes:
+        encode: the public encoder that makes this kind.
+        check: validates an :class:`EncodedTensor` of the kind (after the shape checks common to all kinds).
+        decode: its dense array (after ``check``).
+        sections: the fixed section names (None: computed from the meta, as for ``planes``).
+        meta_keys: the int meta entries it must have.
+        shared: one codebook plus indices (``decode_parts`` / ``decode_kept`` apply).
+        version: the format version that introduced it.
+    """
+
+    encode: Callable[..., EncodedTensor]
+    check: Callable[[EncodedTensor], dict[str, dict]]
+    decode: Callable[[EncodedTensor], np.ndarray]
+    sections: tuple[str, ...] | None
+    meta_keys: tuple[str, ...]
+    shared: bool
+    version: tuple[int, int]
+
+
+KIND_TABLE: dict[str, Kind] = {
+    "dense": Kind(encode_dense, _check_dense, _decode_dense, ("data",), (), False, (1, 0)),
+    "codebook": Kind(encode_codebook, _check_shared, _decode_shared, ("codebook", "indices"), ("k",), True, (1, 0)),
+    "sparse": Kind(encode_sparse, _check_shared, _decode_shared, ("codebook", "indices", "gaps"),
+                   ("k", "gap_width", "kept"), True, (1, 0)),
+    "planes": Kind(encode_planes, _check_planes, _decode_planes, None, ("block", "kept", "masked", "mask_coded"),
+                   False, (1, 1)),
+    "grouped": Kind(grouped.encode_grouped, _check_grouped, grouped.decode_grouped, grouped.SECTIONS,
+                    grouped.META_KEYS, False, (1, 2)),
+    "tiered": Kind(tiered.encode_tiered, _check_tiered, tiered.decode_tiered, tiered.SECTIONS, tiered.META_KEYS,
+                   False, (1, 3)),
+}
+KINDS = tuple(KIND_TABLE)
+SECTIONS = {k: v.sections for k, v in KIND_TABLE.items() if v.sections is not None}
+META_KEYS = {k: v.meta_keys for k, v in KIND_TABLE.items()}

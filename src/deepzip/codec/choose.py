@@ -30,7 +30,6 @@ from ._tensor import EncodedTensor, encode_codebook, encode_dense, encode_planes
 
 __all__ = ["encode_lossless"]
 
-_MAX_CODEBOOK = 1 << 16
 _FEW = 4096  # distinct values in a sample below which a full np.unique is worth it
 _LARGE_FEW = 256  # the same above _WHOLE elements (see _codebook)
 _WHOLE = 1 << 22  # elements up to which a tensor's codebook candidate is worked on at once
@@ -69,6 +68,7 @@ def _codebook(
             return None
     if large:
         return _codebook_by_blocks(flat, a.shape, dtype, name, signed_zeros, block, as_float)
+    inverse: np.ndarray | None = None  # the 16-bit path builds it once the codebook is known to win
     if dtype in ("bfloat16", "float16"):  # 2**16 possible patterns: count them instead of sorting (same result)
         b16 = (flat if mask is None else flat[mask.reshape(-1)]).view(np.uint16)
         if b16.size == 0:
@@ -85,7 +85,6 @@ def _codebook(
         if values is None:
             return None
         idx_counts = counts[present]
-        inverse = None  # built once the codebook is known to win
     else:
         kept = flat if mask is None else flat[mask.reshape(-1)]
         if kept.size == 0:
@@ -98,12 +97,12 @@ def _codebook(
         if values is None:
             return None
         idx_counts = np.bincount(inverse, minlength=values.size)
-    if mask is None:
-        # its exact size first (float32 entries + the index stream, from the index histogram): coded only if it wins
-        if 4 * values.size + huffman.stream_size(idx_counts) >= beat:
-            return None
+    # its exact size first (float32 entries + the index stream, from the index histogram): coded only if it wins
+    if mask is None and 4 * values.size + huffman.stream_size(idx_counts) >= beat:
+        return None
     if inverse is None:
-        inverse = (np.cumsum(present) - 1).astype(np.uint16)[b16]
+        rank = (np.cumsum(present) - 1).astype(np.uint16)
+        inverse = rank[b16]
     if mask is None:
         return encode_codebook(values, inverse.reshape(a.shape), name=name)
     indices = np.zeros(a.shape, np.int64)
@@ -137,7 +136,7 @@ def _distinct(head: np.ndarray, dtype: str, as_float: Callable[[np.ndarray], np.
 def _exact_float32(bits: np.ndarray, dtype: np.dtype, u: type) -> np.ndarray | None:
     """The distinct values of these bit patterns, if they can be a codebook: at most 2**16, finite, float32-exact."""
     values = bits.view(dtype)
-    if bits.size > _MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
+    if bits.size > huffman.MAX_CODEBOOK or not np.isfinite(values).all():  # codebooks hold finite values only
         return None
     if not np.array_equal(values.astype(np.float32).astype(values.dtype).view(u), bits):
         return None
@@ -160,7 +159,7 @@ def _codebook_by_blocks(
     for s in range(0, flat.size, block):
         b = np.unique(bits_of(s))
         distinct = b if distinct is None else np.union1d(distinct, b)
-        if distinct.size > _MAX_CODEBOOK:
+        if distinct.size > huffman.MAX_CODEBOOK:
             return None
     assert distinct is not None
     values = _exact_float32(distinct, np.dtype(np.float32 if dtype == "bfloat16" else dtype), distinct.dtype.type)

@@ -41,7 +41,16 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from ..fileio import atomic_write
-from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_parts, decoded_nbytes, tensor_stats
+from ._tensor import (
+    DEFAULT_MAX_BYTES,
+    KIND_TABLE,
+    EncodedTensor,
+    check,
+    decode,
+    decode_parts,
+    decoded_nbytes,
+    tensor_stats,
+)
 
 __all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
@@ -163,12 +172,7 @@ def to_bytes(
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
     """The oldest format that holds ``tensors``: 1.3 for the tiered kind, 1.2 for the grouped kind, 1.1 for the
     planes kind or bfloat16, else 1.0 (older readers keep reading what they can)."""
-    tensors = list(tensors)
-    if any(t.kind == "tiered" for t in tensors):
-        return (1, 3)
-    if any(t.kind == "grouped" for t in tensors):
-        return (1, 2)
-    return (1, 1) if any(t.kind == "planes" or t.dtype == "bfloat16" for t in tensors) else (1, 0)
+    return max(((1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version for t in tensors), default=(1, 0))
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes) -> bytes:

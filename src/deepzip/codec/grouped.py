@@ -59,7 +59,7 @@ __all__ = [
 
 SECTIONS = ("codebooks", "indices", "outlier_pos", "outlier_val")
 META_KEYS = ("k", "rows_per_group", "outliers")
-MAX_K = 1 << 16
+MAX_K = huffman.MAX_CODEBOOK  # the codec's one codebook limit
 
 
 def varint_encode(values: np.ndarray) -> np.ndarray:

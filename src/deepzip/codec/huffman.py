@@ -33,6 +33,7 @@ from ..errors import DeepzipFormatError
 from . import _fast
 
 __all__ = [
+    "MAX_CODEBOOK",
     "MAX_CODE_LENGTH",
     "SYNC_INTERVAL",
     "canonical_codes",
@@ -49,6 +50,10 @@ __all__ = [
 
 MAX_CODE_LENGTH = 24
 """Longest code a stream may use: a 24-bit window always fits in 32 bits read at any bit offset."""
+
+MAX_CODEBOOK = 1 << 16
+"""The largest codebook of every weight-shared kind (codebook, sparse, grouped, tiered): indices fit in uint16. The
+codec's one definition of the limit; choose, grouped, tiered and the layers above import it."""
 
 SYNC_INTERVAL = 1024
 """Symbols between two recorded bit offsets; 1024 * 24 bits < 2**16, so offsets are stored as u16 deltas."""
@@ -97,7 +102,8 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
         fast = _fast.code_lengths(counts, max_length)
         if fast is not None:
             if counts.size <= 4096:
-                _RECENT.pop(next(iter(_RECENT))) if len(_RECENT) >= 64 else None
+                if len(_RECENT) >= 64:
+                    _RECENT.pop(next(iter(_RECENT)))  # the oldest
                 _RECENT[key] = fast.copy()
             return fast
     lengths = np.zeros(counts.size, np.uint8)

@@ -368,7 +368,7 @@ def compress_checkpoint(
             if len(data) > MAX_AUX_BYTES:
                 raise CheckpointError(f"{source.root / rel}: {len(data)} bytes; files other than weights are "
                                       f"kept in the .dz header, up to {MAX_AUX_BYTES} bytes each")
-            aux[rel] = base64.b64encode(lzma.compress(data, preset=9)).decode("ascii")
+            aux[rel] = base64.b64encode(_xz(data)).decode("ascii")
         writer.extra = {"checkpoint": {"kind": source.kind, "files": files, "aux": aux,
                                        "name": source.root.name},
                         "aliases": aliases, "tied": tied, "dtypes": dtypes}
@@ -379,6 +379,14 @@ def compress_checkpoint(
     source_bytes = sum(source.path(r).stat().st_size for r in source.weights)
     return {"bytes": size, "source_bytes": source_bytes, "params": params, "tensors": rows,
             "seconds": time.perf_counter() - t0, "kind": source.kind}
+
+
+def _xz(data: bytes) -> bytes:
+    """xz preset 9 with the dictionary cut to the data (>= 4 KiB): the same ratio as plain preset 9 on a folder's
+    small files, without initialising a 64 MiB dictionary per file (that was ~0.1 s each, a third of compressing
+    all-MiniLM-L6-v2's folder). Any xz reader decodes it."""
+    return lzma.compress(data, format=lzma.FORMAT_XZ,
+                         filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": max(4096, len(data))}])
 
 
 # ---------------------------------------------------------------------------------------------------- decompress
