@@ -498,6 +498,9 @@ def part_speed() -> None:
         tools = _speed_tools(data, tensors, zdt)
         for tool, run in tools.items():
             r = run()
+            if r["enc"][0] + r["dec"][0] < 5:  # a fast tool: the better of two runs (the first pays cold caches)
+                again = run()
+                r = {**r, "enc": min(r["enc"], again["enc"]), "dec": min(r["dec"], again["dec"])}
             row = {"weights": label, "tool": tool, "how": "in-process", "ratio": round(len(data) / r["bytes"], 4),
                    "compress MB/s (CPU)": round(mb / r["enc"][0], 1),
                    "decompress MB/s (CPU)": round(mb / r["dec"][0], 1),
@@ -541,7 +544,9 @@ def part_speed() -> None:
           "thread; deepzip runs `encode_lossless` per tensor and `to_bytes`, then `read` and `decode` of every "
           "tensor (the work of `deepzip compress` without the folder's other files and the process start). Whole "
           "command: the CLI on the folder (start-up, torch import, tokenizer files included), the others on "
-          "model.safetensors. MB/s = raw weight MB / seconds; CPU = the process's CPU seconds (one thread, so what "
+          "model.safetensors. In-process tools whose round trip took under 5 CPU seconds ran twice, the better run "
+          "shown (the first one pays cold caches and page faults); the slow ones ran once. MB/s = raw weight MB / "
+          "seconds; CPU = the process's CPU seconds (one thread, so what "
           "one core delivers), wall = elapsed, which on this shared 2-core machine (load average "
           f"{os.getloadavg()[0]:.1f} at the end) includes waiting for the CPU. `bit-exact`: the round trip gives the "
           "input back byte for byte. Targets (issue 24, deepzip in-process, one thread): fp32 >= 200 / 500 MB/s, "
