@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..codec._tensor import DEFAULT_MAX_BYTES
+from ..codec._tensor import DEFAULT_MAX_BYTES, MAX_CODEBOOK
 from ..errors import CheckpointError
 from ..fileio import atomic_write
 from ..models import model_name
@@ -60,7 +60,7 @@ __all__ = [
 
 FORMAT = "deepzip-checkpoint"
 VERSION = 1
-MAX_K = 1 << 16  # the largest codebook a shared layer may have
+MAX_K = MAX_CODEBOOK  # the largest codebook a shared layer may have (the codec's one limit)
 
 def _index_dtype(k: int) -> torch.dtype:
     if k <= 1 << 8:
