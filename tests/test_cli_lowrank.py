@@ -10,7 +10,7 @@ import torch
 
 from deepzip import cli
 from deepzip.io.checkpoint import save_checkpoint
-from deepzip.io.serialize import load
+from deepzip.io.serialize import load, load_state_dict
 from deepzip.models import get_model
 from deepzip.techniques.lowrank import TTConv2d, TTLinear, Tucker2Conv, lowrank_spec, parse_rank, tt_modes
 
@@ -99,3 +99,31 @@ def test_parsers() -> None:
     for n, d in [(784, 4), (1024, 3), (97, 2), (1, 3)]:
         modes = tt_modes(n, d)
         assert len(modes) == d and torch.tensor(modes).prod().item() == n
+
+
+def test_decompose_a_hugging_face_model_folder_and_its_dz(tmp_path, capsys) -> None:
+    """A text model takes token ids: its MACs are counted on (1, T) integer ids, not on an image; an input shape it
+    does not take gives one line naming the shape (it used to end in "too many values to unpack")."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+    assert cli.main(["compress", str(tmp_path / "bert"), "-o", str(tmp_path / "bert.dz"), "-q"]) == 0
+    capsys.readouterr()
+    for src in (tmp_path / "bert", tmp_path / "bert.dz"):
+        out = tmp_path / f"{src.name}.svd.dz"
+        assert cli.main(["decompose", str(src), "-o", str(out), "-q", "--factorization", "svd", "--rank",
+                         "pooler.dense=4", "--input-shape", "6", "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["layers"]
+        assert (row["layer"], row["kind"], row["ranks"]) == ("pooler.dense", "svd", 4)
+        assert row["macs_before"] == 16 * 16 and row["macs_after"] == 16 * 4 + 4 * 16  # the pooler sees one token
+        sd = load_state_dict(out)  # the file holds the rank-4 factors of the pooler and the other layers as they were
+        assert sorted(v.shape for k, v in sd.items() if k.startswith("pooler.dense.") and v.dim() == 2) == [(4, 16),
+                                                                                                          (16, 4)]
+        assert sd["encoder.layer.0.output.dense.weight"].shape == (16, 32)
+        bad = tmp_path / f"{src.name}.bad.dz"
+        assert cli.main(["decompose", str(src), "-o", str(bad), "-q", "--factorization", "svd",
+                         "--input-shape", "4,4"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "input of shape (1, 4, 4): the model does not accept it" in err
+        assert not bad.exists()

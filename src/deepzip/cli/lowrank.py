@@ -32,7 +32,8 @@ def _cfg_decompose(p: argparse.ArgumentParser) -> None:
                    "modes for a conv, conv2=2x4x4:4x4x4; default: even factors, --tt-cores of them)")
     p.add_argument("--tt-cores", type=int, default=4, help="tt: cores when modes are chosen automatically")
     p.add_argument("--keep-larger", action="store_true", help="factor a layer even when that adds parameters")
-    p.add_argument("--input-shape", default="1,28,28", help="one input's shape, for counting MACs (C,H,W)")
+    p.add_argument("--input-shape", default=None, help="one input's shape, for counting MACs (C,H,W; default "
+                   "1,28,28; a text model: the number of tokens, default 8)")
     p.add_argument("--model", default=None, help="architecture when the file names none")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write the per-layer rows as JSON (to stdout without PATH, instead of the table)")
@@ -43,12 +44,11 @@ def _cfg_decompose(p: argparse.ArgumentParser) -> None:
 @command("decompose", "low-rank factorization of a model's layers: Tucker-2, SVD or tensor train")
 @args(_cfg_decompose)
 def cmd_decompose(a: argparse.Namespace) -> int:
-    import torch
 
     from ..errors import LowRankError
     from ..io.checkpoint import save_checkpoint
     from ..io.serialize import save as dz_save
-    from ..techniques.lowrank import decompose_with_report
+    from ..techniques.lowrank import decompose_with_report, example_input
 
     src = Path(a.checkpoint)
     if not src.exists():
@@ -57,12 +57,12 @@ def cmd_decompose(a: argparse.Namespace) -> int:
     if out.exists() and out.resolve() == src.resolve():
         raise LowRankError(f"-o {out}: the output would overwrite the input; write to another file")
     try:
-        shape = tuple(int(v) for v in a.input_shape.split(","))
+        shape = None if a.input_shape is None else tuple(int(v) for v in a.input_shape.split(","))
     except ValueError:
         raise LowRankError(f"--input-shape {a.input_shape!r}: expected C,H,W integers") from None
     model, _ = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes, images=False)
     report = decompose_with_report(
-        model, torch.zeros(1, *shape), factorization=a.factorization, rank=a.rank,
+        model, example_input(model, shape), factorization=a.factorization, rank=a.rank,
         layers=[s.strip() for s in a.layers.split(",")] if a.layers else None, modes=a.modes,
         tt_cores=a.tt_cores, keep_larger=a.keep_larger, progress=_progress(a))
     if out.suffix == ".safetensors":

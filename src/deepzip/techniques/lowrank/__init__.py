@@ -52,7 +52,7 @@ from .decompose import (
     factorize_,
 )
 from .ranks import energy_rank, evbmf
-from .report import FACTORIZATIONS, decompose_with_report, parse_modes, parse_rank
+from .report import FACTORIZATIONS, decompose_with_report, example_input, parse_modes, parse_rank
 from .spec import SPEC_KINDS, lowrank_spec, rebuild_
 from .tt import FORWARD_MODES, TTConv2d, TTCores, TTLinear, tt_linear_, tt_modes, tt_svd
 from .tucker import SVDLinear, Tucker2Conv, svd_factors, tucker2
@@ -78,6 +78,7 @@ __all__ = [
     "decompose_with_report",
     "energy_rank",
     "evbmf",
+    "example_input",
     "factorize_",
     "lowrank_spec",
     "lowrank_table",

@@ -14,10 +14,26 @@ from ...errors import LowRankError
 from ._common import convs_and_linears, convs_only, lowrank_table
 from .decompose import count_macs, decompose_
 
-__all__ = ["FACTORIZATIONS", "decompose_with_report", "parse_modes", "parse_rank"]
+__all__ = ["FACTORIZATIONS", "decompose_with_report", "example_input", "parse_modes", "parse_rank"]
 
 #: What ``deepzip decompose --factorization`` (alias ``--method``) factors: tucker2 convs, svd linear layers, tt both.
 FACTORIZATIONS: tuple[str, ...] = ("tucker2", "svd", "tt")
+
+
+def example_input(model: nn.Module, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """One zero input batch for counting ``model``'s multiply-adds: ``(1, *shape)``.
+
+    A model that takes token ids (a Hugging Face text model, ``main_input_name == "input_ids"``) gets integer ids,
+    ``shape`` being the sequence length (default 8 tokens); any other model gets float32 zeros, ``shape`` being one
+    input's shape (default ``(1, 28, 28)``, an MNIST image).
+
+    Example:
+        >>> example_input(nn.Linear(4, 2), (4,)).shape
+        torch.Size([1, 4])
+    """
+    if getattr(model, "main_input_name", None) == "input_ids":
+        return torch.zeros((1, *(shape or (8,))), dtype=torch.long)  # (B, T) token ids
+    return torch.zeros((1, *(shape or (1, 28, 28))))  # (B, C, H, W)
 
 
 def parse_rank(text: str) -> tuple[str, float, dict[str, Any] | None]:
@@ -123,9 +139,10 @@ def decompose_with_report(
         raise LowRankError(f"factorization={factorization!r}, expected one of {', '.join(FACTORIZATIONS)}")
     try:
         before = count_macs(model, example_input)
-    except RuntimeError as exc:
-        raise LowRankError(f"input of shape {tuple(example_input.shape)}: the model does not accept it "
-                           f"({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # a foreign model's forward raises any of these
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise LowRankError(f"input of shape {tuple(example_input.shape)}: the model does not accept it ({first}); "
+                           "give one input's shape with --input-shape") from None
     params_before = sum(p.numel() for p in model.parameters())
     rule, energy, ranks = parse_rank(rank)
     tt_modes = parse_modes(modes)
