@@ -72,6 +72,19 @@ def _read_args(p: argparse.ArgumentParser, *, trust: bool = True) -> None:
                             "(runs its code; default: only deepzip's own models are built from a file)")
 
 
+#: What a command that reads a model takes (the one reader, :mod:`deepzip.io.checkpoint`): the tail of its help.
+_SOURCES = "a checkpoint (deepzip's, any safetensors, a torch state_dict file), a .dz file or a Hugging Face folder"
+
+
+def _reader_args(p: argparse.ArgumentParser, *, train: bool = False) -> None:
+    """The options a command that reads a model file ends with, in this order: the read limits (``--max-bytes``,
+    ``--trust-code``), with ``train`` the retraining options, then the common ones (data, seed, threads)."""
+    _read_args(p)
+    if train:
+        _train_args(p)
+    _common(p)
+
+
 def _progress(a: argparse.Namespace) -> bool:
     """Progress bars: unless --quiet, and only when stderr is a terminal (logs get no carriage-return lines)."""
     return not getattr(a, "quiet", False) and sys.stderr.isatty()

@@ -6,12 +6,11 @@ import argparse
 import time
 
 from ._common import (
+    _SOURCES,
     _check_output,
-    _common,
     _data,
     _load_model,
-    _read_args,
-    _train_args,
+    _reader_args,
     _train_cfg,
     args,
     command,
@@ -20,8 +19,7 @@ from ._common import (
 
 
 def _cfg_distill(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="the teacher: a checkpoint (deepzip's, any safetensors, a torch "
-                                                     "state_dict file), a .dz file or a Hugging Face folder")
+    p.add_argument("--teacher", required=True, help=f"the teacher: {_SOURCES}")
     p.add_argument("--teacher-model", default=None, help="teacher architecture when the checkpoint names none")
     p.add_argument("--student", default="mlp800", help="lenet300, lenet5, mlp800, mlp30, ... or pkg.mod:factory")
     p.add_argument("-T", "--temperature", type=float, default=20.0, help="softmax temperature (default 20)")
@@ -30,9 +28,7 @@ def _cfg_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.safetensors)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the teacher every step instead of caching its logits once")
-    _read_args(p)
-    _train_args(p)
-    _common(p)
+    _reader_args(p, train=True)
 
 
 @command("distill", "train a student model from a teacher checkpoint (knowledge distillation)")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import _common, _load_model, _progress, _read_args, args, command, print_table
+from ._common import _SOURCES, _load_model, _progress, _reader_args, args, command, print_table
 
 DECOMPOSE_COLUMNS = [
     ("layer", "layer", ""), ("kind", "kind", ""), ("ranks", "ranks", ""), ("params_before", "params", "d"),
@@ -17,8 +17,7 @@ DECOMPOSE_COLUMNS = [
 
 
 def _cfg_decompose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict file), "
-                                      "a .dz file or a Hugging Face folder")
+    p.add_argument("checkpoint", help=f"the model: {_SOURCES}")
     p.add_argument("-o", "--output", required=True,
                    help="the decomposed model: a .dz file (a .safetensors name writes a checkpoint)")
     p.add_argument("--factorization", "--method", dest="factorization", choices=["tucker2", "svd", "tt"],
@@ -37,8 +36,7 @@ def _cfg_decompose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture when the file names none")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write the per-layer rows as JSON (to stdout without PATH, instead of the table)")
-    _read_args(p)
-    _common(p)
+    _reader_args(p)
 
 
 @command("decompose", "low-rank factorization of a model's layers: Tucker-2, SVD or tensor train")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ._common import (
+    _SOURCES,
     _arch,
     _check_output,
     _common,
@@ -16,7 +17,7 @@ from ._common import (
     _load_model,
     _parse_layer_values,
     _progress,
-    _read_args,
+    _reader_args,
     _train_args,
     _train_cfg,
     args,
@@ -59,8 +60,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cfg_prune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict file), "
-                                      "a .dz file or a Hugging Face folder")
+    p.add_argument("checkpoint", help=f"the model: {_SOURCES}")
     p.add_argument("-o", "--output", required=True)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sparsity", help="fraction pruned: 0.92, or per layer fc1=0.92,fc2=0.91,fc3=0.74")
@@ -70,9 +70,7 @@ def _cfg_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["iterative", "agp"], default="iterative")
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--scan-plot", default=None, help="write the sensitivity scan plot (PNG) here")
-    _read_args(p)
-    _train_args(p)
-    _common(p)
+    _reader_args(p, train=True)
 
 
 
@@ -124,8 +122,7 @@ def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
                                  "state_dict file) or a Hugging Face folder")
     p.add_argument("--model", default=None, help="architecture to load into (default: the one the file names)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the sentence")
-    _read_args(p)
-    _common(p)
+    _reader_args(p)
 
 
 @command("evaluate", "test error of a checkpoint or .dz file on MNIST (or --data)")

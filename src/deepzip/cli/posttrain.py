@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import _load_model, _read_args, args, command, existing_file
+from ._common import _SOURCES, _load_model, _read_args, args, command, existing_file
 
 
 def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="the model: a checkpoint (deepzip's, any safetensors, a torch state_dict "
-                                          "file), a .dz file or a Hugging Face folder")
+    src.add_argument("--checkpoint", help=f"the model: {_SOURCES}")
     src.add_argument("--sentence-transformer", metavar="DIR", help="a sentence-transformers model folder")
     p.add_argument("--model", default=None, help="architecture of --checkpoint when it names none (e.g. lenet300)")
     p.add_argument("--calibration", required=True,

@@ -9,13 +9,12 @@ import argparse
 import time
 
 from ._common import (
+    _SOURCES,
     _check_output,
-    _common,
     _data,
     _load_model,
     _progress,
-    _read_args,
-    _train_args,
+    _reader_args,
     _train_cfg,
     args,
     command,
@@ -44,8 +43,7 @@ def parse_bits(text: str) -> int | str | dict[str, int | str]:
 
 
 def _cfg_share(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a (pruned) model: a checkpoint (deepzip's, any safetensors, a torch state_dict "
-                                      "file), a .dz file or a Hugging Face folder")
+    p.add_argument("checkpoint", help=f"a (pruned) model: {_SOURCES}")
     p.add_argument("-o", "--output", required=True, help="shared checkpoint to write (.safetensors)")
     p.add_argument("--bits", default="8/5",
                    help="bits per index: 8/5 (conv/fc, the paper's), 8/4, 4/2, 6, fc1=6,fc2=5, or 8/5,fc3=6")
@@ -57,9 +55,7 @@ def _cfg_share(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="architecture when the checkpoint names none")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write per-layer weight histograms with the centroids marked (PNG) into DIR")
-    _read_args(p)
-    _train_args(p)
-    _common(p)
+    _reader_args(p, train=True)
 
 
 @command("share", "k-means weight sharing with centroid fine-tuning")
