@@ -32,7 +32,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,28 @@ def _as_list(tensors: Mapping[str, EncodedTensor] | Iterable[EncodedTensor]) -> 
     return out
 
 
+
+def _place(t: EncodedTensor, offset: int, write: Callable[[bytes], object]) -> tuple[dict[str, Any], int]:
+    """Check ``t`` and lay its sections out from data offset ``offset``, each aligned (zero padding before it),
+    handing the padding and the bytes to ``write`` in file order. Returns its header entry and the offset after it.
+    (One layout for :func:`to_bytes` and the streaming writer.)"""
+    try:
+        check(t)
+    except DeepzipFormatError as e:
+        raise ValueError(f"invalid tensor: {e}") from None
+    _json(t.meta, f"{t.name}: meta")
+    secs = {}
+    for sec, data in t.sections.items():
+        pad = _align(offset) - offset
+        write(b"\0" * pad)
+        offset += pad
+        secs[sec] = {"offset": offset, "length": len(data), "crc32": zlib.crc32(data)}
+        write(data)
+        offset += len(data)
+    entry = {"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype, "meta": dict(t.meta),
+             "sections": secs}
+    return entry, offset
+
 def to_bytes(
     tensors: Mapping[str, EncodedTensor] | Iterable[EncodedTensor],
     *,
@@ -129,29 +151,8 @@ def to_bytes(
     chunks: list[bytes] = []
     offset = 0
     for t in items:
-        try:
-            check(t)
-        except DeepzipFormatError as e:
-            raise ValueError(f"invalid tensor: {e}") from None
-        _json(t.meta, f"{t.name}: meta")
-        secs = {}
-        for sec, data in t.sections.items():
-            pad = _align(offset) - offset
-            chunks.append(b"\0" * pad)
-            offset += pad
-            secs[sec] = {"offset": offset, "length": len(data), "crc32": zlib.crc32(data)}
-            chunks.append(bytes(data))
-            offset += len(data)
-        entries.append(
-            {
-                "name": t.name,
-                "kind": t.kind,
-                "shape": list(t.shape),
-                "dtype": t.dtype,
-                "meta": dict(t.meta),
-                "sections": secs,
-            }
-        )
+        entry, offset = _place(t, offset, lambda b: chunks.append(bytes(b)))
+        entries.append(entry)
     header = {
         "format": "deepzip",
         "producer": _producer(),

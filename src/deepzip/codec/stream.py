@@ -46,6 +46,7 @@ from .container import (
     _align,
     _json,
     _json_items,
+    _place,
     _producer,
     needed_version,
     parse_header,
@@ -83,22 +84,9 @@ class DzWriter:
         """Append one tensor (checked like :func:`deepzip.codec.to_bytes` checks it)."""
         if not isinstance(t.name, str) or not t.name or t.name in self._names:
             raise ValueError(f"tensor name {t.name!r}: empty or duplicate")
-        try:
-            check(t)
-        except DeepzipFormatError as e:
-            raise ValueError(f"invalid tensor: {e}") from None
-        _json(t.meta, f"{t.name}: meta")
-        secs = {}
-        for sec, data in t.sections.items():
-            pad = _align(self._offset) - self._offset
-            self._f.write(b"\0" * pad)
-            self._offset += pad
-            secs[sec] = {"offset": self._offset, "length": len(data), "crc32": zlib.crc32(data)}
-            self._f.write(data)
-            self._offset += len(data)
+        entry, self._offset = _place(t, self._offset, self._f.write)
         self._names.add(t.name)
-        self._entries.append({"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype,
-                              "meta": dict(t.meta), "sections": secs})
+        self._entries.append(entry)
         self._version = max(self._version, needed_version([t]))
 
     def close(self) -> int:
