@@ -375,9 +375,7 @@ def compress_(
     def prune() -> dict[str, Any]:
         sparsity = config.sparsity
         if sparsity is None:
-            if error_fn is None:
-                raise ValueError("config.sparsity: unset, so the sensitivity scan needs error_fn")
-            sparsity = _scan_sparsity(model, config, error_fn, progress)
+            sparsity = _scan_sparsity(model, config, _scan_error_fn(error_fn, "sparsity", "sensitivity"), progress)
         iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
                          progress=progress)
         return {"sparsity": sparsity, **measure(model, "prune")}
@@ -389,9 +387,7 @@ def compress_(
     def share() -> dict[str, Any]:
         bits = config.bits
         if bits is None:
-            if error_fn is None:
-                raise ValueError("config.bits: unset, so the bits scan needs error_fn")
-            bits = _scan_bits(model, config, error_fn, progress)
+            bits = _scan_bits(model, config, _scan_error_fn(error_fn, "bits", "bits"), progress)
         requested = resolve_bits(model, bits)
         share_weights_(model, requested, init=config.init, seed=config.seed, progress=progress)
         shared = measure(model, "shared")
@@ -416,6 +412,14 @@ def _stage(name: str, model: nn.Module, stages: StageStore | None, log: Callable
     if stages is not None:
         stages.save(name, model, record)
     return record
+
+
+def _scan_error_fn(error_fn: Callable[[nn.Module], float] | None, setting: str,
+                   scan: str) -> Callable[[nn.Module], float]:
+    """``error_fn``, which the scan that picks an unset ``config.<setting>`` needs."""
+    if error_fn is None:
+        raise ValueError(f"config.{setting}: unset, so the {scan} scan needs error_fn")
+    return error_fn
 
 
 def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],

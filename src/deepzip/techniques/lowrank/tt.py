@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +191,19 @@ def _check_ranks(where: str, ranks: object, n: int) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- layers
+_T = TypeVar("_T", bound=nn.Module)
+
+
+def _filled(layer: _T, cores: Sequence[torch.Tensor], src: nn.Module) -> _T:
+    """``layer`` (a TTLinear or TTConv2d) given the TT ``cores`` and ``src``'s bias, in ``src``'s train/eval mode."""
+    with torch.no_grad():
+        for p, core in zip(layer.cores, cores):
+            p.copy_(core)
+        if src.bias is not None:
+            layer.bias.copy_(src.bias)
+    return layer.train(src.training)
+
+
 class TTLinear(nn.Module):
     """A linear layer whose weight is a tensor train (Novikov et al. 2015), never materialized in ``forward``.
 
@@ -275,12 +289,7 @@ class TTLinear(nn.Module):
         w = linear.weight
         inner = [c.shape[-1] for c in cores[:-1]]
         layer = cls(in_modes, out_modes, inner, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            for p, core in zip(layer.cores, cores):
-                p.copy_(core)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)  # type: ignore[union-attr]
-        return layer.train(linear.training)
+        return _filled(layer, cores, linear)
 
     def extra_repr(self) -> str:
         return (f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, "
@@ -468,12 +477,7 @@ class TTConv2d(nn.Module):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, in_modes, out_modes,  # type: ignore
                   [c.shape[-1] for c in cores[:-1]], conv.stride, conv.padding, conv.dilation,  # type: ignore
                   1, conv.bias is not None, conv.padding_mode, where=where, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            for p, core in zip(new.cores, cores):
-                p.copy_(core)
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)  # type: ignore[union-attr]
-        return new.train(conv.training)
+        return _filled(new, cores, conv)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
