@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DeepzipFormatError
-from ..techniques.walk import set_module
+from ..techniques.walk import run_hooked, set_module
 from . import _spkernel
 
 __all__ = [
@@ -461,13 +461,7 @@ def layer_inputs(model: nn.Module, example_input: torch.Tensor | None) -> dict[s
             shapes.setdefault(name, inp[0].detach())
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example_input, {n: record(n) for n, _ in model.named_modules() if n})
     return shapes
 
 

@@ -26,7 +26,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ __all__ = [
     "parametrized_tensors",
     "prunable_layers",
     "prunable_tensors",
+    "run_hooked",
     "set_module",
     "weight_names",
 ]
@@ -133,3 +135,15 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` in place of the submodule at dotted ``name`` (``"features.0"``)."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def run_hooked(model: nn.Module, x: torch.Tensor, hooks: Mapping[str, Callable[[nn.Module, tuple, Any], None]]) -> None:
+    """Run ``model(x)`` once without gradients, with forward hook ``hooks[name]`` on the submodule at each dotted
+    name (registered in the mapping's order), all removed afterwards even when the forward pass raises."""
+    handles = [model.get_submodule(name).register_forward_hook(hook) for name, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ...errors import LowRankError
 from ..prune import resolve_layer
-from ..walk import prunable_layers, set_module
+from ..walk import prunable_layers, run_hooked, set_module
 from ._common import (
     ConvRanks,
     FilterFn,
@@ -421,7 +421,6 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
         {'0': 324, '2': 72}
     """
     macs: dict[str, int] = {}
-    hooks = []
 
     def hook(name: str) -> Any:
         def run(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
@@ -441,13 +440,6 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
             macs[name] = macs.get(name, 0) + int(n)
         return run
 
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, TTLinear, TTConv2d)):
-            hooks.append(m.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, {name: hook(name) for name, m in model.named_modules()
+                          if isinstance(m, (nn.Conv2d, nn.Linear, TTLinear, TTConv2d))})
     return macs
