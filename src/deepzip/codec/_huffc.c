@@ -507,24 +507,6 @@ static int64_t chain_multi(const Table *t, const Multi *m, const uint8_t *d, uin
         uint32_t w = window_fast(d, p##q);                                                                          \
         const Multi *e = &m[w >> (32 - MB)];                                                                        \
         if (e->n) {                                                                                                 \
-            memcpy(o##q, e->s, 4);                                                                                  \
-            o##q += e->n;                                                                                           \
-            r##q -= e->n;                                                                                           \
-            p##q += e->len;                                                                                         \
-        } else {                                                                                                    \
-            uint32_t e1 = single(t, w);                                                                             \
-            if (!(e1 & 255)) goto fail;                                                                             \
-            *o##q++ = (uint8_t)(e1 >> 8);                                                                           \
-            r##q--;                                                                                                 \
-            p##q += e1 & 255;                                                                                       \
-        }                                                                                                           \
-    } while (0)
-
-#define MSTEP(q)                                                                                                    \
-    do {                                                                                                            \
-        uint32_t w = window_fast(d, p##q);                                                                          \
-        const Multi *e = &m[w >> (32 - MB)];                                                                        \
-        if (e->n) {                                                                                                 \
             memcpy(o##q, e->s, 4); /* four bytes stored, n kept: r >= 4 keeps the store inside the chunk */         \
             o##q += e->n;                                                                                           \
             r##q -= e->n;                                                                                           \
