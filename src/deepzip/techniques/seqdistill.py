@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "distill_seq2seq",
     "fit_seq2seq",
     "sequence_ce",
+    "teacher_logits",
     "teacher_targets",
     "word_kd_loss",
 ]
@@ -128,6 +130,8 @@ def fit_seq2seq(
     teacher: nn.Module | None = None,
     desc: str = "train",
     step_callback: Any = None,
+    teacher_logits: Sequence[torch.Tensor] | None = None,
+    epoch_callback: Callable[[int, float], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on (source ids, target ids) pairs, in place; with a ``teacher``, add word-level KD.
 
@@ -137,6 +141,10 @@ def fit_seq2seq(
         config: see :class:`SeqTrainConfig`.
         teacher: when given, the loss is ``(1 - alpha) CE + alpha T^2 KL`` against its logits (word-level KD).
         step_callback: ``step_callback(model, step)`` after every optimizer step (e.g. a pruning schedule).
+        teacher_logits: the teacher's logits per pair, precomputed by :func:`teacher_logits` (``(len(target) + 1, V)``
+            each): word-level KD without running the teacher at every step (the same loss: the teacher is frozen and
+            in eval mode, so its logits do not change during training).
+        epoch_callback: ``epoch_callback(epoch, mean_loss)`` after every epoch (progress in a log file, say).
 
     Returns:
         ``{"loss": [mean loss per epoch]}``.
@@ -144,6 +152,8 @@ def fit_seq2seq(
     config.validate()
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} sources for {len(targets)} targets")
+    if teacher_logits is not None and len(teacher_logits) != len(targets):
+        raise ValueError(f"{len(teacher_logits)} teacher logit rows for {len(targets)} targets")
     dev = torch.device(config.device)
     model.to(dev).train()
     if teacher is not None:
@@ -164,7 +174,7 @@ def fit_seq2seq(
     step = 0
     torch.manual_seed(config.seed)
     bar = tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         run, count = 0.0, 0
         for idx in _batches(len(sources), sources, config.batch_size, rng):
             src, n = pad_batch([sources[i] for i in idx])
@@ -173,9 +183,13 @@ def fit_seq2seq(
             src, tgt_in, tgt_out = src.to(dev), tgt_in.to(dev), tgt_out.to(dev)
             logits = model(src, n, tgt_in)  # (B, T, V)
             loss = sequence_ce(logits, tgt_out)
-            if teacher is not None and config.alpha > 0:
-                with torch.no_grad():
-                    t_logits = teacher(src, n, tgt_in)
+            if (teacher is not None or teacher_logits is not None) and config.alpha > 0:
+                if teacher_logits is not None:
+                    t_logits = _pad_logits([teacher_logits[i] for i in idx], tgt_out.shape[1]).to(dev)
+                else:
+                    assert teacher is not None
+                    with torch.no_grad():
+                        t_logits = teacher(src, n, tgt_in)
                 kd = word_kd_loss(logits, t_logits, tgt_out, config.temperature)
                 loss = (1 - config.alpha) * loss + config.alpha * kd
             for g in opt.param_groups:
@@ -192,9 +206,52 @@ def fit_seq2seq(
             bar.update(1)
             bar.set_postfix(loss=f"{run / count:.3f}")
         history["loss"].append(run / max(count, 1))
+        if epoch_callback is not None:
+            epoch_callback(epoch, history["loss"][-1])
     bar.close()
     model.eval()
     return history
+
+
+def _pad_logits(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack per-pair logits ``(T_i, V)`` into ``(B, length, V)``, zero-padded (padding is masked by the loss)."""
+    out = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
+    for b, r in enumerate(rows):
+        out[b, :r.shape[0]] = r
+    return out
+
+
+@torch.no_grad()
+def teacher_logits(
+    teacher: nn.Module,
+    sources: list[list[int]],
+    targets: list[list[int]],
+    *,
+    batch_size: int = 512,
+    device: str = "cpu",
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """The teacher's teacher-forced logits for every (source, target) pair, ``(len(target) + 1, V)`` float32 each
+    (one row per target token and one for EOS), computed once in eval mode in batches of similar length.
+
+    What :func:`fit_seq2seq` needs for word-level KD (``teacher_logits=``) without a teacher pass per training step.
+    """
+    was = teacher.training
+    teacher.to(device).eval()
+    order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), len(targets[i])))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(sources)
+    bar = tqdm(total=len(sources), desc="teacher logits", disable=not progress, leave=False, unit="pair")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        src, n = pad_batch([sources[i] for i in idx])
+        tgt_in, _ = pad_batch([targets[i] for i in idx], sos=True)
+        logits = teacher(src.to(device), n, tgt_in.to(device)).float().cpu()  # (B, T, V)
+        for b, i in enumerate(idx):
+            out[i] = logits[b, :len(targets[i]) + 1].clone()
+        bar.update(len(idx))
+    bar.close()
+    teacher.train(was)
+    return out
 
 
 def _model_digest(model: nn.Module) -> str:

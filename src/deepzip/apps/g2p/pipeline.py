@@ -29,7 +29,8 @@ from ...techniques.share import share_weights_
 from .data import G2PSplit, decode_phonemes, encode_word, phoneme_error_rate, word_error_rate
 from .recipes import G2PCompressConfig
 
-__all__ = ["compress_student_", "evaluate_g2p", "load_g2p_model", "pronounce", "words_per_second"]
+__all__ = ["compress_student_", "evaluate_g2p", "load_g2p_model", "load_recipe_model", "pronounce", "save_recipe_model",
+           "words_per_second"]
 
 
 def pronounce(model: nn.Module, words: list[str], *, beam: int = 1, device: str = "cpu") -> list[tuple[str, ...]]:
@@ -76,6 +77,34 @@ def load_g2p_model(path: str | os.PathLike[str]) -> tuple[Seq2Seq, dict[str, Any
     return model.eval(), {"bytes": p.stat().st_size, "arch": arch}
 
 
+def save_recipe_model(model: nn.Module, path: str | os.PathLike[str], recipe: str, **meta: Any) -> int:
+    """Write a trained G2P model to a ``.dz`` file (lossless unless it is pruned/shared: then its compact form) with
+    its ``recipe`` hash (:func:`~deepzip.g2p_recipes.g2p_recipe_tag`) and ``meta`` in the header; returns the bytes.
+    Written atomically: an interrupted run leaves the old file or none."""
+    from .serialize import save
+
+    model.to("cpu")
+    return save(model, path, config={"recipe": recipe, **meta})
+
+
+def load_recipe_model(path: str | os.PathLike[str], recipe: str) -> tuple[Seq2Seq, dict[str, Any]]:
+    """A model written by :func:`save_recipe_model`, if it was made by ``recipe``: (model, header config).
+
+    Raises:
+        DeepzipFormatError: the file is damaged, truncated or not a ``.dz`` file.
+        InputError: it holds another model, or was made by another recipe (the message names both hashes).
+    """
+    from .serialize import read_dz
+
+    p = Path(path)
+    found = read_dz(p).config.get("recipe")
+    if found != recipe:
+        raise InputError(f"{p}: made by recipe {found or 'unknown'}, this run's recipe is {recipe} (the sizes or "
+                         "training settings changed): retrain it (--retrain) or restore the file")
+    model, _ = load_g2p_model(p)
+    return model, dict(read_dz(p).config)
+
+
 def compress_student_(
     model: Seq2Seq,
     sources: list[list[int]],
@@ -84,6 +113,7 @@ def compress_student_(
     train: SeqTrainConfig,
     *,
     teacher: nn.Module | None = None,
+    epoch_callback: Any = None,
 ) -> Seq2Seq:
     """Prune and weight-share a trained encoder-decoder in place, retraining with the distillation loss.
 
@@ -95,15 +125,18 @@ def compress_student_(
        fine-tuning with the same loss.
 
     ``train`` gives batch size, device, alpha and temperature; its epochs and learning rate are replaced.
+    ``epoch_callback(epoch, loss)`` is called after every epoch of both retraining phases.
     """
     final = {n: (config.embedding_sparsity if n.endswith("_emb") else config.sparsity) for n in prunable_tensors(model)}
     prune_(model, sparsity={n: 0.0 for n in final})  # masks exist before the optimizer takes the parameters
     p_cfg = dataclasses.replace(train, epochs=config.prune_epochs, lr=config.lr, warmup=50)
     steps = -(-len(sources) // p_cfg.batch_size) * p_cfg.epochs
     schedule = AGPSchedule(final=final, begin=0, end=int(0.6 * steps), every=max(1, steps // 100))
-    fit_seq2seq(model, sources, targets, p_cfg, teacher=teacher, desc="prune + retrain", step_callback=schedule)
+    fit_seq2seq(model, sources, targets, p_cfg, teacher=teacher, desc="prune + retrain", step_callback=schedule,
+                epoch_callback=epoch_callback)
     prune_(model, sparsity=final)  # exactly the final sparsities, whatever the step count
     share_weights_(model, config.bits, progress=False)
     f_cfg = dataclasses.replace(train, epochs=config.centroid_epochs, lr=config.lr / 2, warmup=50)
-    fit_seq2seq(model, sources, targets, f_cfg, teacher=teacher, desc="centroid fine-tune")
+    fit_seq2seq(model, sources, targets, f_cfg, teacher=teacher, desc="centroid fine-tune",
+                epoch_callback=epoch_callback)
     return model
