@@ -79,9 +79,9 @@ def load_g2p_model(path: str | os.PathLike[str]) -> tuple[Seq2Seq, dict[str, Any
 
 def save_recipe_model(model: nn.Module, path: str | os.PathLike[str], recipe: str, **meta: Any) -> int:
     """Write a trained G2P model to a ``.dz`` file (lossless unless it is pruned/shared: then its compact form) with
-    its ``recipe`` hash (:func:`~deepzip.g2p_recipes.g2p_recipe_tag`) and ``meta`` in the header; returns the bytes.
-    Written atomically: an interrupted run leaves the old file or none."""
-    from .serialize import save
+    its ``recipe`` hash (:func:`~deepzip.apps.g2p.recipes.g2p_recipe_tag`) and ``meta`` in the header; returns the
+    bytes. Written atomically: an interrupted run leaves the old file or none."""
+    from ...io.serialize import save
 
     model.to("cpu")
     return save(model, path, config={"recipe": recipe, **meta})
@@ -94,7 +94,7 @@ def load_recipe_model(path: str | os.PathLike[str], recipe: str) -> tuple[Seq2Se
         DeepzipFormatError: the file is damaged, truncated or not a ``.dz`` file.
         InputError: it holds another model, or was made by another recipe (the message names both hashes).
     """
-    from .serialize import read_dz
+    from ...codec.fileinfo import read_dz
 
     p = Path(path)
     found = read_dz(p).config.get("recipe")
