@@ -125,6 +125,7 @@ class PipelineConfig:
     vd_lr: float = 1e-3
     vd_kl_warmup: float = 1.0  # epochs with the KL term off, then a linear ramp to weight 1 ...
     vd_kl_ramp_end: float = 6.0  # ... reached at this epoch
+    vd_kl_scale: float = 1.0  # the KL term's final weight: 1 is the variational bound; > 1 trades error for sparsity
     vd_threshold: float = 3.0  # log alpha above which a weight is pruned
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ class PipelineConfig:
         if self.sparsifier not in SPARSIFIERS:
             raise bad("sparsifier", self.sparsifier, " or ".join(repr(s) for s in SPARSIFIERS))
         pos_int("vd_epochs", self.vd_epochs, False)
-        for name in ("vd_lr",):
+        for name in ("vd_lr", "vd_kl_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise bad(name, v, "a positive number")

@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .prune import FilterFn, _set_mask, get_mask
+from .walk import set_module
 
 __all__ = [
     "K1", "K2", "K3", "LOG_ALPHA_THRESHOLD", "VDConv2d", "VDLinear", "kl_divergence", "log_alpha",
@@ -125,11 +126,6 @@ def _vd_layers(model: nn.Module) -> dict[str, _VD]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _VD)}
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
 def variational_dropout_(model: nn.Module, *, filter_fn: FilterFn | None = None, log_sigma2: float = -10.0,
                          threshold: float = LOG_ALPHA_THRESHOLD) -> nn.Module:
     """Give the model's Linear and Conv2d layers sparse variational dropout, in place; returns ``model``.
@@ -185,7 +181,7 @@ def variational_dropout_(model: nn.Module, *, filter_fn: FilterFn | None = None,
                 new.bias.copy_(module.bias.detach())
         new._init_vd(log_sigma2, threshold)  # type: ignore[attr-defined]
         new.train(module.training)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     if skipped:
         warnings.warn("variational dropout does not handle " + ", ".join(skipped)
                       + ": left to magnitude pruning", stacklevel=2)
@@ -273,5 +269,5 @@ def sparsify_vd_(model: nn.Module) -> nn.Module:
         new.train(layer.training)
         with torch.no_grad():
             _set_mask(new, keep)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     return model

@@ -65,7 +65,7 @@ def _train_vd(model: nn.Module, train: Dataset, config: PipelineConfig, arch: st
     ramp, step = KLWeight(config.vd_kl_warmup, config.vd_kl_ramp_end), [0]
 
     def kl_weight() -> float:
-        return ramp.at(step[0] / steps_per_epoch)
+        return config.vd_kl_scale * ramp.at(step[0] / steps_per_epoch)
 
     fit(model, train, cfg, loss_fn=vd_loss_fn(model, len(train), kl_weight),
         step_callback=lambda m, s: step.__setitem__(0, s), desc="sparse variational dropout")
