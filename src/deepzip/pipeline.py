@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -56,9 +57,11 @@ from .techniques.prune import (
     SCAN_SPARSITIES,
     allocate_sparsities,
     clone_model,
+    get_mask,
     iterative_prune_,
     prunable_layers,
     prunable_tensors,
+    prune_,
     resolve_layer,
     sensitivity_scan,
 )
@@ -69,6 +72,8 @@ __all__ = ["STAGES", "PipelineConfig", "StageStore", "compress_", "file_report"]
 STAGES = ("decompose", "prune", "share", "encode")
 #: ``PipelineConfig.decompose`` values: which layers the decompose stage factors.
 DECOMPOSE = ("tucker2", "svd", "tucker2+svd", "tt")
+#: ``PipelineConfig.sparsifier`` values: how the prune stage chooses the weights to remove.
+SPARSIFIERS = ("magnitude", "vd")
 CONFIG_VERSION = 1
 #: Part of every stage key: bump it when a change to deepzip makes a stage produce something else from the same
 #: config and model (2: sparsity allocation stops exactly at the target), so old stage checkpoints are not resumed.
@@ -111,6 +116,20 @@ class PipelineConfig:
     alpha: float = 0.7
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # the sparsifier of the prune stage: "magnitude" (pruning with retraining rounds, the fields above) or "vd"
+    # (sparse variational dropout, deepzip.techniques.vd, then one retraining round with the masks it found).
+    # The vd_* fields are written (file header, stage keys) only when sparsifier is "vd", so the files and resumed
+    # stages of magnitude configs are what they were before the field existed.
+    sparsifier: str = "magnitude"
+    vd_epochs: int = 30
+    vd_lr: float = 1e-3
+    vd_kl_warmup: float = 1.0  # epochs with the KL term off, then a linear ramp to weight 1 ...
+    vd_kl_ramp_end: float = 6.0  # ... reached at this epoch
+    vd_kl_scale: float = 1.0  # the KL term's final weight: 1 is the variational bound; > 1 trades error for sparsity
+    vd_threshold: float = 3.0  # log alpha above which a weight is pruned
+    # after fine-tuning, round the compressed layers' biases to float16 values (the file then stores them in 16
+    # bits: at < 1% density the 32-bit biases are a large share of the file). Written only when set.
+    bias_float16: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.bits_choices, list):
@@ -118,6 +137,10 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.sparsifier == "magnitude":
+            d = {k: v for k, v in d.items() if k != "sparsifier" and not k.startswith("vd_")}
+        if not self.bias_float16:
+            d.pop("bias_float16")
         d["bits_choices"] = list(self.bits_choices)
         return d
 
@@ -183,6 +206,21 @@ class PipelineConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise bad(name, v, "a positive number")
+        if not isinstance(self.bias_float16, bool):
+            raise bad("bias_float16", self.bias_float16, "true or false")
+        if self.sparsifier not in SPARSIFIERS:
+            raise bad("sparsifier", self.sparsifier, " or ".join(repr(s) for s in SPARSIFIERS))
+        pos_int("vd_epochs", self.vd_epochs, False)
+        for name in ("vd_lr", "vd_kl_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise bad(name, v, "a positive number")
+        for name in ("vd_kl_warmup", "vd_kl_ramp_end", "vd_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(name, v, "a finite number")
+        if not 0 <= self.vd_kl_warmup <= self.vd_kl_ramp_end:
+            raise bad("vd_kl_warmup", self.vd_kl_warmup, f"0 <= vd_kl_warmup <= vd_kl_ramp_end ({self.vd_kl_ramp_end})")
         if self.init not in ("linear", "density", "random"):
             raise bad("init", self.init, "'linear', 'density' or 'random'")
         if not isinstance(self.bits_choices, (tuple, list)) or not self.bits_choices or any(
@@ -373,6 +411,8 @@ def compress_(
 
     # ---- prune
     def prune() -> dict[str, Any]:
+        if config.sparsifier == "vd":
+            return _sparsify_vd(model, config, retrain, measure)
         sparsity = config.sparsity
         if sparsity is None:
             sparsity = _scan_sparsity(model, config, _scan_error_fn(error_fn, "sparsity", "sensitivity"), progress)
@@ -396,6 +436,8 @@ def compress_(
                 **shared, **measure(model, "share")}
 
     info["share"] = _stage("share", model, stages, log, share)
+    if config.bias_float16:
+        _round_biases_(model)
     return model
 
 
@@ -420,6 +462,41 @@ def _scan_error_fn(error_fn: Callable[[nn.Module], float] | None, setting: str,
     if error_fn is None:
         raise ValueError(f"config.{setting}: unset, so the {scan} scan needs error_fn")
     return error_fn
+
+
+def _round_biases_(model: nn.Module) -> None:
+    """Round the biases of the compressed layers to float16 values (kept as float32 tensors, so the model runs as
+    before; the codec stores a float32 tensor whose values are all float16 in 16 bits)."""
+    import torch
+
+    with torch.no_grad():
+        for m in prunable_layers(model).values():
+            b = getattr(m, "bias", None)
+            if isinstance(b, torch.Tensor) and b.is_floating_point():
+                b.copy_(b.half().to(b.dtype))
+
+
+def _sparsify_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn.Module, str], Any],
+                 measure: Callable[[nn.Module, str], dict[str, Any]]) -> dict[str, Any]:
+    """The prune stage with sparse variational dropout: VD layers, ``retrain(model, "vd")`` trains them on the
+    variational bound, the weights with log alpha above the threshold are masked, layers VD does not handle are
+    magnitude-pruned to ``config.target_sparsity`` (or ``config.sparsity``), then one ``retrain(model, "prune")``."""
+    from .techniques.vd import sparsify_vd_, variational_dropout_, vd_table
+
+    variational_dropout_(model, threshold=config.vd_threshold)
+    retrain(model, "vd")
+    vd_measure = measure(model, "vd")
+    rows = vd_table(model)
+    sparsify_vd_(model)
+    rest = {n: (config.sparsity or {}).get(n, config.target_sparsity) for n, m in prunable_layers(model).items()
+            if get_mask(m) is None}
+    if rest:
+        prune_(model, rest)
+    retrain(model, "prune")
+    sparsity = {n: 1 - (int(get_mask(m).sum()) / m.weight.numel()) for n, m in prunable_layers(model).items()
+                if get_mask(m) is not None}
+    return {"sparsity": sparsity, "sparsifier": "vd", "vd": {"layers": rows, **vd_measure},
+            "magnitude_pruned": sorted(rest), **measure(model, "prune")}
 
 
 def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],

@@ -43,6 +43,9 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="PipelineConfig as JSON (see deepzip.pipeline)")
     p.add_argument("-o", "--output", default=None, help="the .dz file (default MODEL.dz)")
     p.add_argument("--distill", action="store_true", help="retrain with the uncompressed model as teacher")
+    p.add_argument("--sparsifier", choices=("magnitude", "vd"), default=None,
+                   help="how the prune stage finds the weights to remove: magnitude pruning with retraining "
+                        "(default) or sparse variational dropout (vd; its settings: the config's vd_* fields)")
     p.add_argument("--workdir", default=None, help="stage checkpoints, for resuming (default in the cache)")
     p.add_argument("--fresh", action="store_true", help="ignore stage checkpoints of an earlier run")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -83,6 +86,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         config.model = a.model
     if a.distill:
         config.distill = True
+    if a.sparsifier:
+        config.sparsifier = a.sparsifier
     name = config.model
     if not isinstance(name, str):
         raise ValueError(f"config.model: {name!r}, expected a model name")

@@ -53,6 +53,24 @@ def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress
     return cfg
 
 
+def _train_vd(model: nn.Module, train: Dataset, config: PipelineConfig, arch: str, progress: bool) -> None:
+    """Sparse variational dropout training as the paper's LeNets: Adam, batch 100, no weight decay (the KL term is
+    the regulariser), the KL weight off for ``vd_kl_warmup`` epochs then ramped to 1; the recipe's input jitter."""
+    from ...techniques.vd import KLWeight, vd_loss_fn
+
+    jitter = _retrain_cfg(config, arch, None, False, 0).jitter
+    cfg = TrainConfig(epochs=config.vd_epochs, lr=config.vd_lr, optimizer="adam", batch_size=100,
+                      schedule="cosine", weight_decay=0.0, seed=config.seed + 300, jitter=jitter, progress=progress)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    ramp, step = KLWeight(config.vd_kl_warmup, config.vd_kl_ramp_end), [0]
+
+    def kl_weight() -> float:
+        return config.vd_kl_scale * ramp.at(step[0] / steps_per_epoch)
+
+    fit(model, train, cfg, loss_fn=vd_loss_fn(model, len(train), kl_weight),
+        step_callback=lambda m, s: step.__setitem__(0, s), desc="sparse variational dropout")
+
+
 def run_pipeline(
     model: nn.Module,
     train: Dataset,
@@ -100,6 +118,8 @@ def run_pipeline(
             fit(m, train, cfg, loss_fn=loss_fn, augment=augment,
                 desc=f"retrain after pruning {r}/{config.prune_rounds}")
             rounds.append({"round": r, "val_error_pct": evaluate(m, val).error_pct})
+        elif stage == "vd":
+            _train_vd(m, train, config, arch, progress)
         else:
             cfg = _retrain_cfg(config, arch, config.finetune_epochs, progress, config.seed + 100, finetune=True)
             fit(m, train, cfg, loss_fn=loss_fn, augment=augment, desc="fine-tune centroids")
@@ -108,6 +128,8 @@ def run_pipeline(
         error = evaluate(m, test).error_pct
         if point == "prune":
             return {"rounds": rounds, "test_error_pct": error}
+        if point == "vd":
+            return {"test_error_pct": error}
         if point in ("decomposed", "decompose"):
             return {"test_error_before_finetune_pct" if point == "decomposed" else "test_error_pct": error}
         return {"test_error_before_finetune_pct" if point == "shared" else "test_error_pct": error}
