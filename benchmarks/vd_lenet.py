@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -123,7 +124,7 @@ def main() -> None:
             print(f"{name} {variant}: {s['bytes']:,} B, {s['ratio']:.1f}x, {s['error_before_pct']:.2f}% -> "
                   f"{s['error_after_pct']:.2f}% ({wall:.0f} s)", flush=True)
     anchors = [{"model": m, "method": meth, "ratio": r, "error_pct": e, "counted": c} for m, meth, r, e, c in ANCHORS]
-    command = "OMP_NUM_THREADS=1 python " + " ".join(sys.argv)
+    command = "OMP_NUM_THREADS=1 python " + shlex.join(sys.argv)
     write_results(f"vd_lenet{a.tag}", rows, command, title="Sparse variational dropout as deepzip's sparsifier",
                   sections={"Ratio after each stage and wall time per stage (s, this 2-core CPU, 1 thread)":
                             md_table(stages),
