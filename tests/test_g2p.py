@@ -425,3 +425,20 @@ def test_benchmark_refuses_a_model_file_of_another_recipe_in_one_line(tmp_path):
                            text=True, timeout=300, env={**os.environ, "DEEPZIP_RUNS": str(tmp_path)})
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_huge_seq2seq_name_is_refused_before_anything_is_allocated() -> None:
+    """A file may name any seq2seq sizes: the count is computed exactly, and a name over the bound is refused."""
+    import itertools
+
+    from deepzip.models import get_model
+    from deepzip.models.seq2seq import MAX_PARAMS, parameter_count
+
+    for cell, layers in itertools.product(("gru", "lstm"), (1, 2)):
+        c = Seq2SeqConfig(src_vocab=30, tgt_vocab=42, emb=16, enc=24, dec=20, layers=layers, cell=cell)
+        assert parameter_count(c) == sum(p.numel() for p in Seq2Seq(c).parameters())
+    huge = "seq2seq:cell=gru,emb=100000,enc=100000,dec=100000,layers=50,src=100000,tgt=100000"
+    with pytest.raises(ValueError, match=f"more than the {MAX_PARAMS:,}"):
+        get_model(huge)
+    with pytest.raises(ValueError, match="expected 'seq2seq:"):
+        get_model("seq2seq:cell=gru,emb=0,enc=8,dec=8,layers=1,src=5,tgt=5")

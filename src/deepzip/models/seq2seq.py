@@ -180,9 +180,33 @@ class Seq2Seq(nn.Module):
         return hidden[:, rows]
 
 
+#: The most parameters :func:`build_seq2seq` builds from an architecture string (256M: 1 GiB in float32, the default
+#: decode bound of a file), since the string may come from a file and torch allocates the whole model at once.
+MAX_PARAMS = 1 << 28
+
+
+def parameter_count(c: Seq2SeqConfig) -> int:
+    """The number of parameters of ``Seq2Seq(c)``, computed without building it."""
+    g = 4 if c.cell == "lstm" else 3  # gates
+    enc = sum(2 * g * c.enc * ((c.emb if i == 0 else 2 * c.enc) + c.enc + 2) for i in range(c.layers))
+    dec = sum(g * c.dec * ((c.emb if i == 0 else c.dec) + c.dec + 2) for i in range(c.layers))
+    return (c.src_vocab * c.emb + c.tgt_vocab * c.emb + enc + dec + (2 * c.enc + 1) * c.dec + 2 * c.enc * c.dec
+            + (2 * c.enc + c.dec + 1) * c.dec + (c.dec + 1) * c.tgt_vocab)
+
+
 def build_seq2seq(arch: str) -> Seq2Seq:
-    """A fresh :class:`Seq2Seq` from its architecture string (see :meth:`Seq2SeqConfig.arch`)."""
-    return Seq2Seq(Seq2SeqConfig.from_arch(arch))
+    """A fresh :class:`Seq2Seq` from its architecture string (see :meth:`Seq2SeqConfig.arch`).
+
+    Raises:
+        ValueError: a malformed string (a size below 1 too), or more than :data:`MAX_PARAMS` parameters (checked before
+            anything is allocated).
+    """
+    config = Seq2SeqConfig.from_arch(arch)  # sizes below 1 are refused there
+    n = parameter_count(config)
+    if n > MAX_PARAMS:
+        raise ValueError(f"architecture {arch!r}: {n:,} parameters, more than the {MAX_PARAMS:,} deepzip builds from "
+                         "a name; give the model yourself (deepzip.load(path, model=...))")
+    return Seq2Seq(config)
 
 
 def config_dict(config: Seq2SeqConfig) -> dict[str, Any]:
