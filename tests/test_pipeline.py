@@ -136,3 +136,76 @@ def test_compress_with_your_own_training_loop(trained):
 def test_wrong_types_in_a_config_are_value_errors_for_api_callers(text, field):
     with pytest.raises(ValueError, match=field):
         PipelineConfig.from_json(text)
+
+
+def test_shrink_stores_a_smaller_model_that_loads_alone_and_resumes(trained, tmp_path):
+    """config.shrink: the units pruning killed are removed (the file records the widths; deepzip.load rebuilds
+    them from the architecture alone) and a resumed run writes the same file."""
+    def source():
+        m = clone_model(trained)
+        with torch.no_grad():
+            m.fc2.weight[:40] = 0  # 40 hidden neurons of fc2 without inputs: pruned away, then removed
+        return m
+
+    m = source()
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, shrink=True, **FAST)
+    work = tmp_path / "work"
+    logs: list[str] = []
+    s = run_pipeline(m, TRAIN, TEST, cfg, tmp_path / "a.dz", workdir=work, source="x", progress=False,
+                     log=logs.append)
+    assert m.fc2.out_features < 100 and m.fc3.in_features == m.fc2.out_features
+    assert s["prune"]["shrunk"] and s["prune"]["shrunk"][0]["layer"] in ("fc1", "fc2")
+    alone = load(tmp_path / "a.dz")  # no model given: the widths come from the file
+    assert alone.fc2.out_features == m.fc2.out_features
+    assert torch.equal(predict(alone, TEST.x), predict(m, TEST.x))
+    assert s["error_after_pct"] == s["error_in_memory_pct"]
+    (work / "share.safetensors").unlink()
+    run_pipeline(source(), TRAIN, TEST, cfg, tmp_path / "b.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert any("prune: resumed" in line for line in logs)
+    assert (tmp_path / "a.dz").read_bytes() == (tmp_path / "b.dz").read_bytes()
+    assert "shrink" not in PipelineConfig().to_dict()  # files of configs without it are unchanged
+
+
+def test_vd_stage_resumes_and_shrinks_a_conv_net(tmp_path):
+    """sparsifier="vd" on LeNet-5: the vd stage is checkpointed on its own (later settings resume it), and with
+    shrink the dead filters and neurons leave the file."""
+    torch.manual_seed(0)
+    m = get_model("lenet5")
+    cfg = PipelineConfig(model="lenet5", sparsifier="vd", vd_epochs=1, vd_kl_warmup=0.0, vd_kl_ramp_end=0.0,
+                         vd_kl_scale=50.0, bits=4, shrink=True, **FAST)
+    work = tmp_path / "work"
+    logs: list[str] = []
+    s = run_pipeline(clone_model(m), TRAIN, TEST, cfg, tmp_path / "a.dz", workdir=work, source="x",
+                     progress=False, log=logs.append)
+    assert (work / "vd.safetensors").exists() and s["seconds"]["vd"] is not None
+    model = load(tmp_path / "a.dz")  # the file alone: LeNet-5 with the file's widths
+    from deepzip.train import evaluate
+
+    assert evaluate(model, TEST).error_pct == s["error_after_pct"]
+    assert s["vd"]["layers"] if "vd" in s else s["prune"]["vd"]["layers"]
+    cfg2 = PipelineConfig(**{**cfg.__dict__, "retrain_epochs": 2})  # another retraining: the vd stage is reused
+    logs.clear()
+    run_pipeline(clone_model(m), TRAIN, TEST, cfg2, tmp_path / "b.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert any("vd: resumed" in line for line in logs) and not any("prune: resumed" in line for line in logs)
+
+
+@pytest.mark.parametrize("widths, what", [
+    ({"fc1": [784, 400]}, "must lie within"),
+    ({"fc9": [10, 10]}, "no Linear"),
+    ({"fc1": "big"}, "expected 2 integers"),
+    ([1, 2], "expected an object"),
+])
+def test_a_file_with_lying_widths_is_refused(trained, tmp_path, widths, what):
+    from deepzip import codec
+    from deepzip.errors import CheckpointError
+    from deepzip.io.serialize import save
+
+    path = tmp_path / "m.dz"
+    save(clone_model(trained), path)
+    f = codec.read(path.read_bytes())
+    codec.write(tmp_path / "bad.dz", f.tensors, config=f.config, architecture=f.architecture,
+                extra={**f.extra, "widths": widths})
+    with pytest.raises(CheckpointError, match=what):
+        load(tmp_path / "bad.dz")

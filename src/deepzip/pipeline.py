@@ -64,12 +64,14 @@ from .techniques.prune import (
     prune_,
     resolve_layer,
     sensitivity_scan,
+    set_mask_,
 )
 from .techniques.share import resolve_bits, share_weights_, sharing_table
+from .techniques.shrink import architecture_widths, resize_, shrink_
 
 __all__ = ["STAGES", "PipelineConfig", "StageStore", "compress_", "file_report"]
 
-STAGES = ("decompose", "prune", "share", "encode")
+STAGES = ("decompose", "vd", "prune", "share", "encode")
 #: ``PipelineConfig.decompose`` values: which layers the decompose stage factors.
 DECOMPOSE = ("tucker2", "svd", "tucker2+svd", "tt")
 #: ``PipelineConfig.sparsifier`` values: how the prune stage chooses the weights to remove.
@@ -130,6 +132,10 @@ class PipelineConfig:
     # after fine-tuning, round the compressed layers' biases to float16 values (the file then stores them in 16
     # bits: at < 1% density the 32-bit biases are a large share of the file). Written only when set.
     bias_float16: bool = False
+    # after the prune stage, remove the neurons and filters pruning left without inputs or readers (deepzip's
+    # shrink_: constant units folded into the next layer's bias), so the file stores a smaller dense-shaped model
+    # and its position codes run over the live units only; the file records the widths. Written only when set.
+    shrink: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.bits_choices, list):
@@ -141,6 +147,8 @@ class PipelineConfig:
             d = {k: v for k, v in d.items() if k != "sparsifier" and not k.startswith("vd_")}
         if not self.bias_float16:
             d.pop("bias_float16")
+        if not self.shrink:
+            d.pop("shrink")
         d["bits_choices"] = list(self.bits_choices)
         return d
 
@@ -208,6 +216,8 @@ class PipelineConfig:
                 raise bad(name, v, "a positive number")
         if not isinstance(self.bias_float16, bool):
             raise bad("bias_float16", self.bias_float16, "true or false")
+        if not isinstance(self.shrink, bool):
+            raise bad("shrink", self.shrink, "true or false")
         if self.sparsifier not in SPARSIFIERS:
             raise bad("sparsifier", self.sparsifier, " or ".join(repr(s) for s in SPARSIFIERS))
         pos_int("vd_epochs", self.vd_epochs, False)
@@ -297,6 +307,9 @@ class PipelineConfig:
         if stage == "decompose":
             keep = ("version", "model", "seed", "jitter", "distill", "temperature", "alpha", "retrain_lr")
             d = {k: v for k, v in d.items() if k.startswith("decompose") or k in keep}
+        elif stage == "vd":  # sparse variational dropout from the trained model: its own fields only
+            keep = ("version", "model", "seed", "jitter", "sparsifier")
+            d = {k: v for k, v in d.items() if k.startswith("vd_") or k in keep}
         elif stage == "prune":
             d = {k: v for k, v in d.items() if k not in share_fields}
         d["_source"] = source
@@ -409,16 +422,22 @@ def compress_(
         info["decompose"] = _stage("decompose", model, stages, log, decompose)
         dataclasses.replace(config, decompose=None).validate(model)  # per-layer sparsity / bits name the factors
 
+    # ---- sparse variational dropout (its own stage: hours on a CPU for a conv net, so later settings resume it)
+    if config.sparsifier == "vd":
+        info["vd"] = _stage("vd", model, stages, log, lambda: _train_vd(model, config, retrain, measure))
+
     # ---- prune
     def prune() -> dict[str, Any]:
         if config.sparsifier == "vd":
-            return _sparsify_vd(model, config, retrain, measure)
+            return _prune_after_vd(model, config, retrain, measure, info["vd"])
         sparsity = config.sparsity
         if sparsity is None:
             sparsity = _scan_sparsity(model, config, _scan_error_fn(error_fn, "sparsity", "sensitivity"), progress)
         iterative_prune_(model, lambda m, r: retrain(m, "prune"), sparsity=sparsity, rounds=config.prune_rounds,
                          progress=progress)
-        return {"sparsity": sparsity, **measure(model, "prune")}
+        shrunk = _shrink_pruned_(model) if config.shrink else None  # same outputs: no retraining needed
+        return {"sparsity": sparsity, **({"shrunk": shrunk} if shrunk is not None else {}),
+                **measure(model, "prune")}
 
     prune_info = _stage("prune", model, stages, log, prune)
     info["prune"] = {**prune_info, "bytes": len(codec.to_bytes(encode_model(model)[0]))}
@@ -476,11 +495,11 @@ def _round_biases_(model: nn.Module) -> None:
                 b.copy_(b.half().to(b.dtype))
 
 
-def _sparsify_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn.Module, str], Any],
-                 measure: Callable[[nn.Module, str], dict[str, Any]]) -> dict[str, Any]:
-    """The prune stage with sparse variational dropout: VD layers, ``retrain(model, "vd")`` trains them on the
-    variational bound, the weights with log alpha above the threshold are masked, layers VD does not handle are
-    magnitude-pruned to ``config.target_sparsity`` (or ``config.sparsity``), then one ``retrain(model, "prune")``."""
+def _train_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn.Module, str], Any],
+              measure: Callable[[nn.Module, str], dict[str, Any]]) -> dict[str, Any]:
+    """The vd stage: VD layers, ``retrain(model, "vd")`` trains them on the variational bound, then the weights with
+    log alpha above the threshold are masked (plain layers with pruning masks, so the stage checkpoints as any
+    pruned model)."""
     from .techniques.vd import sparsify_vd_, variational_dropout_, vd_table
 
     variational_dropout_(model, threshold=config.vd_threshold)
@@ -488,6 +507,14 @@ def _sparsify_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn
     vd_measure = measure(model, "vd")
     rows = vd_table(model)
     sparsify_vd_(model)
+    return {"layers": rows, **vd_measure}
+
+
+def _prune_after_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn.Module, str], Any],
+                    measure: Callable[[nn.Module, str], dict[str, Any]], vd: dict[str, Any]) -> dict[str, Any]:
+    """The prune stage after the vd stage: layers VD does not handle are magnitude-pruned to
+    ``config.target_sparsity`` (or ``config.sparsity``), then one ``retrain(model, "prune")`` with the masks."""
+    shrunk = _shrink_pruned_(model) if config.shrink else None  # before retraining: a smaller model to train
     rest = {n: (config.sparsity or {}).get(n, config.target_sparsity) for n, m in prunable_layers(model).items()
             if get_mask(m) is None}
     if rest:
@@ -495,8 +522,27 @@ def _sparsify_vd(model: nn.Module, config: PipelineConfig, retrain: Callable[[nn
     retrain(model, "prune")
     sparsity = {n: 1 - (int(get_mask(m).sum()) / m.weight.numel()) for n, m in prunable_layers(model).items()
                 if get_mask(m) is not None}
-    return {"sparsity": sparsity, "sparsifier": "vd", "vd": {"layers": rows, **vd_measure},
-            "magnitude_pruned": sorted(rest), **measure(model, "prune")}
+    vd = {k: v for k, v in vd.items() if k != "seconds"}
+    return {"sparsity": sparsity, "sparsifier": "vd", "vd": vd, "magnitude_pruned": sorted(rest),
+            **({"shrunk": shrunk} if shrunk is not None else {}), **measure(model, "prune")}
+
+
+def _shrink_pruned_(model: nn.Module) -> list[dict[str, Any]]:
+    """Remove the units pruning left without inputs or readers (:func:`deepzip.techniques.shrink.shrink_`, the
+    model's input features kept), then give the pruned layers their masks back (their zeros, so retraining and
+    sharing keep them pruned); returns the shrink report's rows of changes."""
+    import torch
+
+    masked = [n for n, m in prunable_layers(model).items() if get_mask(m) is not None]
+    training = model.training
+    report: list[dict[str, Any]] = []
+    shrink_(model, report=report, inputs=False)
+    model.train(training)
+    layers = prunable_layers(model)
+    with torch.no_grad():
+        for name in masked:
+            set_mask_(layers[name], layers[name].weight.detach() != 0)
+    return [r for r in report if r.get("what")]
 
 
 def _scan_sparsity(model: nn.Module, config: PipelineConfig, error_fn: Callable[[nn.Module], float],
@@ -530,8 +576,9 @@ def _fresh_like(model: nn.Module) -> nn.Module:
 
     name = model_name(model)
     if name:
-        try:
-            return rebuild_(get_model(name), lowrank_spec(model))  # with the same factored layers, if any
+        try:  # with the same factored layers and shrunk widths, if any
+            fresh = rebuild_(get_model(name), lowrank_spec(model))
+            return resize_(fresh, architecture_widths(model, name))
         except ValueError:
             pass
     from .techniques.prune import strip

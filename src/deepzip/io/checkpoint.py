@@ -40,6 +40,7 @@ from ..models import model_name
 from ..techniques import share
 from ..techniques.lowrank import lowrank_spec
 from ..techniques.prune import Mask, get_mask, remove_parametrization_
+from ..techniques.shrink import architecture_widths
 from ..techniques.walk import chain
 from .serialize import LAYER_KINDS, layer_kind
 
@@ -169,6 +170,9 @@ def save_checkpoint(
     spec = lowrank_spec(model)
     if spec:  # factored layers: load_checkpoint rebuilds them on the base architecture
         metadata["lowrank"] = json.dumps(spec)
+    widths = architecture_widths(model, metadata["arch"])
+    if widths:  # a shrunk model: load_checkpoint resizes the architecture's layers first
+        metadata["widths"] = json.dumps(widths)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

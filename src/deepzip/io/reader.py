@@ -50,6 +50,7 @@ from ..errors import CheckpointError, LowRankError, UntrustedCodeError
 from ..models import MODELS, get_model, load_apps
 from ..techniques.lowrank import rebuild_
 from ..techniques.prune import remove_parametrization_
+from ..techniques.shrink import resize_
 from . import foreign
 from .checkpoint import checkpoint_records, is_deepzip_checkpoint, unpack_layers_
 from .serialize import check_file_fits, fit_problem  # the one "does not fit" check and wording
@@ -215,6 +216,11 @@ def load_model(
             rebuild_(model, spec, swap=rebuild or not given)
         except LowRankError as exc:
             raise CheckpointError(f"{where}: {exc}") from None
+    if kind == "deepzip" and "widths" in metadata:  # a shrunk model: the layers' widths (a width may only shrink)
+        try:
+            resize_(model, json.loads(metadata["widths"]), f"{where}: ")
+        except ValueError as exc:
+            raise CheckpointError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     unpack_layers_(model, tensors, layers, where)
     return fit_tensors_(model, tensors, where), meta
 
@@ -389,6 +395,7 @@ def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: i
     hf = isinstance(rec, dict) and rec.get("kind") == "hf"
     if model is None and not r.architecture and not hf:
         _build("", "dz", trust_code, str(p))
-    if model is not None and not extra.get("lowrank"):  # factored files: load() checks the structure, by layer
+    if model is not None and not extra.get("lowrank") and "widths" not in extra:
+        # (factored or shrunk files: load() checks the structure, by layer, after rebuilding it)
         check_file_fits(r, model, f"{p}: ")  # the bridge's check, before anything is decoded
     return load(p, model, trust_code=trust_code, max_bytes=max_bytes)

@@ -65,6 +65,7 @@ from ..models import get_model, model_name
 from ..techniques import share
 from ..techniques.lowrank import lowrank_spec, rebuild_
 from ..techniques.prune import Mask, clone_model, get_mask, remove_own_, remove_parametrization_
+from ..techniques.shrink import architecture_widths, resize_
 from ..techniques.walk import chain, parametrized_tensors
 from .foreign import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
 
@@ -292,8 +293,9 @@ def save(
     A pruned and/or weight-shared model is stored in its compact form automatically. ``config`` (the recipe that
     made the model) and ``architecture`` (default: the name the model was built under) go into the header, and so
     does the model's low-rank structure (:func:`deepzip.techniques.lowrank.lowrank_spec`, as ``extra.lowrank``)
-    when it has
-    factored layers, so :func:`load` can rebuild it from the base architecture.
+    when it has factored layers, and a shrunk model's layer widths
+    (:func:`deepzip.techniques.shrink.architecture_widths`, as ``extra.widths``), so :func:`load` can rebuild it
+    from the base architecture.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module  # save what is trained, not the wrapper
@@ -307,6 +309,9 @@ def save(
     spec = lowrank_spec(model) if isinstance(model, nn.Module) else []
     if spec:  # which layers are factored, and how: load() rebuilds that structure on the base architecture
         more["lowrank"] = spec
+    widths = architecture_widths(model, arch) if isinstance(model, nn.Module) else {}
+    if widths:  # a shrunk model (deepzip.techniques.shrink): load() resizes the architecture's layers first
+        more["widths"] = widths
     return codec.write(path, tensors, config=config or {}, architecture=arch,
                        extra={**(extra or {}), "layers": kinds, **more})
 
@@ -635,6 +640,12 @@ def load(
             rebuild_(model, spec, swap=not given)
         except LowRankError as exc:
             raise LowRankError(f"{where}{exc}") from None
+    widths = f.extra.get("widths") if isinstance(f.extra, dict) else None
+    if widths is not None:  # a shrunk model: its layers' widths, checked (a width may only shrink)
+        try:
+            resize_(model, widths, where)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if runtime in ("fast", "small"):
         return _runtime_model(f, model, runtime, where)
     model = decode_into_(model, f, where)

@@ -54,6 +54,7 @@ __all__ = [
     "remove_parametrization_",
     "resolve_layer",
     "sensitivity_scan",
+    "set_mask_",
     "sparsity_table",
     "strip",
     "weight_names",
@@ -179,6 +180,24 @@ def prune_(
                 new = old & (w.abs() > thr)
             _set_mask(module, new, tensor)
     return model
+
+
+def set_mask_(module: nn.Module, mask: torch.Tensor, tensor: str = "weight") -> nn.Module:
+    """Give ``module.<tensor>`` the pruning mask ``mask`` (1 = kept), in place: a new mask, or the one it has
+    replaced; the masked-out stored values are zeroed. Returns ``module``.
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> _ = set_mask_(layer, torch.tensor([[1.0, 0, 0], [0, 1, 1]]))
+        >>> int((layer.weight != 0).sum()), int(get_mask(layer).sum())
+        (3, 3)
+    """
+    target = getattr(module, tensor, None)
+    if not isinstance(target, torch.Tensor) or tuple(mask.shape) != tuple(target.shape):
+        raise ValueError(f"set_mask_: mask of shape {tuple(mask.shape)} for {tensor} of shape "
+                         f"{tuple(getattr(target, 'shape', ()))}")
+    _set_mask(module, mask.to(torch.bool), tensor)
+    return module
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor, tensor: str = "weight") -> None:

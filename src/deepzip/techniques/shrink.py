@@ -42,7 +42,7 @@ from torch import fx, nn
 from ..models import max_pool2
 from .prune import strip
 
-__all__ = ["GatheredLinear", "default_example_input", "shrink_"]
+__all__ = ["GatheredLinear", "architecture_widths", "default_example_input", "resize_", "shrink_", "widths_spec"]
 
 # Operations a unit's value passes through unchanged in *which* unit it is (per channel, or element-wise): a
 # constant channel stays constant and a removed channel can be dropped from both sides.
@@ -378,4 +378,106 @@ def shrink_(model: nn.Module, example_input: torch.Tensor | None = None, *,
                     if row is not None:
                         rows.append(row)
     rows.extend({"layer": k, "what": "", "note": f"left alone: {v}"} for k, v in notes.items())
+    return model
+
+
+# ------------------------------------------------------------------------------ a shrunk model's widths, for files
+_RESIZABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _widths(m: nn.Module) -> list[int]:
+    if isinstance(m, nn.Linear):
+        return [int(m.in_features), int(m.out_features)]
+    if isinstance(m, nn.Conv2d):
+        return [int(m.in_channels), int(m.out_channels)]
+    return [int(m.num_features)]  # type: ignore[arg-type]
+
+
+def _kind(m: nn.Module | None) -> type | None:
+    """The resizable layer class ``m`` is (a parametrized layer is its own generated subclass)."""
+    return next((k for k in _RESIZABLE if isinstance(m, k)), None)
+
+
+def widths_spec(model: nn.Module, reference: nn.Module) -> dict[str, list[int]]:
+    """The layers of ``model`` whose widths differ from the same-named layers of ``reference`` (its architecture,
+    fresh), as ``{name: [in, out]}`` (``[features]`` for batch norm): what :func:`resize_` needs to give a fresh
+    model the shape of a :func:`shrink_`-ed one. Empty when nothing was shrunk.
+
+    Example:
+        >>> from deepzip.models import get_model
+        >>> m = get_model("lenet5")
+        >>> with torch.no_grad():
+        ...     m.conv2.weight[:10] = 0
+        >>> widths_spec(shrink_(m), get_model("lenet5"))
+        {'conv2': [20, 40], 'fc1': [640, 500]}
+    """
+    ref = dict(reference.named_modules())
+    spec: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        r = ref.get(name)
+        if isinstance(m, _RESIZABLE) and _kind(r) is _kind(m) and _widths(m) != _widths(r):  # type: ignore[arg-type]
+            spec[name] = _widths(m)
+    return spec
+
+
+def architecture_widths(model: nn.Module, architecture: str | None) -> dict[str, list[int]]:
+    """:func:`widths_spec` of ``model`` against a fresh model of the registered ``architecture`` (built on the meta
+    device: no memory); empty for an architecture that is not registered (then the model must be given to load)."""
+    from ..models import get_model
+
+    if not architecture:
+        return {}
+    try:
+        with torch.device("meta"):
+            reference = get_model(architecture)
+    except Exception:  # unknown or untrusted names: nothing to compare with
+        return {}
+    return widths_spec(model, reference)
+
+
+def resize_(model: nn.Module, spec: Any, where: str = "") -> nn.Module:
+    """Give ``model``'s layers the widths ``spec`` records (:func:`widths_spec`), in place, with uninitialised
+    weights (a file's tensors fill them); returns ``model``. A width may only shrink: ``spec`` comes from files, so
+    it is checked before anything is allocated.
+
+    Raises:
+        ValueError: ``spec`` is not ``{name: [int, ...]}``, names a layer the model lacks or of another kind, or
+            grows a layer; the message starts with ``where`` and names the layer.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}widths: expected an object, got {type(spec).__name__}")
+    modules = dict(model.named_modules())
+    plan = []
+    for name, widths in spec.items():
+        m = modules.get(name) if isinstance(name, str) else None
+        if not isinstance(m, _RESIZABLE):
+            raise ValueError(f"{where}widths.{name}: the model has no Linear, Conv2d or BatchNorm layer of that name")
+        old = _widths(m)
+        if (not isinstance(widths, list) or len(widths) != len(old)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in widths)):
+            raise ValueError(f"{where}widths.{name}: {widths!r}, expected {len(old)} integers like {old}")
+        if not all(1 <= v <= o for v, o in zip(widths, old, strict=True)):
+            raise ValueError(f"{where}widths.{name}: {widths} must lie within 1..{old} (a shrunk layer)")
+        if isinstance(m, nn.Conv2d) and m.groups != 1:
+            raise ValueError(f"{where}widths.{name}: a grouped convolution (groups={m.groups}) is never shrunk")
+        plan.append((m, widths))
+    for m, widths in plan:
+        w = m.weight if m.weight is not None else m.running_mean  # a batch norm without affine parameters
+        kw = {"device": w.device, "dtype": w.dtype}
+        if isinstance(m, nn.Linear):
+            m.in_features, m.out_features = widths
+            shape: tuple[int, ...] = (widths[1], widths[0])
+        elif isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels = widths
+            shape = (widths[1], widths[0], *m.kernel_size)
+        else:
+            m.num_features = widths[0]
+            shape = (widths[0],)
+            for buf in ("running_mean", "running_var"):
+                if getattr(m, buf, None) is not None:
+                    setattr(m, buf, torch.empty(shape, **kw))
+        if isinstance(m.weight, nn.Parameter):
+            m.weight = nn.Parameter(torch.empty(shape, **kw), requires_grad=m.weight.requires_grad)
+        if getattr(m, "bias", None) is not None:
+            m.bias = nn.Parameter(torch.empty(shape[:1], **kw), requires_grad=m.bias.requires_grad)
     return model

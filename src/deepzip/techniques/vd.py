@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .prune import FilterFn, _set_mask, get_mask
+from .prune import FilterFn, get_mask, set_mask_
 from .walk import set_module
 
 __all__ = [
@@ -268,6 +268,6 @@ def sparsify_vd_(model: nn.Module) -> nn.Module:
                 new.bias.copy_(layer.bias.detach())
         new.train(layer.training)
         with torch.no_grad():
-            _set_mask(new, keep)
+            set_mask_(new, keep)
         set_module(model, name, new)
     return model

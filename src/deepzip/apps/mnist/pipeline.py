@@ -143,6 +143,8 @@ def run_pipeline(
               info=info, log=log)
     prune_info, share_info = info["prune"], info["share"]
     timings["prune"], timings["share"] = prune_info.get("seconds"), share_info.get("seconds")
+    if "vd" in info:
+        timings["vd"] = info["vd"].get("seconds")
     pruned_bytes = prune_info.pop("bytes")
 
     # ---- encode, then evaluate the file, not the model in memory
