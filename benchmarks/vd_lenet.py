@@ -1,11 +1,14 @@
 """Sparse variational dropout (Molchanov et al. 2017) as deepzip's sparsifier on the LeNets, beside magnitude pruning.
 
-Rerun: OMP_NUM_THREADS=1 python benchmarks/vd_lenet.py [--models lenet300,lenet5] [--vd-epochs 30] [--skip-magnitude]
+Rerun: OMP_NUM_THREADS=1 python benchmarks/vd_lenet.py [--models lenet300,lenet5] [--skip-magnitude]
+       [--config 'lenet5={"vd_kl_scale": 2}'] [--tag _name]
 
 For each model: the trained base (cached in runs/, as benchmarks/deep_compression_lenet.py), then in one run
 (1) the Deep Compression pipeline of today (magnitude pruning, scan-chosen sparsities at target 0.93) and
-(2) the same pipeline with ``sparsifier="vd"`` (VD from the trained model, weights with log alpha > 3 masked, one
-retraining round with the masks, then the bits scan, weight sharing with fine-tuning and the Huffman-coded ``.dz``).
+(2) the same pipeline with the model's VD recipe (``deepzip.apps.mnist.recipes.VD_RECIPES``, what
+``deepzip compress --model NAME --sparsifier vd`` runs; ``--config`` overrides fields): VD from the trained model,
+weights with log alpha > 3 masked, the neurons and filters left without inputs or readers removed (``shrink``), one
+retraining round with the masks, then the bits scan, weight sharing with fine-tuning and the Huffman-coded ``.dz``.
 Both files are evaluated from the file. Reported: bytes on disk, ratio against the 32-bit parameters, test error,
 per layer the kept %, bits, index bits, the position bits per kept weight against the mask's empirical entropy
 (``n * H(kept/n) / kept``, the least any position code of an i.i.d. mask can spend), the ratio after each stage and
@@ -30,6 +33,7 @@ from _common import RUNS, md_table, trained, write_results
 
 from deepzip import codec
 from deepzip.apps.mnist.data import load_mnist
+from deepzip.apps.mnist.recipes import vd_recipe
 from deepzip.apps.mnist.pipeline import run_pipeline
 from deepzip.codec._tensor import tensor_stats
 from deepzip.io.checkpoint import load_checkpoint
@@ -78,7 +82,7 @@ def layer_rows(path: Path, model: str, variant: str) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="lenet300,lenet5")
-    ap.add_argument("--vd-epochs", type=int, default=30)
+    ap.add_argument("--vd-epochs", type=int, default=None, help="default: the model's VD recipe")
     ap.add_argument("--config", action="append", default=[], help="MODEL=JSON overrides of the vd config")
     ap.add_argument("--skip-magnitude", action="store_true", help="only the vd pipeline")
     ap.add_argument("--tag", default="")
@@ -93,8 +97,10 @@ def main() -> None:
     for name in a.models.split(","):
         ckpt = trained(name)
         variants = {} if a.skip_magnitude else {"magnitude (deepzip today)": {**MAGNITUDE}}
-        variants["sparse VD"] = {"sparsifier": "vd", "vd_epochs": a.vd_epochs, "bits": None,
-                                 "bits_tolerance": 0.02, **overrides.get(name, {})}
+        recipe = vd_recipe(name)  # what `deepzip compress --model NAME --sparsifier vd` runs
+        if a.vd_epochs is not None:
+            recipe["vd_epochs"] = a.vd_epochs
+        variants["sparse VD"] = {**recipe, "bits": None, "bits_tolerance": 0.02, **overrides.get(name, {})}
         for variant, fields in variants.items():
             model, _ = load_checkpoint(ckpt)
             cfg = PipelineConfig(model=name, **fields)

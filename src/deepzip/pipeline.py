@@ -152,6 +152,19 @@ class PipelineConfig:
         d["bits_choices"] = list(self.bits_choices)
         return d
 
+    def to_file_dict(self) -> dict[str, Any]:
+        """What a ``.dz`` file's header records: ``version``, ``model`` and the fields that differ from their
+        defaults (:meth:`from_dict` fills the rest back in, so the config round-trips). A few hundred bytes less
+        than :meth:`to_dict`: at LeNet-5's 2-3 KB files that is a tenth of the file.
+
+        Example:
+            >>> PipelineConfig(model="lenet5", bits=4).to_file_dict()
+            {'version': 1, 'model': 'lenet5', 'bits': 4}
+        """
+        defaults = asdict(PipelineConfig())
+        defaults["bits_choices"] = list(PipelineConfig().bits_choices)
+        return {k: v for k, v in self.to_dict().items() if k in ("version", "model") or defaults.get(k) != v}
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 

@@ -45,7 +45,8 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", action="store_true", help="retrain with the uncompressed model as teacher")
     p.add_argument("--sparsifier", choices=("magnitude", "vd"), default=None,
                    help="how the prune stage finds the weights to remove: magnitude pruning with retraining "
-                        "(default) or sparse variational dropout (vd; its settings: the config's vd_* fields)")
+                        "(default) or sparse variational dropout (vd: without --config, the model's VD recipe, "
+                        "deepzip.apps.mnist.recipes.VD_RECIPES; with --config, its vd_* fields)")
     p.add_argument("--workdir", default=None, help="stage checkpoints, for resuming (default in the cache)")
     p.add_argument("--fresh", action="store_true", help="ignore stage checkpoints of an earlier run")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -61,6 +62,7 @@ def _cfg_compress(p: argparse.ArgumentParser) -> None:
 @command("compress", "the Deep Compression pipeline: prune, share, Huffman-code into a .dz file")
 @args(_cfg_compress)
 def cmd_compress(a: argparse.Namespace) -> int:
+    import dataclasses
     import shutil
     import sys
 
@@ -86,7 +88,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
         config.model = a.model
     if a.distill:
         config.distill = True
-    if a.sparsifier:
+    if a.sparsifier == "vd" and not a.config:  # the model's VD recipe (benchmarks/vd_lenet.py's settings)
+        from ..apps.mnist.recipes import vd_recipe
+
+        config = dataclasses.replace(config, **vd_recipe(config.model if isinstance(config.model, str) else ""))
+    elif a.sparsifier:
         config.sparsifier = a.sparsifier
     name = config.model
     if not isinstance(name, str):

@@ -151,7 +151,7 @@ def run_pipeline(
     t0 = time.time()
     summary = {"error_before_pct": before.error_pct, "error_pruned_pct": prune_info["test_error_pct"],
                "error_shared_pct": share_info["test_error_pct"], "pruned_bytes": pruned_bytes}
-    nbytes = save(model, output, config=config.to_dict(), architecture=arch, extra={"summary": summary})
+    nbytes = save(model, output, config=config.to_file_dict(), architecture=arch, extra={"summary": summary})
     timings["encode"] = time.time() - t0
     t0 = time.time()
     from_file = load(output, _fresh_like(model))

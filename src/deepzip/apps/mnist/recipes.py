@@ -14,7 +14,7 @@ from ...data import Dataset
 from ...papers import PAPER
 from ...train import TrainConfig
 
-__all__ = ["PAPER", "recipe_tag", "train_config", "validation_split"]
+__all__ = ["PAPER", "VD_RECIPES", "recipe_tag", "train_config", "validation_split", "vd_recipe"]
 
 
 # LeNets train, retrain and fine-tune with inputs shifted by up to 2 pixels (Hinton et al.'s MNIST jitter): measured
@@ -51,6 +51,24 @@ def train_config(model: str, *, retrain: bool = False, finetune: bool = False) -
     table = _RETRAIN if retrain else _TRAIN
     default = dict(epochs=4, lr=0.01, weight_decay=5e-4) if retrain else dict(epochs=10, lr=0.05, weight_decay=5e-4)
     return TrainConfig(**table.get(model, default))
+
+
+# Sparse variational dropout settings per model, for `deepzip compress --sparsifier vd` without a --config: the
+# settings of the files benchmarks/vd_lenet.py reports (see its results for the curve they were chosen from). A KL
+# weight above 1 trades error for sparsity; shrink removes the neurons and filters VD leaves without inputs or
+# readers, so position codes run over live units only.
+VD_RECIPES: dict[str, dict] = {
+    "lenet300": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=4.0, retrain_epochs=30, bias_float16=True,
+                     shrink=True),
+    "lenet5": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=3.0, retrain_epochs=10, bias_float16=True,
+                   shrink=True),
+}
+
+
+def vd_recipe(model: str) -> dict:
+    """The :data:`VD_RECIPES` fields of ``model`` (PipelineConfig fields), or only ``sparsifier="vd"`` (the
+    config's defaults: the paper's settings) for a model without one."""
+    return dict(VD_RECIPES.get(model, {"sparsifier": "vd"}))
 
 
 def recipe_tag(model: str) -> str:
