@@ -33,8 +33,8 @@ from _common import RUNS, md_table, trained, write_results
 
 from deepzip import codec
 from deepzip.apps.mnist.data import load_mnist
-from deepzip.apps.mnist.recipes import vd_recipe
 from deepzip.apps.mnist.pipeline import run_pipeline
+from deepzip.apps.mnist.recipes import vd_recipe
 from deepzip.codec._tensor import tensor_stats
 from deepzip.io.checkpoint import load_checkpoint
 from deepzip.pipeline import PipelineConfig
