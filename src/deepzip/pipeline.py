@@ -591,7 +591,7 @@ def _fresh_like(model: nn.Module) -> nn.Module:
     if name:
         try:  # with the same factored layers and shrunk widths, if any
             fresh = rebuild_(get_model(name), lowrank_spec(model))
-            return resize_(fresh, architecture_widths(model, name))
+            return resize_(fresh, architecture_widths(model, name)[0])
         except ValueError:
             pass
     from .techniques.prune import strip

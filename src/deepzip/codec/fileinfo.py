@@ -83,8 +83,13 @@ def file_report(path: str | os.PathLike[str] | bytes, *, max_bytes: int | None =
         row["size_pct"] = 100.0 * st["bytes"] / (4.0 * count) if count else None
         layers.append(row)
     overhead = file_bytes - sum(r["bytes"] for r in layers)
+    # a shrunk model (dead neurons and filters removed) is compared with its architecture's parameters, which the
+    # writer records; informative only, so a bad value is ignored
+    full = f.extra.get("params_architecture") if isinstance(f.extra, dict) else None
+    reference = full if isinstance(full, int) and not isinstance(full, bool) and full >= total else total
     return {"file": None if isinstance(path, (bytes, bytearray)) else str(path), "architecture": arch,
             "bytes": file_bytes, "params_total": total, "params_nonzero": nonzero,
-            "ratio": 4.0 * total / file_bytes if file_bytes else None,
+            "params_architecture": reference,
+            "ratio": 4.0 * reference / file_bytes if file_bytes else None,
             "bytes_before_huffman": int(before_huffman + overhead), "header_and_padding_bytes": overhead,
             "layers": layers, "config": f.config, "version": f.version}

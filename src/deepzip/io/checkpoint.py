@@ -170,7 +170,7 @@ def save_checkpoint(
     spec = lowrank_spec(model)
     if spec:  # factored layers: load_checkpoint rebuilds them on the base architecture
         metadata["lowrank"] = json.dumps(spec)
-    widths = architecture_widths(model, metadata["arch"])
+    widths = architecture_widths(model, metadata["arch"])[0]
     if widths:  # a shrunk model: load_checkpoint resizes the architecture's layers first
         metadata["widths"] = json.dumps(widths)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

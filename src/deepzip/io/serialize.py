@@ -309,9 +309,9 @@ def save(
     spec = lowrank_spec(model) if isinstance(model, nn.Module) else []
     if spec:  # which layers are factored, and how: load() rebuilds that structure on the base architecture
         more["lowrank"] = spec
-    widths = architecture_widths(model, arch) if isinstance(model, nn.Module) else {}
+    widths, full = architecture_widths(model, arch) if isinstance(model, nn.Module) else ({}, 0)
     if widths:  # a shrunk model (deepzip.techniques.shrink): load() resizes the architecture's layers first
-        more["widths"] = widths
+        more["widths"], more["params_architecture"] = widths, full
     return codec.write(path, tensors, config=config or {}, architecture=arch,
                        extra={**(extra or {}), "layers": kinds, **more})
 

@@ -420,19 +420,20 @@ def widths_spec(model: nn.Module, reference: nn.Module) -> dict[str, list[int]]:
     return spec
 
 
-def architecture_widths(model: nn.Module, architecture: str | None) -> dict[str, list[int]]:
+def architecture_widths(model: nn.Module, architecture: str | None) -> tuple[dict[str, list[int]], int]:
     """:func:`widths_spec` of ``model`` against a fresh model of the registered ``architecture`` (built on the meta
-    device: no memory); empty for an architecture that is not registered (then the model must be given to load)."""
+    device: no memory), and that fresh model's parameter count (what a shrunk model's ratio is measured against);
+    ``({}, 0)`` for an architecture that is not registered (then the model must be given to load)."""
     from ..models import get_model
 
     if not architecture:
-        return {}
+        return {}, 0
     try:
         with torch.device("meta"):
             reference = get_model(architecture)
     except Exception:  # unknown or untrusted names: nothing to compare with
-        return {}
-    return widths_spec(model, reference)
+        return {}, 0
+    return widths_spec(model, reference), sum(p.numel() for p in reference.parameters())
 
 
 def resize_(model: nn.Module, spec: Any, where: str = "") -> nn.Module:
