@@ -100,7 +100,7 @@ def main() -> None:
         recipe = vd_recipe(name)  # what `deepzip compress --model NAME --sparsifier vd` runs
         if a.vd_epochs is not None:
             recipe["vd_epochs"] = a.vd_epochs
-        variants["sparse VD"] = {**recipe, "bits": None, "bits_tolerance": 0.02, **overrides.get(name, {})}
+        variants["sparse VD"] = {"bits": None, "bits_tolerance": 0.02, **recipe, **overrides.get(name, {})}
         for variant, fields in variants.items():
             model, _ = load_checkpoint(ckpt)
             cfg = PipelineConfig(model=name, **fields)
