@@ -321,8 +321,8 @@ class PipelineConfig:
             keep = ("version", "model", "seed", "jitter", "distill", "temperature", "alpha", "retrain_lr")
             d = {k: v for k, v in d.items() if k.startswith("decompose") or k in keep}
         elif stage == "vd":  # sparse variational dropout from the trained model: its own fields only
-            keep = ("version", "model", "seed", "jitter", "sparsifier")
-            d = {k: v for k, v in d.items() if k.startswith("vd_") or k in keep}
+            own = ("version", "model", "seed", "jitter", "sparsifier")
+            d = {k: v for k, v in d.items() if k.startswith("vd_") or k in own}
         elif stage == "prune":
             d = {k: v for k, v in d.items() if k not in share_fields}
         d["_source"] = source

@@ -464,7 +464,7 @@ def resize_(model: nn.Module, spec: Any, where: str = "") -> nn.Module:
         plan.append((m, widths))
     for m, widths in plan:
         w = m.weight if m.weight is not None else m.running_mean  # a batch norm without affine parameters
-        kw = {"device": w.device, "dtype": w.dtype}
+        device, dtype = w.device, w.dtype
         if isinstance(m, nn.Linear):
             m.in_features, m.out_features = widths
             shape: tuple[int, ...] = (widths[1], widths[0])
@@ -476,9 +476,9 @@ def resize_(model: nn.Module, spec: Any, where: str = "") -> nn.Module:
             shape = (widths[0],)
             for buf in ("running_mean", "running_var"):
                 if getattr(m, buf, None) is not None:
-                    setattr(m, buf, torch.empty(shape, **kw))
+                    setattr(m, buf, torch.empty(shape, device=device, dtype=dtype))
         if isinstance(m.weight, nn.Parameter):
-            m.weight = nn.Parameter(torch.empty(shape, **kw), requires_grad=m.weight.requires_grad)
+            m.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype), requires_grad=m.weight.requires_grad)
         if getattr(m, "bias", None) is not None:
-            m.bias = nn.Parameter(torch.empty(shape[:1], **kw), requires_grad=m.bias.requires_grad)
+            m.bias = nn.Parameter(torch.empty(shape[:1], device=device, dtype=dtype), requires_grad=m.bias.requires_grad)
     return model
