@@ -478,7 +478,9 @@ def resize_(model: nn.Module, spec: Any, where: str = "") -> nn.Module:
                 if getattr(m, buf, None) is not None:
                     setattr(m, buf, torch.empty(shape, device=device, dtype=dtype))
         if isinstance(m.weight, nn.Parameter):
-            m.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype), requires_grad=m.weight.requires_grad)
+            grad = m.weight.requires_grad
+            m.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype), requires_grad=grad)
         if getattr(m, "bias", None) is not None:
-            m.bias = nn.Parameter(torch.empty(shape[:1], device=device, dtype=dtype), requires_grad=m.bias.requires_grad)
+            grad = m.bias.requires_grad
+            m.bias = nn.Parameter(torch.empty(shape[:1], device=device, dtype=dtype), requires_grad=grad)
     return model
