@@ -416,9 +416,16 @@ def _check_planes(t: EncodedTensor) -> dict[str, dict]:
     return {}
 
 
-def _decode_stream(t: EncodedTensor, section: str) -> np.ndarray:
+def _decode_stream(t: EncodedTensor, section: str, narrow: bool = False) -> np.ndarray:
+    """The symbols of a stream section; with ``narrow``, as uint8 when its alphabet allows (the compiled decoder then
+    takes several symbols per table lookup), else uint16 or int32. Errors name the tensor and section."""
     try:
-        return huffman.unpack_stream(t.sections[section])
+        data = t.sections[section]
+        if narrow:
+            info = huffman.stream_info(data, payload=False)
+            if info["alphabet"] <= 256:
+                return huffman.unpack_stream(data, out=np.empty(info["count"], np.uint8), info=info)
+        return huffman.unpack_stream(data)
     except DeepzipFormatError as e:
         raise _fail(t, section, str(e)) from None
 
@@ -508,7 +515,7 @@ def _decode_planes(t: EncodedTensor) -> np.ndarray:
 def _decode_shared(t: EncodedTensor) -> np.ndarray:
     if t.kind == "sparse" and _fast.available():  # compiled: the kept entries written straight into the output
         cb = np.frombuffer(t.sections["codebook"], "<f4").astype(np.float32)
-        symbols, gaps = _decode_stream(t, "indices"), _decode_stream(t, "gaps")
+        symbols, gaps = _decode_stream(t, "indices", narrow=True), _decode_stream(t, "gaps", narrow=True)
         out = np.zeros(t.numel, np.float32)
         kept = _fast.sparse_fill(out, cb, symbols, gaps, t.meta["gap_width"])
         if kept is not None and kept == t.meta["kept"]:

@@ -58,14 +58,18 @@ def _codebook(
     few = _LARGE_FEW if large else _FEW
     # A small sample first: its distinct values are a subset of the larger sample's, so when it already has too many,
     # so would the larger one (the decision is the same, at a fraction of the sort).
+    whole: np.ndarray | None = None  # the 16-bit histogram of the whole tensor, when a sample was all of it
     for sample in (1 << 14, 1 << 20):
         if sample > 1 << 14 and flat.size <= 1 << 14:
             break
         head = flat[:sample]
         if mask is not None:
             head = head[mask.reshape(-1)[:sample]]
-        if _distinct(head, dtype, as_float) > few:
+        distinct, hist = _distinct(head, dtype, as_float)
+        if distinct > few or (mask is None and 4 * distinct >= beat):  # a codebook stores 4 bytes a distinct value
             return None
+        if mask is None and head.size == flat.size:
+            whole = hist
     if large:
         return _codebook_by_blocks(flat, a.shape, dtype, name, signed_zeros, block, as_float)
     inverse: np.ndarray | None = None  # the 16-bit path builds it once the codebook is known to win
@@ -75,7 +79,13 @@ def _codebook(
             return None
         if not signed_zeros:
             b16 = np.where(b16 == 0x8000, np.uint16(0), b16)  # -0.0 -> +0.0: one zero
-        counts = _hist16(b16)
+        if whole is not None:  # the sample was the whole tensor: its histogram is _hist16(b16), zeros merged
+            counts = whole.copy()
+            if not signed_zeros:
+                counts[0] += counts[0x8000]
+                counts[0x8000] = 0
+        else:
+            counts = _hist16(b16)
         present = counts > 0
         bits16 = np.flatnonzero(present).astype(np.uint16)
         if dtype == "bfloat16":
@@ -97,8 +107,10 @@ def _codebook(
         if values is None:
             return None
         idx_counts = np.bincount(inverse, minlength=values.size)
-    # its exact size first (float32 entries + the index stream, from the index histogram): coded only if it wins
-    if mask is None and 4 * values.size + huffman.stream_size(idx_counts) >= beat:
+    # its exact size first (float32 entries + the index stream, from the index histogram): coded only if it wins;
+    # the entropy bound first, which settles most trained tensors without computing 2**16 code lengths
+    if mask is None and (4 * values.size + huffman.stream_size_bound(idx_counts) >= beat
+                         or 4 * values.size + huffman.stream_size(idx_counts) >= beat):
         return None
     if inverse is None:
         rank = (np.cumsum(present) - 1).astype(np.uint16)
@@ -110,12 +122,8 @@ def _codebook(
     return encode_sparse(values, indices, mask, name=name)
 
 
-def _nan_patterns(expo: int, mant: int) -> np.ndarray:
-    pat = np.arange(1 << 16)
-    return ((pat & expo) == expo) & ((pat & mant) != 0)  # exponent all ones, mantissa not 0, either sign
-
-
-_NANS16 = {"bfloat16": _nan_patterns(0x7F80, 0x7F), "float16": _nan_patterns(0x7C00, 0x3FF)}
+# NaN bit patterns of the 16-bit floats (exponent all ones, mantissa not 0, either sign): two ranges each
+_NANS16 = {"bfloat16": ((0x7F81, 0x8000), (0xFF81, 0x10000)), "float16": ((0x7C01, 0x8000), (0xFC01, 0x10000))}
 
 
 def _hist16(b16: np.ndarray) -> np.ndarray:
@@ -124,13 +132,17 @@ def _hist16(b16: np.ndarray) -> np.ndarray:
     return counts if counts is not None else np.bincount(b16, minlength=1 << 16)
 
 
-def _distinct(head: np.ndarray, dtype: str, as_float: Callable[[np.ndarray], np.ndarray]) -> int:
-    """``np.unique(as_float(head)).size``: distinct values, +0.0 and -0.0 as one, all NaNs as one."""
+def _distinct(
+    head: np.ndarray, dtype: str, as_float: Callable[[np.ndarray], np.ndarray]
+) -> tuple[int, np.ndarray | None]:
+    """``np.unique(as_float(head)).size``: distinct values, +0.0 and -0.0 as one, all NaNs as one; and for 16-bit
+    dtypes the histogram of ``head``'s bit patterns it was counted from (else None)."""
     if dtype not in ("bfloat16", "float16"):
-        return int(np.unique(as_float(head)).size)
-    present = _hist16(head.view(np.uint16)) > 0
-    nans = int(present[_NANS16[dtype]].sum())
-    return int(present.sum()) - int(present[0] and present[0x8000]) - max(nans - 1, 0)
+        return int(np.unique(as_float(head)).size), None
+    hist = _hist16(head.view(np.uint16))
+    nans = sum(int(np.count_nonzero(hist[a:b])) for a, b in _NANS16[dtype])
+    both_zeros = int(hist[0] > 0 and hist[0x8000] > 0)
+    return int(np.count_nonzero(hist)) - both_zeros - max(nans - 1, 0), hist
 
 
 def _exact_float32(bits: np.ndarray, dtype: np.dtype, u: type) -> np.ndarray | None:

@@ -167,7 +167,7 @@ def to_bytes(
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
     if _json_items(text) > MAX_HEADER_ITEMS:
         raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or config entries)")
-    return _pack(needed_version(items), zlib.compress(text, 9), b"".join(chunks))
+    return _pack(needed_version(items), zlib.compress(text, 9), chunks)
 
 
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
@@ -176,11 +176,12 @@ def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
     return max(((1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version for t in tensors), default=(1, 0))
 
 
-def _pack(version: tuple[int, int], hbytes: bytes, data: bytes) -> bytes:
-    """Preamble, stored (compressed) header ``hbytes``, zero padding to a multiple of ALIGN, ``data``."""
+def _pack(version: tuple[int, int], hbytes: bytes, data: bytes | list[bytes]) -> bytes:
+    """Preamble, stored (compressed) header ``hbytes``, zero padding to a multiple of ALIGN, ``data`` (its bytes,
+    or its pieces in order: joined once, with the rest, so the file's bytes are copied once)."""
     pre = _PRE.pack(MAGIC, version[0], version[1], zlib.crc32(hbytes), len(hbytes))
     start = PREAMBLE_SIZE + len(hbytes)
-    return b"".join([pre, hbytes, b"\0" * (_align(start) - start), data])
+    return b"".join([pre, hbytes, b"\0" * (_align(start) - start), *([data] if isinstance(data, bytes) else data)])
 
 
 def write(

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 
@@ -45,6 +46,7 @@ __all__ = [
     "pack_stream",
     "stream_info",
     "stream_size",
+    "stream_size_bound",
     "unpack_stream",
 ]
 
@@ -514,6 +516,23 @@ def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> int:
     nbits = int((counts.astype(np.int64) * lengths).sum())
     nsync = max(0, (n + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
     return STREAM_HEADER_SIZE + counts.size + 2 * nsync + (nbits + 7) // 8
+
+
+def stream_size_bound(counts: np.ndarray) -> int:
+    """A lower bound of :func:`stream_size` from the histogram's entropy alone (no code lengths computed).
+
+    Any prefix code spends at least the empirical entropy, ``n * H`` bits, on ``n`` symbols (Kraft's inequality), so
+    a candidate whose bound already loses needs no code (a 2**16-symbol codebook's lengths cost ~1 ms). The bound is
+    lowered by a bit and a relative 1e-9 against rounding: it must never exceed the exact size.
+    """
+    c = np.asarray(counts)
+    used = c[c > 0].astype(np.float64)
+    n = int(c.sum())
+    bits = 0.0
+    if used.size > 1:
+        bits = float(n * np.log2(n) - (used * np.log2(used)).sum()) * (1 - 1e-9) - 1
+    nsync = max(0, (n + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
+    return STREAM_HEADER_SIZE + c.size + 2 * nsync + max(0, math.ceil(bits / 8))
 
 
 def stream_info(data: bytes, payload: bool = True) -> dict:
