@@ -21,11 +21,12 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["available", "code_lengths", "count", "decode", "encode", "merge", "sparse_fill", "split"]
+__all__ = ["available", "code_lengths", "count", "crc32", "decode", "encode", "merge", "sparse_fill", "split"]
 
 _LIB: ctypes.CDLL | None = None
 _LOADED = False
@@ -38,6 +39,7 @@ _SIGNATURES = {
     "dz_merge": (_P, _I64, _I, _I, _P),
     "dz_sparse_fill": (_P, _I64, _P, _I64, _P, _I, _P, _I, _I64, _I64),
     "dz_code_lengths": (_P, _I64, _I, _P),
+    "dz_crc32": (_P, _I64, ctypes.c_uint32),
 }
 
 
@@ -80,6 +82,21 @@ def _int_symbols(s: np.ndarray) -> np.ndarray | None:
     if s.dtype.kind == "i" and s.itemsize < 4:
         return None
     return np.ascontiguousarray(s)
+
+
+def crc32(data: bytes | bytearray | memoryview) -> int:
+    """``zlib.crc32(data)``, the same value, by the compiled carry-less-multiply fold where the CPU has it (about ten
+    times faster on the megabytes of a checkpoint's sections); zlib for the short tail and everywhere else."""
+    n = len(data)
+    lib = _lib() if n >= 4096 else None
+    if lib is None:
+        return zlib.crc32(data)
+    buf = np.frombuffer(data, np.uint8)
+    head = n & ~15
+    crc = lib.dz_crc32(buf.ctypes.data, head, 0)
+    if crc < 0:
+        return zlib.crc32(data)
+    return zlib.crc32(buf[head:], crc) if head < n else int(crc)
 
 
 def count(symbols: np.ndarray, alphabet: int) -> np.ndarray | None:
@@ -170,15 +187,18 @@ def split(u: np.ndarray, rotate: bool) -> tuple[np.ndarray, np.ndarray] | None:
     return planes, counts
 
 
-def merge(planes: np.ndarray, out: np.ndarray, rotate: bool) -> bool:
-    """Fill contiguous ``out`` (n,) from its byte planes (itemsize, n), rotated back when ``rotate``; False: no
+def merge(planes: list[np.ndarray], out: np.ndarray, rotate: bool) -> bool:
+    """Fill contiguous ``out`` (n,) from its byte planes (``out.itemsize`` contiguous uint8 arrays of n bytes each,
+    e.g. rows of a block, or a raw plane's section as it lies in the file), rotated back when ``rotate``; False: no
     library."""
     lib = _lib()
-    if lib is None or not out.flags.c_contiguous or not planes.flags.c_contiguous:
+    if lib is None or not out.flags.c_contiguous:
         return False
-    if planes.shape != (out.itemsize, out.size) or planes.dtype != np.uint8:
-        raise ValueError(f"planes of shape {planes.shape} for {out.size} values of {out.itemsize} bytes")
-    lib.dz_merge(planes.ctypes.data, out.size, out.itemsize, int(rotate), out.ctypes.data)
+    if len(planes) != out.itemsize or any(p.dtype != np.uint8 or p.shape != (out.size,) or not p.flags.c_contiguous
+                                          for p in planes):
+        raise ValueError(f"{len(planes)} planes for {out.size} values of {out.itemsize} bytes")
+    ptrs = np.array([p.ctypes.data for p in planes], np.uint64)
+    lib.dz_merge(ptrs.ctypes.data, out.size, out.itemsize, int(rotate), out.ctypes.data)
     return True
 
 

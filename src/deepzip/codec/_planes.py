@@ -243,16 +243,23 @@ def decode_planes(
     u = np.empty(kept, _UINT[sd.itemsize])
     rotate = dtype in _FLOATS
     merged = True
+    fast = _fast.available()
+    temp = np.empty((sd.itemsize, min(block, kept)), np.uint8)  # one block's planes: the only temporary, reused
     for j, s in enumerate(range(0, kept, block)):
         count = min(block, kept - s)
-        planes = np.empty((sd.itemsize, count), np.uint8)  # one block's planes: the only temporary
+        rows = []
         for i in range(sd.itemsize):
-            _unplane(sections[f"b{j}p{i}"], bool(meta["coded"][j] >> i & 1), planes[i], f"{name}/b{j}p{i}")
-        merged = _fast.merge(planes, u[s : s + count], rotate)
+            data, coded = sections[f"b{j}p{i}"], bool(meta["coded"][j] >> i & 1)
+            if fast and not coded and len(data) == count:  # a raw plane: merged straight from its section
+                rows.append(np.frombuffer(data, np.uint8))
+                continue
+            _unplane(data, coded, temp[i, :count], f"{name}/b{j}p{i}")
+            rows.append(temp[i, :count])
+        merged = _fast.merge(rows, u[s : s + count], rotate)
         if not merged:
             ub = u[s : s + count].view(np.uint8).reshape(-1, sd.itemsize)
             for i in range(sd.itemsize):
-                ub[:, i] = planes[i]
+                ub[:, i] = rows[i]
     if not merged:
         _unrotate_(u, dtype)
     if dtype == "bool" and kept and int(u.max()) > 1:

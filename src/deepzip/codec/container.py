@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from ..fileio import atomic_write
+from . import _fast
 from ._tensor import (
     DEFAULT_MAX_BYTES,
     KIND_TABLE,
@@ -119,7 +120,7 @@ def _place(t: EncodedTensor, offset: int, write: Callable[[bytes], object]) -> t
         pad = _align(offset) - offset
         write(b"\0" * pad)
         offset += pad
-        secs[sec] = {"offset": offset, "length": len(data), "crc32": zlib.crc32(data)}
+        secs[sec] = {"offset": offset, "length": len(data), "crc32": _fast.crc32(data)}
         write(data)
         offset += len(data)
     entry = {"name": t.name, "kind": t.kind, "shape": list(t.shape), "dtype": t.dtype, "meta": dict(t.meta),
@@ -348,7 +349,7 @@ def read(
         sections = {}
         for sec, (off, length, crc) in d.sections.items():
             data = buf[data_start + off : data_start + off + length]
-            if zlib.crc32(data) != crc:
+            if _fast.crc32(data) != crc:
                 raise DeepzipFormatError(f"{d.name}/{sec}: checksum mismatch")
             spans.append((off, off + length, f"{d.name}/{sec}"))
             sections[sec] = data

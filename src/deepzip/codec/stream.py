@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from ..fileio import atomic_write
+from . import _fast
 from ._tensor import DEFAULT_MAX_BYTES, EncodedTensor, check, decode, decode_parts
 from .container import (
     _PRE,
@@ -176,7 +177,7 @@ class DzReader(HeaderView):
             for sec, (off, length, crc) in d.sections.items():
                 f.seek(self._start + off)
                 data = f.read(length)
-                if len(data) != length or zlib.crc32(data) != crc:
+                if len(data) != length or _fast.crc32(data) != crc:
                     raise DeepzipFormatError(f"{name}/{sec}: checksum mismatch")
                 sections[sec] = data
         t = EncodedTensor(name, d.kind, d.shape, d.dtype, d.meta, sections)
