@@ -43,17 +43,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .. import codec
 from ..codec import DzReader, DzWriter, EncodedTensor
 from ..codec._tensor import DEFAULT_MAX_BYTES
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from .torchfile import read_torch_state_dict
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made or read: `deepzip compress` of a safetensors
+    import torch  # checkpoint never needs it (its import is most of a small command's time)
 
 __all__ = [
     "SourceCheckpoint",
@@ -68,10 +69,25 @@ __all__ = [
 # safetensors dtype codes deepzip stores; the others (F8_*, C64, U16/32/64, ...) are refused by name.
 ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-TORCH_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
-                torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.int16: "int16",
-                torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
-_FROM_NAME = {v: k for k, v in TORCH_DTYPES.items()}
+_TORCH_DTYPES: dict[Any, str] = {}
+TORCH_DTYPES: dict[Any, str]  # declared for type checkers; served by __getattr__ below
+
+
+def _torch_dtypes() -> dict[Any, str]:
+    """torch dtype -> deepzip's dtype name (``TORCH_DTYPES``), made at first use (it imports torch)."""
+    if not _TORCH_DTYPES:
+        import torch
+
+        _TORCH_DTYPES.update({torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+                              torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32",
+                              torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"})
+    return _TORCH_DTYPES
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: TORCH_DTYPES without importing torch at module import
+    if name == "TORCH_DTYPES":
+        return _torch_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 _MAX_ST_HEADER = 100 << 20  # safetensors' own bound on the header JSON
 MAX_AUX_BYTES = 32 << 20  # other files of a folder (tokenizer, config) ride in the .dz header, xz-compressed
 
@@ -83,10 +99,12 @@ def tensor_to_numpy(t: torch.Tensor, where: str = "") -> tuple[np.ndarray, str]:
     Raises:
         CheckpointError: a dtype deepzip does not store (complex, float8, ...), naming ``where``.
     """
-    name = TORCH_DTYPES.get(t.dtype)
+    import torch
+
+    name = _torch_dtypes().get(t.dtype)
     if name is None:
         raise CheckpointError(f"{where}: dtype {str(t.dtype).replace('torch.', '')} is not supported "
-                              f"(deepzip stores {', '.join(sorted(set(TORCH_DTYPES.values())))})")
+                              f"(deepzip stores {', '.join(sorted(set(_torch_dtypes().values())))})")
     t = t.detach().cpu().contiguous()
     if name == "bfloat16":
         return t.view(torch.int16).numpy().view(np.uint16), name
@@ -95,12 +113,14 @@ def tensor_to_numpy(t: torch.Tensor, where: str = "") -> tuple[np.ndarray, str]:
 
 def numpy_to_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
     """The tensor of ``dtype`` holding ``a`` (bit patterns for bfloat16; values cast exactly otherwise)."""
+    import torch
+
     a = np.array(a, copy=not a.flags.c_contiguous or not a.flags.writeable)  # keeps 0-d arrays 0-d
     if dtype == "bfloat16":
         if a.dtype == np.uint16:
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(a).to(_FROM_NAME[dtype])
+    return torch.from_numpy(a).to({v: k for k, v in _torch_dtypes().items()}[dtype])
 
 
 def _as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -183,6 +203,8 @@ def _storage_key(t: torch.Tensor) -> tuple:
 
 
 def _iter_state_dict(path: Path) -> Iterator[tuple[str, np.ndarray, str, Any]]:
+    from .torchfile import read_torch_state_dict
+
     sd = read_torch_state_dict(path)
     for name, t in sd.items():
         arr, dtype = tensor_to_numpy(t, f"{path}: {name}")
@@ -476,6 +498,8 @@ def _write_safetensors(reader: DzReader, entry: dict[str, Any], path: Path) -> N
 
 
 def _write_state_dict(reader: DzReader, entry: dict[str, Any], path: Path) -> None:
+    import torch
+
     tied = set(reader.extra.get("tied", []))
     aliases = reader.extra.get("aliases", {})
     made: dict[str, torch.Tensor] = {}
