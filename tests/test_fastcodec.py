@@ -127,3 +127,27 @@ def test_one_kind_table() -> None:
     assert codec.grouped.MAX_K == huffman.MAX_CODEBOOK == 1 << 16
     with pytest.raises(ValueError, match="65536"):
         codec.encode_codebook(np.zeros((1 << 16) + 1), np.zeros(3, np.int64))
+
+
+def test_crc32_is_zlibs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # section checksums: the compiled fold must give zlib.crc32's value on every length, alignment and buffer type
+    import zlib
+
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 63, 4095, 4096, 4097, 4111, 4112, 65_536 + 13, 1 << 20):
+        b = rng.integers(0, 256, n + 3, dtype=np.uint8).tobytes()
+        for data in (b[:n], memoryview(b)[3:], bytearray(b[1 : n + 1])):
+            fast, slow = both(monkeypatch, lambda d=data: _fast.crc32(d))
+            assert fast == slow == zlib.crc32(data)
+
+
+def test_sparse_narrow_streams_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # index and gap alphabets of at most 256 symbols decode as uint8 (the multi-symbol table); wider ones as before
+    rng = np.random.default_rng(8)
+    for k, n in ((32, 200_000), (300, 50_000)):
+        cb = rng.standard_normal(k).astype(np.float32)
+        idx = rng.integers(0, k, n)
+        mask = rng.random(n) < 0.1
+        t = codec.encode_sparse(cb, idx, mask)
+        fast, slow = both(monkeypatch, lambda t=t: codec.decode(t))
+        assert same(fast, slow) and np.array_equal(fast, np.where(mask, cb[idx], np.float32(0)))

@@ -151,6 +151,23 @@ def test_stream_size_is_exact():
         assert len(huffman.pack_stream(s, alphabet=9)) == huffman.stream_size(counts)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=0, max_size=300), st.integers(0, 3))
+def test_stream_size_bound_never_exceeds_the_exact_size(counts, zeros):
+    # the entropy bound lets a codebook candidate be skipped without computing its code: it must never exceed the
+    # exact size, or a candidate that would have won could be dropped (and the bytes change)
+    c = np.array(counts + [0] * zeros, np.int64)
+    assert huffman.stream_size_bound(c) <= huffman.stream_size(c)
+
+
+def test_stream_size_bound_is_tight_on_skewed_and_flat_histograms():
+    rng = np.random.default_rng(5)
+    for c in (rng.geometric(0.3, 50_000), rng.integers(1, 1000, 65536), np.array([7]), np.array([1, 1])):
+        c = np.asarray(c, np.int64)
+        bound, exact = huffman.stream_size_bound(c), huffman.stream_size(c)
+        assert bound <= exact <= bound + int(c.sum()) // 8 + 2  # Huffman spends under one bit a symbol above H
+
+
 def test_claimed_count_beyond_bits_fails_fast():
     blob = bytearray(huffman.pack_stream(np.array([1, 0, 1])))
     blob[0:8] = (10**12).to_bytes(8, "little")

@@ -225,7 +225,10 @@ def encode_lossless(
     def is_zero(x: np.ndarray) -> np.ndarray:
         return (x & drop_sign) == 0 if floats and not signed_zeros else x == 0
 
-    nzero = sum(int(np.count_nonzero(is_zero(flat[s : s + block]))) for s in range(0, flat.size, block))
+    if floats and not signed_zeros:
+        nzero = sum(int(np.count_nonzero(is_zero(flat[s : s + block]))) for s in range(0, flat.size, block))
+    else:  # zeros are the all-zero patterns: counted without a temporary
+        nzero = flat.size - int(np.count_nonzero(flat))
     mask = None
     if nzero * 16 >= a.size:
         mask = ~is_zero(flat).reshape(a.shape)
