@@ -345,10 +345,13 @@ def read(
     header, version, data_start, tables = parse_header(buf, size, max_bytes=max_bytes)
     tensors: dict[str, EncodedTensor] = {}
     spans = []
+    # Sections are read-only views into the file's bytes, not copies: the file is held once, not twice, and reading
+    # costs no copy of every section (bytes-like everywhere a section is used: len, slicing, numpy, struct, zlib).
+    view = memoryview(buf)
     for d in tables:
         sections = {}
         for sec, (off, length, crc) in d.sections.items():
-            data = buf[data_start + off : data_start + off + length]
+            data = view[data_start + off : data_start + off + length]
             if _fast.crc32(data) != crc:
                 raise DeepzipFormatError(f"{d.name}/{sec}: checksum mismatch")
             spans.append((off, off + length, f"{d.name}/{sec}"))
