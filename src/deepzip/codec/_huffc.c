@@ -61,28 +61,29 @@ INLINE int64_t sym_at(const void *s, int isz, int64_t i) {
     }
 }
 
+/* counts[0..256) += histogram of n bytes: four sub-histograms (byte e counts into sub-histogram e % 4), so runs of
+ * equal bytes (the exponent plane has a handful of values) do not wait on one counter; uint32 counters flushed every
+ * 2**30 bytes. */
+static void hist_bytes(const uint8_t *s, int64_t n, int64_t *counts) {
+    uint32_t c[4][256];
+    for (int64_t base = 0; base < n; base += (int64_t)1 << 30) {
+        int64_t end = n - base > ((int64_t)1 << 30) ? base + ((int64_t)1 << 30) : n, i = base;
+        memset(c, 0, sizeof c);
+        for (; i + 4 <= end; i += 4) {
+            c[0][s[i]]++;
+            c[1][s[i + 1]]++;
+            c[2][s[i + 2]]++;
+            c[3][s[i + 3]]++;
+        }
+        for (; i < end; i++) c[0][s[i]]++;
+        for (int b = 0; b < 256; b++) counts[b] += (int64_t)c[0][b] + c[1][b] + c[2][b] + c[3][b];
+    }
+}
+
 /* counts[0..alphabet) += histogram of n symbols (itemsize isz: 1, 2 unsigned; 4, 8 signed). -1: a symbol outside. */
 EXPORT int64_t dz_count(const void *sym, int64_t n, int isz, int64_t alphabet, int64_t *counts) {
-    if (isz == 1 && alphabet >= 256) { /* four sub-histograms: runs of equal bytes do not wait on one counter */
-        const uint8_t *s = (const uint8_t *)sym;
-        uint32_t *c = (uint32_t *)calloc(4 * 256, sizeof(uint32_t));
-        if (!c) return -1;
-        int64_t i = 0;
-        while (i < n) {
-            int64_t end = n - i > (1 << 30) ? i + (1 << 30) : n; /* uint32 counters: flush every 2**30 */
-            for (; i + 4 <= end; i += 4) {
-                c[s[i]]++;
-                c[256 + s[i + 1]]++;
-                c[512 + s[i + 2]]++;
-                c[768 + s[i + 3]]++;
-            }
-            for (; i < end; i++) c[s[i]]++;
-            for (int b = 0; b < 256; b++) {
-                counts[b] += (int64_t)c[b] + c[256 + b] + c[512 + b] + c[768 + b];
-                c[b] = c[256 + b] = c[512 + b] = c[768 + b] = 0;
-            }
-        }
-        free(c);
+    if (isz == 1 && alphabet >= 256) { /* bytes are always inside the alphabet */
+        hist_bytes((const uint8_t *)sym, n, counts);
         return 0;
     }
     if (isz == 2 && alphabet >= 65536) { /* uint16 patterns: no range check, two counters a pass */
@@ -598,81 +599,29 @@ EXPORT int64_t dz_decode(const uint8_t *data, int64_t nbytes, int64_t nbits, con
 #define ROTR(T, NB, x) ((T)(((x) >> 1) | ((x) << ((NB) - 1))))
 
 /* planes[i * n + e] = byte i (little-endian) of value e, rotated first when rot; counts[i * 256 + b] += histogram of
- * plane i (counts zeroed by the caller). */
+ * plane i (counts zeroed by the caller). Two passes: the split alone (a loop the compiler vectorises), then each
+ * plane's histogram (about 30% faster on bfloat16 blocks than one pass doing both). */
+#define SPLIT_LOOP(T, NB, ROT)                                                                                      \
+    do {                                                                                                            \
+        const T *v = (const T *)vals;                                                                               \
+        for (int64_t e = 0; e < n; e++) {                                                                           \
+            T x = v[e];                                                                                             \
+            if (ROT) x = ROTL(T, NB, x);                                                                            \
+            for (int i = 0; i < (int)sizeof(T); i++) planes[i * n + e] = (uint8_t)(x >> (8 * i));                  \
+        }                                                                                                           \
+    } while (0)
 EXPORT int64_t dz_split(const uint8_t *vals, int64_t n, int isz, int rot, uint8_t *planes, int64_t *counts) {
-    /* four sub-histograms per plane, element e counting into sub-histogram e % 4: runs of equal bytes (the exponent
-     * plane has a handful of values) do not wait on one counter */
-    uint32_t *c = (uint32_t *)calloc((size_t)isz * 1024, sizeof(uint32_t));
-    if (!c) return -1;
-    for (int64_t s = 0; s < n; s += 1 << 30) { /* uint32 counters: flush every 2**30 elements */
-        int64_t end = n - s > (1 << 30) ? s + (1 << 30) : n;
-        int64_t e = s;
-        if (isz == 2) {
-            const uint16_t *v = (const uint16_t *)vals;
-            uint8_t *q0 = planes, *q1 = planes + n;
-            for (; e + 4 <= end; e += 4)
-                for (int k = 0; k < 4; k++) {
-                    uint16_t x = v[e + k];
-                    if (rot) x = ROTL(uint16_t, 16, x);
-                    q0[e + k] = (uint8_t)x;
-                    q1[e + k] = (uint8_t)(x >> 8);
-                    c[k * 256 + (x & 255)]++;
-                    c[1024 + k * 256 + (x >> 8)]++;
-                }
-            for (; e < end; e++) {
-                uint16_t x = v[e];
-                if (rot) x = ROTL(uint16_t, 16, x);
-                q0[e] = (uint8_t)x;
-                q1[e] = (uint8_t)(x >> 8);
-                c[x & 255]++;
-                c[1024 + (x >> 8)]++;
-            }
-        } else if (isz == 4) {
-            const uint32_t *v = (const uint32_t *)vals;
-            for (; e + 4 <= end; e += 4)
-                for (int k = 0; k < 4; k++) {
-                    uint32_t x = v[e + k];
-                    if (rot) x = ROTL(uint32_t, 32, x);
-                    for (int i = 0; i < 4; i++) {
-                        uint8_t b = (uint8_t)(x >> (8 * i));
-                        planes[i * n + e + k] = b;
-                        c[i * 1024 + k * 256 + b]++;
-                    }
-                }
-            for (; e < end; e++) {
-                uint32_t x = v[e];
-                if (rot) x = ROTL(uint32_t, 32, x);
-                for (int i = 0; i < 4; i++) {
-                    uint8_t b = (uint8_t)(x >> (8 * i));
-                    planes[i * n + e] = b;
-                    c[i * 1024 + b]++;
-                }
-            }
-        } else if (isz == 8) {
-            const uint64_t *v = (const uint64_t *)vals;
-            for (; e < end; e++) {
-                uint64_t x = v[e];
-                if (rot) x = ROTL(uint64_t, 64, x);
-                for (int i = 0; i < 8; i++) {
-                    uint8_t b = (uint8_t)(x >> (8 * i));
-                    planes[i * n + e] = b;
-                    c[i * 1024 + (int)(e & 3) * 256 + b]++;
-                }
-            }
-        } else {
-            for (; e < end; e++) {
-                planes[e] = vals[e];
-                c[(int)(e & 3) * 256 + vals[e]]++;
-            }
-        }
-        for (int i = 0; i < isz; i++)
-            for (int b = 0; b < 256; b++) {
-                uint32_t *ci = c + i * 1024;
-                counts[i * 256 + b] += (int64_t)ci[b] + ci[256 + b] + ci[512 + b] + ci[768 + b];
-                ci[b] = ci[256 + b] = ci[512 + b] = ci[768 + b] = 0;
-            }
+    switch (isz * 2 + !!rot) {
+    case 4: SPLIT_LOOP(uint16_t, 16, 0); break;
+    case 5: SPLIT_LOOP(uint16_t, 16, 1); break;
+    case 8: SPLIT_LOOP(uint32_t, 32, 0); break;
+    case 9: SPLIT_LOOP(uint32_t, 32, 1); break;
+    case 16: SPLIT_LOOP(uint64_t, 64, 0); break;
+    case 17: SPLIT_LOOP(uint64_t, 64, 1); break;
+    case 2: case 3: memcpy(planes, vals, (size_t)n); break;
+    default: return -1;
     }
-    free(c);
+    for (int i = 0; i < isz; i++) hist_bytes(planes + (int64_t)i * n, n, counts + i * 256);
     return 0;
 }
 
