@@ -52,7 +52,8 @@ class EncodedTensor:
         shape: the decoded array's shape.
         dtype: the decoded array's dtype name (``"float32"`` for codebook and sparse kinds).
         meta: kind-specific integers: ``k`` (codebook size), ``gap_width`` and ``kept`` (sparse).
-        sections: section name -> bytes; see docs/FORMAT.md for each kind's sections.
+        sections: section name -> bytes (for a file read by :func:`deepzip.codec.read`, read-only memoryviews
+            of the file's bytes); see docs/FORMAT.md for each kind's sections.
     """
 
     name: str
