@@ -141,12 +141,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     params = _effective_params(model)
     total = sum(t.numel() for t in params.values())
     nonzero = sum(int((t != 0).sum()) for t in params.values())
+    from ..techniques.shrink import architecture_widths
+
+    widths, full = architecture_widths(model, _arch(model))  # a shrunk model: measured against its architecture
+    reference = full if widths else total
     out.update({"model": _arch(model), "test_error_pct": res.error_pct, "errors": res.errors, "n": res.n,
-                "params_total": total, "params_nonzero": nonzero,
-                "ratio": 4.0 * total / out["bytes"]})
+                "params_total": total, "params_nonzero": nonzero, "params_architecture": reference,
+                "ratio": 4.0 * reference / out["bytes"]})
     if a.json:
         print(json.dumps(out))
     else:
         print(f"{path}: test error {res.error_pct:.2f}% ({res.errors}/{res.n}); {nonzero}/{total} non-zero "
-              f"parameters; {out['bytes']} bytes ({out['ratio']:.1f}x vs 32-bit parameters)")
+              f"parameters{f' (shrunk from {reference})' if widths else ''}; {out['bytes']} bytes "
+              f"({out['ratio']:.1f}x vs 32-bit parameters)")
     return 0
