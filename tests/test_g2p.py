@@ -218,7 +218,7 @@ def test_rnn_prune_share_invariants_and_file_round_trip(cell, tmp_path):
     ref = m(x)
     path = tmp_path / "rnn.dz"
     save(m, path)
-    m2 = load(path, _RNNs(cell))
+    m2 = load(path, _RNNs(cell), trainable=True)
     assert torch.equal(m2(x), ref)
     for n, (mod, t) in prunable_tensors(m2).items():  # codebooks rebuilt, trainable again
         assert torch.equal(getattr(mod, t), getattr(*prunable_tensors(m)[n])), n

@@ -207,7 +207,7 @@ def test_save_load_round_trip_with_pruned_and_shared_cores(tmp_path) -> None:
     x = torch.rand(3, 1, 28, 28)
     path = tmp_path / "tt.dz"
     save(m, path)
-    again = load(path).eval()  # the file alone: architecture name + the header's record
+    again = load(path, trainable=True).eval()  # the file alone: architecture name + the header's record
     assert torch.equal(again(x), m(x)) and lowrank_spec(again) == spec
     for mode in ("dense", "cores"):  # the same function in either forward mode
         for layer in again.modules():
@@ -239,7 +239,7 @@ def test_pipeline_decompose_stage_takes_tt(tmp_path) -> None:
     path = tmp_path / "p.dz"
     save(m, path)
     x = torch.rand(2, 1, 28, 28)
-    assert torch.equal(load(path).eval()(x), m.eval()(x))
+    assert torch.equal(load(path, trainable=True).eval()(x), m.eval()(x))
 
 
 @pytest.mark.parametrize(("make", "pattern"), [

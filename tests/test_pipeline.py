@@ -33,7 +33,7 @@ def test_file_evaluates_like_the_in_memory_model(trained, tmp_path):
     out = tmp_path / "m.dz"
     s = run_pipeline(m, TRAIN, TEST, cfg, out, progress=False, log=lambda _: None)
     assert s["bytes"] == out.stat().st_size and s["ratio"] == pytest.approx(4 * 266_610 / s["bytes"])
-    assert torch.equal(predict(load(out), TEST.x), predict(m, TEST.x))
+    assert torch.equal(predict(load(out, trainable=True), TEST.x), predict(m, TEST.x))
     assert s["error_after_pct"] == s["error_in_memory_pct"]
     assert s["bits"] == {"fc1": 4, "fc2": 4, "fc3": 5}
     assert PipelineConfig.from_dict(load_config(out)) == cfg  # the config that made the file is in it
@@ -47,7 +47,7 @@ def test_distilling_with_and_without_jitter(trained, tmp_path, shift):
     cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, distill=True, jitter=shift, **FAST)
     out = tmp_path / "m.dz"
     s = run_pipeline(m, TRAIN, TEST, cfg, out, progress=False, log=lambda _: None)
-    assert torch.equal(predict(load(out), TEST.x), predict(m, TEST.x))
+    assert torch.equal(predict(load(out, trainable=True), TEST.x), predict(m, TEST.x))
     assert s["error_after_pct"] == s["error_in_memory_pct"]
     assert torch.equal(predict(trained, TEST.x), teacher_before)  # the fixture model was never touched
 

@@ -56,7 +56,7 @@ def test_decompose_then_prune_share_act_on_the_factors_and_the_file_loads_alone(
     assert is_shared(m.conv2[1]) and is_shared(m.fc1[0])
     path = tmp_path / "m.dz"
     save(m, path)
-    again = load(path)  # no user code: architecture + record in the header
+    again = load(path, trainable=True)  # no user code: architecture + record in the header
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(again(x), m(x)) and lowrank_spec(again) == lowrank_spec(m)
 

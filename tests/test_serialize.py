@@ -30,7 +30,7 @@ def test_pruned_and_shared_model_round_trips_exactly(tmp_path):
     n = save(m, path, config={"bits": 5})
     assert n == path.stat().st_size
     assert n < 4 * 266_610 / 30  # really compressed: > 30x against 32-bit floats
-    m2 = load(path)  # architecture named in the file
+    m2 = load(path, trainable=True)  # architecture named in the file; codebooks as parametrizations
     assert torch.equal(m(X), m2(X))
     for name in ("fc1", "fc2", "fc3"):
         assert is_shared(getattr(m2, name))
@@ -53,7 +53,7 @@ def test_kinds_are_chosen_automatically():
 def test_pruned_only_model_is_lossless_and_keeps_masks(tmp_path):
     m = prune_(lenet300(), sparsity=0.8)
     save(m, tmp_path / "p.dz")
-    m2 = load(tmp_path / "p.dz")
+    m2 = load(tmp_path / "p.dz", trainable=True)
     assert torch.equal(m(X), m2(X))
     assert torch.equal(get_mask(m2.fc1), get_mask(m.fc1))
 
@@ -80,7 +80,7 @@ def test_loaded_model_can_be_fine_tuned_and_saved_again(tmp_path):
     m = prune_(lenet300(), sparsity=0.9)
     share_weights_(m, 4, progress=False)
     save(m, tmp_path / "a.dz")
-    m2 = load(tmp_path / "a.dz")
+    m2 = load(tmp_path / "a.dz", trainable=True)
     opt = torch.optim.SGD([p for p in m2.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     for _ in range(2):
         opt.zero_grad()
@@ -89,7 +89,7 @@ def test_loaded_model_can_be_fine_tuned_and_saved_again(tmp_path):
     assert (m2.fc1.weight[~get_mask(m2.fc1)] == 0).all()
     assert len(torch.unique(m2.fc1.weight[get_mask(m2.fc1)])) <= 16
     save(m2, tmp_path / "b.dz")
-    assert torch.equal(load(tmp_path / "b.dz")(X), m2(X))
+    assert torch.equal(load(tmp_path / "b.dz", trainable=True)(X), m2(X))
 
 
 def test_wrong_model_and_bad_files(tmp_path):

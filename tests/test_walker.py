@@ -82,7 +82,8 @@ def test_share_then_save_and_load_round_trip(layer: str, tmp_path) -> None:
     path = tmp_path / "m.dz"
     save(m, path)
     assert codec.read(path).extra["layers"][f"{layer}.weight"] == "shared"
-    back = load(path, model=_Zoo(seed=3))  # a fresh model (weight-normalised again) takes the file's form
+    # a fresh model (weight-normalised again) takes the file's form
+    back = load(path, model=_Zoo(seed=3), trainable=True)
     assert is_shared(getattr(back, layer))
     for a, b in zip(get_codebook(mod), get_codebook(getattr(back, layer))):
         assert (a == b).all()
@@ -94,19 +95,20 @@ def test_pruned_weight_norm_layer_reloads_weight_normalised(tmp_path) -> None:
     prune_(m, sparsity=0.5)
     path = tmp_path / "m.dz"
     save(m, path)
-    back = load(path, model=_Zoo(seed=3))
+    back = load(path, model=_Zoo(seed=3), trainable=True)
     foreign, own = chain(back.wn)
     assert [type(p).__name__ for p in foreign] == ["_WeightNorm"] and len(own) == 1
     for name in LAYERS:
         assert torch.equal(get_mask(getattr(back, name)), get_mask(getattr(m, name))), name
     assert torch.equal(back(*_inputs()), m(*_inputs()))
-    again = load(path, model=back)  # into a model that is pruned already: its masks are replaced, weight_norm kept
+    # into a model that is pruned already: its masks are replaced, weight_norm kept
+    again = load(path, model=back, trainable=True)
     assert len(chain(again.wn)[0]) == 1 and len(chain(again.wn)[1]) == 1
     assert torch.equal(again(*_inputs()), m(*_inputs()))
     # a plain weight_norm layer is stored as its inputs (g, v) and comes back as one
     plain = _Zoo()
     save(plain, path)
-    again = load(path, model=_Zoo(seed=3))
+    again = load(path, model=_Zoo(seed=3), trainable=True)
     assert chain(again.wn)[0] and torch.equal(again(*_inputs()), plain(*_inputs()))
 
 
@@ -173,7 +175,7 @@ def test_post_training_file_reloads_with_its_codebooks_and_resaves_the_same_byte
     for n, c in res.choices.items():  # float16 choices take no more than float16 (2 bytes a value), load as float32
         if not c.bits:
             assert f.tensors[n].nbytes <= 2 * c.fp16.size and f.extra["dtypes"][n] == "float32"
-    back = load(path, model=_Bag(seed=5))
+    back = load(path, model=_Bag(seed=5), trainable=True)
     x = torch.randint(0, 400, (8, 6), generator=g)
     assert torch.equal(back(x), model(x))
     for n in coded:
@@ -202,7 +204,7 @@ def test_other_parametrizations_stay_below_the_mask_and_round_trip(tmp_path) -> 
     m = prune_(make(), sparsity=0.5)
     x = torch.randn(3, 8)
     save(m, tmp_path / "m.dz")
-    back = load(tmp_path / "m.dz", model=make(3)).eval()
+    back = load(tmp_path / "m.dz", model=make(3), trainable=True).eval()
     assert [type(p).__name__ for p in chain(back[0])[0]] == ["_SpectralNorm"] and len(chain(back[0])[1]) == 1
     assert torch.equal(back[0].parametrizations.weight[0]._u, m[0].parametrizations.weight[0]._u)
     assert torch.equal(back(x), m(x)) and torch.all(back[2].weight[~get_mask(back[2])] == 0)

@@ -205,16 +205,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(path: str, arch: str | None, trust_code: bool = False, max_bytes: int | None = 1 << 30, *,
-                images: bool = True):
+                images: bool = True, trainable: bool = True, progress: bool = False):
     """Any checkpoint (:func:`deepzip.io.reader.load_model`: a .dz, a deepzip checkpoint, any safetensors, a
     state_dict file, a Hugging Face folder) into ``arch`` (typed by the user, so trusted) or into the architecture
     the file names (a ``package.module:factory`` there only with ``--trust-code``); ``images``: the command feeds it
-    images, so another application's model (a G2P encoder-decoder, a transformers model) is refused in one line."""
+    images, so another application's model (a G2P encoder-decoder, a transformers model) is refused in one line;
+    ``trainable``: a .dz's masks and codebooks as parametrizations (to retrain), else the inference form
+    :func:`deepzip.load` gives by default; ``progress``: loading's phases and times on stderr."""
     from ..io.reader import load_model
     from ..models import get_model
 
     model, meta = load_model(path, get_model(arch, trust_code=True) if arch else None, trust_code=trust_code,
-                             max_bytes=max_bytes)
+                             max_bytes=max_bytes, trainable=trainable, progress=progress)
     if images:
         from ..errors import InputError
         from ..models.seq2seq import Seq2Seq
@@ -222,7 +224,7 @@ def _load_model(path: str, arch: str | None, trust_code: bool = False, max_bytes
         if isinstance(model, Seq2Seq):
             raise InputError(f"{path}: holds a G2P encoder-decoder ({_arch(model)}), not an image classifier; "
                              "deepzip g2p-eval reads it")
-        if type(model).__module__.split(".")[0] == "transformers":
+        if type(model).__module__.split(".")[0] in ("transformers", "sentence_transformers"):
             raise InputError(f"{path}: holds a Hugging Face {type(model).__name__}, not an image classifier; "
                              "deepzip ptq --sentence-transformer and deepzip compress read it")
     return model, meta
@@ -235,7 +237,10 @@ def _arch(model) -> str | None:
 
 
 def _effective_params(model) -> dict:
-    """Every parameter as the model uses it (parametrized weights evaluated)."""
+    """Every parameter as the model uses it (parametrized weights evaluated; a runtime layer's sparse weight as
+    its dense equivalent)."""
+    import torch
+
     out = {}
     for mname, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
@@ -243,6 +248,11 @@ def _effective_params(model) -> dict:
         if hasattr(module, "parametrizations"):
             for pname in module.parametrizations:
                 out[f"{mname}.{pname}"] = getattr(module, pname).detach()
+        sparse = getattr(module, "sparse", None)  # deepzip.runtime's SparseLinear / SparseConv2d: buffers only
+        if sparse is not None and hasattr(sparse, "dense"):
+            out[f"{mname}.weight"] = sparse.dense()
+            if isinstance(getattr(module, "bias", None), torch.Tensor):
+                out[f"{mname}.bias"] = module.bias
     return {k: v for k, v in out.items() if ".parametrizations." not in k}
 
 

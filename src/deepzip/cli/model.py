@@ -131,7 +131,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..apps.mnist.data import load_mnist
     from ..train import evaluate
 
-    model, _ = _load_model(a.file, a.model, a.trust_code, a.max_bytes)
+    # the model as deepzip.load gives it for inference: each pruned layer sparse or dense, whichever runs faster
+    model, _ = _load_model(a.file, a.model, a.trust_code, a.max_bytes, trainable=False, progress=_progress(a))
     path = Path(a.file)
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     out: dict = {"file": str(path), "bytes": size}

@@ -140,7 +140,9 @@ def cmd_ptq(a: argparse.Namespace) -> int:
             raise BoundError(f"max_drop={cfg.max_drop:g} not met after distillation: best reached {res.drop:.4g} "
                              f"at {res.predicted_bytes / 1e6:.2f} MB of weights; use a smaller --relax or more "
                              "--distill-seconds")
-    nbytes = save_posttrained(model, res, out, architecture=arch,
+    # a model folder's files go into the .dz too, so that deepzip.load / decompress give the model / folder back
+    folder = a.sentence_transformer or (a.checkpoint if a.checkpoint and Path(a.checkpoint).is_dir() else None)
+    nbytes = save_posttrained(model, res, out, architecture=arch, source=folder,
                               config={"posttrain": {"max_drop": a.max_drop, "drop": res.drop}})
     total = sum(v.numel() for v in model.state_dict().values() if torch.is_floating_point(v))
     print(f"wrote {out}: {nbytes:,} bytes, {4 * total / nbytes:.2f}x smaller than fp32; calibration drop "

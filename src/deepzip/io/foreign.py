@@ -50,7 +50,7 @@ import numpy as np
 from .. import codec
 from ..codec import DzReader, DzWriter, EncodedTensor
 from ..codec._tensor import DEFAULT_MAX_BYTES
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DeepzipError
 from ..fileio import atomic_write
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made or read: `deepzip compress` of a safetensors
@@ -60,6 +60,8 @@ __all__ = [
     "SourceCheckpoint",
     "compress_checkpoint",
     "decompress_checkpoint",
+    "folder_model",
+    "folder_record",
     "hf_model",
     "numpy_to_tensor",
     "open_source",
@@ -384,14 +386,7 @@ def compress_checkpoint(
                 rows.append(row)
                 del arr, enc
             files.append(entry)
-        aux = {}
-        for rel in source.aux:
-            data = (source.root / rel).read_bytes()
-            if len(data) > MAX_AUX_BYTES:
-                raise CheckpointError(f"{source.root / rel}: {len(data)} bytes; files other than weights are "
-                                      f"kept in the .dz header, up to {MAX_AUX_BYTES} bytes each")
-            aux[rel] = base64.b64encode(_xz(data)).decode("ascii")
-        writer.extra = {"checkpoint": {"kind": source.kind, "files": files, "aux": aux,
+        writer.extra = {"checkpoint": {"kind": source.kind, "files": files, "aux": _aux_record(source),
                                        "name": source.root.name},
                         "aliases": aliases, "tied": tied, "dtypes": dtypes}
         size = writer.close()
@@ -401,6 +396,111 @@ def compress_checkpoint(
     source_bytes = sum(source.path(r).stat().st_size for r in source.weights)
     return {"bytes": size, "source_bytes": source_bytes, "params": params, "tensors": rows,
             "seconds": time.perf_counter() - t0, "kind": source.kind}
+
+
+def _aux_record(source: SourceCheckpoint) -> dict[str, str]:
+    """A folder's files other than weights (config, tokenizer, module files), xz-compressed, base64: relative path ->
+    text, as ``extra.checkpoint.aux`` holds them.
+
+    Raises:
+        CheckpointError: a file larger than :data:`MAX_AUX_BYTES`.
+    """
+    aux = {}
+    for rel in source.aux:
+        data = (source.root / rel).read_bytes()
+        if len(data) > MAX_AUX_BYTES:
+            raise CheckpointError(f"{source.root / rel}: {len(data)} bytes; files other than weights are "
+                                  f"kept in the .dz header, up to {MAX_AUX_BYTES} bytes each")
+        aux[rel] = base64.b64encode(_xz(data)).decode("ascii")
+    return aux
+
+
+def _module_prefixes(source: SourceCheckpoint) -> dict[str, str]:
+    """Sub-folder -> the state_dict prefix of the sentence-transformers module saved there (``{"": "0.",
+    "2_Dense": "2."}``, from modules.json); ``{"": ""}`` for a plain Hugging Face folder."""
+    if "modules.json" not in source.aux:
+        return {"": ""}
+    try:
+        modules = json.loads((source.root / "modules.json").read_text())
+        return {str(m.get("path", "")).strip("/"): f"{m['name']}." for m in modules}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{source.root / 'modules.json'}: not a list of modules ({e})") from None
+
+
+def _match(key: str, shape: tuple[int, ...], prefix: str, state: dict[str, torch.Tensor], used: set[str]) -> str | None:
+    """The model's tensor that a folder file's tensor ``key`` became: the same name under the module's ``prefix``
+    (sentence-transformers keeps the transformer as ``0.model.``), or the shortest name ending in it (the file's own
+    base-model prefix, ``bert.``, dropped if need be), of the same shape and not taken yet."""
+    for k in (key, key.split(".", 1)[-1]):
+        exact = prefix + k
+        names = [exact] if exact in state else [n for n in state if n.startswith(prefix) and n.endswith("." + k)]
+        names = [n for n in names if n not in used and tuple(state[n].shape) == tuple(shape)]
+        if names:
+            return min(names, key=len)
+    return None
+
+
+def folder_record(
+    folder: str | os.PathLike[str], state: dict[str, torch.Tensor]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """What a ``.dz`` of a model loaded from a Hugging Face or sentence-transformers ``folder`` and then changed
+    (``deepzip ptq``) needs to give the folder back: its ``extra.checkpoint`` record, as :func:`compress_checkpoint`
+    writes it (every other file of the folder; per weight file, which stored tensor each of its tensors is), with
+    the model's tensors in place of the folder's.
+
+    Args:
+        folder: the folder the model was loaded from.
+        state: the model's tensors by state_dict name (the names the ``.dz`` stores them under).
+
+    Returns:
+        ``(record, more)``: ``more`` holds the folder's tensors the model does not (a buffer the library no longer
+        keeps, e.g. ``position_ids``), as they are, under ``"FILE:NAME"``: store them beside the model's.
+
+    Raises:
+        CheckpointError: see :func:`open_source`; not a folder.
+    """
+    source = open_source(folder)
+    if source.kind != "hf":
+        raise CheckpointError(f"{folder}: not a Hugging Face or sentence-transformers model folder")
+    prefixes = _module_prefixes(source)
+    codes = {v: k for k, v in ST_DTYPES.items()}
+    files: list[dict[str, Any]] = []
+    more: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for rel in source.weights:
+        prefix = prefixes.get(os.path.dirname(rel))
+        entry: dict[str, Any] = {"path": rel, "format": _file_format(rel), "tensors": []}
+        header: dict[str, Any] = {}
+        if entry["format"] == "safetensors":
+            _, header, _ = read_safetensors_header(source.path(rel))
+            shapes = {k: tuple(v["shape"]) for k, v in _st_entries(header)}
+        else:
+            shapes = {k: tuple(t.shape) for k, t in read_torch_state_dict(source.path(rel)).items()}
+        own: dict[str, str] = {}
+        for key, shape in shapes.items():
+            name = _match(key, shape, prefix, state, used) if prefix is not None else None
+            if name is not None:
+                used.add(name)
+                own[key] = name
+        if len(own) < len(shapes):  # the folder's tensors the model does not hold: stored as they are
+            for key, arr, dtype, _ in _iter_file(source, rel):
+                if key not in own:
+                    more[f"{rel}:{key}"] = numpy_to_tensor(arr, dtype)
+        entry["tensors"] = [[k, own.get(k, f"{rel}:{k}")] for k in shapes]
+        if entry["format"] == "safetensors":  # the header again, each tensor in the dtype the model holds it in
+            out: dict[str, Any] = {"__metadata__": header["__metadata__"]} if "__metadata__" in header else {}
+            at = 0
+            for key, _ in _st_entries(header):
+                t = state[own[key]] if key in own else more[f"{rel}:{key}"]
+                dname = TORCH_DTYPES.get(t.dtype)
+                if dname is None:
+                    raise CheckpointError(f"{own.get(key, key)}: dtype {t.dtype} is not stored")
+                n = t.numel() * codec._planes.storage_dtype(dname).itemsize
+                out[key] = {"dtype": codes[dname], "shape": list(t.shape), "data_offsets": [at, at + n]}
+                at += n
+            entry["header"] = json.dumps(out, separators=(",", ":"))
+        files.append(entry)
+    return {"kind": "hf", "files": files, "aux": _aux_record(source), "name": source.root.name}, more
 
 
 def _xz(data: bytes) -> bytes:
@@ -600,3 +700,105 @@ def hf_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MA
     from .reader import hf_build
 
     return hf_build(config, lambda: state_dict_from(reader), where=str(path))
+
+
+def _refuse_code(reader: DzReader, rec: dict[str, Any]) -> None:
+    """A folder whose files would make its library run code (a ``.py`` module, ``auto_map``, ``trust_remote_code``,
+    a module type outside sentence-transformers) is refused before anything is built from it."""
+    where = reader.path
+    for rel in rec.get("aux", {}):
+        if rel.endswith(".py"):
+            raise CheckpointError(f"{where}: the folder holds Python code ({rel}); deepzip never runs code from a "
+                                  "file (deepzip decompress gives the folder, to load yourself if you trust it)")
+
+    def flagged(obj: Any) -> bool:
+        if isinstance(obj, dict):
+            return any((k in ("trust_remote_code", "auto_map") and bool(v)) or flagged(v) for k, v in obj.items())
+        return isinstance(obj, list) and any(flagged(v) for v in obj)
+
+    for rel in rec.get("aux", {}):
+        if rel.endswith(".json") and rel not in ("tokenizer.json", "vocab.json"):
+            try:
+                doc = json.loads(_aux_bytes(reader, rec, rel))
+            except ValueError as e:
+                raise CheckpointError(f"{where}: {rel} is not JSON ({e})") from None
+            if flagged(doc):
+                raise CheckpointError(f"{where}: {rel} asks for remote code (auto_map / trust_remote_code); deepzip "
+                                      "never runs code from a file")
+    if "modules.json" in rec.get("aux", {}):
+        try:
+            modules = json.loads(_aux_bytes(reader, rec, "modules.json"))
+        except ValueError as e:
+            raise CheckpointError(f"{where}: modules.json is not JSON ({e})") from None
+        for m in modules if isinstance(modules, list) else [modules]:
+            kind = m.get("type") if isinstance(m, dict) else None
+            if not (isinstance(kind, str) and kind.startswith("sentence_transformers.")):
+                raise CheckpointError(f"{where}: modules.json names module type {kind!r}, not one of "
+                                      "sentence-transformers' own; deepzip never imports code a file names")
+
+
+def _check_size(reader: DzReader, rec: dict[str, Any], where: str) -> None:
+    """The transformer config.json describes, built on the meta device (no memory), may not have more parameters
+    than the file holds values: a crafted config cannot make the library allocate what the file does not bound."""
+    import transformers
+
+    from .reader import hf_config_class
+
+    try:
+        config = json.loads(_aux_bytes(reader, rec, "config.json"))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: config.json is not JSON ({e})") from None
+    cfg = hf_config_class(config, where)
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModel.from_config(cfg)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: config.json does not describe a model transformers builds ({e})") from None
+    have = sum(int(np.prod(reader.entry(n).shape, dtype=np.int64)) for n in reader.names)
+    need = sum(p.numel() for p in model.parameters())
+    if need > have:
+        raise CheckpointError(f"{where}: config.json describes a model of {need:,} parameters, the file holds "
+                              f"{have:,} values")
+
+
+def folder_model(path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> torch.nn.Module:
+    """The model a ``.dz`` of a model folder holds (``deepzip compress FOLDER``, ``deepzip ptq``): a
+    ``SentenceTransformer`` for a sentence-transformers folder (one with modules.json), else the transformers model
+    (:func:`hf_model`; also where sentence-transformers is not installed). The folder is written to a temporary
+    folder (:func:`decompress_checkpoint`, within ``max_bytes``) and loaded by sentence-transformers from there,
+    offline, without remote code; a folder asking for code (a ``.py`` file, ``trust_remote_code``, ``auto_map``, a
+    module type outside sentence-transformers) or whose config describes a larger model than the file holds is
+    refused first.
+
+    Raises:
+        CheckpointError: not a folder's ``.dz``; a folder as above; a folder sentence-transformers does not load
+            (its message, in one line).
+    """
+    reader = DzReader(path, max_bytes=max_bytes)
+    rec = _checkpoint_record(reader)
+    if rec["kind"] != "hf" or "modules.json" not in rec.get("aux", {}):
+        return hf_model(path, max_bytes=max_bytes)
+    where = str(path)
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # without sentence-transformers: its transformer, as transformers builds it
+        return hf_model(path, max_bytes=max_bytes)
+    _refuse_code(reader, rec)
+    if "config.json" in rec.get("aux", {}):
+        _check_size(reader, rec, where)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a library call prints nothing
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = decompress_checkpoint(path, Path(tmp) / "model", max_bytes=max_bytes)
+            model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=False)
+    except DeepzipError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where}: sentence-transformers does not load the folder ({msg[:300]})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()

@@ -57,7 +57,8 @@ from .serialize import check_file_fits, fit_problem  # the one "does not fit" ch
 from .torchfile import read_torch_state_dict
 
 __all__ = [
-    "ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_problem", "fit_tensors_", "hf_build", "load_model",
+    "ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_problem", "fit_tensors_", "hf_build",
+    "hf_config_class", "load_model",
     "read_hf_folder", "read_safetensors", "read_tensors", "safetensors_metadata",
 ]
 
@@ -166,6 +167,8 @@ def load_model(
     trust_code: bool = False,
     rebuild: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    trainable: bool = True,
+    progress: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Load any checkpoint (see :data:`KINDS`) into ``model``, or into a fresh model of the architecture the file
     names; returns ``(model, meta)`` (``meta``: a deepzip checkpoint's free-form record, else ``{}``).
@@ -178,6 +181,10 @@ def load_model(
             have them); a model built here always gets them.
         max_bytes: the most bytes the file's tensors may take (default 1 GiB), checked before any is allocated;
             None: no limit.
+        trainable: a ``.dz`` file's masks and codebooks as parametrizations, to retrain and save again (default,
+            what the commands that change a model need); False: the form :func:`deepzip.load` gives for inference
+            (each pruned layer sparse or dense, whichever runs faster). Other kinds hold plain tensors either way.
+        progress: a ``.dz`` file's loading phases and their times on stderr (see :func:`deepzip.load`).
 
     Raises:
         CheckpointError: a missing, foreign, damaged or too large file; a file of no kind deepzip reads; a file
@@ -190,7 +197,8 @@ def load_model(
     kind = checkpoint_kind(p)
     where = str(p)
     if kind == "dz":
-        return _load_dz(p, model, trust_code=trust_code, max_bytes=max_bytes), {}
+        return _load_dz(p, model, trust_code=trust_code, max_bytes=max_bytes, trainable=trainable,
+                        progress=progress), {}
     if kind == "hf":
         sd, config = read_hf_folder(p, max_bytes=max_bytes)
         if model is None:
@@ -306,6 +314,26 @@ def read_hf_folder(
     return sd, config
 
 
+def hf_config_class(config: dict[str, Any], where: str = "") -> Any:
+    """The transformers config object of a config.json's contents (``AutoConfig``, never remote code).
+
+    Raises:
+        CheckpointError: transformers missing, or a config it does not read (one line).
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{where}: rebuilding a Hugging Face model needs transformers "
+                              f"(pip install 'deepzip[hf]')") from None
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "config.json").write_text(json.dumps(config))
+            return transformers.AutoConfig.from_pretrained(d, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where}: config.json is not a config transformers reads ({msg[:200]})") from None
+
+
 def hf_build(
     config: dict[str, Any], state_dict: Any, *, where: str = ""
 ) -> torch.nn.Module:
@@ -326,11 +354,15 @@ def hf_build(
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"{where}: config.json names architecture {archs[:1]}, not a transformers model class")
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.json").write_text(json.dumps(config))
-        cfg = transformers.AutoConfig.from_pretrained(d)
-    model = cls(cfg)
+    cfg = hf_config_class(config, where)
     sd = state_dict()
+    with torch.device("meta"):  # no memory: a config describing more than the file holds is refused unbuilt
+        need = sum(p.numel() for p in cls(cfg).parameters())
+    have = sum(t.numel() for t in sd.values())
+    if need > have:
+        raise CheckpointError(f"{where}: config.json describes a {archs[0]} of {need:,} parameters, the file holds "
+                              f"{have:,} values")
+    model = cls(cfg)
     own = model.state_dict()
     buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
     for k in [k for k in sd if k not in own and k in buffers]:
@@ -386,7 +418,8 @@ def _hf_config(p: Path) -> dict:
     return config
 
 
-def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: int | None) -> nn.Module:
+def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: int | None,
+             trainable: bool = True, progress: bool = False) -> nn.Module:
     from .serialize import load
 
     r = _dz_header(p, max_bytes)
@@ -398,4 +431,4 @@ def _load_dz(p: Path, model: nn.Module | None, *, trust_code: bool, max_bytes: i
     if model is not None and not extra.get("lowrank") and "widths" not in extra:
         # (factored or shrunk files: load() checks the structure, by layer, after rebuilding it)
         check_file_fits(r, model, f"{p}: ")  # the bridge's check, before anything is decoded
-    return load(p, model, trust_code=trust_code, max_bytes=max_bytes)
+    return load(p, model, trust_code=trust_code, max_bytes=max_bytes, trainable=trainable, progress=progress)

@@ -22,8 +22,10 @@ What each tensor becomes:
   inputs, as the plain tensors of the state_dict (``fc.parametrizations.weight.original0`` ...); pruned on top, the
   masked weight too (its positions rebuild the mask over the user's parametrization).
 
-Loading rebuilds the parametrizations (masks, trainable codebooks), so a loaded model can be fine-tuned and saved
-again in its compact form. Loading never unpickles and never runs code from the file: a file naming its architecture
+Loading gives a model for inference by default: each pruned Linear / Conv2d run sparse or dense, whichever measured
+faster (:mod:`deepzip.runtime`), everything else plain tensors. With ``trainable=True`` it rebuilds the
+parametrizations (masks, trainable codebooks) instead, so the model can be fine-tuned and saved again in its compact
+form. Loading never unpickles and never runs code from the file: a file naming its architecture
 ``"package.module:factory"`` is built only with ``trust_code=True`` (or give the model: ``load(path, model=MyNet())``),
 and a file whose tensors would decode to more than ``max_bytes`` (default 1 GiB) is refused before allocating.
 
@@ -34,9 +36,12 @@ Example:
     >>> m = prune_(get_model("lenet300"), sparsity=0.9)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.dz")
     >>> n = save(m, path)
-    >>> m2 = load(path)  # the file names its architecture
+    >>> m2 = load(path)  # the file names its architecture; for inference: sparse where that runs faster
     >>> x = torch.rand(2, 1, 28, 28)
-    >>> bool(torch.equal(m(x), m2(x)))
+    >>> bool(torch.allclose(m(x), m2(x), atol=1e-5))
+    True
+    >>> m3 = load(path, trainable=True)  # masks as parametrizations: to fine-tune and save again
+    >>> bool(torch.equal(m(x), m3(x)))
     True
 """
 
@@ -44,6 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import time
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +72,7 @@ from ..errors import CheckpointError, DeepzipError, DeepzipFormatError, LowRankE
 from ..models import get_model, model_name
 from ..techniques import share
 from ..techniques.lowrank import lowrank_spec, rebuild_
-from ..techniques.prune import Mask, clone_model, get_mask, remove_own_, remove_parametrization_
+from ..techniques.prune import Mask, clone_model, get_mask, remove_own_, remove_parametrization_, strip
 from ..techniques.shrink import architecture_widths, resize_
 from ..techniques.walk import chain, parametrized_tensors
 from .foreign import TORCH_DTYPES, _as_dtype, numpy_to_tensor, tensor_to_numpy
@@ -287,6 +295,7 @@ def save(
     config: dict | None = None,
     architecture: str | None = None,
     extra: dict | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> int:
     """Write ``model`` (or a state_dict) to a ``.dz`` file, atomically; returns the bytes written.
 
@@ -295,14 +304,21 @@ def save(
     does the model's low-rank structure (:func:`deepzip.techniques.lowrank.lowrank_spec`, as ``extra.lowrank``)
     when it has factored layers, and a shrunk model's layer widths
     (:func:`deepzip.techniques.shrink.architecture_widths`, as ``extra.widths``), so :func:`load` can rebuild it
-    from the base architecture.
+    from the base architecture. ``tensors``: more tensors stored exactly beside the model's, under their own names
+    (a folder's tensors the model does not hold, see :func:`save_posttrained`).
     """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module  # save what is trained, not the wrapper
     aliases: dict[str, str] = {}
-    tensors, kinds = encode_model(model, aliases)
+    beside = dict(tensors or {})
+    encoded, kinds = encode_model(model, aliases)
+    for name, t in beside.items():
+        if name in encoded or name in aliases:
+            raise ValueError(f"{name}: given in tensors= and held by the model")
+        encoded[name], kinds[name] = _encode_plain(name, t), "plain"
     arch = architecture or (model_name(model) if isinstance(model, nn.Module) else None)
-    dtypes = {k: d for k, v in _state_dtypes(model).items() if k in tensors and tensors[k].dtype != (d := v)}
+    state = {**_state_dtypes(model), **_state_dtypes(beside)}
+    dtypes = {k: d for k, v in state.items() if k in encoded and encoded[k].dtype != (d := v)}
     more: dict[str, object] = {"aliases": aliases, "tied": sorted(aliases)} if aliases else {}
     if dtypes:
         more["dtypes"] = dtypes
@@ -312,12 +328,13 @@ def save(
     widths, full = architecture_widths(model, arch) if isinstance(model, nn.Module) else ({}, 0)
     if widths:  # a shrunk model (deepzip.techniques.shrink): load() resizes the architecture's layers first
         more["widths"], more["params_architecture"] = widths, full
-    return codec.write(path, tensors, config=config or {}, architecture=arch,
+    return codec.write(path, encoded, config=config or {}, architecture=arch,
                        extra={**(extra or {}), "layers": kinds, **more})
 
 
 def save_posttrained(model: nn.Module, result: Any, path: str | os.PathLike[str], *,
-                     architecture: str | None = None, config: dict | None = None) -> int:
+                     architecture: str | None = None, config: dict | None = None,
+                     source: str | os.PathLike[str] | None = None) -> int:
     """Write a model compressed by :func:`deepzip.techniques.posttrain.compress_to_bound_` (and perhaps
     :func:`~deepzip.techniques.posttrain.distill_`) to a ``.dz`` file, atomically; returns the bytes written.
 
@@ -333,9 +350,15 @@ def save_posttrained(model: nn.Module, result: Any, path: str | os.PathLike[str]
         path: the file to write.
         architecture: the architecture name for the header (default: the name the model was built under).
         config: the recipe, for the header.
+        source: the Hugging Face or sentence-transformers folder ``model`` was loaded from: the file then carries
+            what rebuilds it (config, tokenizer, module files, and which of the folder's tensors each stored one
+            is: :func:`deepzip.io.foreign.folder_record`, as ``deepzip compress FOLDER`` writes), so that
+            :func:`load` alone gives back the model (a ``SentenceTransformer``, or the transformers model) and
+            ``deepzip decompress`` the folder, holding the compressed weights.
 
     Raises:
-        CheckpointError: a tensor of the result that is not the weight of a layer of ``model``.
+        CheckpointError: a tensor of the result that is not the weight of a layer of ``model``; ``source`` is not
+            a model folder.
     """
     twin = clone_model(model)
     modules = dict(twin.named_modules())
@@ -349,7 +372,25 @@ def save_posttrained(model: nn.Module, result: Any, path: str | os.PathLike[str]
         else:  # float16 values, as chosen
             with torch.no_grad():
                 weight.copy_(torch.from_numpy(choice.weight(tuple(weight.shape))))
-    return save(twin, path, config=config, architecture=architecture)
+    extra: dict[str, Any] | None = None
+    more: dict[str, torch.Tensor] = {}
+    if source is not None:
+        from .foreign import folder_record
+
+        record, more = folder_record(source, _effective_state(twin))
+        extra = {"checkpoint": record}
+    return save(twin, path, config=config, architecture=architecture, extra=extra, tensors=more)
+
+
+def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor as the model uses it, by the name a ``.dz`` stores it under: a parametrized weight evaluated
+    (``fc1.weight``), every other state_dict entry as it is."""
+    drop = _own_state_keys(model)
+    out = {k: v for k, v in model.state_dict().items() if k not in drop}
+    with torch.no_grad():
+        for mname, module, tname in parametrized_tensors(model):
+            out[f"{mname}.{tname}" if mname else tname] = getattr(module, tname).detach()
+    return out
 
 
 def _state_dtypes(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -542,10 +583,12 @@ def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     return model
 
 
-def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str) -> nn.Module:
+def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str,
+                   say: Callable[[str, str], None] = lambda phase, detail: None, margin: float = 1.0,
+                   whole: float | None = None) -> nn.Module:
     """``model`` (on the meta device) built for inference by :func:`deepzip.runtime.assemble_`: a sparse Linear /
     Conv2d weight goes over as its kept entries (never a full-size tensor), every other tensor decoded."""
-    from ..runtime import assemble_, supports
+    from ..runtime import assemble_, runtime_table, supports
 
     check_file_fits(f, model, where)
     modules = dict(model.named_modules())
@@ -553,16 +596,26 @@ def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str) -> nn.Mod
     plain: dict[str, torch.Tensor] = {}
     kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
+    by_target: dict[str, torch.Tensor] = {}
     for key in _names(f):
-        enc = f.tensors[aliases.get(key, key)]
+        target = aliases.get(key, key)
+        enc = f.tensors[target]
         lname = key.removesuffix(".weight") if key.endswith(".weight") else ""
-        if enc.kind == "sparse" and lname in modules and supports(modules[lname]):
+        if enc.kind == "sparse" and lname in modules and supports(modules[lname]) \
+                and own[key].dtype == torch.float32 and target == key:
             cb, pos, sym = codec.decode_kept(enc)
             assert pos is not None  # the sparse kind lists its positions
             kept[lname] = (cb, pos, sym)
-        else:
-            plain[key] = _decoded(f, key).to(own[key].dtype)
-    return assemble_(model, plain, kept, mode=mode, where=where)
+        else:  # tied tensors decoded once and assigned to each name: tied again
+            if target not in by_target:
+                by_target[target] = _decoded(f, key).to(own[key].dtype)
+            plain[key] = by_target[target]
+    say("decoded the tensors", f"{len(kept)} sparse layers kept sparse, {len(plain)} tensors dense")
+    model = assemble_(model, plain, kept, mode=mode, where=where, margin=margin, whole=whole)
+    forms = [r for r in runtime_table(model) if r["form"] != "dense"]
+    say("chose each layer's form" + (" by timing it at batch 1" if mode == "fast" else " by its bytes"),
+        ", ".join(f"{r['layer']} {r['form']}/{r['kernel']}" for r in forms) or "every layer dense")
+    return model
 
 
 def lowrank_of(f: DzFile) -> list[dict]:
@@ -580,13 +633,30 @@ def load(
     trust_code: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     runtime: str | None = None,
+    trainable: bool = False,
+    progress: bool = False,
 ) -> nn.Module:
     """Load a ``.dz`` file into a working model: into ``model`` when given, else into a fresh model of the
     architecture the file names, given the factored layers the header records (``extra.lowrank``, rebuilt by
-    :func:`deepzip.techniques.lowrank.rebuild_`); for a Hugging Face folder's ``.dz``, the transformers model its
-    config.json
-    names (:func:`deepzip.io.foreign.hf_model`). For the tensors alone (any file; factored tensors as stored),
-    use :func:`load_state_dict`.
+    :func:`deepzip.techniques.lowrank.rebuild_`); for a Hugging Face folder's ``.dz`` (``deepzip compress FOLDER``,
+    or ``deepzip ptq`` of a folder), the model the folder held: a ``SentenceTransformer`` for a sentence-transformers
+    folder, else the transformers model its config.json names (:func:`deepzip.io.foreign.hf_model`). For the tensors
+    alone (any file; factored tensors as stored), use :func:`load_state_dict`.
+
+    Two forms of the same weights (outputs equal up to float rounding):
+
+    - for inference (the default): the ``"fast"`` runtime, each pruned Linear / Conv2d run by the sparse kernel or
+      as a plain dense weight, whichever measured faster at batch 1 while loading (:func:`deepzip.runtime.sparsify_`;
+      a layer the sparse kernel does not beat by 20% stays dense, and for a registered architecture (an input is
+      known) the sparse layers stay only if the whole model then runs 5% faster; so the model is never slower than
+      the plain dense one),
+      every other weight (weight-shared, post-training codebooks, low-rank factors) decoded into a plain tensor; no
+      parametrizations, in eval mode, parameters without gradients;
+    - ``trainable=True``: the form to fine-tune and save again: masks and codebooks as parametrizations
+      (:class:`~deepzip.techniques.prune.Mask`, :class:`~deepzip.techniques.share.SharedWeight`), outputs identical
+      to the saved model's, and :func:`save` of it writes the same compact form. It runs the parametrizations at each
+      call: far slower (a 4096x9216 layer, 9% kept, 5-bit shared: 30-50x slower than plain dense at batch 1,
+      benchmarks/results/load_speed.md).
 
     Args:
         path: the file (or its bytes).
@@ -594,14 +664,22 @@ def load(
         trust_code: build an architecture the file names as ``"package.module:factory"`` by importing that module
             (runs its code); without it only deepzip's registered models are built from a name.
         max_bytes: the most bytes the tensors may decode to (default 1 GiB), checked before decoding; None: no limit.
-        runtime: a model for inference instead of one to fine-tune: ``"fast"`` keeps each pruned layer sparse
-            (deepzip's C kernel, or torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as
-            codebook indices and 8-bit relative columns (16-bit without the C kernel) where that takes the least
+        runtime: which inference form (None: the default above, i.e. ``"fast"`` with its margins, or plain dense
+            weights where the file holds no sparse weight): ``"fast"`` keeps each pruned layer sparse (deepzip's C
+            kernel, or torch CSR) or dense, whichever runs faster at batch 1; ``"small"`` keeps them as codebook
+            indices and 8-bit relative columns (16-bit without the C kernel) where that takes the least
             memory (see :mod:`deepzip.runtime`; no sparse layer is made
             dense on the way); ``"shrunk"``: a plain dense model without the pruned-away neurons
             (:func:`deepzip.techniques.shrink.shrink_`).
+        trainable: the fine-tunable form (see above) instead of one for inference; not with ``runtime``.
+        progress: print each phase of loading (reading, decoding, choosing each layer's form) and its time on
+            stderr; nothing is printed otherwise.
+
+    Returns:
+        The model, in eval mode (``trainable``: as built, train mode).
 
     Raises:
+        ValueError: an unknown ``runtime``, or ``runtime`` with ``trainable=True``.
         DeepzipFormatError: the file is truncated, corrupted, foreign, of a newer format version, or too large.
         UntrustedCodeError: the file names ``"package.module:factory"`` and neither ``model`` nor ``trust_code``.
         CheckpointError: (a ValueError) the file's tensors do not fit ``model``, or it names an unknown model.
@@ -611,13 +689,24 @@ def load(
     """
     if runtime not in (None, "fast", "small", "shrunk"):
         raise ValueError(f"runtime={runtime!r}, expected None, 'fast', 'small' or 'shrunk'")
+    if trainable and runtime is not None:
+        raise ValueError(f"runtime={runtime!r} with trainable=True: the runtimes are for inference; choose one")
+    say = _Phases(str(path) if not isinstance(path, (bytes, bytearray)) else "(bytes)", progress)
     f = read_dz(path, max_bytes=max_bytes)
+    say("read the header", f"{len(f.tensors)} tensors")
+    auto = runtime is None and not trainable
+    if auto and _sparse_weights(f):  # else plain dense weights: nothing would run faster
+        runtime = "fast"
     where = f"{path}: " if not isinstance(path, (bytes, bytearray)) else ""
     if model is None and isinstance(f.extra, dict) and isinstance(f.extra.get("checkpoint"), dict) \
             and f.extra["checkpoint"].get("kind") == "hf" and not isinstance(path, (bytes, bytearray)):
-        from .foreign import hf_model  # a Hugging Face folder's .dz: the model its config.json names
+        from .foreign import folder_model  # a Hugging Face folder's .dz: the model the folder held
 
-        return hf_model(path, max_bytes=max_bytes)
+        model = folder_model(path, max_bytes=max_bytes)
+        if trainable:  # the codebooks (deepzip ptq) as parametrizations again, over the plain model
+            _rebuild_layers_(model, f, where)
+        say("built the model", type(model).__name__)
+        return model
     spec = lowrank_of(f)
     given = model is not None
     if model is None:
@@ -646,11 +735,69 @@ def load(
             resize_(model, widths, where)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+    say("built the architecture", f.architecture if not given else type(model).__name__)
     if runtime in ("fast", "small"):
-        return _runtime_model(f, model, runtime, where)
+        with warnings.catch_warnings():
+            if auto:  # not asked for a runtime: a layer it does not run simply stays as it is
+                warnings.filterwarnings("ignore", message=".*not supported by the sparse runtime")
+            # by default a sparse layer must beat dense by 20%: a win within timing noise stays dense
+            return _runtime_model(f, model, runtime, where, say, margin=DEFAULT_MARGIN if auto else 1.0,
+                                  whole=DEFAULT_WHOLE if auto else None)
     model = decode_into_(model, f, where)
+    if not trainable and runtime is None:  # no pruned layer the sparse kernel could run: plain dense weights
+        strip(model).eval().requires_grad_(False)
+    say("decoded the tensors", "masks and codebooks as parametrizations" if trainable else
+        "plain dense weights" if runtime is None else "")
     if runtime == "shrunk":
         from ..techniques.shrink import shrink_
 
         shrink_(model)
+        say("shrunk", "")
     return model
+
+
+#: :func:`load`'s default: a pruned layer runs sparse when that measured at most this fraction of its dense time.
+DEFAULT_MARGIN = 0.8
+#: ... and the whole model (when deepzip knows an input for it: the registry's models) must then run in at most this
+#: fraction of its all-dense time, else every layer stays dense.
+DEFAULT_WHOLE = 0.95
+
+
+def _sparse_weights(f: DzFile) -> bool:
+    """Whether the file holds a float32 weight stored sparse (kept entries + positions): one the runtime may run
+    sparse, which :func:`load` then times against dense."""
+    dtypes = f.extra.get("dtypes", {}) if isinstance(f.extra, dict) else {}
+    return any(e.kind == "sparse" and k.endswith(".weight") and dtypes.get(k, e.dtype) == "float32"
+               for k, e in f.tensors.items())
+
+
+class _Phases:
+    """Prints ``deepzip.load FILE: PHASE (DETAIL) in S s`` on stderr for each phase of loading, when asked."""
+
+    def __init__(self, name: str, on: bool) -> None:
+        self.name, self.on = name, on
+        self.t = time.perf_counter()
+
+    def __call__(self, phase: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        if self.on:
+            more = f" ({detail})" if detail else ""
+            print(f"load {self.name}: {phase}{more} in {now - self.t:.2f} s", file=sys.stderr, flush=True)
+        self.t = now
+
+
+def _rebuild_layers_(model: nn.Module, f: DzFile, where: str) -> None:
+    """Put the parametrizations the file records (``extra.layers``) back on ``model``'s layers, whose tensors are
+    already the file's (a folder's model, built by its own library): each rebuilt from the stored parts."""
+    modules = dict(model.named_modules())
+    for key, kind in _layer_kinds(f).items():
+        rebuild = LAYER_KINDS[kind].rebuild
+        if rebuild is None:
+            continue
+        module, tname = _split_key(key, modules)
+        if module is None or not isinstance(getattr(module, tname, None), torch.Tensor):
+            raise CheckpointError(f"{where}{key}: a {kind} layer of the file that the model does not have")
+        try:
+            rebuild(module, tname, f, key)
+        except ValueError as exc:
+            raise DeepzipFormatError(f"{where}{key}: {exc}") from None

@@ -64,6 +64,7 @@ __all__ = [
     "SparseConv2d",
     "SparseLinear",
     "assemble_",
+    "interleaved_seconds",
     "kernels_available",
     "layer_bytes",
     "layer_inputs",
@@ -450,6 +451,21 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(fns: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+    """Median wall time of each ``fn()`` over ``repeats`` rounds that call each once, in turn: a burst of load from
+    elsewhere hits every candidate alike, as timing one after the other does not. Each timed call follows an untimed
+    call of the same ``fn``, so that it finds its weights in the caches as a layer called again and again does (the
+    other candidates evict them otherwise, which made a dense weight of ~1 MB look slower than it runs in a model)."""
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def layer_inputs(model: nn.Module, example_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The input each submodule sees on ``example_input``, by dotted name (empty when there is none)."""
     if example_input is None:
@@ -465,6 +481,12 @@ def layer_inputs(model: nn.Module, example_input: torch.Tensor | None) -> dict[s
     return shapes
 
 
+def _in_model(model: nn.Module, name: str, layer: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)`` with ``layer`` in place of the layer ``name`` (it stays there)."""
+    set_module(model, name, layer)
+    return model(x)
+
+
 def _unsupported(name: str, m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
     if isinstance(m, nn.Linear | SparseLinear | SparseConv2d) or _supported_conv(m):
@@ -474,25 +496,34 @@ def _unsupported(name: str, m: nn.Module) -> bool:
 
 def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mode: str = "fast",
               batch: int = 1, forms: Sequence[str] = FORMS, kernels: Sequence[str] | None = None,
-              repeats: int = 7, report: list[dict] | None = None) -> nn.Module:
+              repeats: int = 7, report: list[dict] | None = None, margin: float = 1.0,
+              whole: float | None = None) -> nn.Module:
     """Run each Linear / Conv2d layer in the fastest (or smallest) of ``forms``, in place; returns ``model``.
 
     Args:
         model: a model with plain weights (parametrizations baked in, e.g. by :func:`deepzip.techniques.prune.strip`)
         or with
             runtime layers already.
-        example_input: one input; the layers are timed on the shapes it produces, with the batch size set to
-            ``batch`` (default: an MNIST image for the registry's models). Without one, Linear layers are timed
-            on ``(batch, in_features)`` and Conv2d layers stay as they are (their spatial size is unknown).
+        example_input: one input (default: an MNIST image for the registry's models), its batch size set to
+            ``batch``: each layer's candidates are timed in the model, by the whole model's latency on it. Without
+            one, Linear layers are timed alone on ``(batch, in_features)`` and Conv2d layers stay as they are (their
+            spatial size is unknown).
         mode: ``"fast"`` (the lowest median latency) or ``"small"`` (the fewest bytes, from the counts: only the
             chosen form is built, so a sparse layer is never made dense on the way).
         batch: the batch size to choose for (sparse layers win at batch 1 and often lose at large batches).
         forms: candidates, from :data:`FORMS`.
         kernels: the kernels a sparse form may run on, from :data:`KERNELS` (default: those built, see
             :func:`kernels_available`); ``"fast"`` times each (form, kernel) pair, ``"small"`` counts bytes.
-        repeats: timed calls per candidate (the median counts).
+        repeats: timed rounds, each calling every candidate once (the median counts); more, up to 100, where
+            the calls are fast (until each candidate has run ~50 ms).
         report: if given, one row per layer is appended: ``layer``, ``form``, ``kernel`` (``""`` for dense),
             ``bytes``, ``ms`` (per candidate, keyed ``"dense"`` or ``"form:kernel"``).
+        margin: ``"fast"``: a sparse form replaces a dense layer only when it saves at least ``1 - margin`` of the
+            layer's dense time (e.g. 0.8: 20%; measured in the model when there is an example input), so that a
+            tie within timing noise keeps the plain layer.
+        whole: ``"fast"`` with an example input: then the whole model is timed with the chosen sparse layers and
+            with every layer dense (interleaved), and the sparse layers stay only if the model takes at most
+            ``whole`` times as long (e.g. 0.95: 5% faster); else every layer goes back to dense.
 
     Returns:
         ``model``, in eval mode.
@@ -527,6 +558,8 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             continue
         if not isinstance(m, nn.Linear | SparseLinear | SparseConv2d) and not _supported_conv(m):
             continue
+        if isinstance(m, nn.Linear | nn.Conv2d) and m.weight.dtype != torch.float32:
+            continue  # the sparse forms hold float32: a bfloat16 / float16 layer stays as it is
         conv = isinstance(m, nn.Conv2d | SparseConv2d)
         shape = shapes.get(name)
         if shape is None and not conv:
@@ -549,18 +582,58 @@ def sparsify_(model: nn.Module, example_input: torch.Tensor | None = None, *, mo
             continue
         x = torch.rand(shape)
         cands = {c: _build(m, c[0], c[1] or None, name) for c in cands_of}
-        ms: dict[tuple[str, str], float] = {}
         with torch.no_grad():
-            for c, layer in cands.items():
-                ms[c] = 1e3 * median_seconds(functools.partial(layer, x), repeats)
+            # with an input for the whole model, each candidate is timed in its place in the model (the objective,
+            # with the other layers' traffic through the caches); else the layer alone, on its input's shape
+            alone = {c: functools.partial(layer, x) for c, layer in cands.items()}
+            fns = ({c: functools.partial(_in_model, model, name, layer, example_input) for c, layer in cands.items()}
+                   if example_input is not None else alone)
+            ms = {c: 1e3 * t for c, t in interleaved_seconds(fns, repeats).items()}
+            more = min(100, int(50 / max(max(ms.values()), 1e-3)))  # fast calls: rounds up to ~50 ms a candidate
+            if more > repeats:  # (differences of a few us in a ~50 us model need many rounds to stand out)
+                ms = {c: 1e3 * t for c, t in interleaved_seconds(fns, more).items()}
+            dense = ("dense", "")
+            # the layer's own dense time, against which a sparse form's saving (in the model) is weighed
+            own = ms.get(dense, 0.0) if fns is alone or dense not in ms else \
+                1e3 * interleaved_seconds({dense: alone[dense]}, repeats)[dense]
         best = min(cands, key=lambda c: ms[c])
-        if cands[best] is not m:
-            set_module(model, name, cands[best])
+        if dense in ms and best != dense and ms[dense] - ms[best] < (1 - margin) * own:
+            best = dense  # the layer not faster by the margin: the plain layer
+        set_module(model, name, cands[best])
         if report is not None:
             report.append({"layer": name, "form": best[0], "kernel": best[1], "bytes": layer_bytes(cands[best]),
                            "ms": {":".join(filter(None, c)): t for c, t in ms.items()}})
         del cands  # the losers (a dense copy of a big layer, say) go now, not after the next layer's are built
+    if mode == "fast" and whole is not None and example_input is not None and not _whole_model_faster_(
+            model, example_input, whole, repeats) and report is not None:
+        for row in report:
+            row.update(form="dense", kernel="", note="the whole model was not faster with sparse layers")
     return model
+
+
+def _swap_run(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor) -> Any:
+    for name, layer in layers.items():
+        set_module(model, name, layer)
+    return model(x)
+
+
+def _whole_model_faster_(model: nn.Module, x: torch.Tensor, whole: float, repeats: int) -> bool:
+    """Whether ``model`` with its sparse layers runs at most ``whole`` times as long as with them dense (timed in
+    interleaved rounds); if not, every sparse layer is replaced by its dense form, in place."""
+    sparse = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear | SparseConv2d)}
+    if not sparse:
+        return True
+    dense = {n: _build(m, "dense", None, n) for n, m in sparse.items()}
+    fns = {"sparse": functools.partial(_swap_run, model, sparse, x),
+           "dense": functools.partial(_swap_run, model, dense, x)}
+    with torch.no_grad():
+        t = interleaved_seconds(fns, repeats)
+        rounds = min(200, int(0.1 / max(max(t.values()), 1e-6)))  # fast models: up to ~0.1 s a side
+        if rounds > repeats:
+            t = interleaved_seconds(fns, rounds)
+    keep = t["sparse"] <= whole * t["dense"]
+    _swap_run(model, sparse if keep else dense, x)
+    return keep
 
 
 def runtime_table(model: nn.Module) -> list[dict]:
@@ -579,7 +652,8 @@ def runtime_table(model: nn.Module) -> list[dict]:
 
 def assemble_(model: nn.Module, plain: dict[str, torch.Tensor],
               kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, mode: str = "fast",
-              example_input: torch.Tensor | None = None, batch: int = 1, where: str = "") -> nn.Module:
+              example_input: torch.Tensor | None = None, batch: int = 1, where: str = "",
+              margin: float = 1.0, whole: float | None = None) -> nn.Module:
     """Build ``model``'s layers from arrays (what :func:`deepzip.load` hands over from a ``.dz`` file); returns it.
 
     ``model`` may live on the ``meta`` device (no memory): every tensor is replaced. The weight of each layer named
@@ -591,7 +665,7 @@ def assemble_(model: nn.Module, plain: dict[str, torch.Tensor],
         model: the model, its tensors' shapes already checked against the arrays'.
         plain: state_dict name -> tensor.
         kept: layer name -> ``(codebook (k,), flat positions of the kept weights (increasing), their indices)``.
-        mode, example_input, batch: as for :func:`sparsify_`.
+        mode, example_input, batch, margin, whole: as for :func:`sparsify_`.
         where: prefix of error messages (the file's name).
 
     Raises:
@@ -613,4 +687,4 @@ def assemble_(model: nn.Module, plain: dict[str, torch.Tensor],
             raise ValueError(f"{where}{name}: not set from the file")
     for p in model.parameters():
         p.requires_grad_(False)
-    return sparsify_(model, example_input, mode=mode, batch=batch)
+    return sparsify_(model, example_input, mode=mode, batch=batch, margin=margin, whole=whole)

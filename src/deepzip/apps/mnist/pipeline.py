@@ -154,7 +154,7 @@ def run_pipeline(
     nbytes = save(model, output, config=config.to_file_dict(), architecture=arch, extra={"summary": summary})
     timings["encode"] = time.time() - t0
     t0 = time.time()
-    from_file = load(output, _fresh_like(model))
+    from_file = load(output, _fresh_like(model), trainable=True)  # outputs identical to the saved model's
     after = evaluate(from_file, test)
     timings["evaluate_file"] = time.time() - t0
     report = file_report(output)
