@@ -112,10 +112,14 @@ def main() -> None:
         rows.append(measure(f"{p.stem} ({p.name}, {p.stat().st_size:,} B)", p, dense, None, test.x[:1].clone(),
                             a.repeats, max(20, a.repeats // 20)))
     command = "OMP_NUM_THREADS=1 python benchmarks/load_speed.py " + " ".join(sys.argv[1:])
-    ok = all(r["ratio_dense_over_default"] >= 1.0 for r in rows)
+    missed = [r["model"] for r in rows if r["ratio_dense_over_default"] < 1.0]
+    same = [r["model"] for r in rows if "csr" not in r["forms"] and "codebook" not in r["forms"]]
     notes = (f"Target: `deepzip.load(path)` no slower than the plain dense model at batch 1 (ratio dense / default "
-             f">= 1.0): {'met' if ok else 'MISSED'} on every row (wall medians; CPU-time medians beside them).\n"
-             f"Load average at the end: {os.getloadavg()}.\n")
+             f">= 1.0, wall medians; CPU-time medians beside them): "
+             + (f"missed on {', '.join(missed)}" if missed else "met on every row") + ".\n"
+             + (f"Every layer dense (the same computation as the plain model, so the ratio is timing noise around "
+                f"1): {', '.join(same)}.\n" if same else "")
+             + f"Load average at the end: {os.getloadavg()}.\n")
     write_results("load_speed", rows, command, title="deepzip.load default vs plain dense, batch 1",
                   sections={"Result": notes},
                   columns=["model", "dense_ms", "load_default_ms", "ratio_dense_over_default",
