@@ -114,8 +114,8 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 python benchmarks/load_speed.py " + " ".join(sys.argv[1:])
     missed = [r["model"] for r in rows if r["ratio_dense_over_default"] < 1.0]
     same = [r["model"] for r in rows if "csr" not in r["forms"] and "codebook" not in r["forms"]]
-    notes = (f"Target: `deepzip.load(path)` no slower than the plain dense model at batch 1 (ratio dense / default "
-             f">= 1.0, wall medians; CPU-time medians beside them): "
+    notes = ("Target: `deepzip.load(path)` no slower than the plain dense model at batch 1 (ratio dense / default "
+             ">= 1.0, wall medians; CPU-time medians beside them): "
              + (f"missed on {', '.join(missed)}" if missed else "met on every row") + ".\n"
              + (f"Every layer dense (the same computation as the plain model, so the ratio is timing noise around "
                 f"1): {', '.join(same)}.\n" if same else "")
