@@ -475,6 +475,8 @@ def folder_record(
             _, header, _ = read_safetensors_header(source.path(rel))
             shapes = {k: tuple(v["shape"]) for k, v in _st_entries(header)}
         else:
+            from .torchfile import read_torch_state_dict
+
             shapes = {k: tuple(t.shape) for k, t in read_torch_state_dict(source.path(rel)).items()}
         own: dict[str, str] = {}
         for key, shape in shapes.items():
@@ -492,7 +494,7 @@ def folder_record(
             at = 0
             for key, _ in _st_entries(header):
                 t = state[own[key]] if key in own else more[f"{rel}:{key}"]
-                dname = TORCH_DTYPES.get(t.dtype)
+                dname = _torch_dtypes().get(t.dtype)
                 if dname is None:
                     raise CheckpointError(f"{own.get(key, key)}: dtype {t.dtype} is not stored")
                 n = t.numel() * codec._planes.storage_dtype(dname).itemsize
@@ -740,6 +742,7 @@ def _refuse_code(reader: DzReader, rec: dict[str, Any]) -> None:
 def _check_size(reader: DzReader, rec: dict[str, Any], where: str) -> None:
     """The transformer config.json describes, built on the meta device (no memory), may not have more parameters
     than the file holds values: a crafted config cannot make the library allocate what the file does not bound."""
+    import torch
     import transformers
 
     from .reader import hf_config_class
