@@ -196,7 +196,8 @@ def set_mask_(module: nn.Module, mask: torch.Tensor, tensor: str = "weight") -> 
     if not isinstance(target, torch.Tensor) or tuple(mask.shape) != tuple(target.shape):
         raise ValueError(f"set_mask_: mask of shape {tuple(mask.shape)} for {tensor} of shape "
                          f"{tuple(getattr(target, 'shape', ()))}")
-    _set_mask(module, mask.to(torch.bool), tensor)
+    with torch.no_grad():
+        _set_mask(module, mask.to(torch.bool), tensor)
     return module
 
 
