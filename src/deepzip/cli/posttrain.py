@@ -8,17 +8,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import _SOURCES, _load_model, _read_args, args, command, existing_file
+from ._common import _SOURCES, _load_model, _read_args, _size, args, command
 
 
 def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help=f"the model: {_SOURCES}")
     src.add_argument("--sentence-transformer", metavar="DIR", help="a sentence-transformers model folder")
-    p.add_argument("--model", default=None, help="architecture of --checkpoint when it names none (e.g. lenet300)")
+    p.add_argument("--model", default=None,
+                   help="architecture of --checkpoint when it names none: a registered name (e.g. lenet300) or your "
+                        "own, path/file.py:factory or package.module:factory (a function returning the nn.Module)")
     p.add_argument("--calibration", required=True,
-                   help="inputs: a text file of sentences (one per line) for a sentence-transformer; a .npy array "
-                        "(first axis = samples) for a checkpoint; or module:function returning batches")
+                   help="inputs: a .npy array (first axis = samples); a UTF-8 text file, one input per line, for a "
+                        "model with a tokenizer (a sentence-transformers or Hugging Face folder); or module:function "
+                        "(or file.py:function) returning batches")
+    p.add_argument("--output-key", default=None, metavar="NAME",
+                   help="which output is compared: a dict's entry or an output object's attribute NAME, or a "
+                        "tuple's element (0, 1, ...); default: a tensor as returned, a tuple's first element, else "
+                        "logits, else last_hidden_state, else the only tensor")
+    p.add_argument("--max-input-bytes", type=_size, default=None, metavar="SIZE",
+                   help="refuse a calibration file larger than SIZE (a .npy array's values as float32), checked "
+                        "before it is read (default 1G)")
+    p.add_argument("--max-inputs", type=int, default=None, metavar="N",
+                   help="refuse more than N calibration inputs (the run's time grows with them; default 16384)")
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="allowed 1 - mean cosine of the outputs against the original on the calibration inputs")
     p.add_argument("--distill-seconds", type=float, default=0.0,
@@ -42,45 +54,34 @@ def _cfg_ptq(p: argparse.ArgumentParser) -> None:
     _read_args(p)
 
 
-def _callable_batches(spec: str) -> list[Any]:
-    import importlib
+def _load_inputs(spec: str, batch: int, tokenizer: Any = None, *, max_bytes: int | None = None,
+                 max_inputs: int | None = None) -> list[Any]:
+    """Batches of ``batch`` inputs from ``spec`` (:func:`deepzip.techniques.posttrain.load_inputs`, with its
+    default limits where none is given)."""
+    from ..techniques.posttrain import MAX_INPUT_BYTES, MAX_INPUTS, load_inputs
 
-    from ..techniques.posttrain import BoundError
-
-    mod, _, fn = spec.partition(":")
-    try:
-        f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise BoundError(f"--calibration {spec}: cannot import it ({e})") from None
-    return list(f())
+    return load_inputs(spec, batch, tokenizer, max_bytes=max_bytes or MAX_INPUT_BYTES,
+                       max_inputs=max_inputs or MAX_INPUTS)
 
 
-def _load_inputs(spec: str, batch: int, tokenizer: Any = None) -> list[Any]:
-    """Batches of ``batch`` inputs from ``spec``: ``module:function``, a text file of sentences (with a
-    sentence-transformer's ``tokenizer``), or a ``.npy`` array (first axis = samples)."""
-    import numpy as np
-    import torch
+def _ptq_model(a: argparse.Namespace) -> tuple[Any, Any, str | None, Any, str | None]:
+    """``(model, call, output key, tokenizer, architecture)`` of ``ptq``'s source: a sentence-transformers folder
+    (called on the tokenized dict, compared on its ``sentence_embedding``), or any checkpoint the one reader takes,
+    into ``--model`` where given (a Hugging Face folder brings its tokenizer, when it has one)."""
+    from ..techniques.posttrain import call_model
 
-    from ..techniques.posttrain import BoundError, text_batches
+    if a.sentence_transformer:
+        from ..apps.sentence import load_sentence_transformer
 
-    if ":" in spec and not Path(spec).exists():
-        return _callable_batches(spec)
-    path = existing_file(spec)
-    if tokenizer is not None:
-        from ..apps.sentence import read_sentences
+        st = load_sentence_transformer(a.sentence_transformer)
+        return st, lambda m, b: m(dict(b)), a.output_key or "sentence_embedding", st.tokenizer, None
+    from ..io.reader import checkpoint_kind, hf_tokenizer
+    from ..models import model_name
 
-        sents = read_sentences(path)
-        if not sents:
-            raise BoundError(f"{path}: no sentences (the calibration set is empty)")
-        return text_batches(tokenizer, sents, batch, max_length=256)  # similar lengths: less padding
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise BoundError(f"{path}: not a .npy array ({e})") from None
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise BoundError(f"{path}: no samples (the calibration set is empty)")
-    t = torch.from_numpy(np.ascontiguousarray(x)).float()
-    return [t[i:i + batch] for i in range(0, len(t), batch)]
+    model, _ = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes, images=False)
+    model.eval()
+    tokenizer = hf_tokenizer(a.checkpoint) if checkpoint_kind(a.checkpoint) == "hf" else None
+    return model, call_model, a.output_key, tokenizer, model_name(model)
 
 
 @command("ptq", "post-training compression to a quality bound: sensitivities, per-tensor bits, codebooks, .dz")
@@ -96,8 +97,10 @@ def cmd_ptq(a: argparse.Namespace) -> int:
         BoundError,
         PostTrainConfig,
         compress_to_bound_,
+        describe_output,
         distill_,
         measure_drop,
+        model_forward,
     )
 
     cfg = PostTrainConfig(max_drop=a.max_drop, gptq=not a.no_gptq)  # a bad bound fails before anything is loaded
@@ -110,28 +113,20 @@ def cmd_ptq(a: argparse.Namespace) -> int:
     out = Path(a.output)
     if out.is_dir():
         raise IsADirectoryError(f"{out}: is a directory")
-    forward: Any = None
-    arch = None
-    if a.sentence_transformer:
-        from ..apps.sentence import embed, load_sentence_transformer
-
-        model: Any = load_sentence_transformer(a.sentence_transformer)
-        forward = embed
-    else:
-        from ..models import model_name
-
-        model, _ = _load_model(a.checkpoint, a.model, a.trust_code, a.max_bytes, images=False)
-        model.eval()
-        arch = model_name(model)
-    tokenizer = model.tokenizer if a.sentence_transformer else None
-    cal = _load_inputs(a.calibration, a.batch, tokenizer)
+    if a.max_inputs is not None and a.max_inputs < 1:
+        raise BoundError(f"--max-inputs {a.max_inputs}: expected >= 1")
+    model, call, key, tokenizer, arch = _ptq_model(a)
+    limits = {"max_bytes": a.max_input_bytes, "max_inputs": a.max_inputs}
+    cal = _load_inputs(a.calibration, a.batch, tokenizer, **limits)
+    print(describe_output(model, cal[0], key, call))  # a model whose outputs are not tensors stops here
+    forward = model_forward(key, call)
     teacher = copy.deepcopy(model) if a.distill_seconds > 0 else None
     t0 = time.time()
     alloc = dataclasses.replace(cfg, max_drop=cfg.max_drop * (a.relax if teacher else 1.0))
     res = compress_to_bound_(model, cal, alloc,
                              forward=forward, progress=a.progress, log=print)
     if teacher is not None:
-        dis = _load_inputs(a.distill_data, a.batch, tokenizer) if a.distill_data else cal
+        dis = _load_inputs(a.distill_data, a.batch, tokenizer, **limits) if a.distill_data else cal
         losses = distill_(model, teacher, res, dis, forward=forward, seconds=a.distill_seconds, progress=a.progress,
                           latent_lr=a.latent_lr, schedule=a.schedule)
         res.drop = measure_drop(model, teacher, cal, forward)

@@ -58,7 +58,7 @@ from .torchfile import read_torch_state_dict
 
 __all__ = [
     "ACCEPTED", "KINDS", "architecture_of", "checkpoint_kind", "fit_problem", "fit_tensors_", "hf_build",
-    "hf_config_class", "load_model",
+    "hf_config_class", "hf_tokenizer", "load_model",
     "read_hf_folder", "read_safetensors", "read_tensors", "safetensors_metadata",
 ]
 
@@ -202,7 +202,7 @@ def load_model(
     if kind == "hf":
         sd, config = read_hf_folder(p, max_bytes=max_bytes)
         if model is None:
-            if not config.get("architectures"):
+            if not config.get("architectures") and not config.get("model_type"):
                 _build("", kind, trust_code, where)  # says: give the model
             return hf_build(config, lambda: sd, where=where), {}
         return fit_tensors_(model, sd, where), {}
@@ -338,12 +338,13 @@ def hf_build(
     config: dict[str, Any], state_dict: Any, *, where: str = ""
 ) -> torch.nn.Module:
     """The transformers model ``config`` names (``architectures[0]``, looked up in the installed ``transformers``,
-    never code from a file; ``trust_remote_code`` is never set), loaded with ``state_dict()`` (a callable, called
-    once the class is known).
+    never code from a file; ``trust_remote_code`` is never set; a config naming none gives the base model of its
+    ``model_type``, as ``transformers.AutoModel`` builds it), loaded with ``state_dict()`` (a callable, called once
+    the class is known).
 
     Raises:
-        CheckpointError: transformers missing; an unknown architecture; tensors that do not fit the model (naming
-            the first of them).
+        CheckpointError: transformers missing; a model class or model type the installed transformers lacks (naming
+            it and the installed version); tensors that do not fit the model (naming the first of them).
     """
     try:
         import transformers
@@ -351,25 +352,35 @@ def hf_build(
         raise CheckpointError(f"{where}: rebuilding a Hugging Face model needs transformers "
                               f"(pip install 'deepzip[hf]')") from None
     archs = config.get("architectures") or []
-    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise CheckpointError(f"{where}: config.json names architecture {archs[:1]}, not a transformers model class")
+    if archs and not isinstance(archs[0], str):
+        raise CheckpointError(f"{where}: config.json architectures[0] is {archs[0]!r}, not a class name")
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if archs and not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"{where}: config.json names the model class {archs[0]}, which the installed "
+                              f"transformers {transformers.__version__} does not have; upgrade transformers, or give "
+                              "the architecture as --model file.py:factory")
     cfg = hf_config_class(config, where)
+
+    def build() -> torch.nn.Module:  # no architectures: the base model of its model_type, as AutoModel builds it
+        return cls(cfg) if cls is not None else transformers.AutoModel.from_config(cfg)
+
     sd = state_dict()
     with torch.device("meta"):  # no memory: a config describing more than the file holds is refused unbuilt
-        need = sum(p.numel() for p in cls(cfg).parameters())
+        skeleton = build()
+    name = archs[0] if archs else type(skeleton).__name__
+    need = sum(p.numel() for p in skeleton.parameters())
     have = sum(t.numel() for t in sd.values())
     if need > have:
-        raise CheckpointError(f"{where}: config.json describes a {archs[0]} of {need:,} parameters, the file holds "
+        raise CheckpointError(f"{where}: config.json describes a {name} of {need:,} parameters, the file holds "
                               f"{have:,} values")
-    model = cls(cfg)
+    model = build()
     own = model.state_dict()
     buffers = dict(model.named_buffers())  # non-persistent buffers (position_ids) that older files still carry
     for k in [k for k in sd if k not in own and k in buffers]:
         del sd[k]
     # the file may lack tensors the model ties to others (an output head): those are checked after tie_weights
     problem = fit_problem({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()},
-                          what=archs[0], missing_ok=True)
+                          what=name, missing_ok=True)
     if problem:
         raise CheckpointError(f"{where}: {problem}")
     model.load_state_dict(sd, strict=False)
@@ -379,12 +390,29 @@ def hf_build(
     loaded = {now[k].data_ptr() for k in sd if k in now and now[k].numel()}
     missing = sorted(k for k in set(own) - set(sd) if now[k].numel() and now[k].data_ptr() not in loaded)
     if missing:
-        raise CheckpointError(f"{where}: does not fit {archs[0]}: {missing[0]} is missing from the file "
+        raise CheckpointError(f"{where}: does not fit {name}: {missing[0]} is missing from the file "
                               f"({len(missing)} such tensors)")
     dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
     if len(dtype) == 1:
         model.to(dtype.pop())
     return model.eval()
+
+
+def hf_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer of a Hugging Face model folder (``transformers.AutoTokenizer``, local files only, no code from
+    the folder), or None when the folder has none (no tokenizer files, or none the installed transformers reads)."""
+    p = Path(path)
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                                            "spiece.model", "sentencepiece.bpe.model")):
+        return None
+    try:
+        import transformers
+    except ImportError:
+        return None
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

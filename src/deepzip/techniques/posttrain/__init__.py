@@ -45,7 +45,9 @@ floor: weaker, since it cannot tell which layers the outputs depend on.
 
 The steps live in private modules, re-exported here: ``_types`` (:class:`PostTrainConfig`, :class:`Candidate`,
 :class:`PostTrainResult`, :class:`BoundError`), ``_calibration`` (batches, outputs, :func:`agreement`,
-:func:`measure_drop`, :func:`text_batches`), ``_sensitivity`` (1, and the row usage of embedding tables), ``_gptq``
+:func:`measure_drop`, :func:`text_batches`), ``_inputs`` (calibration files and functions read within stated
+limits, :func:`load_inputs`; which of a model's outputs is compared, :func:`output_tensor`), ``_sensitivity`` (1,
+and the row usage of embedding tables), ``_gptq``
 and ``_candidates`` (2), ``_allocate`` (3 and 4, :func:`compress_to_bound_`), ``_distill`` (5, :func:`distill_`). The
 file is written by the model <-> file bridge, :func:`deepzip.io.serialize.save_posttrained` (a technique knows no
 bytes), with each codebook choice as the :class:`deepzip.techniques.share.SharedWeight` it is fine-tuned and reloaded
@@ -67,25 +69,45 @@ from ._calibration import agreement, measure_drop, target_tensors, text_batches
 from ._candidates import make_candidates
 from ._distill import distill_
 from ._gptq import gptq_factor, gptq_round
+from ._inputs import (
+    MAX_INPUT_BYTES,
+    MAX_INPUTS,
+    call_model,
+    describe_output,
+    load_inputs,
+    model_forward,
+    output_tensor,
+    read_lines,
+    read_npy,
+)
 from ._sensitivity import fisher_diagonal, input_grams, row_counts, unseen_scale, usage_fisher
 from ._types import BoundError, Candidate, Forward, PostTrainConfig, PostTrainResult
 
 __all__ = [
+    "MAX_INPUTS",
+    "MAX_INPUT_BYTES",
     "BoundError",
     "Candidate",
     "Forward",
     "PostTrainConfig",
     "PostTrainResult",
     "agreement",
+    "call_model",
     "compress_to_bound_",
     "compress_weights_only",
+    "describe_output",
     "distill_",
     "fisher_diagonal",
     "gptq_factor",
     "gptq_round",
     "input_grams",
+    "load_inputs",
     "make_candidates",
     "measure_drop",
+    "model_forward",
+    "output_tensor",
+    "read_lines",
+    "read_npy",
     "row_counts",
     "target_tensors",
     "text_batches",
