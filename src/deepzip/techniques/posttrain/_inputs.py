@@ -208,14 +208,17 @@ def read_npy(path: str | Path, *, max_bytes: int | None = MAX_INPUT_BYTES,
         BoundError: not a ``.npy`` array, an object or structured array, no samples, over a limit, truncated.
     """
     p = Path(path)
-    _check_size(p, max_bytes)
-    try:  # mapped, not read: the header's shape and dtype are checked first (a truncated file fails here)
-        mapped = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    size = _check_size(p, max_bytes)
+    try:  # the header alone first: its shape and dtype are checked before any value is read
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+            shape, _, dtype = read[version](f, max_header_size=1 << 16)
+            data_at = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise BoundError(f"{p}: not a readable .npy array ({_first_line(e)})") from None
-    if not isinstance(mapped, np.ndarray):
-        raise BoundError(f"{p}: not a .npy array")
-    shape, dtype = mapped.shape, mapped.dtype
     if dtype.kind not in "biuf":
         raise BoundError(f"{p}: a .npy array of {dtype}, not numbers")
     if len(shape) < 1 or shape[0] == 0:
@@ -225,7 +228,14 @@ def read_npy(path: str | Path, *, max_bytes: int | None = MAX_INPUT_BYTES,
     if max_bytes is not None and 4 * n > max_bytes:
         raise BoundError(f"{p}: shape {tuple(shape)} holds {4 * n:,} bytes as float32, more than the calibration "
                          f"limit of {max_bytes:,} (--max-input-bytes)")
-    return np.asarray(mapped, dtype=np.float32) if dtype.kind == "f" and dtype.itemsize > 4 else np.array(mapped)
+    if data_at + n * dtype.itemsize > size:
+        raise BoundError(f"{p}: truncated: its header says shape {tuple(shape)} of {dtype} ({n * dtype.itemsize:,} "
+                         f"bytes), the file holds {size - data_at:,}")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BoundError(f"{p}: not a readable .npy array ({_first_line(e)})") from None
+    return x.astype(np.float32) if dtype.kind == "f" and dtype.itemsize > 4 else x
 
 
 def _first_line(e: BaseException) -> str:
