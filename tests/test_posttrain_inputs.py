@@ -286,3 +286,19 @@ def test_a_file_that_is_not_python_code_is_refused_in_one_line(user, capsys) -> 
     argv[argv.index("--model") + 1] = f"{folder / 'broken.py'}:make"
     err = _one_line_error(capsys, argv, folder / "out.dz")
     assert "cannot import" in err
+
+
+def test_ptq_of_a_sentence_transformer_compares_its_embedding_or_the_key(tmp_path, capsys) -> None:
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.models import Pooling, Transformer
+
+    base = _tiny_hf(tmp_path, "BertModel")
+    t = Transformer(str(base))
+    st.SentenceTransformer(modules=[t, Pooling(t.get_word_embedding_dimension())]).save(str(tmp_path / "st"))
+    for key, shown in [(None, "its 'sentence_embedding', (32, 32)"), ("token_embeddings", "its 'token_embeddings'")]:
+        out = tmp_path / f"{key}.dz"
+        argv = ["ptq", "--sentence-transformer", str(tmp_path / "st"), "--calibration", str(tmp_path / "cal.txt"),
+                "--max-drop", "0.02", "--no-gptq", "-o", str(out), *(["--output-key", key] if key else [])]
+        capsys.readouterr()
+        assert main(argv) == 0 and out.is_file()
+        assert f"outputs compared: {shown}" in capsys.readouterr().out
