@@ -177,6 +177,7 @@ def main() -> None:
     rows = []
     q, nbytes = int8_per_channel(model, work / "int8.safetensors")
     rows.append(row("int8 per channel (symmetric)", q, nbytes, command="(this script: int8_per_channel)"))
+    report(a, rows, cal_names, held_names, confident, fp32)
     from deepzip import cli, load
 
     for md in [m for m in a.max_drop.split(",") if m]:
