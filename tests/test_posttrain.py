@@ -19,13 +19,17 @@ from deepzip.io.serialize import load, save_posttrained
 from deepzip.techniques._kmeans import weighted_kmeans_rows
 from deepzip.techniques.posttrain import (
     BoundError,
+    HeldOut,
     PostTrainConfig,
     agreement,
     compress_to_bound_,
     compress_weights_only,
     distill_,
+    estimate_drop,
     fisher_diagonal,
+    heldout_mask,
     measure_drop,
+    split_heldout,
     target_tensors,
     text_batches,
     unseen_scale,
@@ -138,6 +142,60 @@ def test_bound_holds_file_round_trips_and_is_smaller(tmp_path) -> None:
     m2 = _mlp()
     res2 = compress_to_bound_(m2, cal, PostTrainConfig(max_drop=0.05, min_numel=256))
     assert res2.drop <= 0.05 and res2.predicted_bytes <= res.predicted_bytes
+
+
+def test_heldout_split_is_a_partition_of_the_samples_and_keeps_each_batch_whole() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.arange(40).reshape(40, 1)
+    batches = [{"input_ids": ids[:24], "mask": torch.ones(24, 7)}, {"input_ids": ids[24:], "mask": torch.ones(16, 3)}]
+    fit, held = split_heldout(batches, 0.25, seed=3)
+    got = lambda part: sorted(int(i) for b in part for i in b["input_ids"].reshape(-1))  # noqa: E731
+    assert sorted(got(fit) + got(held)) == list(range(40)) and len(got(held)) == 10
+    mask = heldout_mask(40, 0.25, seed=3)
+    assert got(held) == np.flatnonzero(mask).tolist()  # the samples heldout_mask names, in order
+    assert {b["mask"].shape[1] for b in held} <= {7, 3} and all(b["mask"].shape[0] == b["input_ids"].shape[0]
+                                                               for b in fit + held)  # padding kept per batch
+    assert split_heldout(batches, 0.25, seed=3)[1][0]["input_ids"].tolist() == held[0]["input_ids"].tolist()
+    whole = ["a", "b", "c", "d"]  # batches whose samples cannot be counted are held out whole
+    f2, h2 = split_heldout(whole, 0.5)
+    assert sorted(f2 + h2) == whole and len(h2) == 2
+    assert heldout_mask(2, 0.01).sum() == 1 and heldout_mask(2, 0.99).sum() == 1  # one to fit, one to check
+    with pytest.raises(BoundError, match="at least 2"):
+        split_heldout([torch.randn(1, 3, generator=g)], 0.25)
+
+
+def test_heldout_estimate_matches_numpy_and_says_how_many_inputs_it_needs() -> None:
+    a, b = _mlp(0), _mlp(1)
+    xs = _batches(2)
+    est = estimate_drop(a, b, xs)
+    with torch.no_grad():
+        d = np.concatenate([1 - nn.functional.cosine_similarity(a(x), b(x), dim=1).numpy() for x in xs])
+    assert est.n == 128 and est.drop == pytest.approx(d.mean(), rel=1e-6)
+    assert est.se == pytest.approx(d.std(ddof=1) / math.sqrt(128), rel=1e-5)
+    bound = est.se / 0.1  # exactly at the trust limit
+    assert est.trusted(bound * 1.01) and not est.trusted(bound * 0.99)
+    need = est.inputs_needed(bound / 2)  # half the bound: four times the inputs
+    assert need == pytest.approx(4 * 128, abs=1) and HeldOut(0.0, 0.0, 5).inputs_needed(0.01) == 32
+
+
+def test_the_bound_is_met_on_the_heldout_inputs_and_nothing_is_fitted_on_them() -> None:
+    """Few calibration inputs: the allocation fitted and checked on them alone can miss the bound on other inputs;
+    checked on held-out inputs it meets it there (the result's estimate is the real drop on them), it is never
+    smaller than the one checked on the calibration, and the held-out inputs do not change what is fitted."""
+    cal, held = _batches(1, seed=1), _batches(2, seed=2)
+    cfg = PostTrainConfig(max_drop=0.01, min_numel=256)
+    fitted_only = _mlp()
+    r0 = compress_to_bound_(fitted_only, cal, cfg)
+    model = _mlp()
+    res = compress_to_bound_(model, cal, cfg, heldout=held)
+    assert res.heldout is not None and res.heldout.n == 128
+    assert res.heldout.drop <= 0.01 and res.heldout.drop == pytest.approx(measure_drop(model, _mlp(), held), abs=1e-12)
+    assert res.drop == pytest.approx(measure_drop(model, _mlp(), cal), abs=1e-12)  # the fit drop is reported too
+    assert measure_drop(fitted_only, _mlp(), held) > 2 * 0.01  # the failure: measured here 0.030
+    assert res.predicted_bytes > r0.predicted_bytes  # meeting the bound where it was not fitted costs bytes
+    assert res.sensitivity == pytest.approx(r0.sensitivity)  # per-layer factors: measured on `cal` only
+    assert set(res.hulls) == set(r0.hulls) and all(
+        [c.nbytes for c in res.hulls[n]] == [c.nbytes for c in r0.hulls[n]] for n in res.hulls)
 
 
 def test_distillation_recovers_agreement() -> None:
@@ -313,17 +371,40 @@ def test_cli_ptq_with_distillation_reports_the_drop_of_the_file_it_writes(tmp_pa
                "0.02", "--distill-seconds", "0.3", "--no-gptq", "-o", str(out), "--json", str(doc)])
     assert rc == 0 and "distillation:" in capsys.readouterr().out
     x = torch.from_numpy(np.load(tmp_path / "cal.npy"))
+    fit, held = split_heldout([x[:32], x[32:]], 0.25)  # --batch 32, --holdout 0.25: the CLI's split
     original, _ = load_checkpoint(lenet_ckpt)
-    drop = json.loads(doc.read_text())["drop"]
-    assert drop <= 0.02 and drop == pytest.approx(measure_drop(load(out), original, [x]), abs=1e-9)
+    d = json.loads(doc.read_text())
+    assert d["heldout"]["n"] == 16 and d["drop"] == d["heldout"]["drop"] <= 0.02
+    assert d["drop"] == pytest.approx(measure_drop(load(out), original, held), abs=1e-9)
+    assert d["calibration_drop"] == pytest.approx(measure_drop(load(out), original, fit), abs=1e-9)
 
 
-@pytest.mark.parametrize("case", ["empty", "shape", "bound", "latent"])
+def test_cli_ptq_says_when_too_few_inputs_are_held_out_and_how_many_it_needs(tmp_path, lenet_ckpt, capsys) -> None:
+    import json
+
+    out, doc = tmp_path / "o.dz", tmp_path / "o.json"
+    rc = main(["ptq", "--checkpoint", str(lenet_ckpt), "--calibration", str(tmp_path / "cal.npy"), "--max-drop",
+               "0.02", "--no-gptq", "-o", str(out), "--json", str(doc)])
+    text = capsys.readouterr().out
+    h = json.loads(doc.read_text())["heldout"]
+    assert rc == 0 and h["n"] == 16 and not h["trusted"]  # 16 < 32 held-out inputs
+    need = HeldOut(h["drop"], h["se"], h["n"]).inputs_needed(0.02)
+    assert need >= 32 and f"about {need} held-out inputs are needed, i.e. about {math.ceil(need / 0.25)}" in text
+    rc = main(["ptq", "--checkpoint", str(lenet_ckpt), "--calibration", str(tmp_path / "cal.npy"), "--max-drop",
+               "0.02", "--no-gptq", "--holdout", "0", "-o", str(out), "--json", str(doc)])
+    assert rc == 0 and json.loads(doc.read_text())["heldout"] is None and "--holdout 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty", "shape", "bound", "latent", "holdout", "one"])
 def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) -> None:
     cal = tmp_path / "cal.npy"
     extra = []
     if case == "latent":
         extra = ["--latent-lr", "-1"]
+    elif case == "holdout":
+        extra = ["--holdout", "1"]
+    elif case == "one":
+        np.save(cal, np.zeros((1, 1, 28, 28), np.float32))
     elif case == "empty":
         np.save(cal, np.zeros((0, 1, 28, 28), np.float32))
     elif case == "shape":
@@ -335,7 +416,8 @@ def test_cli_ptq_bad_input_writes_nothing(tmp_path, lenet_ckpt, capsys, case) ->
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not out.exists()
     assert len(err.splitlines()) == 1 and err.startswith("deepzip ptq: error:")
-    assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met", "latent": "--latent-lr"}[case] in err
+    assert {"empty": "empty", "shape": "does not fit", "bound": "cannot be met", "latent": "--latent-lr",
+            "holdout": "--holdout 1", "one": "at least 2"}[case] in err
 
 
 def test_one_setting_for_all_tensors_is_the_cheapest_within_the_bound_brute_force() -> None:

@@ -1,18 +1,21 @@
-"""Calibration inputs: batches (lists, callables, tokenized text), the model's outputs on them, and the output
-agreement (``1 - mean cosine``) that the quality bound is stated in."""
+"""Calibration inputs: batches (lists, callables, tokenized text), the split into inputs fitted on and inputs held
+out, the model's outputs on them, and the output agreement (``1 - mean cosine``) that the quality bound is stated
+in."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..walk import prunable_layers
-from ._types import BoundError, Forward
+from ._types import BoundError, Forward, HeldOut
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -50,6 +53,95 @@ def text_batches(tokenizer: Any, sentences: Sequence[str], size: int = 16, *, ma
         random.Random(seed).shuffle(groups)
     return [dict(tokenizer([sentences[i] for i in g], padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt")) for g in groups]
+
+
+def heldout_mask(n: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` calibration inputs are held out: ``round(fraction * n)`` of them (at least 1, and at least 1
+    left to fit on), drawn at random with ``seed``. (n,) bool.
+
+    Raises:
+        BoundError: ``fraction`` outside (0, 1), or fewer than 2 inputs.
+
+    Example:
+        >>> heldout_mask(8, 0.25).sum()
+        2
+    """
+    if not 0 < fraction < 1:
+        raise BoundError(f"held-out fraction {fraction:g}: expected a number in (0, 1)")
+    if n < 2:
+        raise BoundError(f"{n} calibration input(s): at least 2 are needed to hold some out (one to fit on, one to "
+                         "check on)")
+    k = min(n - 1, max(1, round(fraction * n)))
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return mask
+
+
+def _size(batch: Any) -> int | None:
+    """Samples in a batch: the first dimension of a tensor, or of a dict / list / tuple of tensors that share it;
+    None for anything else."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim >= 1 else None
+    parts = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (list, tuple)) \
+        else []
+    if not parts or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in parts):
+        return None
+    sizes = {int(t.shape[0]) for t in parts}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _take(batch: Any, idx: torch.Tensor) -> Any:
+    """The samples ``idx`` of a batch :func:`_size` can count."""
+    if isinstance(batch, torch.Tensor):
+        return batch[idx]
+    if isinstance(batch, dict):
+        return {k: v[idx] for k, v in batch.items()}
+    return type(batch)(v[idx] for v in batch)
+
+
+def split_heldout(batches: Iterable[Any] | Callable[[], Iterable[Any]], fraction: float = 0.25,
+                  seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """Calibration batches split into those to fit on and those held out to check the bound on.
+
+    Samples are drawn as :func:`heldout_mask` says, over all batches' samples in order; each batch becomes its fit
+    part and its held-out part (a dict of tokenized text keeps its padding). Batches whose samples cannot be
+    counted (not a tensor, nor a dict / list / tuple of tensors sharing the first dimension) are held out whole.
+
+    Returns:
+        (fit batches, held-out batches), neither empty.
+
+    Raises:
+        BoundError: no batches, fewer than 2 inputs, or ``fraction`` outside (0, 1).
+
+    Example:
+        >>> fit, held = split_heldout([torch.zeros(6, 3), torch.ones(2, 3)], 0.25)
+        >>> sum(len(b) for b in fit), sum(len(b) for b in held)
+        (6, 2)
+    """
+    data = _batches(batches)
+    sizes = [_size(b) for b in data]
+    if any(s is None for s in sizes):
+        mask = heldout_mask(len(data), fraction, seed)
+        return [b for b, m in zip(data, mask) if not m], [b for b, m in zip(data, mask) if m]
+    mask = heldout_mask(sum(sizes), fraction, seed)  # type: ignore[arg-type]
+    fit: list[Any] = []
+    held: list[Any] = []
+    start = 0
+    for b, n in zip(data, sizes):
+        m = torch.from_numpy(mask[start:start + n])  # type: ignore[operator]
+        start += n  # type: ignore[operator]
+        for part, keep in ((fit, ~m), (held, m)):
+            if keep.any():
+                part.append(_take(b, keep.nonzero().reshape(-1)))
+    return fit, held
+
+
+def _estimate(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> HeldOut:
+    """The drop of ``outputs`` against ``reference`` with its standard error over the samples (:class:`HeldOut`)."""
+    d = 1 - agreement(outputs, reference)  # (N,)
+    n = int(d.numel())
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
+    return HeldOut(drop=float(d.mean()), se=se, n=n)
 
 
 def _default_forward(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -107,6 +199,22 @@ def measure_drop(model: nn.Module, reference: nn.Module, batches: Iterable[Any] 
     data = _batches(batches)
     fwd = forward or _default_forward
     return _drop(_outputs(model, data, fwd), _outputs(reference, data, fwd))
+
+
+def estimate_drop(model: nn.Module, reference: nn.Module, batches: Iterable[Any] | Callable[[], Iterable[Any]],
+                  forward: Forward | None = None) -> HeldOut:
+    """:func:`measure_drop` with its standard error over the samples: on inputs nothing was fitted on (held out),
+    an estimate of the drop on more inputs of their kind (:class:`HeldOut`).
+
+    Example:
+        >>> lin = nn.Linear(4, 3)
+        >>> est = estimate_drop(lin, lin, [torch.randn(5, 4)])
+        >>> est.n, abs(est.drop) < 1e-12
+        (5, True)
+    """
+    data = _batches(batches)
+    fwd = forward or _default_forward
+    return _estimate(_outputs(model, data, fwd), _outputs(reference, data, fwd))
 
 
 def target_tensors(model: nn.Module, min_numel: int = 1024) -> dict[str, nn.Module]:
