@@ -645,6 +645,24 @@ def test_unseen_scale_is_the_rare_rows_sensitivity_per_occurrence_brute_force() 
     assert unseen_scale(dull, counts, min_rows=16) == 1.0  # a floor: never cheaper than the average occurrence
 
 
+def test_heldout_search_weighs_unseen_rows_by_what_the_heldout_inputs_measure() -> None:
+    """With held-out inputs, the predicted damage to embedding rows the calibration never uses is tried at several
+    weights (each with its own budget search); the result is the smallest of the single-weight runs (brute force)
+    and meets the bound on the held-out inputs."""
+    cal, held = [_zipf_ids(32, 1)], [_zipf_ids(64, 2)]
+    fwd = lambda m, b: m(b)  # noqa: E731
+    size = {}
+    for ks in ((1.0,), (3.0,), (10.0,), (1.0, 3.0, 10.0)):
+        model = _Bag()
+        res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=0.01, min_numel=256, unseen_weights=ks),
+                                 forward=fwd, heldout=held)
+        assert res.heldout is not None and res.heldout.drop <= 0.01
+        assert res.heldout.drop == pytest.approx(measure_drop(model, _Bag(), held, fwd), abs=1e-12)
+        size[ks] = res.predicted_bytes
+    assert size[(1.0, 3.0, 10.0)] == min(size[(1.0,)], size[(3.0,)], size[(10.0,)])
+    assert len(set(size.values())) > 1  # the weight matters here
+
+
 def test_tiered_embedding_rows_are_stored_apart_and_make_the_file_smaller(tmp_path) -> None:
     """Calibration text uses a fraction of the vocabulary; the tiered candidate stores those rows fine and the rest
     coarse (kind ``tiered`` in the file), within the bound, smaller than without tiers; the file holds exactly

@@ -4,6 +4,7 @@ inputs when there are some -- is within the bound; the one-setting ablation and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -138,7 +139,7 @@ def compress_to_bound_(
             h = held_now()
             return h.drop if h is not None else drop_now()
 
-        hulls = _hulls(mods, orig, fisher, cfg, candidates, grams, counts, fisher_counts, progress)
+        hulls, unseen = _hulls(mods, orig, fisher, cfg, candidates, grams, counts, fisher_counts, progress)
         secs["candidates"] = time.perf_counter() - t0 - secs["sensitivity"]
         if not cfg.per_layer:
             res = _uniform(model, mods, hulls, orig, cfg, bound_drop, secs, say)
@@ -158,8 +159,26 @@ def compress_to_bound_(
             # included, so nothing is predicted
             return bound_drop() if held else fit_drop(pick)
 
+        where = "held-out" if held else "calibration"
         try:
-            pick, _ = _search_budget(hulls, alpha, cfg.max_drop, apply, say, "held-out" if held else "calibration")
+            if held and unseen:
+                # the damage to embedding rows the calibration never uses is predicted (Good-Turing), and a
+                # prediction can be off: the held-out inputs use such rows, so the weight of that prediction is
+                # chosen on them too (for each weight, the budget search; the smallest result wins)
+                base, best = hulls, None
+                for k in cfg.unseen_weights or (1.0,):
+                    hulls = base if k == 1 else {**base, **{n: _hull([_reweighted(c, k) for c in cs])
+                                                            for n, cs in unseen.items()}}
+                    say(f"unseen embedding rows weighted x{k:g}")
+                    pk, _ = _search_budget(hulls, alpha, cfg.max_drop, apply, say, where)
+                    size = sum(hulls[n][i].nbytes for n, i in pk.items())
+                    if best is None or size < best[0]:
+                        best = (size, k, hulls, pk)
+                assert best is not None
+                _, k, hulls, pick = best
+                say(f"unseen embedding rows weighted x{k:g}: the smallest within the bound")
+            else:
+                pick, _ = _search_budget(hulls, alpha, cfg.max_drop, apply, say, where)
         except BoundError:
             _set_weights_(mods, orig)
             raise
@@ -179,9 +198,12 @@ def compress_to_bound_(
 def _hulls(mods: dict[str, nn.Module], orig: dict[str, np.ndarray], fisher: dict[str, np.ndarray],
            cfg: PostTrainConfig, candidates: dict[str, list[Candidate]] | None, grams: dict[str, np.ndarray] | None,
            counts: dict[str, np.ndarray] | None, fisher_counts: dict[str, np.ndarray] | None,
-           progress: bool) -> dict[str, list[Candidate]]:
-    """Per tensor, the lower convex hull of the candidates ``cfg`` offers (from ``candidates`` when given)."""
+           progress: bool) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
+    """Per tensor, the lower convex hull of the candidates ``cfg`` offers (from ``candidates`` when given); and,
+    for the tensors with rows the calibration never uses (embedding tables), every candidate (the hull changes
+    when that damage is weighed differently)."""
     hulls: dict[str, list[Candidate]] = {}
+    unseen: dict[str, list[Candidate]] = {}
     for n in tqdm(mods, desc="candidates", disable=not progress, leave=False):
         if candidates is not None:
             able = any(c.gptq for c in candidates[n])
@@ -192,7 +214,14 @@ def _hulls(mods: dict[str, nn.Module], orig: dict[str, np.ndarray], fisher: dict
         if not mine:
             raise BoundError(f"{n}: no storage option left by the configuration")
         hulls[n] = _hull(mine)
-    return hulls
+        if any(c.unseen_error > 0 for c in mine):
+            unseen[n] = mine
+    return hulls, unseen
+
+
+def _reweighted(c: Candidate, k: float) -> Candidate:
+    """``c`` with its predicted damage to the rows the calibration never uses weighed ``k`` times (arrays shared)."""
+    return dataclasses.replace(c, error=c.error + (k - 1) * c.unseen_error, unseen_error=k * c.unseen_error)
 
 
 def _layer_sensitivities(mods: dict[str, nn.Module], hulls: dict[str, list[Candidate]], orig: dict[str, np.ndarray],

@@ -43,6 +43,10 @@ class PostTrainConfig:
             use, each paired with every finer ratio of ``grids`` for the rows they do use (the ``tiered`` codec
             kind: one codebook and one Huffman stream per tier). Rows are weighted by how often the calibration
             uses them; unused rows get the Good-Turing estimate of the unseen mass (see :func:`usage_fisher`).
+        unseen_weights: with held-out inputs, the predicted damage to embedding rows the calibration never uses
+            (see ``rare_scale``) is also tried at these multiples, each with its own budget search on the held-out
+            inputs, and the smallest allocation within the bound is kept (the held-out inputs use such rows, so
+            they measure what the prediction can only estimate).
         rare_scale: weigh unused embedding rows by the sensitivity per occurrence of the rows used once
             (:func:`unseen_scale`) rather than of the average occurrence (False: the ablation).
         gptq: error-compensated rounding (GPTQ, Frantar et al. 2022, arXiv 2210.17323) of Linear layers for each
@@ -60,6 +64,7 @@ class PostTrainConfig:
     outlier_fracs: tuple[float, ...] = (0.0, 0.003)
     grids: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0)
     tier_grids: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
+    unseen_weights: tuple[float, ...] = (1.0, 3.0, 10.0)
     rare_scale: bool = True
     gptq: bool = True
     weighting: str = "fisher"
@@ -77,6 +82,8 @@ class PostTrainConfig:
             raise ValueError(f"bits={self.bits}, expected widths in 1..8")
         if any(not 0 < r <= 256 for r in self.grids + self.tier_grids):
             raise ValueError(f"grids={self.grids}, expected std/step ratios in (0, 256]")
+        if any(not k > 0 for k in self.unseen_weights):
+            raise ValueError(f"unseen_weights={self.unseen_weights}, expected positive multiples")
         if self.weighting not in ("fisher", "none"):
             raise ValueError(f"weighting={self.weighting!r}, expected 'fisher' or 'none'")
 
