@@ -92,7 +92,7 @@ def texts(quick: bool) -> dict[str, list[str]]:
     random.Random(0).shuffle(a)
     b = license_sentences()
     random.Random(0).shuffle(b)
-    n_cal, n_eval, n_pool = (96, 64, 64) if quick else (512, 300, 3000)
+    n_cal, n_eval, n_pool = (48, 32, 32) if quick else (512, 300, 3000)
     if len(b) < n_eval:
         raise SystemExit(f"{LICENSES}: only {len(b)} sentences, {n_eval} needed")
     return {"calibration": a[:n_cal], "same": a[n_cal:n_cal + n_eval],
@@ -152,6 +152,25 @@ def measure(model: torch.nn.Module, res: posttrain.PostTrainResult, tmp: Path, e
     return row
 
 
+def distilled(st: Setup, original: torch.nn.Module, relax: float, dis: list, hidden: list[str],
+              args: argparse.Namespace, tmp: Path, ev: dict[str, list], fp32: int, log: list[str],
+              n_dis: int) -> dict[str, Any]:
+    """Held-out allocation at ``relax`` x 0.01, distillation on ``dis`` (no held-out sentence), measured again."""
+    label = f"held-out + distillation (bound {relax * 0.01:g} before, {args.distill_cpu:.0f} s CPU)"
+    try:
+        m, res = st.allocate(original, relax * 0.01, log, label)
+        assert res.heldout is not None and st.held is not None
+        before = f"{fp32 / res.predicted_bytes:.1f}x (weights), held-out {res.heldout.drop:.4g}"
+        losses = posttrain.distill_(m, original, res, dis, forward=embed, seconds=args.distill_cpu, lr=args.lr,
+                                    schedule="cosine", hidden=hidden, hidden_weight=args.hidden_weight)
+        res.drop = posttrain.measure_drop(m, original, st.fit, embed)
+        res.heldout = posttrain.estimate_drop(m, original, st.held, embed)
+        return {"method": "held-out + distillation", **measure(m, res, tmp, ev, 0.01, fp32), "steps": len(losses),
+                "before": before, "note": f"{label}; distilled on {n_dis} sentences"}
+    except Exception as e:  # keep the other rows
+        return {"method": "held-out + distillation", "note": f"{label}: {type(e).__name__}: {e}"}
+
+
 def cli_row(folder: str, cal: Path, tmp: Path, ev: dict[str, list], fp32: int, quick: bool) -> dict[str, Any]:
     """The real command at --max-drop 0.01 (held-out, the default): its JSON, and the file on the evaluation text."""
     from deepzip.cli import main
@@ -207,6 +226,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sets and candidates: a smoke run")
     ap.add_argument("--bounds", type=float, nargs="*", default=[0.005, 0.0075, 0.01, 0.015, 0.02])
+    ap.add_argument("--today-bounds", type=float, nargs="*", default=None, help="bounds of today's method "
+                    "(default: --bounds)")
     ap.add_argument("--relax", type=float, nargs="*", default=[1.5], help="distillation rows: allocate at RELAX x 0.01")
     ap.add_argument("--distill-cpu", type=float, default=900.0, help="CPU seconds of each distillation")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -264,16 +285,18 @@ def main() -> None:
                           f"{LICENSES} (Debian base-files), both split into sentences and shuffled (seed 0).")
         info["split"] = f"heldout_mask(512, 0.25, seed=0): {int(mask.sum())} held out"
         info["setup_cpu_s"] = {}
-        methods = [("held-out", batches(fit_s), batches(held_s))]
+        dis = posttrain.text_batches(tok, fit_s + sents["pool"], 32, max_length=256)  # never the held-out part
+        hidden = [n for n, _ in original.named_modules() if re.fullmatch(r".*encoder\.layer\.\d+", n)] \
+            if args.hidden_weight else []
+        # the held-out method first, then distillation from it, then today's (rows are saved as they come)
+        methods = [("held-out", batches(fit_s), batches(held_s), args.bounds)]
         if not args.skip_today:
-            methods.insert(0, ("today's", batches(cal_sents), None))
-        setups = {}
-        for method, fit, held in methods:
+            methods.append(("today's", batches(cal_sents), None, args.today_bounds or args.bounds))
+        for method, fit, held, bounds in methods:
             say(f"{method}: fitting on {sum(len(b['input_ids']) for b in fit)} sentences")
             st = Setup(original, fit, held, cfg)
-            setups[method] = st
             info["setup_cpu_s"][method] = round(st.cpu)
-            for bound in args.bounds:
+            for bound in bounds:
                 label = f"{method} {bound:g}"
                 try:
                     m, res = st.allocate(original, bound, log, label)
@@ -283,28 +306,11 @@ def main() -> None:
                 rows.append(row)
                 say(json.dumps(row))
                 save()
-        st = setups["held-out"]
-        hidden = [n for n, _ in original.named_modules() if re.fullmatch(r".*encoder\.layer\.\d+", n)] \
-            if args.hidden_weight else []
-        dis = posttrain.text_batches(tok, fit_s + sents["pool"], 32, max_length=256)  # never the held-out part
-        for relax in args.relax:
-            label = f"held-out + distillation (bound {relax * 0.01:g} before, {args.distill_cpu:.0f} s CPU)"
-            try:
-                m, res = st.allocate(original, relax * 0.01, log, label)
-                before = f"{fp32 / res.predicted_bytes:.1f}x (weights), held-out {res.heldout.drop:.4g}"  # type: ignore[union-attr]
-                losses = posttrain.distill_(m, original, res, dis, forward=embed, seconds=args.distill_cpu,
-                                            lr=args.lr, schedule="cosine", hidden=hidden,
-                                            hidden_weight=args.hidden_weight)
-                res.drop = posttrain.measure_drop(m, original, st.fit, embed)
-                res.heldout = posttrain.estimate_drop(m, original, st.held, embed)  # type: ignore[arg-type]
-                row = {"method": "held-out + distillation", **measure(m, res, tmp, ev, 0.01, fp32),
-                       "steps": len(losses), "before": before,
-                       "note": f"{label}; distilled on {len(fit_s) + len(sents['pool'])} sentences"}
-            except Exception as e:  # keep the other rows
-                row = {"method": "held-out + distillation", "note": f"{label}: {type(e).__name__}: {e}"}
-            rows.append(row)
-            say(json.dumps(row))
-            save()
+            for relax in args.relax if held else []:
+                rows.append(distilled(st, original, relax, dis, hidden, args, tmp, ev, fp32, log,
+                                      len(fit_s) + len(sents["pool"])))
+                say(json.dumps(rows[-1]))
+                save()
         if args.cli and not args.quick:
             row = cli_row(folder, cal_file, tmp, ev, fp32, args.quick)
             rows.append(row)
