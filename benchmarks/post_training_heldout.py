@@ -288,13 +288,15 @@ def main() -> None:
         dis = posttrain.text_batches(tok, fit_s + sents["pool"], 32, max_length=256)  # never the held-out part
         hidden = [n for n, _ in original.named_modules() if re.fullmatch(r".*encoder\.layer\.\d+", n)] \
             if args.hidden_weight else []
-        # the held-out method first, then distillation from it, then today's (rows are saved as they come)
+        # the held-out method first, then today's, then distillation from the held-out allocation (rows are saved
+        # as they come)
         methods = [("held-out", batches(fit_s), batches(held_s), args.bounds)]
         if not args.skip_today:
             methods.append(("today's", batches(cal_sents), None, args.today_bounds or args.bounds))
+        setups = {}
         for method, fit, held, bounds in methods:
             say(f"{method}: fitting on {sum(len(b['input_ids']) for b in fit)} sentences")
-            st = Setup(original, fit, held, cfg)
+            st = setups[method] = Setup(original, fit, held, cfg)
             info["setup_cpu_s"][method] = round(st.cpu)
             for bound in bounds:
                 label = f"{method} {bound:g}"
@@ -306,11 +308,13 @@ def main() -> None:
                 rows.append(row)
                 say(json.dumps(row))
                 save()
-            for relax in args.relax if held else []:
-                rows.append(distilled(st, original, relax, dis, hidden, args, tmp, ev, fp32, log,
-                                      len(fit_s) + len(sents["pool"])))
-                say(json.dumps(rows[-1]))
-                save()
+            if held is None:
+                del setups[method]  # its candidates: memory
+        for relax in args.relax:
+            rows.append(distilled(setups["held-out"], original, relax, dis, hidden, args, tmp, ev, fp32, log,
+                                  len(fit_s) + len(sents["pool"])))
+            say(json.dumps(rows[-1]))
+            save()
         if args.cli and not args.quick:
             row = cli_row(folder, cal_file, tmp, ev, fp32, args.quick)
             rows.append(row)
