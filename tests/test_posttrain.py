@@ -299,6 +299,26 @@ class _WordTokenizer:
         return {"input_ids": torch.tensor([r + [0] * (n - len(r)) for r in rows])}
 
 
+def test_cli_text_calibration_is_split_by_sentence_and_distillation_never_sees_the_heldout_ones(tmp_path) -> None:
+    import argparse
+
+    from deepzip.cli.posttrain import _distill_inputs, _split_calibration
+
+    sents = [" ".join(["w"] * (1 + i % 7)) + f" s{i}" for i in range(40)]
+    (tmp_path / "cal.txt").write_text("\n".join(sents) + "\n")
+    (tmp_path / "dis.txt").write_text("\n".join(sents[::2] + ["another one"]) + "\n")
+    a = argparse.Namespace(calibration=str(tmp_path / "cal.txt"), holdout=0.25, batch=8,
+                           distill_data=str(tmp_path / "dis.txt"))
+    fit, held, held_sents = _split_calibration(a, _WordTokenizer())
+    assert held_sents == {x for x, m in zip(sents, heldout_mask(40, 0.25)) if m} and len(held_sents) == 10
+    assert sum(len(b["input_ids"]) for b in fit) == 30 and sum(len(b["input_ids"]) for b in held) == 10
+    dis = _distill_inputs(a, _WordTokenizer(), fit, held_sents)
+    assert sum(len(b["input_ids"]) for b in dis) == 20 + 1 - len(held_sents & set(sents[::2]))
+    a.holdout = 0.0
+    fit0, held0, _ = _split_calibration(a, _WordTokenizer())
+    assert held0 == [] and sum(len(b["input_ids"]) for b in fit0) == 40
+
+
 def test_text_batches_group_similar_lengths_and_keep_every_sentence() -> None:
     rng = np.random.default_rng(0)
     sents = [" ".join(["w"] * int(k)) for k in rng.integers(1, 60, size=203)]
