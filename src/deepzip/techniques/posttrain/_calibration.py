@@ -63,7 +63,7 @@ def heldout_mask(n: int, fraction: float, seed: int = 0) -> np.ndarray:
         BoundError: ``fraction`` outside (0, 1), or fewer than 2 inputs.
 
     Example:
-        >>> heldout_mask(8, 0.25).sum()
+        >>> int(heldout_mask(8, 0.25).sum())
         2
     """
     if not 0 < fraction < 1:
