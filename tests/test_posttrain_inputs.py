@@ -78,7 +78,7 @@ def user(tmp_path):
 
 def _ptq(folder, *extra: str) -> list[str]:
     return ["ptq", "--model", str(folder / "net.py") + ":make", "--checkpoint", str(folder / "net.pt"),
-            "--calibration", str(folder / "cal.npy"), "--max-drop", "0.02", "--no-gptq", "-o",
+            "--calibration", str(folder / "cal.npy"), "--max-drop", "0.02", "--no-gptq", "--holdout", "0", "-o",
             str(folder / "out.dz"), *extra]
 
 
@@ -298,7 +298,8 @@ def test_ptq_of_a_sentence_transformer_compares_its_embedding_or_the_key(tmp_pat
     for key, shown in [(None, "its 'sentence_embedding', (32, 32)"), ("token_embeddings", "its 'token_embeddings'")]:
         out = tmp_path / f"{key}.dz"
         argv = ["ptq", "--sentence-transformer", str(tmp_path / "st"), "--calibration", str(tmp_path / "cal.txt"),
-                "--max-drop", "0.02", "--no-gptq", "-o", str(out), *(["--output-key", key] if key else [])]
+                "--max-drop", "0.02", "--no-gptq", "--holdout", "0", "-o", str(out),
+                *(["--output-key", key] if key else [])]
         capsys.readouterr()
         assert main(argv) == 0 and out.is_file()
         assert f"outputs compared: {shown}" in capsys.readouterr().out

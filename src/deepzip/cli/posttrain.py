@@ -93,12 +93,13 @@ def _ptq_model(a: argparse.Namespace) -> tuple[Any, Any, str | None, Any, str | 
 
 
 def _split_calibration(a: argparse.Namespace, tokenizer: Any,
-                       limits: dict[str, Any]) -> tuple[list[Any], list[Any], set[str]]:
+                       limits: dict[str, Any] | None = None) -> tuple[list[Any], list[Any], set[str]]:
     """The calibration inputs as (batches to fit on, held-out batches, held-out sentences): text is split by
     sentence before batching (so a distillation file can be cleared of the held-out ones), other inputs by sample
     (:func:`deepzip.techniques.posttrain.split_heldout`). ``--holdout 0``: no held-out part."""
     from ..techniques.posttrain import BoundError, heldout_mask, split_heldout, text_batches
 
+    limits = limits or {"max_bytes": None, "max_inputs": None}
     if not 0 <= a.holdout < 1:
         raise BoundError(f"--holdout {a.holdout:g}: expected a fraction in [0, 1)")
     text = tokenizer is not None and not (":" in a.calibration and not Path(a.calibration).exists())
@@ -117,10 +118,11 @@ def _split_calibration(a: argparse.Namespace, tokenizer: Any,
 
 
 def _distill_inputs(a: argparse.Namespace, tokenizer: Any, fit: list[Any], held: set[str],
-                    limits: dict[str, Any]) -> list[Any]:
+                    limits: dict[str, Any] | None = None) -> list[Any]:
     """What distillation trains on: ``--distill-data`` without the held-out sentences, or the inputs fitted on."""
     if not a.distill_data:
         return fit
+    limits = limits or {"max_bytes": None, "max_inputs": None}
     if tokenizer is None or (":" in a.distill_data and not Path(a.distill_data).exists()):
         return _load_inputs(a.distill_data, a.batch, tokenizer, **limits)
     from ..techniques.posttrain import MAX_INPUT_BYTES, MAX_INPUTS, BoundError, read_lines, text_batches
