@@ -431,7 +431,7 @@ def architecture_widths(model: nn.Module, architecture: str | None) -> tuple[dic
     try:
         with torch.device("meta"):
             reference = get_model(architecture)
-    except Exception:  # unknown or untrusted names: nothing to compare with
+    except ValueError:  # unknown or untrusted names (UntrustedCodeError is one): nothing to compare with
         return {}, 0
     return widths_spec(model, reference), sum(p.numel() for p in reference.parameters())
 
