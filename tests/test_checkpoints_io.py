@@ -296,3 +296,17 @@ def test_plane_bits_rotation_is_an_involution():
     r = _planes._bits(u.view(np.float32), "float32").copy()
     _planes._unrotate_(r, "float32")
     assert np.array_equal(r, u)
+
+
+def test_decompress_of_a_checkpoint_file_runs_without_torch(tmp_path):
+    """``deepzip decompress`` of a compressed checkpoint gives the file back without importing torch (a fast, light
+    restore: the codec is NumPy)."""
+    src = tmp_path / "x.safetensors"
+    save_file({"a": torch.randn(32, 16), "n": torch.arange(5)}, str(src))
+    compress_checkpoint(src, tmp_path / "x.dz")
+    code = ("import sys; from deepzip.cli import main; rc = main(['decompress', sys.argv[1], '-o', sys.argv[2]]); "
+            "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.dz"), str(tmp_path / "y.safetensors")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+    assert (tmp_path / "y.safetensors").read_bytes() == src.read_bytes()

@@ -204,6 +204,11 @@ def _cfg_decompress(p: argparse.ArgumentParser) -> None:
 @command("decompress", "turn a .dz file back into a plain safetensors state_dict")
 @args(_cfg_decompress)
 def cmd_decompress(a: argparse.Namespace) -> int:
+    path = existing_file(a.file)
+    _check_output(a.output, a.file)
+    if is_checkpoint_dz(path):  # made from a checkpoint file or folder: give that back (see cli/checkpoints.py)
+        return decompress_source(path, a.output, max_bytes=a.max_bytes)
+    # a model file: torch is needed from here on (a checkpoint file above is restored without it)
     from safetensors.torch import save_file
 
     from ..codec.fileinfo import read_dz
@@ -211,10 +216,6 @@ def cmd_decompress(a: argparse.Namespace) -> int:
     from ..io.checkpoint import FORMAT, VERSION
     from ..io.serialize import _decoded, _names
 
-    path = existing_file(a.file)
-    _check_output(a.output, a.file)
-    if is_checkpoint_dz(path):  # made from a checkpoint file or folder: give that back (see cli/checkpoints.py)
-        return decompress_source(path, a.output, max_bytes=a.max_bytes)
     f = read_dz(path, max_bytes=a.max_bytes)
     # every name of the saved state_dict in its saved dtype (bfloat16 too); a tied tensor under each of its names
     sd = {name: _decoded(f, name).contiguous() for name in _names(f)}
