@@ -193,6 +193,33 @@ def test_ptq_file_of_a_sentence_transformer_is_the_model_and_decompresses_to_the
     assert len(err) == 1 and "SentenceTransformer, not an image classifier" in err[0]
 
 
+def test_ptq_file_of_an_older_folder_loads_into_a_given_model(tmp_path, monkeypatch) -> None:
+    """A folder whose weights carry a buffer the library no longer keeps (``position_ids``, as all-MiniLM-L6-v2's
+    do): the ptq file keeps it to give the folder back, and still loads into a model the caller builds."""
+    st = pytest.importorskip("sentence_transformers")
+    from safetensors.torch import load_file, save_file
+
+    from deepzip.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = _tiny_sentence_transformer(tmp_path)
+    weights = load_file(str(src / "model.safetensors"))
+    weights["embeddings.position_ids"] = torch.arange(64)[None]
+    save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
+    r = random.Random(1)
+    (tmp_path / "cal.txt").write_text("\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(3, 9)))
+                                                for _ in range(48)))
+    assert main(["ptq", "--sentence-transformer", str(src), "--calibration", str(tmp_path / "cal.txt"),
+                 "--no-gptq", "--max-drop", "0.05", "-o", str(tmp_path / "st.dz")]) == 0
+    emb = deepzip.load(tmp_path / "st.dz").encode(SENTS, convert_to_tensor=True)
+    for trainable in (False, True):
+        given = deepzip.load(tmp_path / "st.dz", model=st.SentenceTransformer(str(src), device="cpu"),
+                             trainable=trainable)
+        assert torch.equal(given.encode(SENTS, convert_to_tensor=True), emb)
+    back = decompress_checkpoint(tmp_path / "st.dz", tmp_path / "back")
+    assert torch.equal(load_file(str(back / "model.safetensors"))["embeddings.position_ids"], torch.arange(64)[None])
+
+
 def test_ptq_file_of_a_hugging_face_folder_is_the_transformers_model(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     from deepzip.techniques.posttrain import PostTrainConfig, compress_to_bound_

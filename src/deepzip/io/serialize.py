@@ -414,6 +414,21 @@ def _names(f: DzFile) -> list[str]:
     return list(f.tensors) + [k for k in aliases if k not in f.tensors]
 
 
+def _model_names(f: DzFile) -> list[str]:
+    """:func:`_names` less the tensors a model folder's file holds that the model does not (``"FILE:NAME"`` entries
+    of the folder record, e.g. an old ``position_ids`` buffer, kept only to give the folder back): what a model is
+    loaded from."""
+    record = f.extra.get("checkpoint") if isinstance(f.extra, dict) else None
+    files = record.get("files") if isinstance(record, dict) else None
+    folder_only: set[str] = set()
+    for entry in files if isinstance(files, list) else []:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        for pair in entry.get("tensors", []) if isinstance(rel, str) else []:
+            if isinstance(pair, list) and len(pair) == 2 and pair[1] == f"{rel}:{pair[0]}":
+                folder_only.add(pair[1])
+    return [n for n in _names(f) if n not in folder_only]
+
+
 def load_state_dict(
     path: str | os.PathLike[str] | bytes, *, max_bytes: int | None = DEFAULT_MAX_BYTES
 ) -> dict[str, torch.Tensor]:
@@ -506,7 +521,7 @@ def check_fits(stored: Mapping[str, tuple[int, ...]], model: nn.Module, *, layer
 def check_file_fits(f: DzFile, model: nn.Module, where: str = "") -> None:
     """:func:`check_fits` for a read ``.dz`` file: its names (tied ones too), shapes, layer kinds and encodings."""
     aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
-    stored = {n: f.tensors[aliases.get(n, n)] for n in _names(f)}
+    stored = {n: f.tensors[aliases.get(n, n)] for n in _model_names(f)}
     check_fits({n: tuple(t.shape) for n, t in stored.items()}, model, layers=_layer_kinds(f),
                encodings={n: t.kind for n, t in stored.items()}, where=where)
 
@@ -561,7 +576,7 @@ def _prepare_(model: nn.Module, names: Collection[str]) -> None:
 def decode_into_(model: nn.Module, f: DzFile, where: str = "") -> nn.Module:
     """Load a read ``.dz`` file into ``model`` in place, rebuilding masks and trainable codebooks."""
     kinds = _layer_kinds(f)
-    names = _names(f)
+    names = _model_names(f)
     check_file_fits(f, model, where)  # before anything changes: a file that does not fit leaves the model as it was
     _prepare_(model, set(names))
     modules = dict(model.named_modules())
@@ -597,7 +612,7 @@ def _runtime_model(f: DzFile, model: nn.Module, mode: str, where: str,
     kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     aliases = f.extra.get("aliases", {}) if isinstance(f.extra, dict) else {}
     by_target: dict[str, torch.Tensor] = {}
-    for key in _names(f):
+    for key in _model_names(f):
         target = aliases.get(key, key)
         enc = f.tensors[target]
         lname = key.removesuffix(".weight") if key.endswith(".weight") else ""
