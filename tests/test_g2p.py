@@ -23,7 +23,15 @@ from deepzip.apps.g2p.data import (
 )
 from deepzip.errors import DataError, InputError
 from deepzip.io.serialize import load, save
-from deepzip.models.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, decode_many, greedy_decode, pad_batch
+from deepzip.models.seq2seq import (
+    Seq2Seq,
+    Seq2SeqConfig,
+    beam_candidates,
+    beam_search,
+    decode_many,
+    greedy_decode,
+    pad_batch,
+)
 from deepzip.techniques.prune import get_mask, prunable_tensors, prune_, strip
 from deepzip.techniques.seqdistill import SeqTrainConfig, fit_seq2seq, teacher_targets, word_kd_loss
 from deepzip.techniques.share import share_weights_
@@ -131,6 +139,24 @@ def test_beam_search_is_at_least_as_likely_as_greedy_and_batch_invariant():
     assert decode_many(m, src_list, beam=4, batch_size=5, max_len=8) == beam
     with pytest.raises(ValueError, match="beam"):
         beam_search(m, src, n, beam=0)
+
+
+def test_beam_candidates_are_the_final_beam_best_first():
+    """The n-best list: its head is beam_search's output, the rest are complete or cut hypotheses no more likely
+    than the one before (finished ones compared by their teacher-forced log-probability)."""
+    torch.manual_seed(0)
+    m = Seq2Seq(SMALL).eval()
+    src_list, _ = _toy(6)
+    src, n = pad_batch(src_list)
+    cands = beam_candidates(m, src, n, beam=4, max_len=8)
+    assert [c[0] for c in cands] == beam_search(m, src, n, beam=4, max_len=8)
+    for i, row in enumerate(cands):
+        assert len(row) == 4
+        s1, n1 = pad_batch([src_list[i]])
+        done = [h for h in row if len(h) < 8]
+        scores = [_logprob(m, s1, n1, h) for h in done]
+        assert all(a >= b - 1e-4 for a, b in zip(scores, scores[1:]))
+    assert beam_candidates(m, src, n, beam=1, max_len=8) == [[g] for g in greedy_decode(m, src, n, max_len=8)]
 
 
 @pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 2)])

@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
-__all__ = ["Seq2Seq", "Seq2SeqConfig", "beam_search", "build_seq2seq", "decode_many", "greedy_decode", "pad_batch"]
+__all__ = ["Seq2Seq", "Seq2SeqConfig", "beam_candidates", "beam_search", "build_seq2seq", "decode_many",
+           "greedy_decode", "pad_batch"]
 
 PAD, SOS, EOS = 0, 1, 2
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -290,11 +291,20 @@ def beam_search(
     """
     if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
         raise ValueError(f"beam={beam!r}, expected an integer >= 1")
+    if src.shape[0] == 1 and (fast := _fast(model)) is not None:  # one word: the NumPy step (deepzip.models.seqfast)
+        return [fast.beam(src[0, :int(src_len[0])].tolist(), beam=beam, max_len=max_len)]
+    return [c[0] for c in beam_candidates(model, src, src_len, beam=beam, max_len=max_len)]
+
+
+def beam_candidates(
+    model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, *, beam: int = 5, max_len: int = 30
+) -> list[list[list[int]]]:
+    """:func:`beam_search`'s final beam: the ``beam`` outputs of each input row, best first (the n-best list, e.g.
+    for choosing among a teacher's candidates the one closest to the reference)."""
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam={beam!r}, expected an integer >= 1")
     was = model.training
     model.eval()
-    if src.shape[0] == 1 and (fast := _fast(model)) is not None:  # one word: the NumPy step (deepzip.models.seqfast)
-        model.train(was)
-        return [fast.beam(src[0, :int(src_len[0])].tolist(), beam=beam, max_len=max_len)]
     B, K, dev = src.shape[0], beam, src.device
     state = model.expand(model.encode(src, src_len), K)
     hidden = model.init_hidden(state)
@@ -319,9 +329,9 @@ def beam_search(
         hidden = model.select(hidden, rows)
         if bool(finished.all()):
             break
-    best = seqs.view(B, K, -1)[:, 0].tolist()  # topk is sorted: beam 0 is the best
+    out = seqs.view(B, K, -1).tolist()  # topk is sorted: beam 0 is the best
     model.train(was)
-    return [_trim(r) for r in best]
+    return [[_trim(h) for h in row] for row in out]
 
 
 def pad_batch(seqs: list[list[int]], *, sos: bool = False, eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
