@@ -2,7 +2,7 @@
 split (the test split stays for benchmarks/seq_kd_g2p.py, which uses the chosen recipe, ``COMPRESS``).
 
 For each setting (pruning sparsity of the GRU/linear matrices, of the embeddings, bits per shared index, retraining
-epochs): the student trained by ``benchmarks/seq_kd_g2p.py`` (cached in runs/g2p; run that first) is pruned while
+epochs): the student trained by ``benchmarks/seq_kd_g2p.py`` (``benchmarks/models/g2p/student-seq.dz``) is pruned while
 retraining on the teacher's beam outputs, weight-shared with centroid fine-tuning (``compress_student_``), saved as a
 ``.dz`` file; dev WER greedy is measured after pruning (before sharing) and from the file, so the table says which step
 costs what.
@@ -26,13 +26,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RUNS, write_results
+from _common import ROOT, RUNS, write_results
 
 import deepzip
 from deepzip.apps.g2p.data import encode_word, load_g2p
-from deepzip.apps.g2p.pipeline import evaluate_g2p
+from deepzip.apps.g2p.pipeline import evaluate_g2p, load_recipe_model
 from deepzip.apps.g2p.recipes import STUDENT, STUDENT_TRAIN, TEACHER, TEACHER_TRAIN, G2PCompressConfig, g2p_recipe_tag
-from deepzip.io.checkpoint import load_checkpoint
 from deepzip.models.seq2seq import Seq2Seq
 from deepzip.techniques.prune import prunable_tensors, prune_
 from deepzip.techniques.seqdistill import fit_seq2seq, teacher_targets
@@ -66,6 +65,9 @@ def compress_measured(model: Seq2Seq, words: list, beam_out: list, c: G2PCompres
             "dev_wer_file": evaluate_g2p(back, dev)["wer_pct"], "bytes": nbytes, "seconds": secs}
 
 
+MODELS = ROOT / "benchmarks" / "models" / "g2p"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="0.65/0.5/4,0.5/0.5/5,0/0/3",
@@ -79,14 +81,14 @@ def main() -> None:
     t_tag = g2p_recipe_tag(TEACHER, t_cfg, "")
     s_cfg = dataclasses.replace(STUDENT_TRAIN, device="cpu", progress=False)
     s_tag = g2p_recipe_tag(STUDENT, s_cfg, "seq", t_tag)
-    t_path, s_path = root / f"teacher-{t_tag}.safetensors", root / f"student-seq-{s_tag}.safetensors"
+    t_path, s_path = MODELS / "teacher.dz", MODELS / "student-seq.dz"
     for p in (t_path, s_path):
         if not p.exists():
             sys.exit(f"{p}: missing; run `python benchmarks/seq_kd_g2p.py --train-only` first")
-    teacher = load_checkpoint(t_path, Seq2Seq(TEACHER))[0]
+    teacher = load_recipe_model(t_path, t_tag)[0]
     words = [encode_word(w) for w in train.words]
-    beam_out = teacher_targets(teacher, words, beam=5, cache=root / f"seqkd-{t_tag}.json", progress=False)
-    student = load_checkpoint(s_path, Seq2Seq(STUDENT))[0]
+    beam_out = teacher_targets(teacher, words, beam=5, cache=root / f"sweep-seqkd-{t_tag}.json", progress=False)
+    student = load_recipe_model(s_path, s_tag)[0]
     dense_bytes = 4 * sum(p.numel() for p in student.parameters())
     base = evaluate_g2p(student, dev)["wer_pct"]
     cache_path = root / "sweep-cache.json"

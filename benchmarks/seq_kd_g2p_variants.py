@@ -19,6 +19,7 @@ sequence-level KD targets differ from the labels on that fraction of words).
 
     OMP_NUM_THREADS=1 python benchmarks/seq_kd_g2p_variants.py              # ~30 min on one thread
     OMP_NUM_THREADS=1 python benchmarks/seq_kd_g2p_variants.py --only inter # one variant
+    OMP_NUM_THREADS=1 python benchmarks/seq_kd_g2p_variants.py --only small-labels small-seq --epochs 30
 
 Teacher outputs are cached in runs/g2p-variants/ (keyed by the teacher's digest); students are not kept.
 """
@@ -109,6 +110,8 @@ def scores(model: torch.nn.Module, dev: Any, test: Any) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=VARIANTS, default=VARIANTS)
+    ap.add_argument("--epochs", type=int, default=None, help="students' epochs (default: the recipe's); results "
+                    "then go to seq_kd_g2p_variants_eN")
     a = ap.parse_args()
     torch.set_num_threads(1)
     train, dev, test = load_g2p()
@@ -119,6 +122,8 @@ def main() -> int:
     words = [encode_word(w) for w in train.words]
     refs = [[encode_phonemes(r) for r in rs] for rs in train.refs]
     s_cfg = dataclasses.replace(STUDENT_TRAIN, progress=False)
+    if a.epochs is not None:
+        s_cfg = dataclasses.replace(s_cfg, epochs=a.epochs)
     pairs = train.pairs()
     label_src, label_tgt = [encode_word(w) for w, _ in pairs], [encode_phonemes(p) for _, p in pairs]
     rows: list[dict[str, Any]] = []
@@ -145,7 +150,7 @@ def main() -> int:
     info["teacher_beam5_on_training_words"] = {"wer_pct": word_error_rate(hyps, train.refs),
                                                "per_pct": phoneme_error_rate(hyps, train.refs)}
     log(f"teacher's beam-5 output vs the references on its training words: {info['teacher_beam5_on_training_words']}")
-    if "committed" in a.only:
+    if "committed" in a.only and a.epochs in (None, STUDENT_TRAIN.epochs):
         for mode in ("labels", "word", "seq"):
             tag = g2p_recipe_tag(STUDENT, s_cfg, mode, t_tag)
             path = MODELS / f"student-{mode}.dz"
@@ -188,8 +193,8 @@ def main() -> int:
     if "small-seq" in a.only:
         train_one("small, sequence-level KD", s_cfg, words, beam, SMALL, note=f"{SMALL}")
     command = "OMP_NUM_THREADS=1 python benchmarks/seq_kd_g2p_variants.py" + \
-        (f" --only {' '.join(a.only)}" if a.only != VARIANTS else "")
-    write_results("seq_kd_g2p_variants", rows, command,
+        (f" --only {' '.join(a.only)}" if a.only != VARIANTS else "") + (f" --epochs {a.epochs}" if a.epochs else "")
+    write_results("seq_kd_g2p_variants" + (f"_e{a.epochs}" if a.epochs else ""), rows, command,
                   title="Sequence-level KD on G2P: target variants and a smaller student (diagnosis)",
                   sections={"Setup": f"Teacher {info['teacher']} (recipe {t_tag}); its beam-5 output on its own "
                                      f"training words vs the references: {info['teacher_beam5_on_training_words']}. "
