@@ -20,8 +20,8 @@ header. A run reuses every file that is there and trains only what is missing, s
 it stopped and a fresh clone only evaluates; a file made by another recipe (or damaged) is refused with one line
 (exit 2), and ``--retrain`` trains everything again and overwrites the files.
 
-    python benchmarks/seq_kd_g2p.py --retrain    # from scratch: ~1 h of one CPU thread (1 h 48 min wall measured
-                                                 # on this 2-core machine while other jobs ran)
+    python benchmarks/seq_kd_g2p.py --retrain    # from scratch in one process: 3,395 s wall measured on one
+                                                 # thread of this 2-core machine, one other job beside it
     python benchmarks/seq_kd_g2p.py              # resume: train only the missing model files, then evaluate
     python benchmarks/seq_kd_g2p.py --no-train   # committed models only: evaluation (.dz file too), speed (~1 min)
     python benchmarks/seq_kd_g2p.py --quick      # smoke run: 3k words, 1 epoch, models in runs/g2p-quick
