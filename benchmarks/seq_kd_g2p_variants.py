@@ -12,7 +12,8 @@ splits:
 - **seq-KD + extra words**: the teacher's beam-5 output on the training words plus as many English words that are not
   in CMUdict (the ``web2`` list of PyPI ``english-words==2.0.2``: letters only, 2-20 long, shuffled with seed 0), with
   the epochs halved so that the student takes the same number of steps;
-- a smaller student (emb 16, encoder 2x32, decoder 64; 46k parameters) on labels and on the teacher's beam outputs.
+- a smaller student (emb 16, encoder 2x32, decoder 64; 46k parameters) on labels and on the teacher's beam outputs;
+- with ``--only labels seq --epochs N``: the recipe's student on labels and on the beam outputs, trained here.
 
 It also reports how far the teacher's beam-5 output is from the references on its own training words (the
 sequence-level KD targets differ from the labels on that fraction of words).
@@ -58,7 +59,8 @@ from deepzip.techniques.seqdistill import _model_digest, fit_seq2seq, teacher_ta
 
 MODELS = ROOT / "benchmarks" / "models" / "g2p"
 SMALL = {"emb": 16, "enc": 32, "dec": 64}
-VARIANTS = ["committed", "inter", "extra", "small-labels", "small-seq"]
+VARIANTS = ["committed", "inter", "extra", "small-labels", "small-seq", "labels", "seq"]
+DEFAULT = VARIANTS[:5]  # "labels" and "seq": the recipe's student trained here (for --epochs)
 T0 = time.perf_counter()
 
 
@@ -109,9 +111,10 @@ def scores(model: torch.nn.Module, dev: Any, test: Any) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", choices=VARIANTS, default=VARIANTS)
+    ap.add_argument("--only", nargs="*", choices=VARIANTS, default=DEFAULT)
     ap.add_argument("--epochs", type=int, default=None, help="students' epochs (default: the recipe's); results "
                     "then go to seq_kd_g2p_variants_eN")
+    ap.add_argument("--name", default=None, help="results file name (default: seq_kd_g2p_variants[_eN])")
     a = ap.parse_args()
     torch.set_num_threads(1)
     train, dev, test = load_g2p()
@@ -188,13 +191,19 @@ def main() -> int:
             info["extra_words"] = len(extra)
             train_one("seq-KD + extra words", cfg, words + enc, beam + extra_tgt,
                       note=f"{len(extra)} web2 words not in CMUdict; same steps as the others")
+    if "labels" in a.only:
+        train_one("labels only", s_cfg, label_src, label_tgt)
+    if "seq" in a.only:
+        train_one("sequence-level KD", s_cfg, words, beam)
     if "small-labels" in a.only:
         train_one("small, labels only", s_cfg, label_src, label_tgt, SMALL, note=f"{SMALL}")
     if "small-seq" in a.only:
         train_one("small, sequence-level KD", s_cfg, words, beam, SMALL, note=f"{SMALL}")
     command = "OMP_NUM_THREADS=1 python benchmarks/seq_kd_g2p_variants.py" + \
-        (f" --only {' '.join(a.only)}" if a.only != VARIANTS else "") + (f" --epochs {a.epochs}" if a.epochs else "")
-    write_results("seq_kd_g2p_variants" + (f"_e{a.epochs}" if a.epochs else ""), rows, command,
+        (f" --only {' '.join(a.only)}" if a.only != DEFAULT else "") + \
+        (f" --epochs {a.epochs}" if a.epochs else "") + (f" --name {a.name}" if a.name else "")
+    name = a.name or "seq_kd_g2p_variants" + (f"_e{a.epochs}" if a.epochs else "")
+    write_results(name, rows, command,
                   title="Sequence-level KD on G2P: target variants and a smaller student (diagnosis)",
                   sections={"Setup": f"Teacher {info['teacher']} (recipe {t_tag}); its beam-5 output on its own "
                                      f"training words vs the references: {info['teacher_beam5_on_training_words']}. "
