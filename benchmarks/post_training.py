@@ -85,12 +85,16 @@ def stdlib_sentences() -> list[str]:
             if not doc:
                 continue
             text = " ".join(line.strip() for line in doc.splitlines() if line.strip() and ">>>" not in line)
-            for s in re.split(r"(?<=[.!?])\s+", text):
-                words = s.split()
-                if 6 <= len(words) <= 40 and sum(c.isalpha() for c in s) > 0.7 * len(s) and s not in seen:
-                    seen.add(s)
-                    out.append(s)
+            keep_sentences(re.split(r"(?<=[.!?])\s+", text), seen, out)
     return out
+
+
+def keep_sentences(candidates: list[str], seen: set[str], out: list[str]) -> None:
+    """Append to ``out`` each new candidate of 6-40 words that is mostly letters (the benchmarks' sentence filter)."""
+    for s in candidates:
+        if 6 <= len(s.split()) <= 40 and sum(c.isalpha() for c in s) > 0.7 * len(s) and s not in seen:
+            seen.add(s)
+            out.append(s)
 
 
 def splits(quick: bool, calib: int = 64, distill_extra: int = 0) -> dict[str, list[str]]:

@@ -54,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, md_table, write_results
-from post_training import stdlib_sentences
+from post_training import keep_sentences, stdlib_sentences
 
 from deepzip.apps.sentence import embed, load_sentence_transformer, read_sentences
 from deepzip.io.serialize import load, save_posttrained
@@ -79,11 +79,7 @@ def license_sentences() -> list[str]:
     files = sorted({p.resolve() for p in LICENSES.iterdir() if p.is_file()})
     for p in files:
         text = " ".join(p.read_text(encoding="utf-8", errors="ignore").split())
-        for s in re.split(r"(?<=[.!?;])\s+", text):
-            words = s.split()
-            if 6 <= len(words) <= 40 and sum(c.isalpha() for c in s) > 0.7 * len(s) and s not in seen:
-                seen.add(s)
-                out.append(s)
+        keep_sentences(re.split(r"(?<=[.!?;])\s+", text), seen, out)
     return out
 
 
