@@ -1,7 +1,7 @@
 """Sparse variational dropout (Molchanov et al. 2017) as deepzip's sparsifier on the LeNets, beside magnitude pruning.
 
 Rerun: OMP_NUM_THREADS=1 python benchmarks/vd_lenet.py [--models lenet300,lenet5] [--skip-magnitude]
-       [--config 'lenet5={"vd_kl_scale": 2}'] [--tag _name]
+       [--config 'lenet5={"vd_kl_scale": 2}'] [--tag _name] [--progress]
 
 For each model: the trained base (cached in runs/, as benchmarks/deep_compression_lenet.py), then in one run
 (1) the Deep Compression pipeline of today (magnitude pruning, scan-chosen sparsities at target 0.93) and
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--config", action="append", default=[], help="MODEL=JSON overrides of the vd config")
     ap.add_argument("--skip-magnitude", action="store_true", help="only the vd pipeline")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--progress", action="store_true", help="progress bars and the VD shrink steps on stderr/stdout")
     a = ap.parse_args()
     import json
 
@@ -108,7 +109,8 @@ def main() -> None:
             work = RUNS / f"pipeline_{name}_{tag}{a.tag}"
             out = RUNS / f"{name}_{tag}{a.tag}.dz"
             t0 = time.time()
-            s = run_pipeline(model, train, test, cfg, out, workdir=work, source=ckpt.name, progress=False)
+            s = run_pipeline(model, train, test, cfg, out, workdir=work, source=ckpt.name,
+                             progress=a.progress)
             wall = time.time() - t0
             ratio_target, err_target = TARGETS[name]
             sb = s["stage_bytes"]

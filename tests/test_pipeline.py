@@ -191,6 +191,32 @@ def test_vd_stage_resumes_and_shrinks_a_conv_net(tmp_path):
     assert any("vd: resumed" in line for line in logs) and not any("prune: resumed" in line for line in logs)
 
 
+def test_vd_shrinks_between_pieces_of_training_and_resumes(tmp_path):
+    """vd_shrink_every: the dead filters leave the model during VD training (the stage's checkpoint is already
+    small), the file alone rebuilds it, and the stage resumes into a fresh full-width model."""
+    torch.manual_seed(0)
+    m = get_model("lenet5")
+    with torch.no_grad():
+        m.fc1.weight[100:] = 0  # VD starts them pruned: 400 neurons without inputs to remove after the 1st epoch
+    cfg = PipelineConfig(model="lenet5", sparsifier="vd", vd_epochs=2, vd_shrink_every=1, vd_kl_warmup=0.0,
+                         vd_kl_ramp_end=0.0, vd_kl_scale=50.0, bits=4, shrink=True, **FAST)
+    work = tmp_path / "work"
+    logs: list[str] = []
+    s = run_pipeline(clone_model(m), TRAIN, TEST, cfg, tmp_path / "a.dz", workdir=work, source="x",
+                     progress=False, log=logs.append)
+    vd_rows = {r["layer"]: r for r in (s["vd"] if "vd" in s else s["prune"]["vd"])["layers"]}
+    assert vd_rows["fc1"]["weights"] <= 100 * 800  # shrunk before the 2nd piece
+    model = load(tmp_path / "a.dz")
+    from deepzip.train import evaluate
+
+    assert evaluate(model, TEST).error_pct == s["error_after_pct"]
+    logs.clear()
+    cfg2 = PipelineConfig(**{**cfg.__dict__, "retrain_epochs": 2})
+    run_pipeline(clone_model(m), TRAIN, TEST, cfg2, tmp_path / "b.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert any("vd: resumed" in line for line in logs)
+
+
 @pytest.mark.parametrize("widths, what", [
     ({"fc1": [784, 400]}, "must lie within"),
     ({"fc9": [10, 10]}, "no Linear"),

@@ -20,6 +20,7 @@ from deepzip.techniques.vd import (
     VDLinear,
     kl_divergence,
     log_alpha,
+    shrink_vd_,
     sparsify_vd_,
     variational_dropout_,
     vd_loss_fn,
@@ -136,4 +137,73 @@ def test_config_fields_appear_only_for_vd() -> None:
     for bad in ({"sparsifier": "l0"}, {"sparsifier": "vd", "vd_epochs": 0},
                 {"sparsifier": "vd", "vd_kl_warmup": 9, "vd_kl_ramp_end": 3}, {"vd_lr": -1}):
         with pytest.raises(ValueError, match=f"config.{next(iter(k for k in bad if k != 'sparsifier'), 'sparsifier')}"):
+            PipelineConfig.from_dict(bad)
+
+
+def test_shrink_vd_removes_dead_units_keeps_outputs_and_their_noise() -> None:
+    """Against a brute-force reference: the surviving units' theta and log sigma^2 are the original ones, sliced."""
+    from deepzip.models import get_model
+
+    torch.manual_seed(0)
+    m = variational_dropout_(get_model("lenet5"))
+    with torch.no_grad():
+        for layer in (m.conv1, m.conv2, m.fc1, m.fc2):
+            layer.log_sigma2.normal_(-8.0, 1.0)
+        m.conv1.log_sigma2[[3, 7]] = 6.0  # two filters lose every input weight: constant, folded into conv2
+        m.conv2.log_sigma2[:, 5] = 6.0  # conv1 filter 5 is read by nobody
+        m.fc1.log_sigma2[10:500] = 6.0  # 490 neurons with no inputs
+    orig = {n: (getattr(m, n).weight.detach().clone(), getattr(m, n).log_sigma2.detach().clone())
+            for n in ("conv1", "conv2", "fc1", "fc2")}
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        before = m.eval()(x)
+    rows: list[dict] = []
+    shrink_vd_(m.train(), report=rows)
+    assert m.training
+    assert (m.conv1.out_channels, m.conv2.in_channels, m.fc1.out_features, m.fc2.in_features) == (17, 17, 10, 10)
+    keep1 = [c for c in range(20) if c not in (3, 5, 7)]
+    for name, idx in (("conv1", (keep1,)), ("conv2", (slice(None), keep1)), ("fc1", (slice(0, 10),)),
+                      ("fc2", (slice(None), slice(0, 10)))):
+        layer = getattr(m, name)
+        w0, s0 = orig[name]
+        assert layer.log_sigma2.shape == layer.weight.shape
+        assert torch.equal(layer.log_sigma2.detach(), s0[idx])
+        assert torch.equal(layer.weight.detach(), (w0 * (log_alpha(w0, s0) <= 3))[idx])
+    with torch.no_grad():
+        assert torch.allclose(m.eval()(x), before, atol=1e-5)
+    assert {r["layer"] for r in rows if r.get("what")} >= {"conv1", "fc1"}
+
+
+def test_fit_in_pieces_follows_one_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two fit() calls with schedule_span give the learning rates and step numbers of one call."""
+    from deepzip import train
+    from deepzip.data import Dataset
+
+    data = Dataset(torch.randn(40, 3), torch.randint(0, 2, (40,)))
+    real = train._lr_at
+
+    def run(pieces: list[tuple[int, tuple[int, int] | None]]) -> tuple[list[float], list[int]]:
+        lrs: list[float] = []
+        steps: list[int] = []
+        monkeypatch.setattr(train, "_lr_at", lambda cfg, s, t: lrs.append(real(cfg, s, t)) or lrs[-1])
+        model = nn.Linear(3, 2)
+        for epochs, span in pieces:
+            cfg = train.TrainConfig(epochs=epochs, lr=0.1, batch_size=10, schedule="cosine", optimizer="adam")
+            train.fit(model, data, cfg, step_callback=lambda m, s: steps.append(s), schedule_span=span)
+        return lrs, steps
+
+    whole, pieces = run([(3, None)]), run([(1, (0, 12)), (2, (4, 12))])
+    assert pieces == whole and whole[1] == list(range(1, 13))
+    assert whole[0][6] == pytest.approx(0.05) and whole[0][0] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule_span"):
+        train.fit(nn.Linear(3, 2), data, train.TrainConfig(epochs=2, batch_size=10), schedule_span=(4, 9))
+
+
+def test_vd_shrink_every_needs_shrink_and_is_written_only_when_set() -> None:
+    assert "vd_shrink_every" not in PipelineConfig(sparsifier="vd").to_dict()
+    cfg = PipelineConfig(sparsifier="vd", shrink=True, vd_shrink_every=5)
+    assert PipelineConfig.from_json(cfg.to_json()) == cfg
+    for bad in ({"sparsifier": "vd", "vd_shrink_every": 5},
+                {"sparsifier": "vd", "shrink": True, "vd_shrink_every": -1}):
+        with pytest.raises(ValueError, match="config.vd_shrink_every"):
             PipelineConfig.from_dict(bad)

@@ -115,6 +115,7 @@ def fit(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     eval_data: Dataset | None = None,
     desc: str = "train",
+    schedule_span: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``data``; returns a per-epoch log of train loss (and test error with ``eval_data``).
 
@@ -129,6 +130,9 @@ def fit(
             when ``cfg.jitter`` > 0.
         eval_data: evaluated after each epoch when given.
         desc: progress-bar label.
+        schedule_span: ``(done, total)`` when this call is a part of a longer run (trained in pieces, e.g. with the
+            model made smaller between them): the learning rate follows ``cfg.schedule`` over ``total`` steps, from
+            step ``done`` on, and ``step_callback`` gets the step counted from the start of the whole run.
     """
     cfg = cfg or TrainConfig()
     check_fits(model, data)
@@ -147,6 +151,9 @@ def fit(
     per_rank = n // world
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
+    done, span = (0, total) if schedule_span is None else schedule_span
+    if done < 0 or span < done + total:
+        raise ValueError(f"schedule_span={schedule_span}: expected 0 <= done and done + {total} steps <= total")
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     log: list[dict] = []
@@ -162,7 +169,7 @@ def fit(
             if augment is not None:
                 x = augment(x, aug_gen)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step, total)
+                group["lr"] = _lr_at(cfg, done + step, span)
             logits = model(x)
             loss = loss_fn(logits, y, idx) if loss_fn is not None else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -170,7 +177,7 @@ def fit(
             opt.step()
             step += 1
             if step_callback is not None:
-                step_callback(model, step)
+                step_callback(model, done + step)
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.update(1)

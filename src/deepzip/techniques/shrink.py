@@ -180,7 +180,16 @@ def _set(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
         setattr(module, name, value.detach().clone())
 
 
+def _per_weight(m: nn.Module) -> list[str]:
+    """The module's own parameters shaped like its weight, other than the weight (e.g. variational dropout's
+    ``log_sigma2``): a unit removed from the weight is removed from them too."""
+    shape = m.weight.shape  # type: ignore[union-attr]
+    return [n for n, p in m.named_parameters(recurse=False) if n != "weight" and p.shape == shape]
+
+
 def _slice_out_(m: Any, keep: torch.Tensor) -> None:
+    for name in _per_weight(m):
+        _set(m, name, getattr(m, name)[keep])
     _set(m, "weight", m.weight[keep])
     if m.bias is not None:
         _set(m, "bias", m.bias[keep])
@@ -204,6 +213,11 @@ def _in_view(c: nn.Module, n: int) -> torch.Tensor:
 
 
 def _slice_in_(c: Any, n: int, keep: torch.Tensor) -> None:
+    for name in _per_weight(c):
+        t = getattr(c, name).detach()
+        t = t.reshape(t.shape[0], n, -1)[:, keep]
+        _set(c, name, t.reshape(t.shape[0], -1) if isinstance(c, nn.Linear)
+             else t.reshape(t.shape[0], keep.numel(), *c.weight.shape[2:]))
     w = _in_view(c, n)[:, keep]
     if isinstance(c, nn.Linear):
         _set(c, "weight", w.reshape(w.shape[0], -1))

@@ -49,11 +49,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .prune import FilterFn, get_mask, set_mask_
+from .shrink import shrink_
 from .walk import set_module
 
 __all__ = [
     "K1", "K2", "K3", "LOG_ALPHA_THRESHOLD", "VDConv2d", "VDLinear", "kl_divergence", "log_alpha",
-    "sparsify_vd_", "variational_dropout_", "vd_loss_fn", "vd_table",
+    "shrink_vd_", "sparsify_vd_", "variational_dropout_", "vd_loss_fn", "vd_table",
 ]
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -270,4 +271,33 @@ def sparsify_vd_(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             set_mask_(new, keep)
         set_module(model, name, new)
+    return model
+
+
+def shrink_vd_(model: nn.Module, example_input: torch.Tensor | None = None, *,
+               report: list[dict] | None = None) -> nn.Module:
+    """Remove, in the middle of variational dropout training, the neurons and filters its pruned weights left
+    without inputs or readers, so the rest of the training runs on a smaller model; returns ``model``.
+
+    The weights with ``log alpha`` above the threshold get ``theta = 0`` (what evaluation uses already; their
+    noise goes too, as the pruned weight it is), then :func:`deepzip.techniques.shrink.shrink_` removes the dead
+    units (the model's input features kept), slicing each layer's ``log_sigma2`` with its weight and folding
+    constant units into the next layer's bias. The model's outputs in eval mode do not change; its training mode
+    is kept. The optimizer must be made again: the parameters are new tensors.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+        >>> _ = variational_dropout_(m)
+        >>> with torch.no_grad():
+        ...     _ = m[0].log_sigma2[:2].fill_(4.0)  # two hidden neurons lose every input weight
+        >>> _ = shrink_vd_(m.train())
+        >>> m[0].out_features, tuple(m[2].log_sigma2.shape), m.training
+        (4, (2, 4), True)
+    """
+    training = model.training
+    with torch.no_grad():
+        for m in _vd_layers(model).values():
+            m.weight.mul_(m.kept())
+    shrink_(model, example_input, report=report, inputs=False)
+    model.train(training)
     return model

@@ -55,20 +55,38 @@ def _retrain_cfg(config: PipelineConfig, arch: str, epochs: int | None, progress
 
 def _train_vd(model: nn.Module, train: Dataset, config: PipelineConfig, arch: str, progress: bool) -> None:
     """Sparse variational dropout training as the paper's LeNets: Adam, batch 100, no weight decay (the KL term is
-    the regulariser), the KL weight off for ``vd_kl_warmup`` epochs then ramped to 1; the recipe's input jitter."""
-    from ...techniques.vd import KLWeight, vd_loss_fn
+    the regulariser), the KL weight off for ``vd_kl_warmup`` epochs then ramped to 1; the recipe's input jitter.
+    With ``vd_shrink_every`` the epochs run in pieces of that many, the dead neurons and filters removed between
+    pieces (:func:`deepzip.techniques.vd.shrink_vd_`); one learning-rate schedule and KL ramp span the pieces,
+    Adam's moments start afresh in each."""
+    from ...techniques.vd import KLWeight, shrink_vd_, vd_loss_fn
 
     jitter = _retrain_cfg(config, arch, None, False, 0).jitter
-    cfg = TrainConfig(epochs=config.vd_epochs, lr=config.vd_lr, optimizer="adam", batch_size=100,
-                      schedule="cosine", weight_decay=0.0, seed=config.seed + 300, jitter=jitter, progress=progress)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    steps_per_epoch = -(-len(train) // 100)
+    total = steps_per_epoch * config.vd_epochs
     ramp, step = KLWeight(config.vd_kl_warmup, config.vd_kl_ramp_end), [0]
 
     def kl_weight() -> float:
         return config.vd_kl_scale * ramp.at(step[0] / steps_per_epoch)
 
-    fit(model, train, cfg, loss_fn=vd_loss_fn(model, len(train), kl_weight),
-        step_callback=lambda m, s: step.__setitem__(0, s), desc="sparse variational dropout")
+    piece = config.vd_shrink_every or config.vd_epochs
+    starts = list(range(0, config.vd_epochs, piece))
+    for i, start in enumerate(starts):
+        epochs = min(piece, config.vd_epochs - start)
+        cfg = TrainConfig(epochs=epochs, lr=config.vd_lr, optimizer="adam", batch_size=100, schedule="cosine",
+                          weight_decay=0.0, seed=config.seed + 300 + i, jitter=jitter, progress=progress)
+        desc = "sparse variational dropout" + (f" (epochs {start + 1}-{start + epochs} of {config.vd_epochs})"
+                                               if len(starts) > 1 else "")
+        fit(model, train, cfg, loss_fn=vd_loss_fn(model, len(train), kl_weight),
+            step_callback=lambda m, s: step.__setitem__(0, s), desc=desc,
+            schedule_span=(start * steps_per_epoch, total))
+        if i + 1 < len(starts):
+            rows: list[dict] = []
+            shrink_vd_(model, report=rows)
+            if progress:
+                for r in rows:
+                    if r.get("what"):
+                        print(f"  vd: {r['layer']} {r['before']} -> {r['after']} {r['what']}", flush=True)
 
 
 def run_pipeline(
