@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,37 @@ def test_nan_centroids_name_file_and_tensor(tmp_path, capsys):
     assert not out.exists()  # no NaNs written
     with pytest.raises(ValueError, match="NaN or inf"):
         codec.encode_codebook(np.array([0.0, np.inf]), np.zeros(3, np.int64))
+
+
+def test_crafted_float16_codebooks_and_short_streams_are_refused(tmp_path):
+    """Format 1.4 tensors with valid checksums and a lying section: an inf centroid, a codebook of the float32
+    length, a short stream claiming more symbols than its bits: one error naming the tensor and section."""
+    import json
+
+    from deepzip.codec import container
+
+    cb = np.array([0.5, -0.25], np.float32)
+    t = codec.encode_sparse(cb, np.array([1, 0, 0, 1] * 4), np.array([1, 0, 0, 1] * 4, bool), name="w", half=True)
+    blob = codec.to_bytes({"w": t})
+
+    def edit(section: str, fn, meta: dict | None = None) -> bytes:
+        version, text, data = container._split(blob)
+        header = json.loads(text)
+        header["tensors"][0]["meta"].update(meta or {})
+        sec = header["tensors"][0]["sections"][section]
+        new = fn(bytes(data[sec["offset"]:sec["offset"] + sec["length"]]))
+        assert len(new) == sec["length"]
+        sec["crc32"] = zlib.crc32(new)
+        data = bytes(data[:sec["offset"]]) + new + bytes(data[sec["offset"] + sec["length"]:])
+        return container._join(version, json.dumps(header), data)
+
+    cases = [("codebook", lambda b: np.array([np.inf, 1.0], "<f2").tobytes(), None, "w/codebook: entry 0 is inf"),
+             ("codebook", lambda b: b, {"k": 4}, "w/codebook: 4 bytes, k=4 float16 entries need 8"),
+             ("gaps", lambda b: b"\x7f" + b[1:], None, "w/gaps: count 127")]
+    for section, fn, meta, match in cases:
+        with pytest.raises(DeepzipFormatError, match=match):
+            codec.read(edit(section, fn, meta)).decode("w")
+    assert codec.read(edit("gaps", lambda b: b)).decode("w").tolist() == [-0.25, 0, 0, -0.25] * 4
 
 
 # ------------------------------------------------------------------------------------------------ 6. prune args

@@ -192,3 +192,64 @@ def test_encode_rejects_symbol_without_code():
     lengths = huffman.code_lengths(np.array([3, 0, 2]))
     with pytest.raises(ValueError, match="symbol 1 has no code"):
         huffman.encode(np.array([0, 1]), lengths)
+
+
+# --- the short layout (format 1.4) -------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 300), st.integers(0, 4000))
+def test_short_streams_round_trip_with_exact_sizes(seed, alphabet, n):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, alphabet, n) if n else np.zeros(0, np.int64)
+    counts = np.bincount(s, minlength=alphabet)
+    blob = huffman.pack_stream(s, alphabet=alphabet, short=True)
+    assert len(blob) == huffman.stream_size(counts, short=True) >= huffman.stream_size_bound(counts, short=True)
+    assert len(blob) <= len(huffman.pack_stream(s, alphabet=alphabet)) - 19  # 24-byte head, a byte per length
+    assert np.array_equal(huffman.unpack_stream(blob, short=True), s)
+    info = huffman.stream_info(blob, short=True)
+    assert (info["count"], info["alphabet"]) == (n, alphabet)
+
+
+def test_short_stream_with_codes_longer_than_15_bits_stores_a_byte_per_length():
+    fib = [1, 1]
+    while len(fib) < 22:
+        fib.append(fib[-1] + fib[-2])
+    s = np.repeat(np.arange(len(fib)), fib)
+    blob = huffman.pack_stream(s, short=True)
+    info = huffman.stream_info(blob, short=True)
+    assert int(info["lengths"].max()) > 15 and not blob[2] & 8  # flags: lengths not nibble-packed
+    assert np.array_equal(huffman.unpack_stream(blob, short=True), s)
+    assert len(blob) == huffman.stream_size(np.bincount(s), short=True)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda b: b"\xff" * 12, "longer than 9 bytes"),
+    (lambda b: b"\x80", "runs past the end"),
+    (lambda b: b[:2] + bytes([b[2] | 0x40]) + b[3:], "reserved bits"),
+    (lambda b: b"\x05\x03\x08", "count 5 cannot fit|exceeds"),  # 5 symbols, no payload
+    (lambda b: bytes([0xFF, 0xFF, 0xFF, 0x7F]) + b[1:], "count .* cannot fit"),  # a count of 2**28 in 20 bytes
+    (lambda b: b[:1] + b"\xff\x7f" + b[2:], "alphabet of 16383 code lengths exceeds"),
+    (lambda b: b[:-2], "count 20 exceeds the 16 bits"),  # payload cut short (the file's CRC catches any cut)
+    (lambda b: b[:2] + bytes([(b[2] & ~7) | 7]) + b[3:], "exceeds the|expected|padding"),
+    (lambda b: b[:3] + b"\x11\x10" + b[5:], "Kraft"),  # code lengths 1, 1, 1
+])
+def test_crafted_short_streams_are_refused_with_a_reason(edit, match):
+    blob = huffman.pack_stream(np.array([0, 1, 2, 1, 1, 0, 2, 2, 1, 0] * 2), short=True)
+    with pytest.raises(DeepzipFormatError, match=match):
+        huffman.unpack_stream(edit(blob), short=True)
+
+
+def test_a_stream_whose_code_runs_past_its_claimed_bits_is_refused_by_both_decoders(monkeypatch):
+    """A crafted nbits with a matching section length: 16 symbols end exactly at the claimed bit 25, the other 4
+    lie past it. The numpy decoder used to return them (read at its sink bit) without an error."""
+    import struct
+
+    from deepzip.codec import _fast
+
+    s = np.array([0, 1, 2, 1, 1, 0, 2, 2, 1, 0] * 2)
+    blob = bytearray(huffman.pack_stream(s))
+    blob[8:16] = struct.pack("<Q", 25)  # 4 payload bytes either way, so the section length still matches
+    with pytest.raises(DeepzipFormatError, match="ran past bit 25"):
+        huffman.unpack_stream(bytes(blob))
+    monkeypatch.setattr(_fast, "_lib", lambda: None)  # numpy alone
+    with pytest.raises(DeepzipFormatError, match="ran past bit 25"):
+        huffman.unpack_stream(bytes(blob))

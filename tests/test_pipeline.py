@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from deepzip import codec
 from deepzip.apps.mnist.data import synthetic_mnist
 from deepzip.apps.mnist.pipeline import run_pipeline
 from deepzip.io.serialize import load
@@ -165,6 +166,20 @@ def test_shrink_stores_a_smaller_model_that_loads_alone_and_resumes(trained, tmp
     assert any("prune: resumed" in line for line in logs)
     assert (tmp_path / "a.dz").read_bytes() == (tmp_path / "b.dz").read_bytes()
     assert "shrink" not in PipelineConfig().to_dict()  # files of configs without it are unchanged
+
+
+def test_centroids_float16_writes_format_1_4_and_the_file_is_the_model(trained, tmp_path):
+    m = clone_model(trained)
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, centroids_float16=True,
+                         bias_float16=True, **FAST)
+    s = run_pipeline(m, TRAIN, TEST, cfg, tmp_path / "h.dz", progress=False, log=lambda _: None)
+    f = codec.read(tmp_path / "h.dz")
+    assert f.version == (1, 4) and {f.tensors[n].dtype for n in ("fc1.weight", "fc2.weight", "fc3.weight")} == {
+        "float16"}
+    assert s["error_after_pct"] == s["error_in_memory_pct"]
+    assert torch.equal(predict(load(tmp_path / "h.dz"), TEST.x), predict(m, TEST.x))
+    assert PipelineConfig.from_dict(load_config(tmp_path / "h.dz")) == cfg
+    assert "centroids_float16" not in PipelineConfig().to_dict()
 
 
 def test_vd_stage_resumes_and_shrinks_a_conv_net(tmp_path):

@@ -40,6 +40,28 @@ def test_pruned_and_shared_model_round_trips_exactly(tmp_path):
     assert codec.read(path).config == {"bits": 5}
 
 
+def test_float16_centroids_are_stored_in_format_1_4_and_load_back_exactly(tmp_path):
+    from deepzip.codec.container import PREAMBLE_SIZE
+    from deepzip.techniques.share import round_centroids_
+
+    m = prune_(lenet300(), sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74})
+    share_weights_(m, {"fc1": 4, "fc2": 4}, progress=False)  # fc3: pruned, not shared (its own values, float32)
+    full = save(m, tmp_path / "a.dz")
+    round_centroids_(m)
+    half = save(m, tmp_path / "b.dz")
+    blob = (tmp_path / "b.dz").read_bytes()
+    f = codec.read(blob)
+    assert int.from_bytes(blob[10:12], "little") == 4 and PREAMBLE_SIZE == 24
+    assert f.tensors["fc1.weight"].dtype == "float16" and f.tensors["fc3.weight"].dtype == "float32"
+    assert len(f.tensors["fc1.weight"].sections["codebook"]) == 2 * 16
+    assert full - half >= 2 * (32 + 2 * 19)  # two layers: half the codebook, two short stream heads each
+    m2 = load(tmp_path / "b.dz", trainable=True)
+    assert torch.equal(m(X), m2(X))
+    c1, _, _ = get_codebook(m.fc1)
+    c2, _, _ = get_codebook(m2.fc1)
+    assert c2.dtype == c1.dtype and (c1 == c2).all()
+
+
 def test_kinds_are_chosen_automatically():
     m = prune_(lenet300(), sparsity={"fc1": 0.9})
     share_weights_(m, {"fc2": 4}, progress=False)

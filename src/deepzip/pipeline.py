@@ -66,7 +66,7 @@ from .techniques.prune import (
     sensitivity_scan,
     set_mask_,
 )
-from .techniques.share import resolve_bits, share_weights_, sharing_table
+from .techniques.share import resolve_bits, round_centroids_, share_weights_, sharing_table
 from .techniques.shrink import architecture_widths, resize_, shrink_
 
 __all__ = ["STAGES", "PipelineConfig", "StageStore", "compress_", "file_report"]
@@ -136,6 +136,9 @@ class PipelineConfig:
     # after fine-tuning, round the compressed layers' biases to float16 values (the file then stores them in 16
     # bits: at < 1% density the 32-bit biases are a large share of the file). Written only when set.
     bias_float16: bool = False
+    # after fine-tuning, round the shared layers' centroids to float16 values: the file then stores each codebook in
+    # 16 bits and its Huffman streams with short headers (format 1.4; ~40 B per layer). Written only when set.
+    centroids_float16: bool = False
     # after the prune stage, remove the neurons and filters pruning left without inputs or readers (deepzip's
     # shrink_: constant units folded into the next layer's bias), so the file stores a smaller dense-shaped model
     # and its position codes run over the live units only; the file records the widths. Written only when set.
@@ -151,6 +154,8 @@ class PipelineConfig:
             d = {k: v for k, v in d.items() if k != "sparsifier" and not k.startswith("vd_")}
         if not self.bias_float16:
             d.pop("bias_float16")
+        if not self.centroids_float16:
+            d.pop("centroids_float16")
         if not self.shrink:
             d.pop("shrink")
         if not self.vd_shrink_every:
@@ -233,8 +238,9 @@ class PipelineConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise bad(name, v, "a positive number")
-        if not isinstance(self.bias_float16, bool):
-            raise bad("bias_float16", self.bias_float16, "true or false")
+        for name in ("bias_float16", "centroids_float16"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), "true or false")
         if not isinstance(self.shrink, bool):
             raise bad("shrink", self.shrink, "true or false")
         if self.sparsifier not in SPARSIFIERS:
@@ -479,6 +485,8 @@ def compress_(
     info["share"] = _stage("share", model, stages, log, share)
     if config.bias_float16:
         _round_biases_(model)
+    if config.centroids_float16:
+        round_centroids_(model)
     return model
 
 

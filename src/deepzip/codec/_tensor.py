@@ -50,7 +50,8 @@ class EncodedTensor:
         name: dotted name, e.g. ``"fc1.weight"`` (set by :func:`deepzip.codec.write` from its dict key).
         kind: ``"dense"``, ``"codebook"`` or ``"sparse"``.
         shape: the decoded array's shape.
-        dtype: the decoded array's dtype name (``"float32"`` for codebook and sparse kinds).
+        dtype: the decoded array's dtype name; for the codebook and sparse kinds, which decode to float32, the
+            codebook's storage: ``"float32"``, or ``"float16"`` (format 1.4: float16 centroids, short streams).
         meta: kind-specific integers: ``k`` (codebook size), ``gap_width`` and ``kept`` (sparse).
         sections: section name -> bytes (for a file read by :func:`deepzip.codec.read`, read-only memoryviews
             of the file's bytes); see docs/FORMAT.md for each kind's sections.
@@ -166,13 +167,25 @@ def _check_indices(indices: np.ndarray, k: int, name: str) -> np.ndarray:
     return idx
 
 
-def encode_codebook(codebook: np.ndarray, indices: np.ndarray, name: str = "") -> EncodedTensor:
+def _half_codebook(cb: np.ndarray, name: str) -> np.ndarray:
+    """``cb`` (float32) as float16, refused unless every centroid is a float16 value (storing it must lose nothing)."""
+    half = cb.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), cb):
+        bad = int(np.flatnonzero(half.astype(np.float32) != cb)[0])
+        raise ValueError(f"{_where(name)}: half=True but centroid {bad} ({float(cb[bad])!r}) is not a float16 value "
+                         "(round the centroids to float16 first)")
+    return half
+
+
+def encode_codebook(codebook: np.ndarray, indices: np.ndarray, name: str = "", half: bool = False) -> EncodedTensor:
     """Store a weight-shared tensor: a float32 codebook and one Huffman-coded index per element.
 
     Args:
         codebook: 1-d floats, 1..65536 entries (stored as float32).
         indices: integers in ``0..k-1`` with the tensor's shape.
         name: the tensor's name.
+        half: store the codebook as float16 (every centroid must be a float16 value) and the stream in the short
+            layout (format 1.4: for files of a few KB); the tensor's dtype is then ``"float16"``.
 
     Raises:
         ValueError: bad codebook size or index out of range.
@@ -184,8 +197,10 @@ def encode_codebook(codebook: np.ndarray, indices: np.ndarray, name: str = "") -
     """
     cb = _check_codebook(codebook, name)
     idx = _check_indices(indices, cb.size, name)
-    sections = {"codebook": cb.tobytes(), "indices": huffman.pack_stream(idx, alphabet=cb.size)}
-    return EncodedTensor(name, "codebook", tuple(idx.shape), "float32", {"k": cb.size}, sections)
+    book = _half_codebook(cb, name).astype("<f2") if half else cb
+    sections = {"codebook": book.tobytes(), "indices": huffman.pack_stream(idx, alphabet=cb.size, short=half)}
+    return EncodedTensor(name, "codebook", tuple(idx.shape), "float16" if half else "float32", {"k": cb.size},
+                         sections)
 
 
 def encode_sparse(
@@ -194,6 +209,7 @@ def encode_sparse(
     mask: np.ndarray,
     gap_width: int | None = None,
     name: str = "",
+    half: bool = False,
 ) -> EncodedTensor:
     """Store a pruned, weight-shared tensor: codebook, Huffman-coded indices of kept entries and gaps.
 
@@ -203,6 +219,7 @@ def encode_sparse(
         mask: bools with the tensor's shape, True for kept entries.
         gap_width: gap width in bits 1..16, or None to pick the smallest file (:func:`sparse.best_width`).
         name: the tensor's name.
+        half: float16 codebook and short streams (format 1.4), as :func:`encode_codebook`.
 
     Raises:
         ValueError: shapes differ, bad codebook, kept index out of range, bad width.
@@ -223,18 +240,19 @@ def encode_sparse(
     size = idx.size
     positions = np.flatnonzero(m)
     kept = _check_indices(idx.reshape(-1)[positions], k, name).astype(np.int64)
+    book = _half_codebook(cb, name).astype("<f2") if half else cb
     if gap_width is None:
-        gap_width = sparse.best_width(positions, np.bincount(kept, minlength=k), size=size)
+        gap_width = sparse.best_width(positions, np.bincount(kept, minlength=k), size=size, short=half)
     gaps, filler = sparse.encode_gaps(positions, gap_width, size=size)
     symbols = np.full(gaps.size, k, np.int64)  # symbol k = filler
     symbols[~filler] = kept
     sections = {
-        "codebook": cb.tobytes(),
-        "indices": huffman.pack_stream(symbols, alphabet=k + 1),
-        "gaps": huffman.pack_stream(gaps),
+        "codebook": book.tobytes(),
+        "indices": huffman.pack_stream(symbols, alphabet=k + 1, short=half),
+        "gaps": huffman.pack_stream(gaps, short=half),
     }
     meta = {"k": k, "gap_width": gap_width, "kept": int(positions.size)}
-    return EncodedTensor(name, "sparse", tuple(idx.shape), "float32", meta, sections)
+    return EncodedTensor(name, "sparse", tuple(idx.shape), "float16" if half else "float32", meta, sections)
 
 
 # --- validation and decoding ---------------------------------------------------------------------
@@ -245,9 +263,14 @@ def _fail(t: EncodedTensor, section: str | None, msg: str) -> DeepzipFormatError
     return DeepzipFormatError(f"{where}: {msg}")
 
 
+def _short(t: EncodedTensor) -> bool:
+    """Format 1.4: a codebook or sparse tensor with a float16 codebook has its streams in the short layout."""
+    return t.dtype == "float16" and t.kind in ("codebook", "sparse")
+
+
 def _stream(t: EncodedTensor, section: str) -> dict:
     try:
-        return huffman.stream_info(t.sections[section])
+        return huffman.stream_info(t.sections[section], short=_short(t))
     except DeepzipFormatError as e:
         raise _fail(t, section, str(e)) from None
 
@@ -329,17 +352,18 @@ def _check_shared(t: EncodedTensor) -> dict[str, dict]:
     """The codebook and sparse kinds: a float32 codebook, an index stream, and (sparse) a gap stream."""
     _check_fixed(t)
     n = t.numel
-    if t.dtype != "float32":
-        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' for kind {t.kind}")
+    if t.dtype not in ("float32", "float16"):
+        raise _fail(t, None, f"dtype {t.dtype!r}, expected 'float32' or 'float16' for kind {t.kind}")
     k = t.meta["k"]
     if not 1 <= k <= MAX_CODEBOOK:
         raise _fail(t, None, f"codebook size k={k}, expected 1..{MAX_CODEBOOK}")
-    if len(t.sections["codebook"]) != 4 * k:
-        raise _fail(t, "codebook", f"{len(t.sections['codebook'])} bytes, k={k} float32 entries need {4 * k}")
-    bad = np.flatnonzero(~np.isfinite(np.frombuffer(t.sections["codebook"], "<f4")))
+    size = 2 if t.dtype == "float16" else 4
+    if len(t.sections["codebook"]) != size * k:
+        raise _fail(t, "codebook", f"{len(t.sections['codebook'])} bytes, k={k} {t.dtype} entries need {size * k}")
+    book = _codebook(t)
+    bad = np.flatnonzero(~np.isfinite(book))
     if bad.size:
-        value = float(np.frombuffer(t.sections["codebook"], "<f4")[bad[0]])
-        raise _fail(t, "codebook", f"entry {int(bad[0])} is {value} ({bad.size} non-finite centroids)")
+        raise _fail(t, "codebook", f"entry {int(bad[0])} is {float(book[bad[0]])} ({bad.size} non-finite centroids)")
     info = {"indices": _stream(t, "indices")}
     idx = info["indices"]
     if t.kind == "codebook":
@@ -423,10 +447,10 @@ def _decode_stream(t: EncodedTensor, section: str, narrow: bool = False) -> np.n
     try:
         data = t.sections[section]
         if narrow:
-            info = huffman.stream_info(data, payload=False)
+            info = huffman.stream_info(data, payload=False, short=_short(t))
             if info["alphabet"] <= 256:
                 return huffman.unpack_stream(data, out=np.empty(info["count"], np.uint8), info=info)
-        return huffman.unpack_stream(data)
+        return huffman.unpack_stream(data, short=_short(t))
     except DeepzipFormatError as e:
         raise _fail(t, section, str(e)) from None
 
@@ -470,9 +494,14 @@ def decode_kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.nda
     return _kept(t)
 
 
+def _codebook(t: EncodedTensor) -> np.ndarray:
+    """A codebook or sparse tensor's centroids as float32 (stored as float32, or as float16 in format 1.4)."""
+    return np.frombuffer(t.sections["codebook"], "<f2" if t.dtype == "float16" else "<f4").astype(np.float32)
+
+
 def _kept(t: EncodedTensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Codebook, flat kept positions (None for the codebook kind: all) and their indices."""
-    cb = np.frombuffer(t.sections["codebook"], "<f4").astype(np.float32)
+    cb = _codebook(t)
     k = cb.size
     symbols = _decode_stream(t, "indices")
     if t.kind == "codebook":
@@ -515,7 +544,7 @@ def _decode_planes(t: EncodedTensor) -> np.ndarray:
 
 def _decode_shared(t: EncodedTensor) -> np.ndarray:
     if t.kind == "sparse" and _fast.available():  # compiled: the kept entries written straight into the output
-        cb = np.frombuffer(t.sections["codebook"], "<f4").astype(np.float32)
+        cb = _codebook(t)
         symbols, gaps = _decode_stream(t, "indices", narrow=True), _decode_stream(t, "gaps", narrow=True)
         out = np.zeros(t.numel, np.float32)
         kept = _fast.sparse_fill(out, cb, symbols, gaps, t.meta["gap_width"])
@@ -641,7 +670,7 @@ KIND_TABLE: dict[str, Kind] = {
     "dense": Kind(encode_dense, _check_dense, _decode_dense, ("data",), (), False, (1, 0)),
     "codebook": Kind(encode_codebook, _check_shared, _decode_shared, ("codebook", "indices"), ("k",), True, (1, 0)),
     "sparse": Kind(encode_sparse, _check_shared, _decode_shared, ("codebook", "indices", "gaps"),
-                   ("k", "gap_width", "kept"), True, (1, 0)),
+                   ("k", "gap_width", "kept"), True, (1, 0)),  # dtype float16: 1.4 (see _short)
     "planes": Kind(encode_planes, _check_planes, _decode_planes, None, ("block", "kept", "masked", "mask_coded"),
                    False, (1, 1)),
     "grouped": Kind(grouped.encode_grouped, _check_grouped, grouped.decode_grouped, grouped.SECTIONS,

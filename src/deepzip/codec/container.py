@@ -56,7 +56,8 @@ from ._tensor import (
 __all__ = ["ALIGN", "DEFAULT_MAX_BYTES", "MAGIC", "MAX_HEADER_ITEMS", "VERSION", "DzFile", "read", "to_bytes", "write"]
 
 MAGIC = b"\x89DZIP\r\n\x1a"
-VERSION = (1, 3)  # 1.1: the planes kind and the bfloat16 dtype; 1.2: the grouped kind; 1.3: tiered
+VERSION = (1, 4)  # 1.1: the planes kind and the bfloat16 dtype; 1.2: the grouped kind; 1.3: tiered;
+# 1.4: codebook/sparse tensors with a float16 codebook and short Huffman streams
 ALIGN = 8  # keeps every section, hence every float64/int64 array, 8-byte aligned relative to the file start
 MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
 # JSON values in the header, at most (counted from its bytes before parsing): about 30 per tensor, so ~35k
@@ -172,9 +173,16 @@ def to_bytes(
 
 
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
-    """The oldest format that holds ``tensors``: 1.3 for the tiered kind, 1.2 for the grouped kind, 1.1 for the
-    planes kind or bfloat16, else 1.0 (older readers keep reading what they can)."""
-    return max(((1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version for t in tensors), default=(1, 0))
+    """The oldest format that holds ``tensors``: 1.4 for float16 codebooks (short streams), 1.3 for the tiered kind,
+    1.2 for the grouped kind, 1.1 for the planes kind or bfloat16, else 1.0 (older readers keep reading what they
+    can)."""
+    return max((_version(t) for t in tensors), default=(1, 0))
+
+
+def _version(t: EncodedTensor) -> tuple[int, int]:
+    if t.kind in ("codebook", "sparse") and t.dtype == "float16":
+        return (1, 4)  # float16 codebook, short streams
+    return (1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes | list[bytes]) -> bytes:

@@ -321,8 +321,9 @@ def decode(
     if sync_offsets is None or nbits <= _SMALL_STREAM_BITS:
         sym, end = _decode_jump(data, nbits, count, lookup)
         if end != nbits and (exact or end <= nbits - 8):  # without nbits: end in the last byte
+            where = f"ended at bit {end}" if end >= 0 else f"ran past bit {nbits}"
             raise DeepzipFormatError(
-                f"decoding {count} symbols ended at bit {end}, expected {nbits} (corrupt bits or invalid code)"
+                f"decoding {count} symbols {where}, expected {nbits} (corrupt bits or invalid code)"
             )
         return sym.astype(out_dtype)
     return _decode_lockstep(data, nbits, count, lookup, np.asarray(sync_offsets, np.int64), sync).astype(
@@ -401,7 +402,10 @@ def _decode_jump(data: bytes, nbits: int, count: int, lookup: _Lookup) -> tuple[
         starts = np.concatenate((starts, jump[starts]))
         if starts.size <= count:
             jump = jump[jump]
-    return sym[starts[:count]], int(starts[count])
+    # the sink hides a chain that reached nbits early (later "symbols" decoded at bit nbits) or whose last code runs
+    # past it: the end is where the last symbol's own code ends, -1 if the chain reached the sink before it
+    last = int(starts[count - 1])
+    return sym[starts[:count]], last + int(ln[last]) if last < nbits else -1
 
 
 def _decode_lockstep(
@@ -469,12 +473,15 @@ def mean_code_length(counts: np.ndarray, lengths: np.ndarray) -> float:
 
 def pack_stream(
     symbols: np.ndarray, alphabet: int | None = None, max_length: int = MAX_CODE_LENGTH,
-    counts: np.ndarray | None = None,
+    counts: np.ndarray | None = None, short: bool = False,
 ) -> bytes:
     """Huffman-code a symbol array into a self-describing section (layout in docs/FORMAT.md).
 
     Layout (little-endian): u64 count, u64 nbits, u32 alphabet A, u16 sync interval, u16 0,
     u8[A] code lengths, u16[S] sync deltas (S = ceil(count / sync) - 1), then ceil(nbits / 8) bytes.
+    With ``short`` (format 1.4, for files of a few KB where the 24-byte head and a byte per code length are a
+    tenth of the file): varint count, varint A, one flags byte (bits 0-2: the payload's padding bits; bit 3: code
+    lengths packed two per byte), the code lengths, the u16 sync deltas (sync 1024), then the payload.
 
     Args:
         symbols: non-negative integers (read flat).
@@ -504,21 +511,67 @@ def pack_stream(
     lengths = code_lengths(counts, max_length)
     data, nbits, offs = _encode(s, lengths, SYNC_INTERVAL, counts)
     deltas = np.diff(np.concatenate(([0], offs))).astype("<u2")
+    if short:
+        return _short_head(s.size, nbits, lengths) + deltas.tobytes() + data
     head = _STREAM_HEAD.pack(s.size, nbits, alphabet, SYNC_INTERVAL, 0)
     return head + lengths.tobytes() + deltas.tobytes() + data
 
 
-def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> int:
+def _varint(n: int) -> bytes:
+    """LEB128: 7 bits per byte, least significant group first, high bit set on every byte but the last."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, o: int, what: str) -> tuple[int, int]:
+    """A LEB128 value at ``o`` (at most 9 bytes: below 2**63) and the offset after it."""
+    v = 0
+    for i in range(9):
+        if o + i >= len(data):
+            raise DeepzipFormatError(f"short stream: {what} runs past the end of the {len(data)}-byte section")
+        b = data[o + i]
+        v |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return v, o + i + 1
+    raise DeepzipFormatError(f"short stream: {what} is longer than 9 bytes")
+
+
+def _nibbles(lengths: np.ndarray) -> bool:
+    return not lengths.size or int(lengths.max()) <= 15
+
+
+def _short_head(count: int, nbits: int, lengths: np.ndarray) -> bytes:
+    nib = _nibbles(lengths)
+    flags = ((-nbits) % 8) | (8 if nib else 0)
+    if nib:
+        pairs = np.zeros(2 * ((lengths.size + 1) // 2), np.uint8)
+        pairs[: lengths.size] = lengths
+        table = (pairs[0::2] << 4 | pairs[1::2]).astype(np.uint8).tobytes()
+    else:
+        table = lengths.astype(np.uint8).tobytes()
+    return _varint(count) + _varint(lengths.size) + bytes([flags]) + table
+
+
+def _short_head_size(count: int, alphabet: int, nib: bool) -> int:
+    return len(_varint(count)) + len(_varint(alphabet)) + 1 + ((alphabet + 1) // 2 if nib else alphabet)
+
+
+def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH, short: bool = False) -> int:
     """Exact byte size :func:`pack_stream` gives for symbols with this histogram (alphabet = len(counts))."""
     counts = np.asarray(counts)
     n = int(counts.sum())
     lengths = code_lengths(counts, max_length)
     nbits = int((counts.astype(np.int64) * lengths).sum())
     nsync = max(0, (n + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
-    return STREAM_HEADER_SIZE + counts.size + 2 * nsync + (nbits + 7) // 8
+    head = _short_head_size(n, counts.size, _nibbles(lengths)) if short else STREAM_HEADER_SIZE + counts.size
+    return head + 2 * nsync + (nbits + 7) // 8
 
 
-def stream_size_bound(counts: np.ndarray) -> int:
+def stream_size_bound(counts: np.ndarray, short: bool = False) -> int:
     """A lower bound of :func:`stream_size` from the histogram's entropy alone (no code lengths computed).
 
     Any prefix code spends at least the empirical entropy, ``n * H`` bits, on ``n`` symbols (Kraft's inequality), so
@@ -532,15 +585,17 @@ def stream_size_bound(counts: np.ndarray) -> int:
     if used.size > 1:
         bits = float(n * np.log2(n) - (used * np.log2(used)).sum()) * (1 - 1e-9) - 1
     nsync = max(0, (n + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
-    return STREAM_HEADER_SIZE + c.size + 2 * nsync + max(0, math.ceil(bits / 8))
+    head = _short_head_size(n, c.size, True) if short else STREAM_HEADER_SIZE + c.size
+    return head + 2 * nsync + max(0, math.ceil(bits / 8))
 
 
-def stream_info(data: bytes, payload: bool = True) -> dict:
+def stream_info(data: bytes, payload: bool = True, short: bool = False) -> dict:
     """Validate a packed stream's layout without decoding it.
 
     Args:
         data: the section.
         payload: include the payload (a copy of the coded bits).
+        short: the section has the short layout (format 1.4; :func:`pack_stream`).
 
     Returns:
         dict with ``count``, ``nbits``, ``alphabet``, ``sync``, ``lengths`` (np.uint8 array),
@@ -550,29 +605,34 @@ def stream_info(data: bytes, payload: bool = True) -> dict:
         DeepzipFormatError: sizes that disagree with the section length, lengths over 24 bits, etc.
     """
     size = len(data)
-    if size < STREAM_HEADER_SIZE:
-        raise DeepzipFormatError(
-            f"stream of {size} bytes is shorter than its {STREAM_HEADER_SIZE}-byte header"
-        )
-    count, nbits, alphabet, sync, reserved = _STREAM_HEAD.unpack_from(data, 0)
-    if reserved != 0:
-        raise DeepzipFormatError(f"reserved stream field is {reserved}, expected 0")
-    if not 1 <= sync <= MAX_SYNC_INTERVAL:
-        raise DeepzipFormatError(f"sync interval {sync} outside 1..{MAX_SYNC_INTERVAL}")
-    if alphabet > size - STREAM_HEADER_SIZE:
-        raise DeepzipFormatError(f"alphabet of {alphabet} code lengths exceeds stream size {size}")
-    # Every symbol takes at least one bit, so a count is bounded by the bits present.
-    if nbits > 8 * size:
-        raise DeepzipFormatError(f"{nbits} bits claimed in a stream of {size} bytes")
-    if count > nbits:
-        raise DeepzipFormatError(f"count {count} exceeds the {nbits} bits of the stream")
+    if short:
+        count, nbits, alphabet, sync, lengths, o = _short_info(data)
+    else:
+        if size < STREAM_HEADER_SIZE:
+            raise DeepzipFormatError(
+                f"stream of {size} bytes is shorter than its {STREAM_HEADER_SIZE}-byte header"
+            )
+        count, nbits, alphabet, sync, reserved = _STREAM_HEAD.unpack_from(data, 0)
+        if reserved != 0:
+            raise DeepzipFormatError(f"reserved stream field is {reserved}, expected 0")
+        if not 1 <= sync <= MAX_SYNC_INTERVAL:
+            raise DeepzipFormatError(f"sync interval {sync} outside 1..{MAX_SYNC_INTERVAL}")
+        if alphabet > size - STREAM_HEADER_SIZE:
+            raise DeepzipFormatError(f"alphabet of {alphabet} code lengths exceeds stream size {size}")
+        # Every symbol takes at least one bit, so a count is bounded by the bits present.
+        if nbits > 8 * size:
+            raise DeepzipFormatError(f"{nbits} bits claimed in a stream of {size} bytes")
+        if count > nbits:
+            raise DeepzipFormatError(f"count {count} exceeds the {nbits} bits of the stream")
+        nsync = max(0, (count + sync - 1) // sync - 1)
+        expect = STREAM_HEADER_SIZE + alphabet + 2 * nsync + (nbits + 7) // 8
+        if expect != size:
+            raise DeepzipFormatError(
+                f"stream is {size} bytes but count {count}, nbits {nbits}, alphabet {alphabet} imply {expect}"
+            )
+        lengths = np.frombuffer(data, np.uint8, alphabet, STREAM_HEADER_SIZE)
+        o = STREAM_HEADER_SIZE + alphabet
     nsync = max(0, (count + sync - 1) // sync - 1)
-    expect = STREAM_HEADER_SIZE + alphabet + 2 * nsync + (nbits + 7) // 8
-    if expect != size:
-        raise DeepzipFormatError(
-            f"stream is {size} bytes but count {count}, nbits {nbits}, alphabet {alphabet} imply {expect}"
-        )
-    lengths = np.frombuffer(data, np.uint8, alphabet, STREAM_HEADER_SIZE)
     if alphabet and int(lengths.max()) > MAX_CODE_LENGTH:
         raise DeepzipFormatError(f"code length {int(lengths.max())} exceeds {MAX_CODE_LENGTH}")
     ls = lengths[lengths > 0].astype(np.int64)
@@ -580,24 +640,62 @@ def stream_info(data: bytes, payload: bool = True) -> dict:
         raise DeepzipFormatError("code lengths violate Kraft's inequality")
     if count and ls.size == 0:
         raise DeepzipFormatError(f"{count} symbols but no symbol has a code")
-    o = STREAM_HEADER_SIZE + alphabet
     deltas = np.frombuffer(data, "<u2", nsync, o).astype(np.int64)
     offsets = np.cumsum(deltas)
     if nsync and (deltas.min() == 0 or offsets[-1] >= nbits):
         raise DeepzipFormatError("sync offsets are not increasing within the stream")
     info = {"count": count, "nbits": nbits, "alphabet": alphabet, "sync": sync, "lengths": lengths,
-            "sync_offsets": offsets}
+            "sync_offsets": offsets, "payload_at": o + 2 * nsync}
     if payload:
         info["payload"] = bytes(data[o + 2 * nsync :])
     return info
 
 
+def _short_info(data: bytes) -> tuple[int, int, int, int, np.ndarray, int]:
+    """The short layout's count, nbits, alphabet, sync, code lengths and the offset of the sync deltas; every
+    size checked against the section's length (the payload is what the rest leaves, so nbits needs no field)."""
+    size = len(data)
+    count, o = _read_varint(data, 0, "count")
+    alphabet, o = _read_varint(data, o, "alphabet")
+    if o >= size:
+        raise DeepzipFormatError(f"short stream of {size} bytes ends before its flags byte")
+    flags = data[o]
+    o += 1
+    if flags & ~0x0F:
+        raise DeepzipFormatError(f"short stream flags 0x{flags:02x}: reserved bits set")
+    pad, nib = flags & 7, bool(flags & 8)
+    table = (alphabet + 1) // 2 if nib else alphabet
+    if table > size - o:
+        raise DeepzipFormatError(f"alphabet of {alphabet} code lengths exceeds stream size {size}")
+    raw = np.frombuffer(data, np.uint8, table, o)
+    if nib:
+        lengths = np.empty(2 * table, np.uint8)
+        lengths[0::2], lengths[1::2] = raw >> 4, raw & 15
+        if alphabet % 2 and lengths[-1]:
+            raise DeepzipFormatError("short stream: the unused last code-length nibble is not 0")
+        lengths = lengths[:alphabet]
+    else:
+        lengths = raw.copy()
+    o += table
+    nsync = max(0, (count + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1) if count <= 8 * size else 0
+    rest = size - o - 2 * nsync
+    if count > 8 * size or rest < 0:
+        raise DeepzipFormatError(f"count {count} cannot fit in a stream of {size} bytes")
+    nbits = 8 * rest - pad
+    if nbits < 0 or (rest == 0 and pad):
+        raise DeepzipFormatError(f"short stream: {pad} padding bits of a {rest}-byte payload")
+    if count > nbits:
+        raise DeepzipFormatError(f"count {count} exceeds the {nbits} bits of the stream")
+    return count, nbits, alphabet, SYNC_INTERVAL, lengths, o
+
+
 def _payload_at(info: dict) -> int:
     """Where a checked stream's payload starts in its section."""
-    return STREAM_HEADER_SIZE + info["alphabet"] + 2 * info["sync_offsets"].size
+    return int(info["payload_at"])
 
 
-def unpack_stream(data: bytes, out: np.ndarray | None = None, info: dict | None = None) -> np.ndarray:
+def unpack_stream(data: bytes, out: np.ndarray | None = None, info: dict | None = None,
+                  short: bool = False) -> np.ndarray:
     """Decode a section written by :func:`pack_stream`.
 
     Args:
@@ -605,11 +703,12 @@ def unpack_stream(data: bytes, out: np.ndarray | None = None, info: dict | None 
         out: optional contiguous 1-d array of the stream's count (uint8, uint16 or int32, wide enough for the
             alphabet) to decode into; returned.
         info: ``stream_info(data)`` when the caller has it already.
+        short: the short layout (format 1.4).
 
     Raises:
         DeepzipFormatError: the section is malformed; messages say what is wrong.
     """
-    info = stream_info(data, payload=False) if info is None else info
+    info = stream_info(data, payload=False, short=short) if info is None else info
     if out is not None and (out.ndim != 1 or out.size != info["count"] or not out.flags.c_contiguous
                             or out.dtype not in (np.uint8, np.uint16, np.int32)):
         raise ValueError(f"out: expected a contiguous 1-d uint8/uint16/int32 array of {info['count']} symbols")

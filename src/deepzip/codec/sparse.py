@@ -124,7 +124,8 @@ def _histograms(
     return gap_counts, idx_counts
 
 
-def coded_size(positions: np.ndarray, index_counts: np.ndarray, width: int, size: int | None = None) -> int:
+def coded_size(positions: np.ndarray, index_counts: np.ndarray, width: int, size: int | None = None,
+               short: bool = False) -> int:
     """Exact bytes of the gap stream plus the index stream (with fillers) at ``width``.
 
     Args:
@@ -132,14 +133,16 @@ def coded_size(positions: np.ndarray, index_counts: np.ndarray, width: int, size
         index_counts: histogram of the kept entries' codebook indices (length k).
         width: gap width in bits.
         size: the tensor's element count (counts trailing fillers), or None.
+        short: the streams' short layout (format 1.4).
     """
     _check_width(width)
     g, i = _histograms(run_lengths(positions), np.asarray(index_counts), width, size)
-    return huffman.stream_size(g) + huffman.stream_size(i)
+    return huffman.stream_size(g, short=short) + huffman.stream_size(i, short=short)
 
 
 def best_width(
-    positions: np.ndarray, index_counts: np.ndarray, size: int | None = None, widths: range = range(1, 17)
+    positions: np.ndarray, index_counts: np.ndarray, size: int | None = None, widths: range = range(1, 17),
+    short: bool = False,
 ) -> int:
     """The gap width with the smallest :func:`coded_size` (the narrowest on ties).
 
@@ -153,7 +156,7 @@ def best_width(
     for w in widths:
         _check_width(w)
         g, i = _histograms(d, counts, w, size)
-        nbytes = huffman.stream_size(g) + huffman.stream_size(i)
+        nbytes = huffman.stream_size(g, short=short) + huffman.stream_size(i, short=short)
         if best_bytes is None or nbytes < best_bytes:
             best, best_bytes = w, nbytes
     if best is None:

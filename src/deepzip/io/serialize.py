@@ -133,9 +133,12 @@ def _encode_shared(name: str, module: nn.Module, tensor: str) -> EncodedTensor:
     books = share.get_codebooks(module, tensor)
     if books is None:
         centroids, indices, mask = share.get_codebook(module, tensor)
+        # centroids that are all float16 values (PipelineConfig.centroids_float16) are stored in 16 bits, with the
+        # short streams of format 1.4: both matter at a few KB
+        half = bool(np.array_equal(centroids.astype(np.float16).astype(np.float32), centroids))
         if mask.all():
-            return codec.encode_codebook(centroids, indices, name=name)
-        return codec.encode_sparse(centroids, indices, mask, name=name)
+            return codec.encode_codebook(centroids, indices, name=name, half=half)
+        return codec.encode_sparse(centroids, indices, mask, name=name, half=half)
     if books["layout"] == "tiered":
         return codec.encode_tiered(books["codebooks"], books["books"], books["labels"], books["outlier_pos"],
                                    books["outlier_val"], name=name)

@@ -64,6 +64,7 @@ __all__ = [
     "get_codebooks",
     "is_shared",
     "resolve_bits",
+    "round_centroids_",
     "set_codebook_",
     "set_codebooks_",
     "share_weights_",
@@ -169,6 +170,26 @@ class SharedWeight(Own):
 
 def _shared(module: nn.Module, tensor: str = "weight") -> SharedWeight | None:
     return next((p for p in chain(module, tensor)[1] if isinstance(p, SharedWeight)), None)
+
+
+def round_centroids_(model: nn.Module) -> nn.Module:
+    """Round the centroids of every shared tensor of ``model`` to float16 values, in place (they stay float32
+    parameters, so the model runs as before); returns ``model``. :func:`deepzip.save` then stores each such codebook
+    in 16 bits (format 1.4).
+
+    Example:
+        >>> m = nn.Linear(4, 2)
+        >>> _ = set_codebook_(m, np.array([0.1, -0.3], np.float32), np.zeros((2, 4), np.int64), np.ones((2, 4), bool))
+        >>> float(round_centroids_(m).weight[0, 0].detach()) == float(np.float16(0.1))
+        True
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for tensor in getattr(module, "parametrizations", {}):
+                p = _shared(module, tensor)
+                if p is not None:
+                    p.centroids.copy_(p.centroids.half().to(p.centroids.dtype))
+    return model
 
 
 def is_shared(module: nn.Module, tensor: str = "weight") -> bool:
