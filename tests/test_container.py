@@ -383,3 +383,28 @@ def test_fuzz_mutated_and_truncated_files_only_raise_format_errors(data):
             f.decode(name)
     except DeepzipFormatError:
         pass
+
+
+def test_format_1_4_files_use_the_preset_header_dictionary_and_others_do_not(tmp_path):
+    cb = np.array([0.5, -0.25], np.float32)
+    idx, mask = np.array([1, 0, 0, 1] * 8), np.array([1, 0, 0, 1] * 8, bool)
+    old = codec.to_bytes({"w": codec.encode_sparse(cb, idx, mask)}, config={"bits": 4})
+    new = codec.to_bytes({"w": codec.encode_sparse(cb, idx, mask, half=True)}, config={"bits": 4})
+    flag = lambda blob: bool(blob[25] & 0x20)  # noqa: E731 - RFC 1950 FLG.FDICT of the header's zlib stream
+    assert codec.read(old).version == (1, 0) and not flag(old)
+    assert codec.read(new).version == (1, 4) and flag(new)
+    assert codec.read(new).config == {"bits": 4} and codec.read(new).decode("w").tolist() == [-0.25, 0, 0, -0.25] * 8
+    hlen = lambda blob: struct.unpack_from("<Q", blob, 16)[0]  # noqa: E731
+    assert hlen(new) < hlen(old)
+    with codec.DzWriter(tmp_path / "s.dz", config={"bits": 4}) as w:  # the streaming writer makes the same bytes
+        w.add(codec.encode_sparse(cb, idx, mask, half=True, name="w"))
+    assert (tmp_path / "s.dz").read_bytes() == new
+
+
+def test_a_header_with_another_preset_dictionary_is_refused():
+    text = json.dumps({"format": "deepzip", "data_size": 0, "tensors": []}).encode()
+    c = zlib.compressobj(9, zdict=b'{"format":"something else"}')
+    hbytes = c.compress(text) + c.flush()
+    blob = container._pack((1, 4), hbytes, b"")
+    with pytest.raises(DeepzipFormatError, match="header: not valid zlib data"):
+        codec.read(blob)

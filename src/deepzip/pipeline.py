@@ -331,7 +331,8 @@ class PipelineConfig:
         d = self.to_dict()
         if self.decompose is None:  # keys of configs without the stage stay what they were before it existed
             d = {k: v for k, v in d.items() if not k.startswith("decompose")}
-        share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs", "finetune_lr")
+        share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs", "finetune_lr",
+                        "centroids_float16")  # the last acts after the share stage: a later change resumes it
         if stage == "decompose":
             keep = ("version", "model", "seed", "jitter", "distill", "temperature", "alpha", "retrain_lr")
             d = {k: v for k, v in d.items() if k.startswith("decompose") or k in keep}

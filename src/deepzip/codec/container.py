@@ -65,6 +65,26 @@ MAX_HEADER_SIZE = 64 << 20  # bytes of decompressed header JSON, at most
 MAX_HEADER_ITEMS = 1 << 20
 _MAX_RATIO = 1032  # deflate never expands more than 1032:1 (258 bytes per 2-bit match)
 _PRE = struct.Struct("<8sHHIQ")  # magic, major, minor, header crc32, header length
+# Format 1.4: the header's zlib stream may use this preset dictionary (RFC 1950 FDICT; docs/FORMAT.md section 1):
+# JSON fragments every header repeats, the most frequent last (deflate codes near matches in fewer bits). Writers use
+# it in files that are 1.4 anyway (float16 codebooks: files of a few KB, where it saves ~400 bytes of an ~800-byte
+# header); a reader inflates with it whenever a stream asks for it, zlib checking its Adler-32 (the stream's DICTID).
+HEADER_DICT = (
+    b'{"format":"deepzip","producer":"deepzip 0.1.0","architecture":null,"config":{"version":1,"model":"",'
+    b'"sparsifier":"vd","vd_epochs":30,"vd_kl_scale":1,"vd_shrink_every":5,"retrain_epochs":10,"bits":4,'
+    b'"bits_tolerance":0.02,"target_sparsity":0.93,"prune_rounds":3,"finetune_epochs":3,"bias_float16":true,'
+    b'"centroids_float16":true,"shrink":true},"extra":{"summary":{"error_before_pct":0.5,"error_pruned_pct":0.5,'
+    b'"error_shared_pct":0.5,"pruned_bytes":1},"layers":{"conv1.weight":"shared","conv2.weight":"shared",'
+    b'"fc1.weight":"shared","fc2.weight":"shared","fc3.weight":"masked","conv1.bias":"plain","conv2.bias":"plain",'
+    b'"fc1.bias":"plain","fc2.bias":"plain","fc3.bias":"plain"},"dtypes":{"conv1.bias":"float32",'
+    b'"fc1.bias":"float32"},"widths":{"conv1":[1,20],"fc1":[784,300]},"params_architecture":1},"data_size":1,'
+    b'"tensors":[{"name":"fc1.bias","kind":"dense","shape":[1],"dtype":"float16","meta":{},"sections":{"data":'
+    b'{"offset":0,"length":1,"crc32":1}}},{"name":"fc1.weight","kind":"codebook","shape":[1],"dtype":"float16",'
+    b'"meta":{"k":16},"sections":{"codebook":{"offset":0,"length":32,"crc32":1},"indices":{"offset":32,'
+    b'"length":1,"crc32":1}}},{"name":"fc1.weight","kind":"sparse","shape":[1],"dtype":"float16","meta":{"k":16,'
+    b'"gap_width":4,"kept":1},"sections":{"codebook":{"offset":0,"length":32,"crc32":1},"indices":{"offset":32,'
+    b'"length":1,"crc32":1},"gaps":{"offset":'
+)
 PREAMBLE_SIZE = _PRE.size  # 24
 
 
@@ -169,7 +189,7 @@ def to_bytes(
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
     if _json_items(text) > MAX_HEADER_ITEMS:
         raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or config entries)")
-    return _pack(needed_version(items), zlib.compress(text, 9), chunks)
+    return _pack(*deflate_header(text, needed_version(items)), chunks)
 
 
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
@@ -183,6 +203,17 @@ def _version(t: EncodedTensor) -> tuple[int, int]:
     if t.kind in ("codebook", "sparse") and t.dtype == "float16":
         return (1, 4)  # float16 codebook, short streams
     return (1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version
+
+
+def deflate_header(text: bytes, version: tuple[int, int]) -> tuple[tuple[int, int], bytes]:
+    """The stored header of JSON ``text`` for a file of ``version``: zlib level 9, with :data:`HEADER_DICT` when the
+    file is 1.4 or newer anyway (float16 codebooks) and that is smaller; returns ``(version, stored bytes)``."""
+    plain = zlib.compress(text, 9)
+    if version < (1, 4):
+        return version, plain
+    c = zlib.compressobj(9, zdict=HEADER_DICT)
+    preset = c.compress(text) + c.flush()
+    return version, preset if len(preset) < len(plain) else plain
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes | list[bytes]) -> bytes:
@@ -310,7 +341,7 @@ def _read_bytes(src: str | os.PathLike | bytes | bytearray | memoryview) -> byte
 def _inflate_header(hbytes: bytes) -> bytes:
     """The header JSON bytes from the stored (zlib) header, never more than min(64 MiB, 1032 x stored)."""
     limit = min(MAX_HEADER_SIZE, _MAX_RATIO * len(hbytes))
-    d = zlib.decompressobj()
+    d = zlib.decompressobj(zdict=HEADER_DICT)  # used only by a stream that asks for it (format 1.4)
     try:
         text = d.decompress(hbytes, limit + 1)  # max_length >= 1 (0 would mean unbounded)
     except zlib.error as e:
@@ -528,7 +559,7 @@ def _join(version: tuple[int, int], text: bytes, data: bytes) -> bytes:
     fixed (and the JSON re-serialised) only where ``text`` parses; the header is always compressed and
     its checksum set. Work is bounded by the sizes of ``text`` and ``data``.
     """
-    return _pack(version, zlib.compress(_with_section_crcs(text, data), 9), data)
+    return _pack(*deflate_header(_with_section_crcs(text, data), version), data)
 
 
 def _with_section_crcs(text: bytes, data: bytes) -> bytes:
