@@ -1,7 +1,8 @@
 """Fuzz the ``.dz`` reader: mutated files must end in deepzip's own errors, within a memory cap and a time limit.
 
 Seeds: real files (a pruned + weight-shared ``mlp30`` saved by :func:`deepzip.save`, an unpruned one stored
-losslessly, and a codec file with every tensor kind and dtype, 0-d and empty tensors). Each case takes a seed and
+losslessly, a codec file with every tensor kind and dtype, 0-d and empty tensors, and a format 1.4 file: float16
+codebooks, short streams, the preset header dictionary). Each case takes a seed and
 one of three mutation families:
 
 - ``raw``: bit flips, byte overwrites, inserted/deleted/duplicated byte runs, truncation, splices of two seeds;
@@ -87,6 +88,13 @@ def make_seeds() -> list[bytes]:
         "u8": codec.encode_dense(rng.integers(0, 255, 5).astype(np.uint8)),
     }
     seeds.append(codec.to_bytes(t, config={"note": "codec seed"}))
+    # format 1.4: float16 codebooks, short Huffman streams, the preset header dictionary (a shared mlp30 whose
+    # centroids are float16 values, as PipelineConfig.centroids_float16 leaves them)
+    from deepzip.techniques.share import round_centroids_
+
+    m14 = round_centroids_(share_weights_(prune_(get_model("mlp30", seed=2), sparsity=0.9), 3, progress=False))
+    tensors, kinds = encode_model(m14)
+    seeds.append(codec.to_bytes(tensors, architecture="mlp30", config={"bits": 3}, extra={"layers": kinds}))
     return seeds
 
 

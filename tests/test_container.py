@@ -358,13 +358,37 @@ def test_split_and_join_round_trip_and_fix_checksums():
         assert container._recompute_checksums(bad) == bad
 
 
+def _small14() -> bytes:
+    """A format 1.4 file: float16 codebooks with short streams (sparse and codebook kinds), the header dictionary."""
+    rng = np.random.default_rng(7)
+    cb = rng.normal(size=8).astype(np.float16).astype(np.float32)
+    mask = rng.random((12, 30)) < 0.2
+    return codec.to_bytes({"w": codec.encode_sparse(cb, rng.integers(0, 8, (12, 30)), mask, half=True),
+                           "v": codec.encode_codebook(cb[:4], rng.integers(0, 4, 40), half=True),
+                           "b": codec.encode_dense(np.arange(3, dtype=np.float16))}, config={"bits": 3})
+
+
+SMALL14 = _small14()
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_mutated_and_truncated_files_only_raise_format_errors(data):
-    blob = bytearray(SMALL)
+    _fuzz(SMALL, SMALL_VERSION, SMALL_JSON, SMALL_DATA, data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_format_1_4_files_only_raise_format_errors(data):
+    assert codec.read(SMALL14).version == (1, 4)
+    _fuzz(SMALL14, *container._split(SMALL14), data)
+
+
+def _fuzz(seed: bytes, version: tuple[int, int], text: bytes, sections: bytes, data) -> None:
+    blob = bytearray(seed)
     op = data.draw(st.sampled_from(["truncate", "flip", "splice", "flip+crc", "flip+crc"]))
     if op == "flip+crc":  # mutate the header JSON and the sections, then recompress and fix every checksum
-        blob = bytearray(SMALL_JSON + SMALL_DATA)
+        blob = bytearray(text + sections)
     if op == "truncate":
         blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
     elif op.startswith("flip"):
@@ -375,8 +399,8 @@ def test_fuzz_mutated_and_truncated_files_only_raise_format_errors(data):
         i = data.draw(st.integers(0, len(blob)))
         blob[i:i] = data.draw(st.binary(max_size=16))
     if op == "flip+crc":  # reach the header parser and the decoders behind zlib and the checksums
-        n = len(SMALL_JSON)
-        blob = container._join(SMALL_VERSION, bytes(blob[:n]), bytes(blob[n:]))
+        n = len(text)
+        blob = container._join(version, bytes(blob[:n]), bytes(blob[n:]))
     try:
         f = codec.read(bytes(blob))
         for name in f.tensors:
