@@ -182,6 +182,28 @@ def test_centroids_float16_writes_format_1_4_and_the_file_is_the_model(trained, 
     assert "centroids_float16" not in PipelineConfig().to_dict()
 
 
+def test_bias_bits_shares_the_biases_and_the_share_stage_resumes_them(trained, tmp_path):
+    cfg = PipelineConfig(sparsity={"fc1": 0.9, "fc2": 0.9, "fc3": 0.7}, bits=4, bias_bits=3, centroids_float16=True,
+                         **FAST)
+    work = tmp_path / "work"
+    logs: list[str] = []
+    m = clone_model(trained)
+    s = run_pipeline(m, TRAIN, TEST, cfg, tmp_path / "a.dz", workdir=work, source="x", progress=False,
+                     log=logs.append)
+    f = codec.read(tmp_path / "a.dz")
+    assert s["share_biases"]["centroids"] == {"fc1": 8, "fc2": 8}  # fc3's 10 biases stay plain (< 2**4)
+    assert f.tensors["fc1.bias"].kind == "codebook" and f.tensors["fc3.bias"].kind == "dense"
+    assert len({float(v) for v in f.decode("fc1.bias")}) <= 8
+    assert s["error_after_pct"] == s["error_in_memory_pct"]
+    assert torch.equal(predict(load(tmp_path / "a.dz"), TEST.x), predict(m, TEST.x))
+    run_pipeline(clone_model(trained), TRAIN, TEST, cfg, tmp_path / "b.dz", workdir=work, source="x",
+                 progress=False, log=logs.append)
+    assert any("share: resumed" in line for line in logs)
+    assert (tmp_path / "a.dz").read_bytes() == (tmp_path / "b.dz").read_bytes()
+    with pytest.raises(ValueError, match="config.bias_bits"):
+        PipelineConfig.from_dict({"bias_bits": 0})
+
+
 def test_vd_stage_resumes_and_shrinks_a_conv_net(tmp_path):
     """sparsifier="vd" on LeNet-5: the vd stage is checkpointed on its own (later settings resume it), and with
     shrink the dead filters and neurons leave the file."""

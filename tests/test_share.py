@@ -337,3 +337,26 @@ def test_sqnr_floor_per_bit_width(bits: int) -> None:
     assert ours >= SQNR_FLOOR_DB[bits], (bits, ours)
     assert ours >= _sqnr_db(w, _brute_force_lloyd(w, 2**bits)) - 0.05, bits
     assert ours > _sqnr_db(w, levels[labels]), bits
+
+
+def test_share_biases_clusters_large_biases_and_leaves_small_ones():
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from deepzip.techniques.share import get_codebook, share_biases_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 40), nn.ReLU(), nn.Linear(40, 6))
+    before = m[0].bias.detach().clone()
+    assert share_biases_(m, 2) == {"0": 4}  # 6 biases < 2**3: left plain
+    assert "bias" not in getattr(m[2], "parametrizations", {})
+    centroids, idx, mask = get_codebook(m[0], "bias")
+    assert mask.all() and len(centroids) == 4
+    # every bias went to its nearest centroid (k-means' assignment), against brute force
+    assert np.array_equal(idx, np.abs(before.numpy()[:, None] - centroids[None]).argmin(1))
+    assert torch.equal(m[0].bias.detach(), torch.from_numpy(centroids[idx]))
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        share_biases_(m, 2, ["nope"])
+    with pytest.raises(ValueError, match="bits=0"):
+        share_biases_(m, 0)

@@ -66,7 +66,7 @@ from .techniques.prune import (
     sensitivity_scan,
     set_mask_,
 )
-from .techniques.share import resolve_bits, round_centroids_, share_weights_, sharing_table
+from .techniques.share import resolve_bits, round_centroids_, share_biases_, share_weights_, sharing_table
 from .techniques.shrink import architecture_widths, resize_, shrink_
 
 __all__ = ["STAGES", "PipelineConfig", "StageStore", "compress_", "file_report"]
@@ -139,6 +139,10 @@ class PipelineConfig:
     # after fine-tuning, round the shared layers' centroids to float16 values: the file then stores each codebook in
     # 16 bits and its Huffman streams with short headers (format 1.4; ~40 B per layer). Written only when set.
     centroids_float16: bool = False
+    # at the share stage, also weight-share the biases of the compressed layers (2**bias_bits k-means centroids each,
+    # fine-tuned with the weights' centroids; biases of fewer than 2**(bias_bits+1) units stay plain). None: plain
+    # biases. Written only when set.
+    bias_bits: int | None = None
     # after the prune stage, remove the neurons and filters pruning left without inputs or readers (deepzip's
     # shrink_: constant units folded into the next layer's bias), so the file stores a smaller dense-shaped model
     # and its position codes run over the live units only; the file records the widths. Written only when set.
@@ -156,6 +160,8 @@ class PipelineConfig:
             d.pop("bias_float16")
         if not self.centroids_float16:
             d.pop("centroids_float16")
+        if self.bias_bits is None:
+            d.pop("bias_bits")
         if not self.shrink:
             d.pop("shrink")
         if not self.vd_shrink_every:
@@ -247,6 +253,9 @@ class PipelineConfig:
             raise bad("sparsifier", self.sparsifier, " or ".join(repr(s) for s in SPARSIFIERS))
         pos_int("vd_epochs", self.vd_epochs, False)
         pos_int("vd_shrink_every", self.vd_shrink_every, False, minimum=0)
+        pos_int("bias_bits", self.bias_bits)
+        if self.bias_bits is not None and self.bias_bits > 16:
+            raise bad("bias_bits", self.bias_bits, "an integer in 1..16")
         if self.vd_shrink_every and not self.shrink:
             raise bad("vd_shrink_every", self.vd_shrink_every, "0 unless shrink is true (it makes the model smaller)")
         for name in ("vd_lr", "vd_kl_scale"):
@@ -332,7 +341,7 @@ class PipelineConfig:
         if self.decompose is None:  # keys of configs without the stage stay what they were before it existed
             d = {k: v for k, v in d.items() if not k.startswith("decompose")}
         share_fields = ("bits", "bits_choices", "bits_tolerance", "init", "finetune_epochs", "finetune_lr",
-                        "centroids_float16")  # the last acts after the share stage: a later change resumes it
+                        "centroids_float16", "bias_bits")  # none of them changes the prune stage
         if stage == "decompose":
             keep = ("version", "model", "seed", "jitter", "distill", "temperature", "alpha", "retrain_lr")
             d = {k: v for k, v in d.items() if k.startswith("decompose") or k in keep}
@@ -484,6 +493,11 @@ def compress_(
                 **shared, **measure(model, "share")}
 
     info["share"] = _stage("share", model, stages, log, share)
+    if config.bias_bits is not None:  # after the checkpointed stage: stage checkpoints hold weight codebooks only
+        t0 = time.time()
+        biases = share_biases_(model, config.bias_bits, prunable_layers(model), init=config.init, seed=config.seed)
+        retrain(model, "share")  # every centroid fine-tuned again, the biases' too
+        info["share_biases"] = {"centroids": biases, **measure(model, "share"), "seconds": time.time() - t0}
     if config.bias_float16:
         _round_biases_(model)
     if config.centroids_float16:
@@ -522,7 +536,8 @@ def _round_biases_(model: nn.Module) -> None:
     with torch.no_grad():
         for m in prunable_layers(model).values():
             b = getattr(m, "bias", None)
-            if isinstance(b, torch.Tensor) and b.is_floating_point():
+            shared = "bias" in getattr(m, "parametrizations", {})  # a codebook: centroids_float16 rounds those
+            if isinstance(b, torch.Tensor) and b.is_floating_point() and not shared:
                 b.copy_(b.half().to(b.dtype))
 
 

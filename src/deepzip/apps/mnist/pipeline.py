@@ -163,6 +163,8 @@ def run_pipeline(
     timings["prune"], timings["share"] = prune_info.get("seconds"), share_info.get("seconds")
     if "vd" in info:
         timings["vd"] = info["vd"].get("seconds")
+    if "share_biases" in info:
+        timings["share_biases"] = info["share_biases"].get("seconds")
     pruned_bytes = prune_info.pop("bytes")
 
     # ---- encode, then evaluate the file, not the model in memory
@@ -189,7 +191,8 @@ def run_pipeline(
         "stage_bytes": {"dense_32bit": 4 * total, "pruned": pruned_bytes,
                         "pruned_shared_fixed_width": report["bytes_before_huffman"], "huffman_file": nbytes},
         "layers": report["layers"], "seconds": timings, "config": config.to_dict(),
-        "prune": prune_info, "share": share_info,
+        "prune": prune_info, "share": share_info, **({"share_biases": info["share_biases"]}
+                                                      if "share_biases" in info else {}),
     }
 
 # ------------------------------------------------------------------------------------ pruning alone (deepzip prune)
