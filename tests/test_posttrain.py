@@ -214,6 +214,20 @@ def test_biases_are_rounded_to_float16_measured_stored_in_two_bytes_and_restored
         x = torch.randn(8, 32)
         assert torch.equal(loaded(x), model(x)) and torch.equal(loaded[2].bias, model[2].bias)
     assert sizes[False] - sizes[True] >= 128 + 64 + 16  # about two bytes a bias instead of four
+    # a tensor under a parametrization (pruned or shared before) is stored by its own kind: not rounded
+    from torch.nn.utils import parametrize
+
+    from deepzip.techniques.posttrain._allocate import float16_others_
+
+    class Same(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w
+
+    model = _mlp()
+    parametrize.register_parametrization(model[0], "weight", Same())
+    rounded = float16_others_(model, {"2.weight": model[2]})
+    assert sorted(rounded) == ["0.bias", "2.bias", "4.bias", "4.weight"]
+    assert torch.equal(model[0].parametrizations.weight.original, _mlp()[0].weight)
     # a bound that cannot be met leaves the model as it was, biases included
     model = _mlp()
     with pytest.raises(BoundError):

@@ -33,12 +33,14 @@ def float16_others_(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str
     """Round every float32 parameter of ``model`` that is not the weight of one of ``modules`` (biases, norms, small
     tensors) to float16 values, in place (still float32, so the model runs as before; a ``.dz`` file stores a
     float32 tensor whose values are all float16 values in float16). A tensor with a value float16 cannot hold (out
-    of its range) is left alone. Returns the rounded parameters' original values by name."""
+    of its range) and the inputs of parametrizations are left alone. Returns the rounded parameters' original values
+    by name."""
     skip = {id(m.weight) for m in modules.values()}
     before: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if id(p) in skip or p.dtype != torch.float32:
+            # a parametrized tensor (pruned, shared before) is stored by its own kind: left as it is
+            if id(p) in skip or p.dtype != torch.float32 or "parametrizations." in f".{name}":
                 continue
             half = p.detach().to(torch.float16)
             if not bool(torch.isfinite(half).all()) or not bool(torch.isfinite(p).all()):
