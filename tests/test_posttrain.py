@@ -198,6 +198,49 @@ def test_the_bound_is_met_on_the_heldout_inputs_and_nothing_is_fitted_on_them() 
         [c.nbytes for c in res.hulls[n]] == [c.nbytes for c in r0.hulls[n]] for n in res.hulls)
 
 
+def test_biases_are_rounded_to_float16_measured_stored_in_two_bytes_and_restored_on_failure(tmp_path) -> None:
+    cal = _batches()
+    sizes = {}
+    for on in (True, False):
+        model = _mlp()
+        res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=0.02, min_numel=256, fp16_others=on))
+        assert res.float16_others == (["0.bias", "2.bias", "4.bias"] if on else [])
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):  # float16 values, still float32 tensors; the measured drop includes them
+                assert p.dtype == torch.float32 and torch.equal(p, p.half().float()) == on
+        assert res.drop == pytest.approx(_drop(model, _mlp(), cal), abs=1e-6)
+        sizes[on] = save_posttrained(model, res, tmp_path / f"{on}.dz")
+        loaded = load(tmp_path / f"{on}.dz", model=_mlp(5))
+        x = torch.randn(8, 32)
+        assert torch.equal(loaded(x), model(x)) and torch.equal(loaded[2].bias, model[2].bias)
+    assert sizes[False] - sizes[True] >= 128 + 64 + 16  # about two bytes a bias instead of four
+    # a tensor under a parametrization (pruned or shared before) is stored by its own kind: not rounded
+    from torch.nn.utils import parametrize
+
+    from deepzip.techniques.posttrain._allocate import float16_others_
+
+    class Same(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w
+
+    model = _mlp()
+    parametrize.register_parametrization(model[0], "weight", Same())
+    rounded = float16_others_(model, {"2.weight": model[2]})
+    assert sorted(rounded) == ["0.bias", "2.bias", "4.bias", "4.weight"]
+    assert torch.equal(model[0].parametrizations.weight.original, _mlp()[0].weight)
+    # a bound that cannot be met leaves the model as it was, biases included
+    model = _mlp()
+    with pytest.raises(BoundError):
+        compress_to_bound_(model, cal, PostTrainConfig(max_drop=1e-9, min_numel=256))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), _mlp().state_dict().values()))
+    # distillation trains the biases in float32 and rounds them back to float16
+    model, teacher = _mlp(), _mlp()
+    res = compress_to_bound_(model, cal, PostTrainConfig(max_drop=0.05, min_numel=256))
+    distill_(model, teacher, res, _batches(2, seed=7), seconds=math.inf, max_steps=5, lr=1e-3)
+    assert all(torch.equal(model.get_parameter(n), model.get_parameter(n).half().float()) for n in res.float16_others)
+    assert not torch.equal(model[0].bias, teacher[0].bias)
+
+
 def test_distillation_recovers_agreement() -> None:
     model, teacher = _mlp(), _mlp()
     cal = _batches()
@@ -464,6 +507,8 @@ def test_one_setting_for_all_tensors_is_the_cheapest_within_the_bound_brute_forc
         with torch.no_grad():
             for n, c in pick.items():
                 params[n].copy_(torch.from_numpy(c.weight(params[n].shape)))
+            for n in uniform.float16_others:  # the biases, in float16 as allocation measured them
+                params[n].copy_(params[n].half().float())
         drop = measure_drop(trial, _mlp(), cal)
         if drop <= 0.02:
             found.append((sum(c.nbytes for c in pick.values()), drop, {n: c.setting for n, c in pick.items()}))

@@ -29,6 +29,27 @@ def _set_weights_(modules: dict[str, nn.Module], weights: dict[str, np.ndarray |
             p.copy_(torch.as_tensor(w, dtype=p.dtype))
 
 
+def float16_others_(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Round every float32 parameter of ``model`` that is not the weight of one of ``modules`` (biases, norms, small
+    tensors) to float16 values, in place (still float32, so the model runs as before; a ``.dz`` file stores a
+    float32 tensor whose values are all float16 values in float16). A tensor with a value float16 cannot hold (out
+    of its range) and the inputs of parametrizations are left alone. Returns the rounded parameters' original values
+    by name."""
+    skip = {id(m.weight) for m in modules.values()}
+    before: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # a parametrized tensor (pruned, shared before) is stored by its own kind: left as it is
+            if id(p) in skip or p.dtype != torch.float32 or "parametrizations." in f".{name}":
+                continue
+            half = p.detach().to(torch.float16)
+            if not bool(torch.isfinite(half).all()) or not bool(torch.isfinite(p).all()):
+                continue
+            before[name] = p.detach().clone()
+            p.copy_(half.to(torch.float32))
+    return before
+
+
 def _greedy(hulls: dict[str, list[Candidate]], alpha: dict[str, float], budget: float) -> dict[str, int]:
     """Index into each hull: steps cheapest-drop-per-byte first while the predicted total drop stays <= budget."""
     steps = []
@@ -141,9 +162,16 @@ def compress_to_bound_(
 
         hulls, unseen = _hulls(mods, orig, fisher, cfg, candidates, grams, counts, fisher_counts, progress)
         secs["candidates"] = time.perf_counter() - t0 - secs["sensitivity"]
+        # biases and norms in float16 from here on: every drop measured below, and the bound, includes their
+        # rounding (undone when the bound cannot be met)
+        others = float16_others_(model, mods) if cfg.fp16_others else {}
         if not cfg.per_layer:
-            res = _uniform(model, mods, hulls, orig, cfg, bound_drop, secs, say)
-            res.drop, res.heldout = drop_now(), held_now()
+            try:
+                res = _uniform(model, mods, hulls, orig, cfg, bound_drop, secs, say)
+            except BoundError:
+                _restore_(model, others)
+                raise
+            res.drop, res.heldout, res.float16_others = drop_now(), held_now(), sorted(others)
             return res
         alpha = _layer_sensitivities(mods, hulls, orig, drop_now, dict(sensitivity or {}), progress)
         secs["layer_sensitivity"] = time.perf_counter() - t0 - secs["sensitivity"] - secs["candidates"]
@@ -181,6 +209,7 @@ def compress_to_bound_(
                 pick, _ = _search_budget(hulls, alpha, cfg.max_drop, apply, say, where)
         except BoundError:
             _set_weights_(mods, orig)
+            _restore_(model, others)
             raise
         apply(pick)
         drop, estimate = fit_drop(pick), held_now()
@@ -190,9 +219,17 @@ def compress_to_bound_(
         secs["allocation"] = time.perf_counter() - t0 - sum(secs.values())
         choices = {n: hulls[n][i] for n, i in pick.items()}
         return PostTrainResult(choices, drop, sum(c.nbytes for c in choices.values()), alpha, hulls, secs,
-                               estimate)
+                               estimate, sorted(others))
     finally:
         model.train(was_training)
+
+
+def _restore_(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Undo :func:`float16_others_` (a bound that cannot be met leaves the model as it was)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in before.items():
+            params[name].copy_(value)
 
 
 def _hulls(mods: dict[str, nn.Module], orig: dict[str, np.ndarray], fisher: dict[str, np.ndarray],

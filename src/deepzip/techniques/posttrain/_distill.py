@@ -76,7 +76,8 @@ def distill_(
     norms) are trained with Adam on ``1 - cos(student, teacher)`` of the outputs; indices and outliers stay, and so
     do quantised embedding tables (their codebooks see only the rows a batch uses; rebuilding the table every step
     would cost more than it buys). Afterwards codebooks and float16 tensors are rounded to float16 again and
-    written back into ``result``.
+    written back into ``result``, and the parameters allocation rounded to float16 (``result.float16_others``) are
+    rounded again.
 
     Args:
         model: the model :func:`compress_to_bound_` compressed.
@@ -147,7 +148,7 @@ def distill_(
 
             return _train(opt, step_loss, len(batches), start, seconds, max_steps, schedule, progress)
     finally:
-        _store_back_(mods, result)
+        _store_back_(model, mods, result)
 
 
 def _check(schedule: str, batches: Sequence[Any], max_steps: int | None) -> None:
@@ -260,10 +261,17 @@ def _train(opt: torch.optim.Optimizer, step_loss: Callable[[int], tuple[torch.Te
     return losses
 
 
-def _store_back_(mods: dict[str, nn.Module], result: PostTrainResult) -> None:
+def _store_back_(model: nn.Module, mods: dict[str, nn.Module], result: PostTrainResult) -> None:
     """Round what was trained to what the file stores (float16 codebooks and tensors, the latent weights' nearest
-    indices), write it into ``result``'s choices and bake it into plain weights."""
+    indices, the parameters allocation rounded to float16), write it into ``result``'s choices and bake it into
+    plain weights."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
+        for name in result.float16_others:
+            if name in params:
+                half = params[name].to(torch.float16)
+                if bool(torch.isfinite(half).all()):  # trained out of float16's range: stays float32
+                    params[name].copy_(half.to(params[name].dtype))
         for n, m in mods.items():
             c = result.choices[n]
             if c.bits and isinstance(m, nn.Embedding):
