@@ -58,10 +58,10 @@ def train_config(model: str, *, retrain: bool = False, finetune: bool = False) -
 # weight above 1 trades error for sparsity; shrink removes the neurons and filters VD leaves without inputs or
 # readers, so position codes run over live units only.
 VD_RECIPES: dict[str, dict] = {
-    "lenet300": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=4, retrain_epochs=30, bias_float16=True,
-                     centroids_float16=True, shrink=True, bits_tolerance=0.005),
-    "lenet5": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=3, retrain_epochs=10, bias_float16=True,
-                   centroids_float16=True, shrink=True, bits_tolerance=0.1),
+    "lenet300": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=4, vd_shrink_every=5, retrain_epochs=30,
+                     bias_float16=True, centroids_float16=True, shrink=True, bits_tolerance=0.005),
+    "lenet5": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=3, vd_shrink_every=5, retrain_epochs=10,
+                   bias_float16=True, centroids_float16=True, shrink=True, bits_tolerance=0.1),
 }
 
 
