@@ -61,7 +61,7 @@ VD_RECIPES: dict[str, dict] = {
     "lenet300": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=4, vd_shrink_every=5, retrain_epochs=30,
                      bias_float16=True, centroids_float16=True, shrink=True, bits_tolerance=0.005),
     "lenet5": dict(sparsifier="vd", vd_epochs=30, vd_kl_scale=3, vd_shrink_every=5, retrain_epochs=10,
-                   bias_float16=True, centroids_float16=True, shrink=True, bits_tolerance=0.1),
+                   bias_float16=True, centroids_float16=True, shrink=True, bits_tolerance=0.02),
 }
 
 
