@@ -223,7 +223,7 @@ def test_short_stream_with_codes_longer_than_15_bits_stores_a_byte_per_length():
 
 @pytest.mark.parametrize("edit, match", [
     (lambda b: b"\xff" * 12, "longer than 9 bytes"),
-    (lambda b: b"\x80", "runs past the end"),
+    (lambda b: b"\x80", "varints run past the end of the 1-byte section"),
     (lambda b: b[:2] + bytes([b[2] | 0x40]) + b[3:], "reserved bits"),
     (lambda b: b"\x05\x03\x08", "count 5 cannot fit|exceeds"),  # 5 symbols, no payload
     (lambda b: bytes([0xFF, 0xFF, 0xFF, 0x7F]) + b[1:], "count .* cannot fit"),  # a count of 2**28 in 20 bytes

@@ -189,7 +189,8 @@ def to_bytes(
         raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
     if _json_items(text) > MAX_HEADER_ITEMS:
         raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or config entries)")
-    return _pack(*deflate_header(text, needed_version(items)), chunks)
+    version = needed_version(items)
+    return _pack(version, deflate_header(text, version), chunks)
 
 
 def needed_version(tensors: Iterable[EncodedTensor]) -> tuple[int, int]:
@@ -205,15 +206,15 @@ def _version(t: EncodedTensor) -> tuple[int, int]:
     return (1, 1) if t.dtype == "bfloat16" else KIND_TABLE[t.kind].version
 
 
-def deflate_header(text: bytes, version: tuple[int, int]) -> tuple[tuple[int, int], bytes]:
+def deflate_header(text: bytes, version: tuple[int, int]) -> bytes:
     """The stored header of JSON ``text`` for a file of ``version``: zlib level 9, with :data:`HEADER_DICT` when the
-    file is 1.4 or newer anyway (float16 codebooks) and that is smaller; returns ``(version, stored bytes)``."""
+    file is 1.4 or newer anyway (float16 codebooks) and that is smaller."""
     plain = zlib.compress(text, 9)
     if version < (1, 4):
-        return version, plain
+        return plain
     c = zlib.compressobj(9, zdict=HEADER_DICT)
     preset = c.compress(text) + c.flush()
-    return version, preset if len(preset) < len(plain) else plain
+    return preset if len(preset) < len(plain) else plain
 
 
 def _pack(version: tuple[int, int], hbytes: bytes, data: bytes | list[bytes]) -> bytes:
@@ -559,7 +560,7 @@ def _join(version: tuple[int, int], text: bytes, data: bytes) -> bytes:
     fixed (and the JSON re-serialised) only where ``text`` parses; the header is always compressed and
     its checksum set. Work is bounded by the sizes of ``text`` and ``data``.
     """
-    return _pack(*deflate_header(_with_section_crcs(text, data), version), data)
+    return _pack(version, deflate_header(_with_section_crcs(text, data), version), data)
 
 
 def _with_section_crcs(text: bytes, data: bytes) -> bytes:

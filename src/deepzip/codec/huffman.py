@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import DeepzipFormatError
 from . import _fast
+from ._varint import varint_decode, varint_encode
 
 __all__ = [
     "MAX_CODEBOOK",
@@ -517,29 +518,6 @@ def pack_stream(
     return head + lengths.tobytes() + deltas.tobytes() + data
 
 
-def _varint(n: int) -> bytes:
-    """LEB128: 7 bits per byte, least significant group first, high bit set on every byte but the last."""
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, o: int, what: str) -> tuple[int, int]:
-    """A LEB128 value at ``o`` (at most 9 bytes: below 2**63) and the offset after it."""
-    v = 0
-    for i in range(9):
-        if o + i >= len(data):
-            raise DeepzipFormatError(f"short stream: {what} runs past the end of the {len(data)}-byte section")
-        b = data[o + i]
-        v |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return v, o + i + 1
-    raise DeepzipFormatError(f"short stream: {what} is longer than 9 bytes")
-
-
 def _nibbles(lengths: np.ndarray) -> bool:
     return not lengths.size or int(lengths.max()) <= 15
 
@@ -553,11 +531,11 @@ def _short_head(count: int, nbits: int, lengths: np.ndarray) -> bytes:
         table = (pairs[0::2] << 4 | pairs[1::2]).astype(np.uint8).tobytes()
     else:
         table = lengths.astype(np.uint8).tobytes()
-    return _varint(count) + _varint(lengths.size) + bytes([flags]) + table
+    return varint_encode(np.array([count, lengths.size])).tobytes() + bytes([flags]) + table
 
 
 def _short_head_size(count: int, alphabet: int, nib: bool) -> int:
-    return len(_varint(count)) + len(_varint(alphabet)) + 1 + ((alphabet + 1) // 2 if nib else alphabet)
+    return varint_encode(np.array([count, alphabet])).size + 1 + ((alphabet + 1) // 2 if nib else alphabet)
 
 
 def stream_size(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH, short: bool = False) -> int:
@@ -655,8 +633,17 @@ def _short_info(data: bytes) -> tuple[int, int, int, int, np.ndarray, int]:
     """The short layout's count, nbits, alphabet, sync, code lengths and the offset of the sync deltas; every
     size checked against the section's length (the payload is what the rest leaves, so nbits needs no field)."""
     size = len(data)
-    count, o = _read_varint(data, 0, "count")
-    alphabet, o = _read_varint(data, o, "alphabet")
+    seen = min(size, 18)  # count and alphabet: two varints of at most 9 bytes each
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8, seen) < 128)
+    if ends.size < 2:
+        long = seen - (int(ends[0]) + 1 if ends.size else 0) >= 9
+        raise DeepzipFormatError("short stream: " + ("a varint is longer than 9 bytes" if long else
+                                                     f"the varints run past the end of the {size}-byte section"))
+    o = int(ends[1]) + 1
+    try:
+        count, alphabet = (int(v) for v in varint_decode(np.frombuffer(data, np.uint8, o)))
+    except ValueError as e:
+        raise DeepzipFormatError(f"short stream: {e}") from None
     if o >= size:
         raise DeepzipFormatError(f"short stream of {size} bytes ends before its flags byte")
     flags = data[o]
@@ -677,9 +664,11 @@ def _short_info(data: bytes) -> tuple[int, int, int, int, np.ndarray, int]:
     else:
         lengths = raw.copy()
     o += table
-    nsync = max(0, (count + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1) if count <= 8 * size else 0
+    if count > 8 * size:  # every symbol costs a bit: checked before S is computed from it
+        raise DeepzipFormatError(f"count {count} cannot fit in a stream of {size} bytes")
+    nsync = max(0, (count + SYNC_INTERVAL - 1) // SYNC_INTERVAL - 1)
     rest = size - o - 2 * nsync
-    if count > 8 * size or rest < 0:
+    if rest < 0:
         raise DeepzipFormatError(f"count {count} cannot fit in a stream of {size} bytes")
     nbits = 8 * rest - pad
     if nbits < 0 or (rest == 0 and pad):

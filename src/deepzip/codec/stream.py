@@ -107,8 +107,8 @@ class DzWriter:
             raise ValueError(f"header: {len(text)} bytes of JSON exceed the {MAX_HEADER_SIZE}-byte limit")
         if _json_items(text) > MAX_HEADER_ITEMS:
             raise ValueError(f"header: more than {MAX_HEADER_ITEMS} JSON values (too many tensors or entries)")
-        version, hbytes = deflate_header(text, self._version)
-        pre = _PRE.pack(MAGIC, version[0], version[1], zlib.crc32(hbytes), len(hbytes))
+        hbytes = deflate_header(text, self._version)
+        pre = _PRE.pack(MAGIC, self._version[0], self._version[1], zlib.crc32(hbytes), len(hbytes))
         start = PREAMBLE_SIZE + len(hbytes)
         def write(tmp: str) -> None:
             with open(tmp, "wb") as out:

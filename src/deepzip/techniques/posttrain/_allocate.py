@@ -40,7 +40,7 @@ def float16_others_(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str
     with torch.no_grad():
         for name, p in model.named_parameters():
             # a parametrized tensor (pruned, shared before) is stored by its own kind: left as it is
-            if id(p) in skip or p.dtype != torch.float32 or "parametrizations." in f".{name}":
+            if id(p) in skip or p.dtype != torch.float32 or "parametrizations." in name:
                 continue
             half = p.detach().to(torch.float16)
             if not bool(torch.isfinite(half).all()) or not bool(torch.isfinite(p).all()):
